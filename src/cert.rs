@@ -24,7 +24,11 @@ pub struct DeviceCertificate {
 
 impl DeviceCertificate {
     /// Bundles the three parts.
-    pub fn new(product_key: ProductKey, device_name: DeviceName, device_secret: DeviceSecret) -> Self {
+    pub fn new(
+        product_key: ProductKey,
+        device_name: DeviceName,
+        device_secret: DeviceSecret,
+    ) -> Self {
         Self {
             product_key,
             device_name,

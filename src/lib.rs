@@ -6,11 +6,23 @@ mod ascii;
 mod cert;
 mod error;
 mod id;
+mod mqtt;
+mod policy;
 mod random;
 mod secret;
+mod sign;
+mod verified;
 
 pub use cert::{DeviceCertificate, ProductCertificate};
 pub use error::ParseError;
 pub use id::{DeviceName, ProductKey};
+pub use mqtt::{
+    ClientId, ConnectCredentials, ConnectKind, ConnectRequest, LoginOptions, MAX_CLIENT_ID_LEN,
+    MAX_PARAMS, MAX_PASSWORD_LEN, MAX_RANDOM_LEN, MAX_TIMESTAMP_DIGITS, MAX_USERNAME_LEN,
+    RegistrationOptions, SecureMode, build_login, build_registration_connect, parse_username,
+};
+pub use policy::{Clock, FixedClock, Freshness, SECONDS_BELOW, SystemClock, UnixMillis};
 pub use random::{Entropy, EntropyError, OsEntropy};
 pub use secret::{DeviceSecret, DeviceToken, ProductSecret};
+pub use sign::{SignContent, SignMethod, Signature, SigningKey, VerifyError, sign, verify};
+pub use verified::{DeviceIdentity, Verified};

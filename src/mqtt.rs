@@ -1,0 +1,750 @@
+//! MQTT CONNECT credentials (PROTOCOL.md §a, §c): parse on the server, build on the device.
+
+use core::fmt;
+
+use crate::ascii::{is_visible_ascii, validate};
+use crate::cert::{DeviceCertificate, ProductCertificate};
+use crate::error::ParseError;
+use crate::id::{DeviceName, ProductKey};
+use crate::policy::{Freshness, UnixMillis};
+use crate::secret::{DeviceSecret, DeviceToken, ProductSecret};
+use crate::sign::{SignContent, SignMethod, Signature, SigningKey, VerifyError, sign, verify};
+use crate::verified::{DeviceIdentity, Verified};
+
+/// Cap on the whole MQTT client identifier, in bytes (Alibaba's C SDK allows 200).
+pub const MAX_CLIENT_ID_LEN: usize = 1024;
+/// Cap on the MQTT user name, in bytes.
+pub const MAX_USERNAME_LEN: usize = 128;
+/// Cap on the MQTT password, in bytes.
+pub const MAX_PASSWORD_LEN: usize = 256;
+/// Cap on the number of `key=value` items in the client id's parameter block.
+pub const MAX_PARAMS: usize = 32;
+/// Cap on `random`, in characters.
+pub const MAX_RANDOM_LEN: usize = 64;
+/// Cap on `timestamp`, in digits.
+pub const MAX_TIMESTAMP_DIGITS: usize = 20;
+
+const CLIENT_ID: &str = "clientId";
+
+/// What a CONNECT asks for, from `authType` in its client id.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum ConnectKind {
+    /// No `authType`: a per-device login signed with the DeviceSecret.
+    Login,
+    /// `authType=register`: dynamic registration of a pre-registered device, signed with the
+    /// ProductSecret; answered with the DeviceSecret on `/ext/register`.
+    Register,
+    /// `authType=regnwl`: registration without pre-registration, signed with the
+    /// ProductSecret; answered with a ClientID and DeviceToken on `/ext/regnwl`.
+    RegisterNoPreregistration,
+    /// `authType=connwl`: a login whose password is a DeviceToken.
+    TokenLogin,
+}
+
+impl ConnectKind {
+    /// The `authType` value, or `None` for a plain login.
+    pub const fn auth_type(self) -> Option<&'static str> {
+        match self {
+            Self::Login => None,
+            Self::Register => Some("register"),
+            Self::RegisterNoPreregistration => Some("regnwl"),
+            Self::TokenLogin => Some("connwl"),
+        }
+    }
+
+    fn from_auth_type(value: &str) -> Option<Self> {
+        [
+            Self::Register,
+            Self::RegisterNoPreregistration,
+            Self::TokenLogin,
+        ]
+        .into_iter()
+        .find(|k| k.auth_type() == Some(value))
+    }
+}
+
+impl fmt::Display for ConnectKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.auth_type().unwrap_or("login"))
+    }
+}
+
+/// The `securemode` of a client id: how the device reached the platform.
+///
+/// # Constraints
+/// One of -2, -1, 0, 1, 2, 3, 4, 5, 7, 8 (PROTOCOL.md §a.2).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct SecureMode(i8);
+
+impl SecureMode {
+    /// `2`: TLS, direct connection.
+    pub const TLS: Self = Self(2);
+    /// `3`: plain TCP, direct connection.
+    pub const TCP: Self = Self(3);
+    /// `-2`: dynamic registration / token login on new instances.
+    pub const REGISTRATION: Self = Self(-2);
+
+    const ALLOWED: [i8; 10] = [-2, -1, 0, 1, 2, 3, 4, 5, 7, 8];
+
+    /// The mode with this number.
+    ///
+    /// # Errors
+    /// [`ParseError::Unsupported`] for a number outside the list above.
+    pub fn new(value: i8) -> Result<Self, ParseError> {
+        if Self::ALLOWED.contains(&value) {
+            Ok(Self(value))
+        } else {
+            Err(ParseError::Unsupported {
+                field: "securemode",
+            })
+        }
+    }
+
+    /// The number.
+    pub fn get(self) -> i8 {
+        self.0
+    }
+
+    fn parse(text: &str) -> Result<Self, ParseError> {
+        let malformed = ParseError::Malformed {
+            field: "securemode",
+            expected: "a small integer",
+        };
+        if text.is_empty() || text.len() > 2 {
+            return Err(malformed);
+        }
+        Self::new(text.parse::<i8>().map_err(|_| malformed)?)
+    }
+}
+
+impl fmt::Display for SecureMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.0)
+    }
+}
+
+/// A parsed MQTT client identifier: `CORE|key=value,key=value,...|`.
+///
+/// Borrowed from the input; nothing is copied.
+///
+/// # Rules
+/// The parameter block runs from the first `|` to the last `|` (values may contain `|`, as in
+/// `lan=JS|WX`), and the identifier must end there. Items split on `,`, each on its first `=`;
+/// whitespace around keys and values is trimmed (an old Node SDK puts newlines there). Unknown
+/// keys are kept (see [`ClientId::extensions`]) and never signed. Duplicate keys, empty keys,
+/// items without `=`, an empty CORE and control characters are errors.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClientId<'a> {
+    core: &'a str,
+    block: &'a str,
+    secure_mode: SecureMode,
+    sign_method: Option<SignMethod>,
+    timestamp: Option<&'a str>,
+    kind: ConnectKind,
+    random: Option<&'a str>,
+    instance_id: Option<&'a str>,
+}
+
+/// The parameters this crate interprets; every other key is an extension.
+const KNOWN_KEYS: [&str; 7] = [
+    "securemode",
+    "signmethod",
+    "timestamp",
+    "authType",
+    "authtype",
+    "random",
+    "instanceId",
+];
+
+impl<'a> ClientId<'a> {
+    /// Parses a client identifier.
+    ///
+    /// # Errors
+    /// A [`ParseError`] naming the offending part (`clientId`, or the parameter's key).
+    ///
+    /// ```
+    /// # use iotauth::{ClientId, SignMethod};
+    /// let id = ClientId::parse("mini-9|securemode=2,signmethod=hmacsha1,timestamp=1711111111444,lan=JS|WX,_v=1.2.8|")?;
+    /// assert_eq!(id.core(), "mini-9");
+    /// assert_eq!(id.sign_method(), SignMethod::HmacSha1);
+    /// assert_eq!(id.extensions().collect::<Vec<_>>(), [("lan", "JS|WX"), ("_v", "1.2.8")]);
+    /// # Ok::<(), iotauth::ParseError>(())
+    /// ```
+    pub fn parse(text: &'a str) -> Result<Self, ParseError> {
+        if text.len() > MAX_CLIENT_ID_LEN {
+            return Err(ParseError::TooLong {
+                field: CLIENT_ID,
+                max: MAX_CLIENT_ID_LEN,
+            });
+        }
+        let shape = ParseError::Malformed {
+            field: CLIENT_ID,
+            expected: "CORE|key=value,...|",
+        };
+        let (core, rest) = text.split_once('|').ok_or(shape)?;
+        let block = rest.strip_suffix('|').ok_or(shape)?;
+        if core.is_empty() {
+            return Err(ParseError::Missing { field: CLIENT_ID });
+        }
+        if core.chars().any(char::is_control) {
+            return Err(ParseError::InvalidCharacter { field: CLIENT_ID });
+        }
+
+        let mut id = Self {
+            core,
+            block,
+            secure_mode: SecureMode::TLS,
+            sign_method: None,
+            timestamp: None,
+            kind: ConnectKind::Login,
+            random: None,
+            instance_id: None,
+        };
+        let mut secure_mode = None;
+        let mut auth_type = None;
+        for (index, item) in block.split(',').enumerate() {
+            if index >= MAX_PARAMS {
+                return Err(ParseError::TooLong {
+                    field: "clientId parameters",
+                    max: MAX_PARAMS,
+                });
+            }
+            let (key, value) = split_item(item)?;
+            // Quadratic, but over at most MAX_PARAMS short keys, and allocation-free.
+            if block
+                .split(',')
+                .take(index)
+                .any(|earlier| split_item(earlier).is_ok_and(|(k, _)| same_key(k, key)))
+            {
+                return Err(ParseError::Duplicate {
+                    field: known_key(key).unwrap_or("clientId parameter"),
+                });
+            }
+            match key {
+                "securemode" => secure_mode = Some(SecureMode::parse(value)?),
+                "signmethod" => {
+                    id.sign_method =
+                        Some(SignMethod::from_name(value).ok_or(ParseError::Unsupported {
+                            field: "signmethod",
+                        })?);
+                }
+                "timestamp" => id.timestamp = Some(parse_timestamp(value)?),
+                "authType" | "authtype" => auth_type = Some(value),
+                "random" => id.random = Some(parse_random(value, "random")?),
+                "instanceId" => id.instance_id = Some(value),
+                _ => {}
+            }
+        }
+        id.secure_mode = secure_mode.ok_or(ParseError::Missing {
+            field: "securemode",
+        })?;
+        if let Some(auth_type) = auth_type {
+            id.kind = ConnectKind::from_auth_type(auth_type)
+                .ok_or(ParseError::Unsupported { field: "authType" })?;
+        }
+        if matches!(
+            id.kind,
+            ConnectKind::Register | ConnectKind::RegisterNoPreregistration
+        ) && id.random.is_none()
+        {
+            return Err(ParseError::Missing { field: "random" });
+        }
+        Ok(id)
+    }
+
+    /// The part before the first `|`: the device's own client id, and what is signed as
+    /// `clientId`.
+    pub fn core(&self) -> &'a str {
+        self.core
+    }
+
+    /// `securemode`.
+    pub fn secure_mode(&self) -> SecureMode {
+        self.secure_mode
+    }
+
+    /// `signmethod`; [`SignMethod::HmacMd5`] when absent, as the platform assumes.
+    pub fn sign_method(&self) -> SignMethod {
+        self.sign_method.unwrap_or_default()
+    }
+
+    /// `timestamp`, verbatim (1–20 ASCII digits), if present.
+    pub fn timestamp(&self) -> Option<&'a str> {
+        self.timestamp
+    }
+
+    /// What the connect asks for, from `authType`.
+    pub fn kind(&self) -> ConnectKind {
+        self.kind
+    }
+
+    /// `random` (registration connects), if present.
+    pub fn random(&self) -> Option<&'a str> {
+        self.random
+    }
+
+    /// `instanceId`, if present.
+    pub fn instance_id(&self) -> Option<&'a str> {
+        self.instance_id
+    }
+
+    /// The parameters this crate does not interpret (`_v`, `lan`, `ext`, ...), trimmed, in
+    /// order. They are never signed.
+    pub fn extensions(&self) -> impl Iterator<Item = (&'a str, &'a str)> + 'a {
+        self.block
+            .split(',')
+            .filter_map(|item| split_item(item).ok())
+            .filter(|(key, _)| known_key(key).is_none())
+    }
+}
+
+fn known_key(key: &str) -> Option<&'static str> {
+    KNOWN_KEYS.into_iter().find(|k| *k == key)
+}
+
+/// `authType` and `authtype` (an older SDK's spelling) are one key.
+fn same_key(a: &str, b: &str) -> bool {
+    let auth = |k: &str| matches!(k, "authType" | "authtype");
+    a == b || (auth(a) && auth(b))
+}
+
+fn split_item(item: &str) -> Result<(&str, &str), ParseError> {
+    let (key, value) = item.split_once('=').ok_or(ParseError::Malformed {
+        field: "clientId parameter",
+        expected: "key=value",
+    })?;
+    let (key, value) = (key.trim(), value.trim());
+    if key.is_empty() {
+        return Err(ParseError::Missing {
+            field: "clientId parameter key",
+        });
+    }
+    if key.chars().chain(value.chars()).any(char::is_control) {
+        return Err(ParseError::InvalidCharacter {
+            field: known_key(key).unwrap_or("clientId parameter"),
+        });
+    }
+    Ok((key, value))
+}
+
+fn parse_timestamp(value: &str) -> Result<&str, ParseError> {
+    if value.len() > MAX_TIMESTAMP_DIGITS {
+        return Err(ParseError::TooLong {
+            field: "timestamp",
+            max: MAX_TIMESTAMP_DIGITS,
+        });
+    }
+    if value.is_empty() || !value.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(ParseError::Malformed {
+            field: "timestamp",
+            expected: "1 to 20 decimal digits",
+        });
+    }
+    Ok(value)
+}
+
+/// `random` of a registration: 1–64 printable ASCII characters.
+pub(crate) fn parse_random<'a>(value: &'a str, field: &'static str) -> Result<&'a str, ParseError> {
+    validate(value, 1, MAX_RANDOM_LEN, is_visible_ascii)
+        .map_err(|e| ParseError::from_invalid(field, e, 1, MAX_RANDOM_LEN))?;
+    Ok(value)
+}
+
+/// Splits a user name `deviceName&productKey` and validates both halves.
+///
+/// # Errors
+/// [`ParseError::TooLong`] over [`MAX_USERNAME_LEN`], [`ParseError::Malformed`] without
+/// exactly one `&`, or the identifiers' own errors.
+///
+/// ```
+/// # use iotauth::parse_username;
+/// let (dn, pk) = parse_username("meter_07@b.c&a2SHaReD0k1")?;
+/// assert_eq!((dn.as_str(), pk.as_str()), ("meter_07@b.c", "a2SHaReD0k1"));
+/// assert!(parse_username("a&b&c").is_err());
+/// # Ok::<(), iotauth::ParseError>(())
+/// ```
+pub fn parse_username(text: &str) -> Result<(DeviceName, ProductKey), ParseError> {
+    if text.len() > MAX_USERNAME_LEN {
+        return Err(ParseError::TooLong {
+            field: "username",
+            max: MAX_USERNAME_LEN,
+        });
+    }
+    let malformed = ParseError::Malformed {
+        field: "username",
+        expected: "deviceName&productKey",
+    };
+    let (dn, pk) = text.split_once('&').ok_or(malformed)?;
+    if pk.contains('&') {
+        return Err(malformed);
+    }
+    Ok((DeviceName::new(dn)?, ProductKey::new(pk)?))
+}
+
+/// The three fields of an MQTT CONNECT, parsed and cross-checked, ready to verify.
+///
+/// Borrows the password; it is never copied.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct ConnectRequest<'a> {
+    client_id: ClientId<'a>,
+    device_name: DeviceName,
+    product_key: ProductKey,
+    password: &'a str,
+}
+
+impl<'a> ConnectRequest<'a> {
+    /// Parses client id, user name and password. All three length caps are checked before
+    /// anything else is looked at.
+    ///
+    /// The password must be exactly the hex digest of the client id's sign method (either
+    /// case, no whitespace), or for `authType=connwl` a device token (1–64 printable ASCII).
+    ///
+    /// # Errors
+    /// A [`ParseError`] naming the field; never its value.
+    pub fn parse(
+        client_id: &'a str,
+        username: &'a str,
+        password: &'a str,
+    ) -> Result<Self, ParseError> {
+        for (field, text, max) in [
+            (CLIENT_ID, client_id, MAX_CLIENT_ID_LEN),
+            ("username", username, MAX_USERNAME_LEN),
+            ("password", password, MAX_PASSWORD_LEN),
+        ] {
+            if text.len() > max {
+                return Err(ParseError::TooLong { field, max });
+            }
+        }
+        let client_id = ClientId::parse(client_id)?;
+        let (device_name, product_key) = parse_username(username)?;
+        if client_id.kind() == ConnectKind::TokenLogin {
+            validate(password, 1, DeviceToken::MAX_LEN, is_visible_ascii)
+                .map_err(|e| ParseError::from_invalid("password", e, 1, DeviceToken::MAX_LEN))?;
+        } else {
+            let digits = 2 * client_id.sign_method().digest_len();
+            if password.len() != digits || !password.bytes().all(|b| b.is_ascii_hexdigit()) {
+                return Err(ParseError::Malformed {
+                    field: "password",
+                    expected: "the hex digest of signmethod",
+                });
+            }
+        }
+        Ok(Self {
+            client_id,
+            device_name,
+            product_key,
+            password,
+        })
+    }
+
+    /// The parsed client id.
+    pub fn client_id(&self) -> &ClientId<'a> {
+        &self.client_id
+    }
+
+    /// What the connect asks for.
+    pub fn kind(&self) -> ConnectKind {
+        self.client_id.kind()
+    }
+
+    /// The device name from the user name.
+    pub fn device_name(&self) -> DeviceName {
+        self.device_name
+    }
+
+    /// The product key from the user name.
+    pub fn product_key(&self) -> ProductKey {
+        self.product_key
+    }
+
+    /// The identity the connect claims (not yet verified).
+    pub fn claimed_identity(&self) -> DeviceIdentity {
+        DeviceIdentity::new(self.product_key, self.device_name)
+    }
+
+    /// The canonical content a login's or registration's password signs; `None` for a token
+    /// login, whose password is not a signature.
+    pub fn sign_content(&self) -> Option<SignContent<'_>> {
+        match self.kind() {
+            ConnectKind::Login => Some(SignContent::login(
+                self.client_id.core(),
+                &self.device_name,
+                &self.product_key,
+                self.client_id.timestamp(),
+            )),
+            ConnectKind::Register | ConnectKind::RegisterNoPreregistration => {
+                Some(SignContent::registration(
+                    &self.device_name,
+                    &self.product_key,
+                    self.client_id.random().unwrap_or_default(),
+                ))
+            }
+            ConnectKind::TokenLogin => None,
+        }
+    }
+
+    /// Verifies a per-device login against the device's secret and the freshness policy.
+    ///
+    /// # Errors
+    /// [`VerifyError::WrongKind`] unless this is a plain login; otherwise the signature's or
+    /// the timestamp's error.
+    pub fn verify_login(
+        &self,
+        secret: &DeviceSecret,
+        freshness: Freshness,
+        now: UnixMillis,
+    ) -> Result<Verified<DeviceIdentity>, VerifyError> {
+        // Signature first: an unauthenticated party learns nothing about the clock.
+        self.verify_signed(secret, &[ConnectKind::Login], ConnectKind::Login)?;
+        freshness.check(self.client_id.timestamp(), now)?;
+        Ok(Verified::new(self.claimed_identity()))
+    }
+
+    /// Verifies a registration connect (`authType=register|regnwl`) against the product's
+    /// secret.
+    ///
+    /// # Errors
+    /// [`VerifyError::WrongKind`] unless this is a registration; otherwise the signature's error.
+    pub fn verify_registration(
+        &self,
+        secret: &ProductSecret,
+    ) -> Result<Verified<DeviceIdentity>, VerifyError> {
+        self.verify_signed(
+            secret,
+            &[
+                ConnectKind::Register,
+                ConnectKind::RegisterNoPreregistration,
+            ],
+            ConnectKind::Register,
+        )?;
+        Ok(Verified::new(self.claimed_identity()))
+    }
+
+    /// Verifies a token login (`authType=connwl`) in constant time.
+    ///
+    /// # Errors
+    /// [`VerifyError::WrongKind`] unless this is a token login; [`VerifyError::BadToken`].
+    pub fn verify_token(
+        &self,
+        token: &DeviceToken,
+    ) -> Result<Verified<DeviceIdentity>, VerifyError> {
+        self.expect_kind(&[ConnectKind::TokenLogin], ConnectKind::TokenLogin)?;
+        if token.matches(self.password) {
+            Ok(Verified::new(self.claimed_identity()))
+        } else {
+            Err(VerifyError::BadToken)
+        }
+    }
+
+    fn verify_signed(
+        &self,
+        key: &impl SigningKey,
+        accepted: &[ConnectKind],
+        expected: ConnectKind,
+    ) -> Result<(), VerifyError> {
+        self.expect_kind(accepted, expected)?;
+        let content = self.sign_content().ok_or(VerifyError::WrongKind {
+            expected,
+            got: self.kind(),
+        })?;
+        verify(key, self.client_id.sign_method(), &content, self.password)
+    }
+
+    fn expect_kind(
+        &self,
+        accepted: &[ConnectKind],
+        expected: ConnectKind,
+    ) -> Result<(), VerifyError> {
+        if accepted.contains(&self.kind()) {
+            Ok(())
+        } else {
+            Err(VerifyError::WrongKind {
+                expected,
+                got: self.kind(),
+            })
+        }
+    }
+}
+
+impl fmt::Debug for ConnectRequest<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ConnectRequest")
+            .field("client_id", &self.client_id)
+            .field("device_name", &self.device_name)
+            .field("product_key", &self.product_key)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The three CONNECT fields a device sends.
+pub struct ConnectCredentials {
+    client_id: String,
+    username: String,
+    password: Signature,
+}
+
+impl ConnectCredentials {
+    /// The MQTT client identifier.
+    pub fn client_id(&self) -> &str {
+        &self.client_id
+    }
+
+    /// The MQTT user name, `deviceName&productKey`.
+    pub fn username(&self) -> &str {
+        &self.username
+    }
+
+    /// The MQTT password: the signature in lowercase hex.
+    pub fn expose_password(&self) -> String {
+        self.password.to_hex()
+    }
+}
+
+impl fmt::Debug for ConnectCredentials {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ConnectCredentials")
+            .field("client_id", &self.client_id)
+            .field("username", &self.username)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Options of a device's login; every field has the default shown.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LoginOptions<'a> {
+    /// The client-id CORE, signed exactly as given; default `{productKey}.{deviceName}`
+    /// (as the C SDKs).
+    pub client_id: Option<&'a str>,
+    /// `timestamp`, decimal digits; default none.
+    pub timestamp: Option<&'a str>,
+    /// Default [`SignMethod::HmacSha256`].
+    pub sign_method: SignMethod,
+    /// Default [`SecureMode::TLS`].
+    pub secure_mode: SecureMode,
+}
+
+impl Default for LoginOptions<'_> {
+    fn default() -> Self {
+        Self {
+            client_id: None,
+            timestamp: None,
+            sign_method: SignMethod::HmacSha256,
+            secure_mode: SecureMode::TLS,
+        }
+    }
+}
+
+/// Builds a device's per-device login (the device side of [`ConnectRequest::verify_login`]).
+///
+/// # Errors
+/// [`ParseError`] when the CORE or timestamp could not be parsed back by a server (a CORE with
+/// `|` or a control character, a non-decimal timestamp).
+///
+/// ```
+/// # use iotauth::*;
+/// let cert = DeviceCertificate::new(
+///     ProductKey::new("a1BwAGV0001")?, DeviceName::new("meter-01")?,
+///     DeviceSecret::new("mz2Canp4GB7qRVf1OYPNtRqB2anuXXXX")?,
+/// );
+/// let creds = build_login(&cert, &LoginOptions { timestamp: Some("1700000000000"), ..Default::default() })?;
+/// assert_eq!(creds.client_id(), "a1BwAGV0001.meter-01|securemode=2,signmethod=hmacsha256,timestamp=1700000000000|");
+///
+/// // The server side.
+/// let password = creds.expose_password();
+/// let request = ConnectRequest::parse(creds.client_id(), creds.username(), &password)?;
+/// let verified = request.verify_login(cert.device_secret(), Freshness::Unchecked, UnixMillis(0));
+/// assert_eq!(verified.unwrap().device_name(), cert.device_name());
+/// # Ok::<(), iotauth::ParseError>(())
+/// ```
+pub fn build_login(
+    cert: &DeviceCertificate,
+    options: &LoginOptions<'_>,
+) -> Result<ConnectCredentials, ParseError> {
+    let (pk, dn) = (cert.product_key(), cert.device_name());
+    let default_core;
+    let core = match options.client_id {
+        Some(core) => core,
+        None => {
+            default_core = format!("{pk}.{dn}");
+            &default_core
+        }
+    };
+    let mut block = format!(
+        "securemode={},signmethod={}",
+        options.secure_mode,
+        options.sign_method.name()
+    );
+    if let Some(ts) = options.timestamp {
+        block.push_str(",timestamp=");
+        block.push_str(ts);
+    }
+    let client_id = format!("{core}|{block}|");
+    // Parse back what a server will parse, so the device cannot sign what it cannot send.
+    let parsed = ClientId::parse(&client_id)?;
+    if parsed.core() != core || parsed.timestamp() != options.timestamp {
+        return Err(ParseError::InvalidCharacter { field: CLIENT_ID });
+    }
+    let content = SignContent::login(core, &dn, &pk, options.timestamp);
+    let password = sign(cert.device_secret(), options.sign_method, &content);
+    Ok(ConnectCredentials {
+        username: format!("{dn}&{pk}"),
+        client_id,
+        password,
+    })
+}
+
+/// Options of a registration connect.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RegistrationOptions<'a> {
+    /// `register` (pre-registered device) or `regnwl`.
+    pub kind: ConnectKind,
+    /// `random`, 1–64 printable ASCII characters except `,` and `|`.
+    pub random: &'a str,
+    /// Default [`SignMethod::HmacSha256`].
+    pub sign_method: SignMethod,
+    /// `securemode`; default [`SecureMode::TLS`] (what Alibaba's SDKs send).
+    pub secure_mode: SecureMode,
+    /// `instanceId`, when the device belongs to an instance.
+    pub instance_id: Option<&'a str>,
+}
+
+/// Builds a registration connect (`authType=register|regnwl`), signed with the product secret.
+/// The CORE is `{deviceName}.{productKey}`, as Alibaba's Python and C 4.x SDKs send it.
+///
+/// # Errors
+/// [`ParseError`] when `kind` is not a registration or a field could not be parsed back.
+pub fn build_registration_connect(
+    cert: &ProductCertificate,
+    device_name: DeviceName,
+    options: &RegistrationOptions<'_>,
+) -> Result<ConnectCredentials, ParseError> {
+    let auth_type = match options.kind {
+        ConnectKind::Register | ConnectKind::RegisterNoPreregistration => options.kind.auth_type(),
+        _ => None,
+    }
+    .ok_or(ParseError::Unsupported { field: "authType" })?;
+    let pk = cert.product_key();
+    let random = parse_random(options.random, "random")?;
+    let mut client_id = format!(
+        "{device_name}.{pk}|securemode={},authType={auth_type},random={random},signmethod={}",
+        options.secure_mode,
+        options.sign_method.name()
+    );
+    if let Some(instance) = options.instance_id {
+        client_id.push_str(",instanceId=");
+        client_id.push_str(instance);
+    }
+    client_id.push('|');
+    let parsed = ClientId::parse(&client_id)?;
+    if parsed.random() != Some(random) || parsed.instance_id() != options.instance_id {
+        return Err(ParseError::InvalidCharacter { field: CLIENT_ID });
+    }
+    let content = SignContent::registration(&device_name, &pk, random);
+    let password = sign(cert.product_secret(), options.sign_method, &content);
+    Ok(ConnectCredentials {
+        username: format!("{device_name}&{pk}"),
+        client_id,
+        password,
+    })
+}
