@@ -6,9 +6,11 @@ mod ascii;
 mod cert;
 mod error;
 mod id;
+mod lifecycle;
 mod mqtt;
 mod policy;
 mod random;
+mod register;
 mod secret;
 mod sign;
 mod verified;
@@ -16,6 +18,10 @@ mod verified;
 pub use cert::{DeviceCertificate, ProductCertificate};
 pub use error::ParseError;
 pub use id::{DeviceName, ProductKey};
+pub use lifecycle::{
+    DeviceState, DeviceStatus, DynamicRegistration, Event, Expected, IssuancePolicy, SecretEffect,
+    Transition, TransitionError, transition,
+};
 pub use mqtt::{
     ClientId, ConnectCredentials, ConnectKind, ConnectRequest, LoginOptions, MAX_CLIENT_ID_LEN,
     MAX_PARAMS, MAX_PASSWORD_LEN, MAX_RANDOM_LEN, MAX_TIMESTAMP_DIGITS, MAX_USERNAME_LEN,
@@ -23,6 +29,10 @@ pub use mqtt::{
 };
 pub use policy::{Clock, FixedClock, Freshness, SECONDS_BELOW, SystemClock, UnixMillis};
 pub use random::{Entropy, EntropyError, OsEntropy};
+pub use register::{
+    MAX_FORM_LEN, MAX_FORM_PAIRS, MAX_REPLY_LEN, RefusalCode, RegisterForm, RegisterFormBody,
+    RegisterReply, build_register_form,
+};
 pub use secret::{DeviceSecret, DeviceToken, ProductSecret};
 pub use sign::{SignContent, SignMethod, Signature, SigningKey, VerifyError, sign, verify};
 pub use verified::{DeviceIdentity, Verified};

@@ -1,0 +1,257 @@
+//! The device lifecycle: states, events, and the one transition function.
+//!
+//! | state \ event | Issue | LoginOk | Disable / Enable | Reset | Delete |
+//! |---|---|---|---|---|---|
+//! | Inactive | → Issued, deliver | → Active | flag | stays, new secret | removed |
+//! | Issued | refused (`Once`) / same secret again (`RedeliverUntilFirstLogin`) | → Active | flag | → Inactive, new secret | removed |
+//! | Active | refused | stays | flag | → Inactive, new secret | removed |
+//!
+//! A disabled device can neither register (Issue) nor log in (LoginOk); the product's
+//! dynamic-registration switch gates Issue and nothing else. Reset always rotates the secret,
+//! also from Inactive: a secret handed out by an operator may have leaked before first use.
+
+use core::fmt;
+
+/// Where a device is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DeviceState {
+    /// Registered; its secret has not been delivered by dynamic registration, and it has not
+    /// logged in.
+    Inactive,
+    /// Its secret was delivered once by dynamic registration; it has not logged in yet.
+    Issued,
+    /// It has logged in at least once.
+    Active,
+}
+
+impl DeviceState {
+    /// Every state.
+    pub const ALL: [Self; 3] = [Self::Inactive, Self::Issued, Self::Active];
+
+    /// The lowercase name (`inactive`, `issued`, `active`), as stored and printed.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Self::Inactive => "inactive",
+            Self::Issued => "issued",
+            Self::Active => "active",
+        }
+    }
+
+    /// The state with this name.
+    pub fn from_name(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|s| s.name() == name)
+    }
+}
+
+impl fmt::Display for DeviceState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// A device's state plus the disabled flag beside it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct DeviceStatus {
+    /// The lifecycle state.
+    pub state: DeviceState,
+    /// `false` when an operator disabled the device.
+    pub enabled: bool,
+}
+
+impl DeviceStatus {
+    /// A freshly registered device: Inactive and enabled.
+    pub const NEW: Self = Self {
+        state: DeviceState::Inactive,
+        enabled: true,
+    };
+}
+
+/// The product's dynamic-registration switch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum DynamicRegistration {
+    /// Devices of the product may obtain their secret.
+    On,
+    /// New activations are refused; activated devices are not affected.
+    Off,
+}
+
+/// What happens to a device.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Event {
+    /// Dynamic registration asks for the device's secret.
+    Issue(DynamicRegistration),
+    /// The device logged in with a good signature.
+    LoginOk,
+    /// An operator disables the device.
+    Disable,
+    /// An operator enables the device.
+    Enable,
+    /// An operator resets the device: back to Inactive with a new secret.
+    Reset,
+    /// An operator deletes the device.
+    Delete,
+}
+
+impl Event {
+    /// The event's name, for errors and logs.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Self::Issue(_) => "issue",
+            Self::LoginOk => "login",
+            Self::Disable => "disable",
+            Self::Enable => "enable",
+            Self::Reset => "reset",
+            Self::Delete => "delete",
+        }
+    }
+}
+
+/// How often a device's secret may be delivered by dynamic registration.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum IssuancePolicy {
+    /// Once, ever, until the device is reset or deleted (the platform's rule for activated
+    /// devices, applied from the first delivery).
+    #[default]
+    Once,
+    /// The same secret again while the device is Issued and has never logged in: survives a
+    /// lost reply without Alibaba's "latest registration wins" race.
+    RedeliverUntilFirstLogin,
+}
+
+/// What the secret does in a transition.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum SecretEffect {
+    /// Nothing happens to it.
+    Keep,
+    /// It is delivered to the device for the first time.
+    Deliver,
+    /// It is delivered again, unchanged (policy `RedeliverUntilFirstLogin`).
+    Redeliver,
+    /// It is replaced by a new one.
+    Rotate,
+}
+
+/// The outcome of an allowed event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Transition {
+    /// The new status; `None` when the device is removed.
+    pub to: Option<DeviceStatus>,
+    /// What happens to the secret.
+    pub secret: SecretEffect,
+}
+
+/// Why an event is not allowed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, thiserror::Error)]
+#[non_exhaustive]
+pub enum TransitionError {
+    /// The device is disabled, and the event needs it enabled.
+    #[error("{event} refused: the device is disabled")]
+    Disabled {
+        /// The event's name.
+        event: &'static str,
+    },
+    /// The product's dynamic-registration switch is off.
+    #[error("issue refused: dynamic registration is off for the product")]
+    DynamicRegistrationOff,
+    /// The device is in a state the event does not accept.
+    #[error("{event} refused: expected the device {expected}, got {got}")]
+    WrongState {
+        /// The event's name.
+        event: &'static str,
+        /// The states the event accepts.
+        expected: Expected,
+        /// The device's state.
+        got: DeviceState,
+    },
+}
+
+/// The states an event accepts, for [`TransitionError::WrongState`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Expected(&'static [DeviceState]);
+
+impl Expected {
+    /// The accepted states.
+    pub fn states(self) -> &'static [DeviceState] {
+        self.0
+    }
+}
+
+impl fmt::Display for Expected {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, state) in self.0.iter().enumerate() {
+            f.write_str(if i == 0 { "" } else { " or " })?;
+            f.write_str(state.name())?;
+        }
+        Ok(())
+    }
+}
+
+/// The one transition function: every state change of a device goes through it.
+///
+/// # Errors
+/// [`TransitionError`] when the event is not allowed in `from` under `policy`.
+///
+/// ```
+/// # use iotauth::*;
+/// let issue = Event::Issue(DynamicRegistration::On);
+/// let t = transition(DeviceStatus::NEW, issue, IssuancePolicy::Once)?;
+/// assert_eq!(t.secret, SecretEffect::Deliver);
+/// let issued = t.to.unwrap();
+/// assert!(transition(issued, issue, IssuancePolicy::Once).is_err());
+/// assert_eq!(transition(issued, issue, IssuancePolicy::RedeliverUntilFirstLogin)?.secret, SecretEffect::Redeliver);
+/// # Ok::<(), TransitionError>(())
+/// ```
+pub fn transition(
+    from: DeviceStatus,
+    event: Event,
+    policy: IssuancePolicy,
+) -> Result<Transition, TransitionError> {
+    use DeviceState::{Active, Inactive, Issued};
+    let stay = |secret| Transition {
+        to: Some(from),
+        secret,
+    };
+    let become_ = |state, secret| Transition {
+        to: Some(DeviceStatus { state, ..from }),
+        secret,
+    };
+    match event {
+        Event::Issue(_) | Event::LoginOk if !from.enabled => Err(TransitionError::Disabled {
+            event: event.name(),
+        }),
+        Event::Issue(DynamicRegistration::Off) => Err(TransitionError::DynamicRegistrationOff),
+        Event::Issue(DynamicRegistration::On) => match (from.state, policy) {
+            (Inactive, _) => Ok(become_(Issued, SecretEffect::Deliver)),
+            (Issued, IssuancePolicy::RedeliverUntilFirstLogin) => Ok(stay(SecretEffect::Redeliver)),
+            (got, policy) => Err(TransitionError::WrongState {
+                event: event.name(),
+                expected: Expected(match policy {
+                    IssuancePolicy::Once => &[Inactive],
+                    IssuancePolicy::RedeliverUntilFirstLogin => &[Inactive, Issued],
+                }),
+                got,
+            }),
+        },
+        Event::LoginOk => Ok(become_(Active, SecretEffect::Keep)),
+        Event::Disable => Ok(Transition {
+            to: Some(DeviceStatus {
+                enabled: false,
+                ..from
+            }),
+            secret: SecretEffect::Keep,
+        }),
+        Event::Enable => Ok(Transition {
+            to: Some(DeviceStatus {
+                enabled: true,
+                ..from
+            }),
+            secret: SecretEffect::Keep,
+        }),
+        Event::Reset => Ok(become_(Inactive, SecretEffect::Rotate)),
+        Event::Delete => Ok(Transition {
+            to: None,
+            secret: SecretEffect::Keep,
+        }),
+    }
+}
