@@ -12,7 +12,9 @@ mod policy;
 mod random;
 mod register;
 mod secret;
+pub mod service;
 mod sign;
+pub mod store;
 mod verified;
 
 pub use cert::{DeviceCertificate, ProductCertificate};

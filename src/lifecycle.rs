@@ -164,6 +164,12 @@ pub enum TransitionError {
         /// The device's state.
         got: DeviceState,
     },
+    /// The event is the device's own (issue, login), not one an operator may apply.
+    #[error("{event} is not an operator's event")]
+    NotAnOperatorEvent {
+        /// The event's name.
+        event: &'static str,
+    },
 }
 
 /// The states an event accepts, for [`TransitionError::WrongState`].

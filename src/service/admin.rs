@@ -1,0 +1,162 @@
+use std::sync::Arc;
+
+use crate::id::{DeviceName, ProductKey};
+use crate::lifecycle::{DeviceStatus, DynamicRegistration, Event, IssuancePolicy, TransitionError};
+use crate::random::{Entropy, EntropyError, OsEntropy};
+use crate::secret::{DeviceSecret, ProductSecret};
+use crate::store::{DeviceRecord, DeviceStore, ProductRecord, ProductStore, StoreError};
+
+use super::{MAX_ATTEMPTS, apply_event};
+
+/// Why an administrative operation failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum AdminError {
+    /// The store refused or failed (not found, already exists, outage).
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The lifecycle refuses the event.
+    #[error(transparent)]
+    Transition(#[from] TransitionError),
+    /// The random source failed.
+    #[error(transparent)]
+    Entropy(#[from] EntropyError),
+}
+
+/// Creates products and devices with generated keys and secrets, and drives the operator's
+/// lifecycle events (disable, enable, reset, delete), all through the transition function.
+pub struct Admin<S> {
+    store: S,
+    entropy: Arc<dyn Entropy>,
+}
+
+impl<S: ProductStore + DeviceStore> Admin<S> {
+    /// Administration of `store`, generating from the OS random source.
+    pub fn new(store: S) -> Self {
+        Self {
+            store,
+            entropy: Arc::new(OsEntropy),
+        }
+    }
+
+    /// Uses another random source (tests).
+    #[must_use]
+    pub fn with_entropy(mut self, entropy: Arc<dyn Entropy>) -> Self {
+        self.entropy = entropy;
+        self
+    }
+
+    /// Creates a product with a generated ProductKey and ProductSecret.
+    ///
+    /// # Errors
+    /// [`AdminError::Store`] on an outage (or when every generated key collided, which takes
+    /// astronomically many products).
+    pub async fn create_product(
+        &self,
+        dynamic_registration: DynamicRegistration,
+    ) -> Result<ProductRecord, AdminError> {
+        let mut attempts = 0;
+        loop {
+            attempts += 1;
+            let product_key = ProductKey::generate(&*self.entropy)?;
+            let product_secret = ProductSecret::generate(&*self.entropy)?;
+            let record = ProductRecord {
+                product_key,
+                product_secret: product_secret.clone_secret(),
+                dynamic_registration,
+            };
+            match self.store.insert_product(record).await {
+                Ok(()) => {
+                    return Ok(ProductRecord {
+                        product_key,
+                        product_secret,
+                        dynamic_registration,
+                    });
+                }
+                Err(StoreError::AlreadyExists { .. }) if attempts < MAX_ATTEMPTS => continue,
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+
+    /// Flips a product's dynamic-registration switch. Off refuses new activations; devices
+    /// already issued or active are not affected.
+    ///
+    /// # Errors
+    /// [`StoreError::NotFound`] for an unknown product; an outage.
+    pub async fn set_dynamic_registration(
+        &self,
+        product_key: &ProductKey,
+        switch: DynamicRegistration,
+    ) -> Result<(), AdminError> {
+        Ok(self
+            .store
+            .set_dynamic_registration(product_key, switch)
+            .await?)
+    }
+
+    /// Registers a device (Inactive, enabled) with a generated DeviceSecret.
+    ///
+    /// # Errors
+    /// [`StoreError::NotFound`] for an unknown product, [`StoreError::AlreadyExists`] for a
+    /// taken name; an outage.
+    pub async fn register_device(
+        &self,
+        product_key: ProductKey,
+        device_name: DeviceName,
+    ) -> Result<DeviceRecord, AdminError> {
+        let device_secret = DeviceSecret::generate(&*self.entropy)?;
+        self.store
+            .insert_device(DeviceRecord {
+                product_key,
+                device_name,
+                device_secret: device_secret.clone_secret(),
+                status: DeviceStatus::NEW,
+                revision: 0,
+            })
+            .await?;
+        Ok(DeviceRecord {
+            product_key,
+            device_name,
+            device_secret,
+            status: DeviceStatus::NEW,
+            revision: 0,
+        })
+    }
+
+    /// Applies an operator's event: [`Event::Disable`], [`Event::Enable`], [`Event::Reset`]
+    /// (new secret, back to Inactive) or [`Event::Delete`]. Returns the new status, `None`
+    /// after a delete.
+    ///
+    /// # Errors
+    /// [`StoreError::NotFound`] for an unknown device; [`TransitionError`] for an event that
+    /// is not an operator's; an outage.
+    pub async fn apply(
+        &self,
+        product_key: &ProductKey,
+        device_name: &DeviceName,
+        event: Event,
+    ) -> Result<Option<DeviceStatus>, AdminError> {
+        if !matches!(
+            event,
+            Event::Disable | Event::Enable | Event::Reset | Event::Delete
+        ) {
+            return Err(AdminError::Transition(
+                TransitionError::NotAnOperatorEvent {
+                    event: event.name(),
+                },
+            ));
+        }
+        let applied = apply_event(
+            &self.store,
+            product_key,
+            device_name,
+            event,
+            IssuancePolicy::default(),
+            &*self.entropy,
+            |_| Ok::<(), AdminError>(()),
+        )
+        .await?;
+        Ok(applied.transition.to)
+    }
+}

@@ -1,0 +1,223 @@
+use std::fmt;
+use std::sync::LazyLock;
+
+use crate::error::ParseError;
+use crate::id::{DeviceName, ProductKey};
+use crate::lifecycle::{Event, IssuancePolicy, SecretEffect, TransitionError};
+use crate::mqtt::{ConnectKind, ConnectRequest};
+use crate::random::{EntropyError, OsEntropy};
+use crate::register::{RefusalCode, RegisterForm, RegisterReply};
+use crate::secret::{DeviceSecret, ProductSecret};
+use crate::sign::VerifyError;
+use crate::store::{DeviceStore, ProductStore, StoreError};
+use crate::verified::{DeviceIdentity, Verified};
+
+use super::apply_event;
+
+/// Unknown products are verified against this key, so that they cost what known ones cost.
+static DUMMY_PRODUCT_SECRET: LazyLock<ProductSecret> = LazyLock::new(|| {
+    ProductSecret::new("iotauth-unknown-product-timing-key").unwrap_or_else(|_| unreachable!())
+});
+
+/// A device's secret, delivered by dynamic registration.
+///
+/// **Warning:** this is the device's only credential. Send it to the device alone, over TLS,
+/// and never log it; [`IssuedSecret::into_reply`] builds the wire reply.
+pub struct IssuedSecret {
+    identity: Verified<DeviceIdentity>,
+    device_secret: DeviceSecret,
+    redelivered: bool,
+}
+
+impl IssuedSecret {
+    /// Who the secret belongs to.
+    pub fn identity(&self) -> &Verified<DeviceIdentity> {
+        &self.identity
+    }
+
+    /// The secret.
+    pub fn device_secret(&self) -> &DeviceSecret {
+        &self.device_secret
+    }
+
+    /// Whether this is a repeated delivery (policy `RedeliverUntilFirstLogin`).
+    pub fn redelivered(&self) -> bool {
+        self.redelivered
+    }
+
+    /// The success reply (`code` 200 with `data.deviceSecret`).
+    pub fn into_reply(self) -> RegisterReply {
+        RegisterReply::Issued {
+            product_key: self.identity.product_key(),
+            device_name: self.identity.device_name(),
+            device_secret: self.device_secret,
+        }
+    }
+}
+
+impl fmt::Debug for IssuedSecret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("IssuedSecret")
+            .field("identity", &self.identity)
+            .field("redelivered", &self.redelivered)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Why a registration was refused. Precise, for the operator's log; [`RegisterError::code`]
+/// gives the code the device is sent.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum RegisterError {
+    /// The request could not be parsed.
+    #[error("malformed registration: {0}")]
+    Malformed(#[from] ParseError),
+    /// The connect is not a registration of a pre-registered device (`authType=register`).
+    #[error("not a registration of a pre-registered device: authType is {got}")]
+    Unsupported {
+        /// What the connect asked for.
+        got: ConnectKind,
+    },
+    /// No such product.
+    #[error("unknown product")]
+    UnknownProduct,
+    /// The signature was not accepted.
+    #[error("registration not accepted: {0}")]
+    Verify(#[from] VerifyError),
+    /// No such device in the product (devices must be registered in advance).
+    #[error("unknown device")]
+    UnknownDevice,
+    /// The lifecycle refuses the issue (disabled, switch off, already issued).
+    #[error(transparent)]
+    Refused(#[from] TransitionError),
+    /// The store failed: an outage, not a verdict.
+    #[error("store failure: {0}")]
+    Store(#[source] StoreError),
+    /// The random source failed.
+    #[error(transparent)]
+    Entropy(#[from] EntropyError),
+}
+
+impl From<StoreError> for RegisterError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::NotFound { .. } => Self::UnknownDevice,
+            other => Self::Store(other),
+        }
+    }
+}
+
+impl RegisterError {
+    /// The code the device is sent.
+    pub fn code(&self) -> RefusalCode {
+        match self {
+            Self::Malformed(_) | Self::Unsupported { .. } => RefusalCode::InvalidRequest,
+            Self::UnknownProduct => RefusalCode::ProductNotFound,
+            Self::Verify(_) => RefusalCode::SignatureMismatch,
+            Self::UnknownDevice => RefusalCode::DeviceNotFound,
+            Self::Refused(TransitionError::Disabled { .. }) => RefusalCode::DeviceDisabled,
+            Self::Refused(TransitionError::DynamicRegistrationOff) => {
+                RefusalCode::DynamicRegistrationDisabled
+            }
+            Self::Refused(_) => RefusalCode::AlreadyIssued,
+            Self::Store(_) | Self::Entropy(_) => RefusalCode::Unavailable,
+        }
+    }
+
+    /// The refusal reply the device is sent.
+    pub fn to_reply(&self) -> RegisterReply {
+        RegisterReply::refused(self.code())
+    }
+}
+
+/// Dynamic registration: hands a pre-registered device its secret, once (or per policy).
+///
+/// Checks, in this order: the request parses; the product exists; the signature is the
+/// product secret's; the device exists; then the lifecycle (enabled, switch on, not yet
+/// issued) decides, and the issue is written by compare-and-set, so of racing requests
+/// exactly one wins. Only a holder of the product secret learns more than "bad signature"
+/// about a product.
+pub struct Registrar<S> {
+    store: S,
+    policy: IssuancePolicy,
+}
+
+impl<S: ProductStore + DeviceStore> Registrar<S> {
+    /// A registrar over `store` with the default policy, [`IssuancePolicy::Once`].
+    pub fn new(store: S) -> Self {
+        Self {
+            store,
+            policy: IssuancePolicy::Once,
+        }
+    }
+
+    /// Uses another issuance policy.
+    #[must_use]
+    pub fn with_policy(mut self, policy: IssuancePolicy) -> Self {
+        self.policy = policy;
+        self
+    }
+
+    /// Serves an HTTPS registration body (`POST /auth/register/device`).
+    ///
+    /// # Errors
+    /// [`RegisterError`]; its [`RegisterError::to_reply`] is what the device is sent.
+    pub async fn register_form(&self, body: &[u8]) -> Result<IssuedSecret, RegisterError> {
+        let form = RegisterForm::parse(body)?;
+        self.issue(form.product_key(), form.device_name(), |secret| {
+            form.verify(secret)
+        })
+        .await
+    }
+
+    /// Serves an MQTT registration connect (`authType=register`).
+    ///
+    /// # Errors
+    /// [`RegisterError`]; an `regnwl` connect (no pre-registration) is
+    /// [`RegisterError::Unsupported`].
+    pub async fn register_connect(
+        &self,
+        client_id: &str,
+        username: &str,
+        password: &str,
+    ) -> Result<IssuedSecret, RegisterError> {
+        let request = ConnectRequest::parse(client_id, username, password)?;
+        if request.kind() != ConnectKind::Register {
+            return Err(RegisterError::Unsupported {
+                got: request.kind(),
+            });
+        }
+        self.issue(request.product_key(), request.device_name(), |secret| {
+            request.verify_registration(secret)
+        })
+        .await
+    }
+
+    async fn issue(
+        &self,
+        product_key: ProductKey,
+        device_name: DeviceName,
+        verify: impl Fn(&ProductSecret) -> Result<Verified<DeviceIdentity>, VerifyError>,
+    ) -> Result<IssuedSecret, RegisterError> {
+        let Some(product) = self.store.product(&product_key).await? else {
+            let _ = verify(&DUMMY_PRODUCT_SECRET);
+            return Err(RegisterError::UnknownProduct);
+        };
+        let identity = verify(&product.product_secret)?;
+        let applied = apply_event(
+            &self.store,
+            &product_key,
+            &device_name,
+            Event::Issue(product.dynamic_registration),
+            self.policy,
+            &OsEntropy,
+            |_| Ok::<(), RegisterError>(()),
+        )
+        .await?;
+        Ok(IssuedSecret {
+            identity,
+            device_secret: applied.before.device_secret,
+            redelivered: applied.transition.secret == SecretEffect::Redeliver,
+        })
+    }
+}

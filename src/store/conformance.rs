@@ -1,0 +1,535 @@
+//! The conformance suite every store adapter must pass (feature `conformance`).
+//!
+//! Each function checks one property and panics, like a test, when the store breaks it. Run
+//! them all from your adapter's tests with [`run_all`], on a multi-threaded Tokio runtime:
+//!
+//! ```no_run
+//! # use std::sync::Arc;
+//! #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+//! async fn memory_store_conforms() {
+//!     iotauth::store::conformance::run_all(|| Arc::new(iotauth::store::MemoryStore::new())).await;
+//! }
+//! ```
+//!
+//! Every function creates its own products with random keys, so one shared database (e.g. a
+//! PostgreSQL server) can run them all, even concurrently.
+
+use std::sync::Arc;
+
+use tokio::sync::Barrier;
+
+use super::{DeviceRecord, DeviceStore, DeviceUpdate, ProductRecord, ProductStore, StoreError};
+use crate::id::{DeviceName, ProductKey};
+use crate::lifecycle::{DeviceState, DeviceStatus, DynamicRegistration, Event, IssuancePolicy};
+use crate::mqtt::{LoginOptions, build_login};
+use crate::register::build_register_form;
+use crate::secret::{DeviceSecret, ProductSecret};
+use crate::service::{Admin, AuthError, Authenticator, RegisterError, Registrar};
+use crate::sign::SignMethod;
+use crate::{DeviceCertificate, ProductCertificate};
+
+/// The number of tasks that race to issue one secret.
+pub const RACERS: usize = 64;
+
+/// Every property, in order; `new_store` is called once per property.
+pub async fn run_all<S, F>(new_store: F)
+where
+    S: ProductStore + DeviceStore + Clone + 'static,
+    F: Fn() -> S,
+{
+    products(new_store()).await;
+    devices(new_store()).await;
+    compare_and_set(new_store()).await;
+    login_lifecycle(new_store()).await;
+    registration_lifecycle(new_store()).await;
+    dynamic_registration_switch(new_store()).await;
+    disabled_devices(new_store()).await;
+    reset_and_reregister_give_new_secrets(new_store()).await;
+    race_issue_once(new_store(), IssuancePolicy::Once).await;
+    race_issue_once(new_store(), IssuancePolicy::RedeliverUntilFirstLogin).await;
+}
+
+fn name(text: &str) -> DeviceName {
+    DeviceName::new(text).unwrap_or_else(|e| panic!("test device name: {e}"))
+}
+
+async fn new_product<S: ProductStore + DeviceStore>(
+    store: &S,
+    switch: DynamicRegistration,
+) -> (Admin<&S>, ProductRecord) {
+    let admin = Admin::new(store);
+    let product = admin
+        .create_product(switch)
+        .await
+        .unwrap_or_else(|e| panic!("create product: {e}"));
+    (admin, product)
+}
+
+/// Create, read, list; duplicates are `AlreadyExists`; unknown products are `NotFound`.
+pub async fn products<S: ProductStore + DeviceStore>(store: S) {
+    let (_, product) = new_product(&store, DynamicRegistration::Off).await;
+    let pk = product.product_key;
+    let read = store
+        .product(&pk)
+        .await
+        .unwrap()
+        .expect("created product is readable");
+    assert_eq!(read.product_key, pk);
+    assert_eq!(
+        read.product_secret.expose_secret(),
+        product.product_secret.expose_secret()
+    );
+    assert_eq!(read.dynamic_registration, DynamicRegistration::Off);
+    assert!(
+        store
+            .products()
+            .await
+            .unwrap()
+            .iter()
+            .any(|p| p.product_key == pk)
+    );
+
+    let duplicate = store
+        .insert_product(ProductRecord {
+            product_key: pk,
+            product_secret: ProductSecret::new("another-secret").unwrap(),
+            dynamic_registration: DynamicRegistration::On,
+        })
+        .await;
+    assert!(matches!(
+        duplicate,
+        Err(StoreError::AlreadyExists { what: "product" })
+    ));
+    let kept = store.product(&pk).await.unwrap().unwrap();
+    assert_eq!(
+        kept.product_secret.expose_secret(),
+        product.product_secret.expose_secret()
+    );
+
+    store
+        .set_dynamic_registration(&pk, DynamicRegistration::On)
+        .await
+        .unwrap();
+    let flipped = store.product(&pk).await.unwrap().unwrap();
+    assert_eq!(flipped.dynamic_registration, DynamicRegistration::On);
+
+    let unknown = ProductKey::new("unknownProduct0000000000000000").unwrap();
+    assert!(store.product(&unknown).await.unwrap().is_none());
+    assert!(matches!(
+        store
+            .set_dynamic_registration(&unknown, DynamicRegistration::On)
+            .await,
+        Err(StoreError::NotFound { what: "product" })
+    ));
+}
+
+/// Register, read, list (ordered by name); duplicates and unknown products are refused.
+pub async fn devices<S: ProductStore + DeviceStore>(store: S) {
+    let (admin, product) = new_product(&store, DynamicRegistration::Off).await;
+    let pk = product.product_key;
+    let b = admin.register_device(pk, name("dev-b")).await.unwrap();
+    let a = admin.register_device(pk, name("dev-a")).await.unwrap();
+    assert_eq!(a.status, DeviceStatus::NEW);
+    assert_ne!(
+        a.device_secret.expose_secret(),
+        b.device_secret.expose_secret()
+    );
+
+    let read = store.device(&pk, &name("dev-a")).await.unwrap().unwrap();
+    assert_eq!(
+        read.device_secret.expose_secret(),
+        a.device_secret.expose_secret()
+    );
+    assert_eq!((read.status, read.revision), (DeviceStatus::NEW, 0));
+    let names: Vec<_> = store
+        .devices(&pk)
+        .await
+        .unwrap()
+        .iter()
+        .map(|d| d.device_name.to_string())
+        .collect();
+    assert_eq!(names, ["dev-a", "dev-b"]);
+
+    assert!(matches!(
+        admin.register_device(pk, name("dev-a")).await,
+        Err(crate::service::AdminError::Store(
+            StoreError::AlreadyExists { what: "device" }
+        ))
+    ));
+    let unknown = ProductKey::new("unknownProduct0000000000000001").unwrap();
+    assert!(matches!(
+        admin.register_device(unknown, name("dev-a")).await,
+        Err(crate::service::AdminError::Store(StoreError::NotFound {
+            what: "product"
+        }))
+    ));
+    assert!(store.device(&pk, &name("dev-c")).await.unwrap().is_none());
+    assert!(store.devices(&unknown).await.unwrap().is_empty());
+}
+
+/// A compare-and-set with the current revision wins and bumps it; a stale one loses with
+/// `Precondition` and changes nothing; a missing device is `NotFound`.
+pub async fn compare_and_set<S: ProductStore + DeviceStore>(store: S) {
+    let (admin, product) = new_product(&store, DynamicRegistration::Off).await;
+    let pk = product.product_key;
+    let dn = name("cas-device");
+    admin.register_device(pk, dn).await.unwrap();
+    let issued = DeviceStatus {
+        state: DeviceState::Issued,
+        enabled: true,
+    };
+    let set = |status| DeviceUpdate::Set {
+        status,
+        device_secret: None,
+    };
+    store
+        .compare_and_set(&pk, &dn, 0, set(issued))
+        .await
+        .unwrap();
+    let after = store.device(&pk, &dn).await.unwrap().unwrap();
+    assert_eq!((after.status, after.revision), (issued, 1));
+
+    let stale = store
+        .compare_and_set(&pk, &dn, 0, set(DeviceStatus::NEW))
+        .await;
+    assert!(matches!(
+        stale,
+        Err(StoreError::Precondition { what: "device" })
+    ));
+    let unchanged = store.device(&pk, &dn).await.unwrap().unwrap();
+    assert_eq!((unchanged.status, unchanged.revision), (issued, 1));
+
+    let rotated = DeviceSecret::new("rotated-secret-for-conformance").unwrap();
+    store
+        .compare_and_set(
+            &pk,
+            &dn,
+            1,
+            DeviceUpdate::Set {
+                status: DeviceStatus::NEW,
+                device_secret: Some(rotated.clone_secret()),
+            },
+        )
+        .await
+        .unwrap();
+    let reset = store.device(&pk, &dn).await.unwrap().unwrap();
+    assert_eq!(reset.device_secret.expose_secret(), rotated.expose_secret());
+    assert_eq!((reset.status, reset.revision), (DeviceStatus::NEW, 2));
+
+    assert!(matches!(
+        store
+            .compare_and_set(&pk, &dn, 1, DeviceUpdate::Delete)
+            .await,
+        Err(StoreError::Precondition { .. })
+    ));
+    store
+        .compare_and_set(&pk, &dn, 2, DeviceUpdate::Delete)
+        .await
+        .unwrap();
+    assert!(store.device(&pk, &dn).await.unwrap().is_none());
+    assert!(matches!(
+        store.compare_and_set(&pk, &dn, 3, set(issued)).await,
+        Err(StoreError::NotFound { what: "device" })
+    ));
+}
+
+async fn login<S: DeviceStore>(store: &S, device: &DeviceRecord) -> Result<(), AuthError> {
+    let cert = DeviceCertificate::new(
+        device.product_key,
+        device.device_name,
+        device.device_secret.clone_secret(),
+    );
+    let creds = build_login(&cert, &LoginOptions::default()).unwrap();
+    Authenticator::new(store)
+        .authenticate(
+            creds.client_id(),
+            creds.username(),
+            &creds.expose_password(),
+        )
+        .await
+        .map(|_| ())
+}
+
+async fn state<S: DeviceStore>(store: &S, pk: &ProductKey, dn: &DeviceName) -> DeviceState {
+    store
+        .device(pk, dn)
+        .await
+        .unwrap()
+        .expect("device exists")
+        .status
+        .state
+}
+
+/// Per-device certificate: the first good login makes an Inactive device Active; a wrong
+/// secret is refused and changes nothing.
+pub async fn login_lifecycle<S: ProductStore + DeviceStore>(store: S) {
+    let (admin, product) = new_product(&store, DynamicRegistration::Off).await;
+    let pk = product.product_key;
+    let device = admin.register_device(pk, name("login-dev")).await.unwrap();
+    let dn = device.device_name;
+
+    let impostor = DeviceRecord {
+        device_secret: DeviceSecret::new("not-the-device-secret").unwrap(),
+        ..copy(&device)
+    };
+    assert!(matches!(
+        login(&store, &impostor).await,
+        Err(AuthError::Verify(_))
+    ));
+    assert_eq!(state(&store, &pk, &dn).await, DeviceState::Inactive);
+
+    login(&store, &device).await.unwrap();
+    assert_eq!(state(&store, &pk, &dn).await, DeviceState::Active);
+    login(&store, &device).await.unwrap();
+    assert_eq!(state(&store, &pk, &dn).await, DeviceState::Active);
+
+    let ghost = DeviceRecord {
+        device_name: name("ghost-dev"),
+        ..copy(&device)
+    };
+    assert!(matches!(
+        login(&store, &ghost).await,
+        Err(AuthError::UnknownDevice)
+    ));
+}
+
+fn copy(d: &DeviceRecord) -> DeviceRecord {
+    DeviceRecord {
+        product_key: d.product_key,
+        device_name: d.device_name,
+        device_secret: d.device_secret.clone_secret(),
+        status: d.status,
+        revision: d.revision,
+    }
+}
+
+async fn register<S: ProductStore + DeviceStore>(
+    registrar: &Registrar<S>,
+    product: &ProductRecord,
+    device_name: DeviceName,
+) -> Result<crate::service::IssuedSecret, RegisterError> {
+    let cert = ProductCertificate::new(product.product_key, product.product_secret.clone_secret());
+    let form =
+        build_register_form(&cert, device_name, "conformance1", SignMethod::HmacSha256).unwrap();
+    registrar.register_form(form.body().as_bytes()).await
+}
+
+/// Per-product certificate: a registered device obtains its secret once; the secret then
+/// logs in; a second registration is refused, before and after the login.
+pub async fn registration_lifecycle<S: ProductStore + DeviceStore + Clone>(store: S) {
+    let (admin, product) = new_product(&store, DynamicRegistration::On).await;
+    let pk = product.product_key;
+    let registered = admin.register_device(pk, name("reg-dev")).await.unwrap();
+    let dn = registered.device_name;
+    let registrar = Registrar::new(store.clone());
+
+    let issued = register(&registrar, &product, dn).await.unwrap();
+    assert_eq!(
+        issued.device_secret().expose_secret(),
+        registered.device_secret.expose_secret()
+    );
+    assert!(!issued.redelivered());
+    assert_eq!(state(&store, &pk, &dn).await, DeviceState::Issued);
+    assert!(matches!(
+        register(&registrar, &product, dn).await,
+        Err(RegisterError::Refused(_))
+    ));
+
+    login(&store, &registered).await.unwrap();
+    assert_eq!(state(&store, &pk, &dn).await, DeviceState::Active);
+    let again = Registrar::new(store.clone()).with_policy(IssuancePolicy::RedeliverUntilFirstLogin);
+    assert!(matches!(
+        register(&again, &product, dn).await,
+        Err(RegisterError::Refused(_))
+    ));
+
+    assert!(matches!(
+        register(&registrar, &product, name("never-registered")).await,
+        Err(RegisterError::UnknownDevice)
+    ));
+    let wrong = ProductRecord {
+        product_secret: ProductSecret::new("not-the-product-secret").unwrap(),
+        product_key: pk,
+        dynamic_registration: DynamicRegistration::On,
+    };
+    let other = admin.register_device(pk, name("reg-dev-2")).await.unwrap();
+    assert!(matches!(
+        register(&registrar, &wrong, other.device_name).await,
+        Err(RegisterError::Verify(_))
+    ));
+    assert_eq!(
+        state(&store, &pk, &other.device_name).await,
+        DeviceState::Inactive
+    );
+}
+
+/// The switch off refuses new activations and leaves issued and active devices alone.
+pub async fn dynamic_registration_switch<S: ProductStore + DeviceStore + Clone>(store: S) {
+    let (admin, product) = new_product(&store, DynamicRegistration::On).await;
+    let pk = product.product_key;
+    let active = admin
+        .register_device(pk, name("switch-active"))
+        .await
+        .unwrap();
+    let waiting = admin
+        .register_device(pk, name("switch-waiting"))
+        .await
+        .unwrap();
+    let registrar = Registrar::new(store.clone());
+    register(&registrar, &product, active.device_name)
+        .await
+        .unwrap();
+    login(&store, &active).await.unwrap();
+
+    admin
+        .set_dynamic_registration(&pk, DynamicRegistration::Off)
+        .await
+        .unwrap();
+    let refused = register(&registrar, &product, waiting.device_name).await;
+    assert!(matches!(
+        refused,
+        Err(RegisterError::Refused(
+            crate::TransitionError::DynamicRegistrationOff
+        ))
+    ));
+    assert_eq!(
+        state(&store, &pk, &waiting.device_name).await,
+        DeviceState::Inactive
+    );
+    login(&store, &active).await.unwrap();
+
+    admin
+        .set_dynamic_registration(&pk, DynamicRegistration::On)
+        .await
+        .unwrap();
+    register(&registrar, &product, waiting.device_name)
+        .await
+        .unwrap();
+}
+
+/// A disabled device can neither log in nor register; enabled again, it can.
+pub async fn disabled_devices<S: ProductStore + DeviceStore + Clone>(store: S) {
+    let (admin, product) = new_product(&store, DynamicRegistration::On).await;
+    let pk = product.product_key;
+    let device = admin
+        .register_device(pk, name("disabled-dev"))
+        .await
+        .unwrap();
+    let dn = device.device_name;
+    admin.apply(&pk, &dn, Event::Disable).await.unwrap();
+    assert!(matches!(
+        login(&store, &device).await,
+        Err(AuthError::Disabled)
+    ));
+    let registrar = Registrar::new(store.clone());
+    assert!(matches!(
+        register(&registrar, &product, dn).await,
+        Err(RegisterError::Refused(
+            crate::TransitionError::Disabled { .. }
+        ))
+    ));
+    assert_eq!(state(&store, &pk, &dn).await, DeviceState::Inactive);
+
+    admin.apply(&pk, &dn, Event::Enable).await.unwrap();
+    register(&registrar, &product, dn).await.unwrap();
+    login(&store, &device).await.unwrap();
+}
+
+/// Reset rotates the secret and allows one new issue; delete then register gives a new
+/// secret too; the old secret no longer logs in.
+pub async fn reset_and_reregister_give_new_secrets<S: ProductStore + DeviceStore + Clone>(
+    store: S,
+) {
+    let (admin, product) = new_product(&store, DynamicRegistration::On).await;
+    let pk = product.product_key;
+    let first = admin.register_device(pk, name("reset-dev")).await.unwrap();
+    let dn = first.device_name;
+    let registrar = Registrar::new(store.clone());
+    register(&registrar, &product, dn).await.unwrap();
+    login(&store, &first).await.unwrap();
+
+    let status = admin.apply(&pk, &dn, Event::Reset).await.unwrap();
+    assert_eq!(status.map(|s| s.state), Some(DeviceState::Inactive));
+    let second = register(&registrar, &product, dn).await.unwrap();
+    assert_ne!(
+        second.device_secret().expose_secret(),
+        first.device_secret.expose_secret()
+    );
+    assert!(matches!(
+        login(&store, &first).await,
+        Err(AuthError::Verify(_))
+    ));
+
+    assert_eq!(admin.apply(&pk, &dn, Event::Delete).await.unwrap(), None);
+    assert!(store.device(&pk, &dn).await.unwrap().is_none());
+    let third = admin.register_device(pk, dn).await.unwrap();
+    assert_ne!(
+        third.device_secret.expose_secret(),
+        second.device_secret().expose_secret()
+    );
+    assert_eq!(third.status, DeviceStatus::NEW);
+    let issued = register(&registrar, &product, dn).await.unwrap();
+    assert_eq!(
+        issued.device_secret().expose_secret(),
+        third.device_secret.expose_secret()
+    );
+}
+
+/// [`RACERS`] tasks released together ask for one device's secret. Under `Once` exactly one
+/// gets it and the rest are refused; under `RedeliverUntilFirstLogin` exactly one makes the
+/// first delivery and every other gets the same secret as a redelivery.
+pub async fn race_issue_once<S: ProductStore + DeviceStore + Clone + 'static>(
+    store: S,
+    policy: IssuancePolicy,
+) {
+    let (admin, product) = new_product(&store, DynamicRegistration::On).await;
+    let device = admin
+        .register_device(product.product_key, name("race-dev"))
+        .await
+        .unwrap();
+    let cert = ProductCertificate::new(product.product_key, product.product_secret.clone_secret());
+    let body = build_register_form(&cert, device.device_name, "race", SignMethod::HmacSha1)
+        .unwrap()
+        .body()
+        .to_owned();
+    let registrar = Arc::new(Registrar::new(store.clone()).with_policy(policy));
+    let barrier = Arc::new(Barrier::new(RACERS));
+    let racers: Vec<_> = (0..RACERS)
+        .map(|_| {
+            let (registrar, barrier, body) = (registrar.clone(), barrier.clone(), body.clone());
+            tokio::spawn(async move {
+                barrier.wait().await;
+                registrar.register_form(body.as_bytes()).await
+            })
+        })
+        .collect();
+    let (mut first, mut again, mut refused) = (0, 0, 0);
+    for racer in racers {
+        match racer.await.expect("racer task panicked") {
+            Ok(issued) => {
+                assert_eq!(
+                    issued.device_secret().expose_secret(),
+                    device.device_secret.expose_secret()
+                );
+                if issued.redelivered() {
+                    again += 1;
+                } else {
+                    first += 1;
+                }
+            }
+            Err(RegisterError::Refused(_)) => refused += 1,
+            Err(other) => panic!("unexpected refusal in the race: {other}"),
+        }
+    }
+    assert_eq!(first, 1, "exactly one first delivery ({policy:?})");
+    match policy {
+        IssuancePolicy::Once => assert_eq!((again, refused), (0, RACERS - 1)),
+        IssuancePolicy::RedeliverUntilFirstLogin => assert_eq!((again, refused), (RACERS - 1, 0)),
+    }
+    let stored = store
+        .device(&product.product_key, &device.device_name)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(stored.status.state, DeviceState::Issued);
+}

@@ -1,0 +1,239 @@
+//! Storage: the traits every adapter implements, and the adapters.
+//!
+//! # The safety-critical promise
+//! [`DeviceStore::compare_and_set`] must be atomic: of any number of concurrent calls naming
+//! the same device and revision, at most one may succeed; the others fail with
+//! [`StoreError::Precondition`]. "Issue the secret once" rests on it. In SQL it is one
+//! `UPDATE … WHERE revision = $expected` whose affected-row count decides the winner.
+//!
+//! The revision (rather than the state) is compared so that a device reset and issued again
+//! between another task's read and its write cannot be mistaken for the state that task read.
+
+use std::error::Error as StdError;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+
+use crate::id::{DeviceName, ProductKey};
+use crate::lifecycle::{DeviceStatus, DynamicRegistration};
+use crate::secret::{DeviceSecret, ProductSecret};
+
+#[cfg(feature = "conformance")]
+pub mod conformance;
+#[cfg(feature = "memory")]
+mod memory;
+#[cfg(feature = "memory")]
+pub use memory::MemoryStore;
+
+/// A product as stored.
+#[derive(Debug)]
+pub struct ProductRecord {
+    /// The product's key.
+    pub product_key: ProductKey,
+    /// The secret shared by its devices for dynamic registration.
+    pub product_secret: ProductSecret,
+    /// The dynamic-registration switch.
+    pub dynamic_registration: DynamicRegistration,
+}
+
+/// A device as stored.
+#[derive(Debug)]
+pub struct DeviceRecord {
+    /// The device's product.
+    pub product_key: ProductKey,
+    /// The device's name.
+    pub device_name: DeviceName,
+    /// The device's secret.
+    pub device_secret: DeviceSecret,
+    /// Lifecycle state and disabled flag.
+    pub status: DeviceStatus,
+    /// Incremented by every successful [`DeviceStore::compare_and_set`]; 0 on insertion.
+    pub revision: u64,
+}
+
+/// A change to a device, applied by [`DeviceStore::compare_and_set`].
+#[derive(Debug)]
+pub enum DeviceUpdate {
+    /// Set the status, and the secret when one is given.
+    Set {
+        /// The new status.
+        status: DeviceStatus,
+        /// The new secret (on reset), or `None` to keep the current one.
+        device_secret: Option<DeviceSecret>,
+    },
+    /// Remove the device.
+    Delete,
+}
+
+/// Why a store operation failed. The source of an outage is kept, never flattened to a string.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StoreError {
+    /// The product or device does not exist.
+    #[error("{what} not found")]
+    NotFound {
+        /// `"product"` or `"device"`.
+        what: &'static str,
+    },
+    /// A product or device with that key already exists.
+    #[error("{what} already exists")]
+    AlreadyExists {
+        /// `"product"` or `"device"`.
+        what: &'static str,
+    },
+    /// The record changed since it was read (a compare-and-set lost).
+    #[error("{what} was changed concurrently")]
+    Precondition {
+        /// `"device"`.
+        what: &'static str,
+    },
+    /// The store cannot be reached or failed: an outage, not a verdict on the credentials.
+    #[error("the store is unavailable")]
+    Unavailable {
+        /// The underlying error.
+        #[source]
+        source: Box<dyn StdError + Send + Sync>,
+    },
+}
+
+impl StoreError {
+    /// An outage caused by `source`.
+    pub fn unavailable(source: impl StdError + Send + Sync + 'static) -> Self {
+        Self::Unavailable {
+            source: Box::new(source),
+        }
+    }
+}
+
+/// Products.
+#[async_trait]
+pub trait ProductStore: Send + Sync {
+    /// Inserts a new product.
+    ///
+    /// # Errors
+    /// [`StoreError::AlreadyExists`] when the key is taken; [`StoreError::Unavailable`].
+    async fn insert_product(&self, product: ProductRecord) -> Result<(), StoreError>;
+
+    /// The product with this key, if any.
+    ///
+    /// # Errors
+    /// [`StoreError::Unavailable`].
+    async fn product(&self, product_key: &ProductKey) -> Result<Option<ProductRecord>, StoreError>;
+
+    /// Every product, ordered by key.
+    ///
+    /// # Errors
+    /// [`StoreError::Unavailable`].
+    async fn products(&self) -> Result<Vec<ProductRecord>, StoreError>;
+
+    /// Flips the dynamic-registration switch.
+    ///
+    /// # Errors
+    /// [`StoreError::NotFound`]; [`StoreError::Unavailable`].
+    async fn set_dynamic_registration(
+        &self,
+        product_key: &ProductKey,
+        switch: DynamicRegistration,
+    ) -> Result<(), StoreError>;
+}
+
+/// Devices.
+#[async_trait]
+pub trait DeviceStore: Send + Sync {
+    /// Inserts a new device (its `revision` is stored as given, normally 0).
+    ///
+    /// # Errors
+    /// [`StoreError::NotFound`] when its product does not exist;
+    /// [`StoreError::AlreadyExists`] when the name is taken in the product;
+    /// [`StoreError::Unavailable`].
+    async fn insert_device(&self, device: DeviceRecord) -> Result<(), StoreError>;
+
+    /// The device, if any, read as one consistent snapshot.
+    ///
+    /// # Errors
+    /// [`StoreError::Unavailable`].
+    async fn device(
+        &self,
+        product_key: &ProductKey,
+        device_name: &DeviceName,
+    ) -> Result<Option<DeviceRecord>, StoreError>;
+
+    /// Every device of a product, ordered by name.
+    ///
+    /// # Errors
+    /// [`StoreError::Unavailable`].
+    async fn devices(&self, product_key: &ProductKey) -> Result<Vec<DeviceRecord>, StoreError>;
+
+    /// Applies `update` if and only if the device's revision is still `expected_revision`,
+    /// and then increments the revision; atomically (see the module's promise).
+    ///
+    /// # Errors
+    /// [`StoreError::Precondition`] when the revision differs (someone else won);
+    /// [`StoreError::NotFound`] when the device is gone; [`StoreError::Unavailable`].
+    async fn compare_and_set(
+        &self,
+        product_key: &ProductKey,
+        device_name: &DeviceName,
+        expected_revision: u64,
+        update: DeviceUpdate,
+    ) -> Result<(), StoreError>;
+}
+
+/// Forwards both traits through a pointer type, so services can own an `Arc` of a store or
+/// borrow one.
+macro_rules! forward_store {
+    ($($pointer:ty),*) => {$(
+        #[async_trait]
+        impl<T: ProductStore + ?Sized> ProductStore for $pointer {
+            async fn insert_product(&self, product: ProductRecord) -> Result<(), StoreError> {
+                (**self).insert_product(product).await
+            }
+            async fn product(
+                &self,
+                product_key: &ProductKey,
+            ) -> Result<Option<ProductRecord>, StoreError> {
+                (**self).product(product_key).await
+            }
+            async fn products(&self) -> Result<Vec<ProductRecord>, StoreError> {
+                (**self).products().await
+            }
+            async fn set_dynamic_registration(
+                &self,
+                product_key: &ProductKey,
+                switch: DynamicRegistration,
+            ) -> Result<(), StoreError> {
+                (**self).set_dynamic_registration(product_key, switch).await
+            }
+        }
+
+        #[async_trait]
+        impl<T: DeviceStore + ?Sized> DeviceStore for $pointer {
+            async fn insert_device(&self, device: DeviceRecord) -> Result<(), StoreError> {
+                (**self).insert_device(device).await
+            }
+            async fn device(
+                &self,
+                product_key: &ProductKey,
+                device_name: &DeviceName,
+            ) -> Result<Option<DeviceRecord>, StoreError> {
+                (**self).device(product_key, device_name).await
+            }
+            async fn devices(&self, product_key: &ProductKey) -> Result<Vec<DeviceRecord>, StoreError> {
+                (**self).devices(product_key).await
+            }
+            async fn compare_and_set(
+                &self,
+                product_key: &ProductKey,
+                device_name: &DeviceName,
+                expected_revision: u64,
+                update: DeviceUpdate,
+            ) -> Result<(), StoreError> {
+                (**self)
+                    .compare_and_set(product_key, device_name, expected_revision, update)
+                    .await
+            }
+        }
+    )*};
+}
+
+forward_store!(Arc<T>, &T);

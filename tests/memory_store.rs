@@ -1,0 +1,104 @@
+//! The memory adapter passes the store conformance suite, including the 64-task issue race
+//! under both issuance policies.
+#![cfg(feature = "conformance")]
+
+use std::sync::Arc;
+
+use iotauth::IssuancePolicy;
+use iotauth::store::{MemoryStore, conformance};
+
+fn store() -> Arc<MemoryStore> {
+    Arc::new(MemoryStore::new())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn memory_store_passes_the_conformance_suite() {
+    conformance::run_all(store).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn race_of_64_issues_has_one_winner_under_once() {
+    conformance::race_issue_once(store(), IssuancePolicy::Once).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn race_of_64_issues_has_one_first_delivery_under_redeliver() {
+    conformance::race_issue_once(store(), IssuancePolicy::RedeliverUntilFirstLogin).await;
+}
+
+/// A store whose compare-and-set ignores the revision (a read-then-write adapter): the race
+/// property must catch it, or it proves nothing.
+mod broken {
+    use async_trait::async_trait;
+    use iotauth::store::*;
+    use iotauth::{DeviceName, DynamicRegistration, ProductKey};
+
+    #[derive(Default)]
+    pub struct IgnoresRevision(MemoryStore);
+
+    #[async_trait]
+    impl ProductStore for IgnoresRevision {
+        async fn insert_product(&self, p: ProductRecord) -> Result<(), StoreError> {
+            self.0.insert_product(p).await
+        }
+        async fn product(&self, pk: &ProductKey) -> Result<Option<ProductRecord>, StoreError> {
+            self.0.product(pk).await
+        }
+        async fn products(&self) -> Result<Vec<ProductRecord>, StoreError> {
+            self.0.products().await
+        }
+        async fn set_dynamic_registration(
+            &self,
+            pk: &ProductKey,
+            switch: DynamicRegistration,
+        ) -> Result<(), StoreError> {
+            self.0.set_dynamic_registration(pk, switch).await
+        }
+    }
+
+    #[async_trait]
+    impl DeviceStore for IgnoresRevision {
+        async fn insert_device(&self, d: DeviceRecord) -> Result<(), StoreError> {
+            self.0.insert_device(d).await
+        }
+        async fn device(
+            &self,
+            pk: &ProductKey,
+            dn: &DeviceName,
+        ) -> Result<Option<DeviceRecord>, StoreError> {
+            let read = self.0.device(pk, dn).await;
+            // Let the other racers read too, as a slow database would.
+            tokio::task::yield_now().await;
+            read
+        }
+        async fn devices(&self, pk: &ProductKey) -> Result<Vec<DeviceRecord>, StoreError> {
+            self.0.devices(pk).await
+        }
+        async fn compare_and_set(
+            &self,
+            pk: &ProductKey,
+            dn: &DeviceName,
+            _expected_revision: u64,
+            update: DeviceUpdate,
+        ) -> Result<(), StoreError> {
+            let current = self
+                .0
+                .device(pk, dn)
+                .await?
+                .ok_or(StoreError::NotFound { what: "device" })?;
+            self.0
+                .compare_and_set(pk, dn, current.revision, update)
+                .await
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn race_property_catches_a_store_whose_compare_and_set_is_not_atomic() {
+    let store = Arc::new(broken::IgnoresRevision::default());
+    let race = tokio::spawn(conformance::race_issue_once(store, IssuancePolicy::Once));
+    assert!(
+        race.await.is_err(),
+        "a non-atomic compare-and-set must make the race property fail"
+    );
+}
