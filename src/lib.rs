@@ -32,8 +32,8 @@ pub use mqtt::{
 pub use policy::{Clock, FixedClock, Freshness, SECONDS_BELOW, SystemClock, UnixMillis};
 pub use random::{Entropy, EntropyError, OsEntropy};
 pub use register::{
-    MAX_FORM_LEN, MAX_FORM_PAIRS, MAX_REPLY_LEN, RefusalCode, RegisterForm, RegisterFormBody,
-    RegisterReply, build_register_form,
+    GENERATED_RANDOM_LEN, MAX_FORM_LEN, MAX_FORM_PAIRS, MAX_REPLY_LEN, RefusalCode, RegisterForm,
+    RegisterFormBody, RegisterReply, build_register_form, registration_random,
 };
 pub use secret::{DeviceSecret, DeviceToken, ProductSecret};
 pub use sign::{SignContent, SignMethod, Signature, SigningKey, VerifyError, sign, verify};

@@ -7,6 +7,7 @@ use crate::cert::ProductCertificate;
 use crate::error::ParseError;
 use crate::id::{DeviceName, ProductKey};
 use crate::mqtt::parse_random;
+use crate::random::{Entropy, EntropyError, fill_alphanumeric};
 use crate::secret::{DeviceSecret, ProductSecret};
 use crate::sign::{SignContent, SignMethod, Signature, VerifyError, sign, verify};
 use crate::verified::{DeviceIdentity, Verified};
@@ -261,6 +262,19 @@ pub fn build_register_form(
         .append_pair("signMethod", method.name())
         .finish();
     Ok(RegisterFormBody { body, sign })
+}
+
+/// The length of [`registration_random`]'s values, as Alibaba's Python SDK.
+pub const GENERATED_RANDOM_LEN: usize = 15;
+
+/// A fresh `random` for a registration: 15 letters and digits, as Alibaba's Python SDK sends.
+///
+/// # Errors
+/// [`EntropyError`] when the random source fails.
+pub fn registration_random(entropy: &dyn Entropy) -> Result<String, EntropyError> {
+    let mut bytes = [0u8; GENERATED_RANDOM_LEN];
+    fill_alphanumeric(entropy, &mut bytes)?;
+    Ok(bytes.iter().map(|&b| char::from(b)).collect())
 }
 
 /// Why a registration was refused, with the code the reply carries.

@@ -1,1 +1,356 @@
-fn main() {}
+//! `iotauth`: sign and verify Alibaba-compatible device credentials from the command line.
+//!
+//! Contract: JSON on stdout; errors as one line `error: …` on stderr; exit 0 = ok / accepted,
+//! 1 = rejected / failed, 2 = usage. No output ever contains a secret, nor (from `verify`)
+//! the offered password or sign.
+
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+use iotauth::{
+    Clock, ConnectKind, ConnectRequest, DeviceCertificate, DeviceName, DeviceSecret, DeviceToken,
+    FixedClock, Freshness, LoginOptions, OsEntropy, ProductCertificate, ProductKey, ProductSecret,
+    RegisterForm, SecureMode, SignMethod, SystemClock, UnixMillis, build_login,
+    build_register_form, registration_random,
+};
+use serde::Serialize;
+
+const DEVICE_SECRET_ENV: &str = "IOTAUTH_DEVICE_SECRET";
+const PRODUCT_SECRET_ENV: &str = "IOTAUTH_PRODUCT_SECRET";
+const DEVICE_TOKEN_ENV: &str = "IOTAUTH_DEVICE_TOKEN";
+
+#[derive(Parser)]
+#[command(
+    name = "iotauth",
+    version,
+    about = "Alibaba Cloud IoT compatible device authentication"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Build a device's credentials (the device side).
+    #[command(subcommand)]
+    Sign(SignCommand),
+    /// Check a device's credentials offline (the server side).
+    #[command(subcommand)]
+    Verify(VerifyCommand),
+}
+
+#[derive(Subcommand)]
+enum SignCommand {
+    /// MQTT CONNECT client id, user name and password of a per-device login.
+    Mqtt(SignMqtt),
+    /// The HTTPS dynamic-registration form of a per-product certificate.
+    Register(SignRegister),
+}
+
+#[derive(Subcommand)]
+enum VerifyCommand {
+    /// An MQTT CONNECT: a login, a registration connect or a token login.
+    Mqtt(VerifyMqtt),
+    /// An HTTPS dynamic-registration form body.
+    Register(VerifyRegister),
+}
+
+#[derive(Args)]
+struct SignMqtt {
+    #[arg(long)]
+    product_key: ProductKey,
+    #[arg(long)]
+    device_name: DeviceName,
+    /// The DeviceSecret [env: IOTAUTH_DEVICE_SECRET, which keeps it out of `ps`].
+    #[arg(long)]
+    device_secret: Option<String>,
+    /// The client-id CORE, signed exactly as given [default: PK.DN].
+    #[arg(long)]
+    client_id: Option<String>,
+    /// `timestamp`, decimal digits (none by default).
+    #[arg(long)]
+    timestamp: Option<String>,
+    /// hmacmd5, hmacsha1 or hmacsha256.
+    #[arg(long, default_value = "hmacsha256", value_parser = parse_sign_method)]
+    sign_method: SignMethod,
+    /// securemode: -2, -1, 0, 1, 2, 3, 4, 5, 7 or 8.
+    #[arg(long, default_value_t = 2, allow_negative_numbers = true)]
+    secure_mode: i8,
+}
+
+#[derive(Args)]
+struct SignRegister {
+    #[arg(long)]
+    product_key: ProductKey,
+    #[arg(long)]
+    device_name: DeviceName,
+    /// The ProductSecret [env: IOTAUTH_PRODUCT_SECRET].
+    #[arg(long)]
+    product_secret: Option<String>,
+    /// `random`, 1-64 printable characters [default: 15 random letters and digits].
+    #[arg(long)]
+    random: Option<String>,
+    /// hmacmd5, hmacsha1 or hmacsha256.
+    #[arg(long, default_value = "hmacsha256", value_parser = parse_sign_method)]
+    sign_method: SignMethod,
+}
+
+#[derive(Args)]
+#[command(group(clap::ArgGroup::new("secret").args(["device_secret", "product_secret", "device_token"])))]
+struct VerifyMqtt {
+    #[arg(long)]
+    client_id: String,
+    #[arg(long)]
+    username: String,
+    #[arg(long)]
+    password: String,
+    /// For a login [env: IOTAUTH_DEVICE_SECRET].
+    #[arg(long)]
+    device_secret: Option<String>,
+    /// For a registration connect (authType=register|regnwl) [env: IOTAUTH_PRODUCT_SECRET].
+    #[arg(long)]
+    product_secret: Option<String>,
+    /// For a token login (authType=connwl) [env: IOTAUTH_DEVICE_TOKEN].
+    #[arg(long)]
+    device_token: Option<String>,
+    /// Now, in Unix milliseconds, for the freshness window [default: the system clock].
+    #[arg(long, requires = "max_skew_secs")]
+    now: Option<u64>,
+    /// Enforce a freshness window of this many seconds around now.
+    #[arg(long)]
+    max_skew_secs: Option<u64>,
+}
+
+#[derive(Args)]
+struct VerifyRegister {
+    /// The urlencoded body.
+    #[arg(long)]
+    form: String,
+    /// The ProductSecret [env: IOTAUTH_PRODUCT_SECRET].
+    #[arg(long)]
+    product_secret: Option<String>,
+}
+
+fn parse_sign_method(name: &str) -> Result<SignMethod, String> {
+    SignMethod::from_name(name).ok_or_else(|| "expected hmacmd5, hmacsha1 or hmacsha256".into())
+}
+
+/// A failure, and the exit code it maps to.
+enum Failure {
+    /// Exit 1: the credentials were rejected, or the input was refused.
+    Rejected(String),
+    /// Exit 2: the command line is incomplete.
+    Usage(String),
+}
+
+impl<E: std::error::Error> From<E> for Failure {
+    fn from(e: E) -> Self {
+        Self::Rejected(e.to_string())
+    }
+}
+
+/// The flag's value, else the environment variable's; `None` when neither is set.
+fn flag_or_env(flag: Option<String>, env: &str) -> Option<String> {
+    flag.or_else(|| std::env::var(env).ok().filter(|v| !v.is_empty()))
+}
+
+fn required(flag: Option<String>, env: &str, name: &str) -> Result<String, Failure> {
+    flag_or_env(flag, env)
+        .ok_or_else(|| Failure::Usage(format!("{name} is required (or set {env})")))
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct SignedMqtt<'a> {
+    client_id: &'a str,
+    username: &'a str,
+    password: &'a str,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct SignedRegister<'a> {
+    product_key: ProductKey,
+    device_name: DeviceName,
+    random: &'a str,
+    sign: &'a str,
+    sign_method: &'a str,
+    form: &'a str,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct VerifiedMqtt<'a> {
+    product_key: ProductKey,
+    device_name: DeviceName,
+    client_id: &'a str,
+    sign_method: Option<&'a str>,
+    secure_mode: i8,
+    timestamp: Option<&'a str>,
+    auth_type: Option<&'a str>,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct VerifiedRegister<'a> {
+    product_key: ProductKey,
+    device_name: DeviceName,
+    random: &'a str,
+    sign_method: &'a str,
+}
+
+fn print_json(value: &impl Serialize) -> Result<(), Failure> {
+    println!("{}", serde_json::to_string(value)?);
+    Ok(())
+}
+
+fn sign_mqtt(args: SignMqtt) -> Result<(), Failure> {
+    let secret = required(args.device_secret, DEVICE_SECRET_ENV, "--device-secret")?;
+    let cert = DeviceCertificate::new(
+        args.product_key,
+        args.device_name,
+        DeviceSecret::new(&secret)?,
+    );
+    let creds = build_login(
+        &cert,
+        &LoginOptions {
+            client_id: args.client_id.as_deref(),
+            timestamp: args.timestamp.as_deref(),
+            sign_method: args.sign_method,
+            secure_mode: SecureMode::new(args.secure_mode)?,
+        },
+    )?;
+    print_json(&SignedMqtt {
+        client_id: creds.client_id(),
+        username: creds.username(),
+        password: &creds.expose_password(),
+    })
+}
+
+fn sign_register(args: SignRegister) -> Result<(), Failure> {
+    let secret = required(args.product_secret, PRODUCT_SECRET_ENV, "--product-secret")?;
+    let cert = ProductCertificate::new(args.product_key, ProductSecret::new(&secret)?);
+    let random = match args.random {
+        Some(random) => random,
+        None => registration_random(&OsEntropy)?,
+    };
+    let form = build_register_form(&cert, args.device_name, &random, args.sign_method)?;
+    print_json(&SignedRegister {
+        product_key: args.product_key,
+        device_name: args.device_name,
+        random: &random,
+        sign: &form.expose_sign(),
+        sign_method: args.sign_method.name(),
+        form: form.body(),
+    })
+}
+
+fn verify_mqtt(args: VerifyMqtt) -> Result<(), Failure> {
+    let request = ConnectRequest::parse(&args.client_id, &args.username, &args.password)?;
+    let explicit = args.device_secret.is_some()
+        || args.product_secret.is_some()
+        || args.device_token.is_some();
+    // An explicit flag is used as given (a mismatch with the client id is a rejection);
+    // otherwise the environment variable that fits the client id's kind.
+    let (device_secret, product_secret, device_token) = if explicit {
+        (args.device_secret, args.product_secret, args.device_token)
+    } else {
+        match request.kind() {
+            ConnectKind::Login => (
+                Some(required(None, DEVICE_SECRET_ENV, "--device-secret")?),
+                None,
+                None,
+            ),
+            ConnectKind::TokenLogin => (
+                None,
+                None,
+                Some(required(None, DEVICE_TOKEN_ENV, "--device-token")?),
+            ),
+            _ => (
+                None,
+                Some(required(None, PRODUCT_SECRET_ENV, "--product-secret")?),
+                None,
+            ),
+        }
+    };
+    let freshness = match args.max_skew_secs {
+        Some(max_skew_secs) => Freshness::Window { max_skew_secs },
+        None => Freshness::Unchecked,
+    };
+    let now = match args.now {
+        Some(ms) => FixedClock(UnixMillis(ms)).now(),
+        None => SystemClock.now(),
+    };
+    let identity = if let Some(secret) = device_secret {
+        request.verify_login(&DeviceSecret::new(&secret)?, freshness, now)?
+    } else if let Some(secret) = product_secret {
+        request.verify_registration(&ProductSecret::new(&secret)?)?
+    } else if let Some(token) = device_token {
+        request.verify_token(&DeviceToken::new(&token)?)?
+    } else {
+        return Err(Failure::Usage(
+            "one of --device-secret, --product-secret, --device-token is required".into(),
+        ));
+    };
+    let client_id = request.client_id();
+    print_json(&VerifiedMqtt {
+        product_key: identity.product_key(),
+        device_name: identity.device_name(),
+        client_id: client_id.core(),
+        sign_method: request
+            .sign_content()
+            .map(|_| client_id.sign_method().name()),
+        secure_mode: client_id.secure_mode().get(),
+        timestamp: client_id.timestamp(),
+        auth_type: request.kind().auth_type(),
+    })
+}
+
+fn verify_register(args: VerifyRegister) -> Result<(), Failure> {
+    let secret = required(args.product_secret, PRODUCT_SECRET_ENV, "--product-secret")?;
+    let form = RegisterForm::parse(args.form.as_bytes())?;
+    let identity = form.verify(&ProductSecret::new(&secret)?)?;
+    print_json(&VerifiedRegister {
+        product_key: identity.product_key(),
+        device_name: identity.device_name(),
+        random: form.random(),
+        sign_method: form.sign_method().name(),
+    })
+}
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) if !e.use_stderr() => {
+            // --help and --version.
+            print!("{e}");
+            return ExitCode::SUCCESS;
+        }
+        Err(e) => {
+            // One line: clap's first paragraph, without its usage and tips.
+            let text = e.to_string();
+            let first = text.split("\n\n").next().unwrap_or_default();
+            let line = first.split_whitespace().collect::<Vec<_>>().join(" ");
+            eprintln!("error: {}", line.trim_start_matches("error: "));
+            return ExitCode::from(2);
+        }
+    };
+    let outcome = match cli.command {
+        Command::Sign(SignCommand::Mqtt(args)) => sign_mqtt(args),
+        Command::Sign(SignCommand::Register(args)) => sign_register(args),
+        Command::Verify(VerifyCommand::Mqtt(args)) => verify_mqtt(args),
+        Command::Verify(VerifyCommand::Register(args)) => verify_register(args),
+    };
+    match outcome {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(Failure::Rejected(message)) => {
+            eprintln!("error: {message}");
+            ExitCode::from(1)
+        }
+        Err(Failure::Usage(message)) => {
+            eprintln!("error: {message}");
+            ExitCode::from(2)
+        }
+    }
+}
