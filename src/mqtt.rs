@@ -106,15 +106,22 @@ impl SecureMode {
         self.0
     }
 
+    /// Exactly an optional `-` and one digit (no `+`, no padding).
     fn parse(text: &str) -> Result<Self, ParseError> {
-        let malformed = ParseError::Malformed {
-            field: "securemode",
-            expected: "a small integer",
+        let (negative, digits) = match text.strip_prefix('-') {
+            Some(rest) => (true, rest),
+            None => (false, text),
         };
-        if text.is_empty() || text.len() > 2 {
-            return Err(malformed);
-        }
-        Self::new(text.parse::<i8>().map_err(|_| malformed)?)
+        let value = match digits.as_bytes() {
+            [d @ b'0'..=b'9'] => i8::try_from(d - b'0').unwrap_or_default(),
+            _ => {
+                return Err(ParseError::Malformed {
+                    field: "securemode",
+                    expected: "an optional '-' and one digit",
+                });
+            }
+        };
+        Self::new(if negative { -value } else { value })
     }
 }
 
