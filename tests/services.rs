@@ -1,0 +1,457 @@
+//! The services end to end on the memory store: every refusal reason and its code, the MQTT
+//! registration path, outages reported as outages, freshness on an injected clock.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use iotauth::service::*;
+use iotauth::store::*;
+use iotauth::*;
+
+struct Fleet {
+    store: Arc<MemoryStore>,
+    admin: Admin<Arc<MemoryStore>>,
+    product: ProductRecord,
+}
+
+impl Fleet {
+    async fn new(switch: DynamicRegistration) -> Self {
+        let store = Arc::new(MemoryStore::new());
+        let admin = Admin::new(store.clone());
+        let product = admin.create_product(switch).await.unwrap();
+        Self {
+            store,
+            admin,
+            product,
+        }
+    }
+
+    async fn device(&self, name: &str) -> DeviceRecord {
+        self.admin
+            .register_device(self.product.product_key, DeviceName::new(name).unwrap())
+            .await
+            .unwrap()
+    }
+
+    fn product_cert(&self) -> ProductCertificate {
+        ProductCertificate::new(
+            self.product.product_key,
+            self.product.product_secret.clone_secret(),
+        )
+    }
+
+    fn form(&self, name: &str) -> String {
+        let dn = DeviceName::new(name).unwrap();
+        build_register_form(
+            &self.product_cert(),
+            dn,
+            "0123456789abcde",
+            SignMethod::HmacSha256,
+        )
+        .unwrap()
+        .body()
+        .to_owned()
+    }
+
+    async fn register(&self, name: &str) -> Result<IssuedSecret, RegisterError> {
+        Registrar::new(self.store.clone())
+            .register_form(self.form(name).as_bytes())
+            .await
+    }
+}
+
+fn cert_of(device: &DeviceRecord) -> DeviceCertificate {
+    DeviceCertificate::new(
+        device.product_key,
+        device.device_name,
+        device.device_secret.clone_secret(),
+    )
+}
+
+#[tokio::test]
+async fn success_reply_has_alibabas_shape_and_parses_back_on_the_device() {
+    let fleet = Fleet::new(DynamicRegistration::On).await;
+    let device = fleet.device("reply-dev").await;
+    let json = fleet
+        .register("reply-dev")
+        .await
+        .unwrap()
+        .into_reply()
+        .to_json_exposing_secret();
+    let expected = format!(
+        r#"{{"code":200,"data":{{"productKey":"{}","deviceName":"reply-dev","deviceSecret":"{}"}},"message":"success"}}"#,
+        fleet.product.product_key,
+        device.device_secret.expose_secret()
+    );
+    assert_eq!(json, expected);
+    assert!(json.len() < 256, "one C SDK reads the reply into 256 bytes");
+    match RegisterReply::parse(json.as_bytes()).unwrap() {
+        RegisterReply::Issued { device_secret, .. } => {
+            assert_eq!(
+                device_secret.expose_secret(),
+                device.device_secret.expose_secret()
+            )
+        }
+        other => panic!("expected Issued, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn every_refusal_reason_has_its_documented_code() {
+    let fleet = Fleet::new(DynamicRegistration::On).await;
+    fleet.device("issued-dev").await;
+    fleet.register("issued-dev").await.unwrap();
+    let disabled = fleet.device("disabled-dev").await;
+    fleet
+        .admin
+        .apply(&disabled.product_key, &disabled.device_name, Event::Disable)
+        .await
+        .unwrap();
+    let registrar = Registrar::new(fleet.store.clone());
+    let code = |result: Result<IssuedSecret, RegisterError>| result.unwrap_err().code();
+
+    assert_eq!(
+        code(registrar.register_form(b"productKey=").await),
+        RefusalCode::InvalidRequest
+    );
+    assert_eq!(
+        code(fleet.register("never-registered").await),
+        RefusalCode::DeviceNotFound
+    );
+    assert_eq!(
+        code(fleet.register("disabled-dev").await),
+        RefusalCode::DeviceDisabled
+    );
+    assert_eq!(
+        code(fleet.register("issued-dev").await),
+        RefusalCode::AlreadyIssued
+    );
+
+    let forged = fleet
+        .form("issued-dev")
+        .replace("random=0123456789abcde", "random=0123456789abcdf");
+    assert_eq!(
+        code(registrar.register_form(forged.as_bytes()).await),
+        RefusalCode::SignatureMismatch
+    );
+
+    let stranger = ProductCertificate::new(
+        ProductKey::new("noSuchProduct").unwrap(),
+        ProductSecret::new("whatever").unwrap(),
+    );
+    let body = build_register_form(
+        &stranger,
+        DeviceName::new("issued-dev").unwrap(),
+        "r",
+        SignMethod::HmacMd5,
+    )
+    .unwrap();
+    assert_eq!(
+        code(registrar.register_form(body.body().as_bytes()).await),
+        RefusalCode::ProductNotFound
+    );
+
+    fleet.device("waiting-dev").await;
+    fleet
+        .admin
+        .set_dynamic_registration(&fleet.product.product_key, DynamicRegistration::Off)
+        .await
+        .unwrap();
+    assert_eq!(
+        code(fleet.register("waiting-dev").await),
+        RefusalCode::DynamicRegistrationDisabled
+    );
+
+    let reply = RegisterError::UnknownDevice
+        .to_reply()
+        .to_json_exposing_secret();
+    assert_eq!(reply, r#"{"code":6100,"message":"device not found"}"#);
+    let codes: std::collections::HashSet<u32> = RefusalCode::ALL.iter().map(|c| c.code()).collect();
+    assert_eq!(codes.len(), RefusalCode::ALL.len(), "codes are distinct");
+    assert!(!codes.contains(&200));
+}
+
+#[tokio::test]
+async fn mqtt_register_connect_obtains_the_secret_once_and_regnwl_is_unsupported() {
+    let fleet = Fleet::new(DynamicRegistration::On).await;
+    let device = fleet.device("mqtt-reg-dev").await;
+    let options = RegistrationOptions {
+        kind: ConnectKind::Register,
+        random: "Z1TcKNepl0J8PQ1",
+        sign_method: SignMethod::HmacSha256,
+        secure_mode: SecureMode::REGISTRATION,
+        instance_id: Some("iot-instance-1"),
+    };
+    let connect =
+        build_registration_connect(&fleet.product_cert(), device.device_name, &options).unwrap();
+    let registrar = Registrar::new(fleet.store.clone());
+    let password = connect.expose_password();
+    let issued = registrar
+        .register_connect(connect.client_id(), connect.username(), &password)
+        .await
+        .unwrap();
+    assert_eq!(
+        issued.device_secret().expose_secret(),
+        device.device_secret.expose_secret()
+    );
+    let again = registrar
+        .register_connect(connect.client_id(), connect.username(), &password)
+        .await;
+    assert_eq!(again.unwrap_err().code(), RefusalCode::AlreadyIssued);
+
+    let regnwl = RegistrationOptions {
+        kind: ConnectKind::RegisterNoPreregistration,
+        ..options
+    };
+    let connect =
+        build_registration_connect(&fleet.product_cert(), device.device_name, &regnwl).unwrap();
+    let refused = registrar
+        .register_connect(
+            connect.client_id(),
+            connect.username(),
+            &connect.expose_password(),
+        )
+        .await;
+    assert!(matches!(
+        refused,
+        Err(RegisterError::Unsupported {
+            got: ConnectKind::RegisterNoPreregistration
+        })
+    ));
+}
+
+#[tokio::test]
+async fn authenticator_refuses_a_registration_connect_as_a_login() {
+    let fleet = Fleet::new(DynamicRegistration::On).await;
+    let device = fleet.device("kind-dev").await;
+    let options = RegistrationOptions {
+        kind: ConnectKind::Register,
+        random: "abc",
+        sign_method: SignMethod::HmacSha1,
+        secure_mode: SecureMode::TLS,
+        instance_id: None,
+    };
+    let connect =
+        build_registration_connect(&fleet.product_cert(), device.device_name, &options).unwrap();
+    let result = Authenticator::new(fleet.store.clone())
+        .authenticate(
+            connect.client_id(),
+            connect.username(),
+            &connect.expose_password(),
+        )
+        .await;
+    assert!(matches!(
+        result,
+        Err(AuthError::Verify(VerifyError::WrongKind {
+            got: ConnectKind::Register,
+            ..
+        }))
+    ));
+}
+
+#[tokio::test]
+async fn signature_is_checked_before_the_disabled_flag() {
+    let fleet = Fleet::new(DynamicRegistration::Off).await;
+    let device = fleet.device("quiet-dev").await;
+    fleet
+        .admin
+        .apply(&device.product_key, &device.device_name, Event::Disable)
+        .await
+        .unwrap();
+    let impostor = DeviceCertificate::new(
+        device.product_key,
+        device.device_name,
+        DeviceSecret::new("guess").unwrap(),
+    );
+    let auth = Authenticator::new(fleet.store.clone());
+    let login = |cert: DeviceCertificate| {
+        let auth = &auth;
+        async move {
+            let creds = build_login(&cert, &LoginOptions::default()).unwrap();
+            auth.authenticate(
+                creds.client_id(),
+                creds.username(),
+                &creds.expose_password(),
+            )
+            .await
+        }
+    };
+    assert!(matches!(
+        login(impostor).await,
+        Err(AuthError::Verify(VerifyError::BadSignature))
+    ));
+    assert!(matches!(
+        login(cert_of(&device)).await,
+        Err(AuthError::Disabled)
+    ));
+}
+
+#[tokio::test]
+async fn freshness_window_uses_the_injected_clock() {
+    let fleet = Fleet::new(DynamicRegistration::Off).await;
+    let device = fleet.device("fresh-dev").await;
+    let now = UnixMillis(1_700_000_000_000);
+    let auth = Authenticator::new(fleet.store.clone())
+        .with_freshness(Freshness::Window { max_skew_secs: 900 })
+        .with_clock(Arc::new(FixedClock(now)));
+    let try_at = |ts: Option<&'static str>| {
+        let (auth, cert) = (&auth, cert_of(&device));
+        async move {
+            let creds = build_login(
+                &cert,
+                &LoginOptions {
+                    timestamp: ts,
+                    ..Default::default()
+                },
+            )
+            .unwrap();
+            auth.authenticate(
+                creds.client_id(),
+                creds.username(),
+                &creds.expose_password(),
+            )
+            .await
+        }
+    };
+    assert!(try_at(Some("1700000000")).await.is_ok());
+    assert!(try_at(Some("1700000899000")).await.is_ok());
+    assert!(matches!(
+        try_at(Some("2524608000000")).await,
+        Err(AuthError::Verify(VerifyError::Stale))
+    ));
+    assert!(matches!(
+        try_at(None).await,
+        Err(AuthError::Verify(VerifyError::MissingTimestamp))
+    ));
+}
+
+#[tokio::test]
+async fn admin_refuses_device_events_and_unknown_devices() {
+    let fleet = Fleet::new(DynamicRegistration::On).await;
+    let device = fleet.device("admin-dev").await;
+    let (pk, dn) = (device.product_key, device.device_name);
+    assert!(matches!(
+        fleet.admin.apply(&pk, &dn, Event::LoginOk).await,
+        Err(AdminError::Transition(
+            TransitionError::NotAnOperatorEvent { event: "login" }
+        ))
+    ));
+    let ghost = DeviceName::new("ghost-dev").unwrap();
+    assert!(matches!(
+        fleet.admin.apply(&pk, &ghost, Event::Disable).await,
+        Err(AdminError::Store(StoreError::NotFound { what: "device" }))
+    ));
+}
+
+#[tokio::test]
+async fn admin_generates_from_the_injected_entropy() {
+    struct Counter(std::sync::atomic::AtomicU8);
+    impl Entropy for Counter {
+        fn fill(&self, buf: &mut [u8]) -> Result<(), EntropyError> {
+            for b in buf {
+                *b = self.0.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % 62;
+            }
+            Ok(())
+        }
+    }
+    let make =
+        || Admin::new(Arc::new(MemoryStore::new())).with_entropy(Arc::new(Counter(0.into())));
+    let first = make()
+        .create_product(DynamicRegistration::On)
+        .await
+        .unwrap();
+    let second = make()
+        .create_product(DynamicRegistration::On)
+        .await
+        .unwrap();
+    assert_eq!(first.product_key, second.product_key);
+    assert_eq!(first.product_key.as_str(), "ABCDEFGHIJK");
+}
+
+/// A store that is down.
+struct Down;
+
+fn down() -> StoreError {
+    StoreError::unavailable(std::io::Error::new(
+        std::io::ErrorKind::ConnectionRefused,
+        "connection refused",
+    ))
+}
+
+#[async_trait]
+impl ProductStore for Down {
+    async fn insert_product(&self, _: ProductRecord) -> Result<(), StoreError> {
+        Err(down())
+    }
+    async fn product(&self, _: &ProductKey) -> Result<Option<ProductRecord>, StoreError> {
+        Err(down())
+    }
+    async fn products(&self) -> Result<Vec<ProductRecord>, StoreError> {
+        Err(down())
+    }
+    async fn set_dynamic_registration(
+        &self,
+        _: &ProductKey,
+        _: DynamicRegistration,
+    ) -> Result<(), StoreError> {
+        Err(down())
+    }
+}
+
+#[async_trait]
+impl DeviceStore for Down {
+    async fn insert_device(&self, _: DeviceRecord) -> Result<(), StoreError> {
+        Err(down())
+    }
+    async fn device(
+        &self,
+        _: &ProductKey,
+        _: &DeviceName,
+    ) -> Result<Option<DeviceRecord>, StoreError> {
+        Err(down())
+    }
+    async fn devices(&self, _: &ProductKey) -> Result<Vec<DeviceRecord>, StoreError> {
+        Err(down())
+    }
+    async fn compare_and_set(
+        &self,
+        _: &ProductKey,
+        _: &DeviceName,
+        _: u64,
+        _: DeviceUpdate,
+    ) -> Result<(), StoreError> {
+        Err(down())
+    }
+}
+
+#[tokio::test]
+async fn a_store_outage_is_unavailable_not_bad_credentials() {
+    let cert = DeviceCertificate::new(
+        ProductKey::new("a1pk").unwrap(),
+        DeviceName::new("dev-1").unwrap(),
+        DeviceSecret::new("s").unwrap(),
+    );
+    let creds = build_login(&cert, &LoginOptions::default()).unwrap();
+    let error = Authenticator::new(Down)
+        .authenticate(
+            creds.client_id(),
+            creds.username(),
+            &creds.expose_password(),
+        )
+        .await
+        .unwrap_err();
+    assert!(error.is_outage(), "{error}");
+    assert!(
+        std::error::Error::source(&error).is_some(),
+        "the cause is kept"
+    );
+
+    let product = ProductCertificate::new(cert.product_key(), ProductSecret::new("p").unwrap());
+    let body =
+        build_register_form(&product, cert.device_name(), "r", SignMethod::HmacSha1).unwrap();
+    let refused = Registrar::new(Down)
+        .register_form(body.body().as_bytes())
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), RefusalCode::Unavailable);
+}
