@@ -42,6 +42,26 @@ fn method(case: &Value) -> SignMethod {
     SignMethod::from_name(name).expect("known method")
 }
 
+/// The crate's device-side builder produced what the SDK sent (hex case aside).
+fn assert_built_like_the_sdk(built: &ConnectCredentials, c: &Value) {
+    assert!(
+        built
+            .expose_password()
+            .eq_ignore_ascii_case(text(c, "password"))
+    );
+    assert_eq!(built.username(), text(c, "username"));
+}
+
+/// The three CONNECT fields exactly as the SDK sent them, parsed.
+fn parse_as_sent(c: &Value) -> ConnectRequest<'_> {
+    ConnectRequest::parse(
+        text(c, "mqttClientId"),
+        text(c, "username"),
+        text(c, "password"),
+    )
+    .unwrap()
+}
+
 fn check_mqtt_login(c: &Value) {
     let pk = ProductKey::new(text(c, "productKey")).unwrap();
     let dn = DeviceName::new(text(c, "deviceName")).unwrap();
@@ -63,21 +83,10 @@ fn check_mqtt_login(c: &Value) {
         sign_method: method(c),
         secure_mode,
     };
-    let built = build_login(&cert, &options).unwrap();
-    assert!(
-        built
-            .expose_password()
-            .eq_ignore_ascii_case(text(c, "password"))
-    );
-    assert_eq!(built.username(), text(c, "username"));
+    assert_built_like_the_sdk(&build_login(&cert, &options).unwrap(), c);
 
     // Verification of exactly what the SDK sent.
-    let request = ConnectRequest::parse(
-        text(c, "mqttClientId"),
-        text(c, "username"),
-        text(c, "password"),
-    )
-    .unwrap();
+    let request = parse_as_sent(c);
     assert_eq!(request.client_id().core(), core);
     assert_eq!(request.client_id().timestamp(), Some(ts));
     assert_eq!(request.client_id().sign_method(), method(c));
@@ -120,19 +129,8 @@ fn check_dynreg(c: &Value) {
                 secure_mode: SecureMode::new(text(c, "securemode").parse().unwrap()).unwrap(),
                 instance_id: c["instanceId"].as_str(),
             };
-            let built = build_registration_connect(&cert, dn, &options).unwrap();
-            assert!(
-                built
-                    .expose_password()
-                    .eq_ignore_ascii_case(text(c, "password"))
-            );
-            assert_eq!(built.username(), text(c, "username"));
-            let request = ConnectRequest::parse(
-                text(c, "mqttClientId"),
-                text(c, "username"),
-                text(c, "password"),
-            )
-            .unwrap();
+            assert_built_like_the_sdk(&build_registration_connect(&cert, dn, &options).unwrap(), c);
+            let request = parse_as_sent(c);
             assert_eq!(request.kind(), kind);
             assert_eq!(request.client_id().random(), Some(random));
             assert_eq!(request.client_id().instance_id(), c["instanceId"].as_str());
@@ -154,12 +152,7 @@ fn check_dynreg(c: &Value) {
 fn check_connwl(c: &Value) {
     let payload = &c["regnwl_payload"];
     let token = DeviceToken::new(text(payload, "deviceToken")).unwrap();
-    let request = ConnectRequest::parse(
-        text(c, "mqttClientId"),
-        text(c, "username"),
-        text(c, "password"),
-    )
-    .unwrap();
+    let request = parse_as_sent(c);
     assert_eq!(request.kind(), ConnectKind::TokenLogin);
     assert_eq!(request.client_id().core(), text(payload, "clientId"));
     let identity = request.verify_token(&token).unwrap();

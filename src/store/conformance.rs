@@ -270,7 +270,7 @@ pub async fn login_lifecycle<S: ProductStore + DeviceStore>(store: S) {
 
     let impostor = DeviceRecord {
         device_secret: DeviceSecret::new("not-the-device-secret").unwrap(),
-        ..copy(&device)
+        ..device.clone_record()
     };
     assert!(matches!(
         login(&store, &impostor).await,
@@ -285,22 +285,12 @@ pub async fn login_lifecycle<S: ProductStore + DeviceStore>(store: S) {
 
     let ghost = DeviceRecord {
         device_name: name("ghost-dev"),
-        ..copy(&device)
+        ..device.clone_record()
     };
     assert!(matches!(
         login(&store, &ghost).await,
         Err(AuthError::UnknownDevice)
     ));
-}
-
-fn copy(d: &DeviceRecord) -> DeviceRecord {
-    DeviceRecord {
-        product_key: d.product_key,
-        device_name: d.device_name,
-        device_secret: d.device_secret.clone_secret(),
-        status: d.status,
-        revision: d.revision,
-    }
 }
 
 async fn register<S: ProductStore + DeviceStore>(

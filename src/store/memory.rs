@@ -55,24 +55,6 @@ impl MemoryStore {
     }
 }
 
-fn copy_product(p: &ProductRecord) -> ProductRecord {
-    ProductRecord {
-        product_key: p.product_key,
-        product_secret: p.product_secret.clone_secret(),
-        dynamic_registration: p.dynamic_registration,
-    }
-}
-
-fn copy_device(d: &DeviceRecord) -> DeviceRecord {
-    DeviceRecord {
-        product_key: d.product_key,
-        device_name: d.device_name,
-        device_secret: d.device_secret.clone_secret(),
-        status: d.status,
-        revision: d.revision,
-    }
-}
-
 #[async_trait]
 impl ProductStore for MemoryStore {
     async fn insert_product(&self, product: ProductRecord) -> Result<(), StoreError> {
@@ -85,11 +67,20 @@ impl ProductStore for MemoryStore {
     }
 
     async fn product(&self, product_key: &ProductKey) -> Result<Option<ProductRecord>, StoreError> {
-        Ok(self.lock().products.get(product_key).map(copy_product))
+        Ok(self
+            .lock()
+            .products
+            .get(product_key)
+            .map(ProductRecord::clone_record))
     }
 
     async fn products(&self) -> Result<Vec<ProductRecord>, StoreError> {
-        Ok(self.lock().products.values().map(copy_product).collect())
+        Ok(self
+            .lock()
+            .products
+            .values()
+            .map(ProductRecord::clone_record)
+            .collect())
     }
 
     async fn set_dynamic_registration(
@@ -132,7 +123,7 @@ impl DeviceStore for MemoryStore {
             .devices
             .get(product_key)
             .and_then(|devices| devices.get(device_name))
-            .map(copy_device))
+            .map(DeviceRecord::clone_record))
     }
 
     async fn devices(&self, product_key: &ProductKey) -> Result<Vec<DeviceRecord>, StoreError> {
@@ -140,7 +131,7 @@ impl DeviceStore for MemoryStore {
             .lock()
             .devices
             .get(product_key)
-            .map(|devices| devices.values().map(copy_device).collect())
+            .map(|devices| devices.values().map(DeviceRecord::clone_record).collect())
             .unwrap_or_default())
     }
 

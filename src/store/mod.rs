@@ -36,6 +36,17 @@ pub struct ProductRecord {
     pub dynamic_registration: DynamicRegistration,
 }
 
+impl ProductRecord {
+    /// An explicit copy (the secret has no `Clone`, so copies stay visible in the code).
+    pub fn clone_record(&self) -> Self {
+        Self {
+            product_key: self.product_key,
+            product_secret: self.product_secret.clone_secret(),
+            dynamic_registration: self.dynamic_registration,
+        }
+    }
+}
+
 /// A device as stored.
 #[derive(Debug)]
 pub struct DeviceRecord {
@@ -49,6 +60,19 @@ pub struct DeviceRecord {
     pub status: DeviceStatus,
     /// Incremented by every successful [`DeviceStore::compare_and_set`]; 0 on insertion.
     pub revision: u64,
+}
+
+impl DeviceRecord {
+    /// An explicit copy (the secret has no `Clone`, so copies stay visible in the code).
+    pub fn clone_record(&self) -> Self {
+        Self {
+            product_key: self.product_key,
+            device_name: self.device_name,
+            device_secret: self.device_secret.clone_secret(),
+            status: self.status,
+            revision: self.revision,
+        }
+    }
 }
 
 /// A change to a device, applied by [`DeviceStore::compare_and_set`].
