@@ -5,6 +5,9 @@
 mod ascii;
 mod cert;
 mod error;
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzzing;
 mod id;
 mod lifecycle;
 mod mqtt;

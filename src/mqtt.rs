@@ -260,6 +260,15 @@ impl<'a> ClientId<'a> {
         Ok(id)
     }
 
+    /// Parses a client identifier as raw bytes, as a broker written in C hands it over: the
+    /// length cap first, then UTF-8, then [`ClientId::parse`].
+    ///
+    /// # Errors
+    /// As [`ClientId::parse`]; [`ParseError::InvalidCharacter`] for invalid UTF-8.
+    pub fn parse_bytes(bytes: &'a [u8]) -> Result<Self, ParseError> {
+        Self::parse(utf8_within(bytes, CLIENT_ID, MAX_CLIENT_ID_LEN)?)
+    }
+
     /// The part before the first `|`: the device's own client id, and what is signed as
     /// `clientId`.
     pub fn core(&self) -> &'a str {
@@ -274,6 +283,11 @@ impl<'a> ClientId<'a> {
     /// `signmethod`; [`SignMethod::HmacMd5`] when absent, as the platform assumes.
     pub fn sign_method(&self) -> SignMethod {
         self.sign_method.unwrap_or_default()
+    }
+
+    /// `signmethod` as sent, `None` when absent.
+    pub(crate) fn explicit_sign_method(&self) -> Option<SignMethod> {
+        self.sign_method
     }
 
     /// `timestamp`, verbatim (1–20 ASCII digits), if present.
@@ -304,6 +318,32 @@ impl<'a> ClientId<'a> {
             .filter_map(|item| split_item(item).ok())
             .filter(|(key, _)| known_key(key).is_none())
     }
+}
+
+/// `bytes` as text, after checking the cap and then UTF-8.
+fn utf8_within<'a>(
+    bytes: &'a [u8],
+    field: &'static str,
+    max: usize,
+) -> Result<&'a str, ParseError> {
+    if bytes.len() > max {
+        return Err(ParseError::TooLong { field, max });
+    }
+    core::str::from_utf8(bytes).map_err(|_| ParseError::InvalidCharacter { field })
+}
+
+/// The caps on the three CONNECT fields, checked before anything else is looked at.
+fn check_caps(client_id: usize, username: usize, password: usize) -> Result<(), ParseError> {
+    for (field, len, max) in [
+        (CLIENT_ID, client_id, MAX_CLIENT_ID_LEN),
+        ("username", username, MAX_USERNAME_LEN),
+        ("password", password, MAX_PASSWORD_LEN),
+    ] {
+        if len > max {
+            return Err(ParseError::TooLong { field, max });
+        }
+    }
+    Ok(())
 }
 
 fn known_key(key: &str) -> Option<&'static str> {
@@ -414,15 +454,7 @@ impl<'a> ConnectRequest<'a> {
         username: &'a str,
         password: &'a str,
     ) -> Result<Self, ParseError> {
-        for (field, text, max) in [
-            (CLIENT_ID, client_id, MAX_CLIENT_ID_LEN),
-            ("username", username, MAX_USERNAME_LEN),
-            ("password", password, MAX_PASSWORD_LEN),
-        ] {
-            if text.len() > max {
-                return Err(ParseError::TooLong { field, max });
-            }
-        }
+        check_caps(client_id.len(), username.len(), password.len())?;
         let client_id = ClientId::parse(client_id)?;
         let (device_name, product_key) = parse_username(username)?;
         if client_id.kind() == ConnectKind::TokenLogin {
@@ -443,6 +475,24 @@ impl<'a> ConnectRequest<'a> {
             product_key,
             password,
         })
+    }
+
+    /// Parses the three fields as raw bytes, as a broker written in C hands them over: all
+    /// three caps first, then UTF-8, then [`ConnectRequest::parse`].
+    ///
+    /// # Errors
+    /// As [`ConnectRequest::parse`]; [`ParseError::InvalidCharacter`] for invalid UTF-8.
+    pub fn parse_bytes(
+        client_id: &'a [u8],
+        username: &'a [u8],
+        password: &'a [u8],
+    ) -> Result<Self, ParseError> {
+        check_caps(client_id.len(), username.len(), password.len())?;
+        Self::parse(
+            utf8_within(client_id, CLIENT_ID, MAX_CLIENT_ID_LEN)?,
+            utf8_within(username, "username", MAX_USERNAME_LEN)?,
+            utf8_within(password, "password", MAX_PASSWORD_LEN)?,
+        )
     }
 
     /// The parsed client id.

@@ -126,6 +126,11 @@ impl<'a> RegisterForm<'a> {
         &self.random
     }
 
+    /// `sign`, as sent.
+    pub(crate) fn sign(&self) -> &str {
+        &self.sign
+    }
+
     /// `signMethod`.
     pub fn sign_method(&self) -> SignMethod {
         self.sign_method
