@@ -14,7 +14,7 @@ use iotauth::*;
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let store = Arc::new(MemoryStore::new());
     let admin = Admin::new(store.clone());
-    let product = admin.create_product(DynamicRegistration::On).await?;
+    let product = admin.create_product(None, DynamicRegistration::On).await?;
     let name = DeviceName::new("meter-01")?;
     admin.register_device(product.product_key, name).await?;
     println!(

@@ -489,7 +489,7 @@ async fn try_lifecycle(u: &mut Unstructured<'_>) -> arbitrary::Result<()> {
     let store = Arc::new(MemoryStore::new());
     let admin = Admin::new(store.clone()).with_entropy(Arc::new(Counter(AtomicU64::new(0))));
     let product = admin
-        .create_product(DynamicRegistration::On)
+        .create_product(None, DynamicRegistration::On)
         .await
         .unwrap_or_else(|e| panic!("{e}"));
     let pk = product.product_key;

@@ -286,6 +286,7 @@ impl<'a> ClientId<'a> {
     }
 
     /// `signmethod` as sent, `None` when absent.
+    #[cfg(feature = "fuzzing")]
     pub(crate) fn explicit_sign_method(&self) -> Option<SignMethod> {
         self.sign_method
     }

@@ -127,6 +127,7 @@ impl<'a> RegisterForm<'a> {
     }
 
     /// `sign`, as sent.
+    #[cfg(feature = "fuzzing")]
     pub(crate) fn sign(&self) -> &str {
         &self.sign
     }

@@ -85,6 +85,7 @@ fn debug_of_every_type_holding_a_secret_is_redacted() {
         product_key: pk,
         product_secret: ProductSecret::new(SECRET).unwrap(),
         dynamic_registration: DynamicRegistration::On,
+        name: None,
     };
     assert_hidden("ProductRecord", format!("{product:?}"));
     let reply = RegisterReply::Issued {

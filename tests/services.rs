@@ -18,7 +18,7 @@ impl Fleet {
     async fn new(switch: DynamicRegistration) -> Self {
         let store = Arc::new(MemoryStore::new());
         let admin = Admin::new(store.clone());
-        let product = admin.create_product(switch).await.unwrap();
+        let product = admin.create_product(None, switch).await.unwrap();
         Self {
             store,
             admin,
@@ -357,11 +357,11 @@ async fn admin_generates_from_the_injected_entropy() {
     let make =
         || Admin::new(Arc::new(MemoryStore::new())).with_entropy(Arc::new(Counter(0.into())));
     let first = make()
-        .create_product(DynamicRegistration::On)
+        .create_product(None, DynamicRegistration::On)
         .await
         .unwrap();
     let second = make()
-        .create_product(DynamicRegistration::On)
+        .create_product(None, DynamicRegistration::On)
         .await
         .unwrap();
     assert_eq!(first.product_key, second.product_key);

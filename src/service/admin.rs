@@ -21,6 +21,9 @@ pub enum AdminError {
     /// The random source failed.
     #[error(transparent)]
     Entropy(#[from] EntropyError),
+    /// A product name must be 1–64 characters without control characters.
+    #[error("a product name must be 1 to 64 characters without control characters")]
+    InvalidName,
 }
 
 /// Creates products and devices with generated keys and secrets, and drives the operator's
@@ -46,15 +49,24 @@ impl<S: ProductStore + DeviceStore> Admin<S> {
         self
     }
 
-    /// Creates a product with a generated ProductKey and ProductSecret.
+    /// Creates a product with a generated ProductKey and ProductSecret, and an optional name
+    /// (1–64 characters, no control characters).
     ///
     /// # Errors
-    /// [`AdminError::Store`] on an outage (or when every generated key collided, which takes
-    /// astronomically many products).
+    /// [`AdminError::InvalidName`]; [`AdminError::Store`] on an outage (or when every generated
+    /// key collided, which takes astronomically many products).
     pub async fn create_product(
         &self,
+        name: Option<&str>,
         dynamic_registration: DynamicRegistration,
     ) -> Result<ProductRecord, AdminError> {
+        if let Some(name) = name {
+            let chars = name.chars().count();
+            if !(1..=64).contains(&chars) || name.chars().any(char::is_control) {
+                return Err(AdminError::InvalidName);
+            }
+        }
+        let name = name.map(str::to_owned);
         let mut attempts = 0;
         loop {
             attempts += 1;
@@ -64,6 +76,7 @@ impl<S: ProductStore + DeviceStore> Admin<S> {
                 product_key,
                 product_secret: product_secret.clone_secret(),
                 dynamic_registration,
+                name: name.clone(),
             };
             match self.store.insert_product(record).await {
                 Ok(()) => {
@@ -71,6 +84,7 @@ impl<S: ProductStore + DeviceStore> Admin<S> {
                         product_key,
                         product_secret,
                         dynamic_registration,
+                        name,
                     });
                 }
                 Err(StoreError::AlreadyExists { .. }) if attempts < MAX_ATTEMPTS => continue,

@@ -72,7 +72,7 @@ impl From<TransitionError> for AuthError {
 /// # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
 /// let store = std::sync::Arc::new(MemoryStore::new());
 /// let admin = Admin::new(store.clone());
-/// let product = admin.create_product(DynamicRegistration::Off).await?;
+/// let product = admin.create_product(None, DynamicRegistration::Off).await?;
 /// let device = admin.register_device(product.product_key, DeviceName::new("meter-01")?).await?;
 ///
 /// // The device signs...

@@ -59,7 +59,7 @@ async fn new_product<S: ProductStore + DeviceStore>(
 ) -> (Admin<&S>, ProductRecord) {
     let admin = Admin::new(store);
     let product = admin
-        .create_product(switch)
+        .create_product(None, switch)
         .await
         .unwrap_or_else(|e| panic!("create product: {e}"));
     (admin, product)
@@ -94,6 +94,7 @@ pub async fn products<S: ProductStore + DeviceStore>(store: S) {
             product_key: pk,
             product_secret: ProductSecret::new("another-secret").unwrap(),
             dynamic_registration: DynamicRegistration::On,
+            name: None,
         })
         .await;
     assert!(matches!(
@@ -341,6 +342,7 @@ pub async fn registration_lifecycle<S: ProductStore + DeviceStore + Clone>(store
         product_secret: ProductSecret::new("not-the-product-secret").unwrap(),
         product_key: pk,
         dynamic_registration: DynamicRegistration::On,
+        name: None,
     };
     let other = admin.register_device(pk, name("reg-dev-2")).await.unwrap();
     assert!(matches!(
@@ -472,6 +474,17 @@ pub async fn race_issue_once<S: ProductStore + DeviceStore + Clone + 'static>(
     store: S,
     policy: IssuancePolicy,
 ) {
+    race_issue_once_on(move || store.clone(), policy).await;
+}
+
+/// [`race_issue_once`] with each racer on the store `node()` returns, e.g. pools of several
+/// broker nodes on one database, taken in turn.
+pub async fn race_issue_once_on<S, F>(node: F, policy: IssuancePolicy)
+where
+    S: ProductStore + DeviceStore + 'static,
+    F: Fn() -> S,
+{
+    let store = node();
     let (admin, product) = new_product(&store, DynamicRegistration::On).await;
     let device = admin
         .register_device(product.product_key, name("race-dev"))
@@ -482,11 +495,11 @@ pub async fn race_issue_once<S: ProductStore + DeviceStore + Clone + 'static>(
         .unwrap()
         .body()
         .to_owned();
-    let registrar = Arc::new(Registrar::new(store.clone()).with_policy(policy));
     let barrier = Arc::new(Barrier::new(RACERS));
     let racers: Vec<_> = (0..RACERS)
         .map(|_| {
-            let (registrar, barrier, body) = (registrar.clone(), barrier.clone(), body.clone());
+            let registrar = Registrar::new(node()).with_policy(policy);
+            let (barrier, body) = (barrier.clone(), body.clone());
             tokio::spawn(async move {
                 barrier.wait().await;
                 registrar.register_form(body.as_bytes()).await

@@ -23,6 +23,7 @@ use crate::lifecycle::DynamicRegistration;
 ///     product_key: pk,
 ///     product_secret: ProductSecret::new("Yr0iF3HIgNkwiaPj")?,
 ///     dynamic_registration: DynamicRegistration::On,
+///     name: None,
 /// }).await?;
 /// assert!(store.product(&pk).await?.is_some());
 /// # Ok::<(), Box<dyn std::error::Error>>(())

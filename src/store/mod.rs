@@ -22,8 +22,12 @@ use crate::secret::{DeviceSecret, ProductSecret};
 pub mod conformance;
 #[cfg(feature = "memory")]
 mod memory;
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
+mod sql;
 #[cfg(feature = "memory")]
 pub use memory::MemoryStore;
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
+pub use sql::SqlStore;
 
 /// A product as stored.
 #[derive(Debug)]
@@ -34,6 +38,8 @@ pub struct ProductRecord {
     pub product_secret: ProductSecret,
     /// The dynamic-registration switch.
     pub dynamic_registration: DynamicRegistration,
+    /// An operator's label (see [`crate::service::Admin::create_product`] for its rules).
+    pub name: Option<String>,
 }
 
 impl ProductRecord {
@@ -43,6 +49,7 @@ impl ProductRecord {
             product_key: self.product_key,
             product_secret: self.product_secret.clone_secret(),
             dynamic_registration: self.dynamic_registration,
+            name: self.name.clone(),
         }
     }
 }

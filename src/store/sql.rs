@@ -1,0 +1,421 @@
+//! SQL stores: SQLite (feature `sqlite`, the embedded default) and PostgreSQL (feature
+//! `postgres`, for fleets served by several broker nodes), one adapter over sqlx's `Any`
+//! driver, so both run the same statements.
+//!
+//! # Schema
+//! ```sql
+//! CREATE TABLE iotauth_products (
+//!     product_key TEXT PRIMARY KEY,
+//!     product_secret TEXT NOT NULL,
+//!     dynamic_registration BIGINT NOT NULL,           -- 0 off, 1 on
+//!     name TEXT);
+//! CREATE TABLE iotauth_devices (
+//!     product_key TEXT NOT NULL REFERENCES iotauth_products (product_key),
+//!     device_name TEXT NOT NULL,
+//!     device_secret TEXT NOT NULL,
+//!     state TEXT NOT NULL CHECK (state IN ('inactive', 'issued', 'active')),
+//!     enabled BIGINT NOT NULL,                        -- 0 disabled, 1 enabled
+//!     revision BIGINT NOT NULL,
+//!     PRIMARY KEY (product_key, device_name));
+//! ```
+//! Only `TEXT` and `BIGINT` columns, which both databases and the `Any` driver map alike.
+//! Migrations are embedded and applied on [`SqlStore::connect`] (and by [`SqlStore::migrate`]);
+//! applied versions are recorded in `iotauth_schema`.
+//!
+//! # Atomicity and durability
+//! Compare-and-set is one `UPDATE … WHERE revision = $expected`; the affected-row count decides
+//! the winner, on one node or many. SQLite runs in WAL mode with `synchronous = FULL`, so an
+//! issued state is on disk before the secret is returned; PostgreSQL commits each statement.
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use sqlx::any::{AnyConnectOptions, AnyPoolOptions, AnyRow};
+use sqlx::{AnyPool, Executor, Row};
+
+use super::{DeviceRecord, DeviceStore, DeviceUpdate, ProductRecord, ProductStore, StoreError};
+use crate::id::{DeviceName, ProductKey};
+use crate::lifecycle::{DeviceState, DeviceStatus, DynamicRegistration};
+use crate::secret::{DeviceSecret, ProductSecret};
+
+/// Schema versions, applied in order, each once.
+const MIGRATIONS: &[(i64, &[&str])] = &[(
+    1,
+    &[
+        "CREATE TABLE IF NOT EXISTS iotauth_products (
+            product_key TEXT PRIMARY KEY,
+            product_secret TEXT NOT NULL,
+            dynamic_registration BIGINT NOT NULL,
+            name TEXT)",
+        "CREATE TABLE IF NOT EXISTS iotauth_devices (
+            product_key TEXT NOT NULL REFERENCES iotauth_products (product_key),
+            device_name TEXT NOT NULL,
+            device_secret TEXT NOT NULL,
+            state TEXT NOT NULL CHECK (state IN ('inactive', 'issued', 'active')),
+            enabled BIGINT NOT NULL,
+            revision BIGINT NOT NULL,
+            PRIMARY KEY (product_key, device_name))",
+    ],
+)];
+
+const SQLITE_PRAGMAS: &str = "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; \
+     PRAGMA foreign_keys = ON; PRAGMA busy_timeout = 10000;";
+
+/// A store in SQLite or PostgreSQL, chosen by the URL.
+///
+/// Cloning is cheap and shares the connection pool.
+#[derive(Debug, Clone)]
+pub struct SqlStore {
+    pool: AnyPool,
+}
+
+/// The store cannot be opened: the URL names no compiled-in database.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "unsupported store URL scheme (expected sqlite:// or postgres://, with the matching feature)"
+)]
+struct UnsupportedUrl;
+
+impl SqlStore {
+    /// Opens the database at `url` and brings its schema up to date.
+    ///
+    /// * `sqlite://PATH` (feature `sqlite`): the file is created if missing.
+    /// * `postgres://USER:PASSWORD@HOST:PORT/DB` (feature `postgres`).
+    ///
+    /// # Errors
+    /// [`StoreError::Unavailable`] when the URL is not supported or the database cannot be
+    /// reached or migrated.
+    pub async fn connect(url: &str) -> Result<Self, StoreError> {
+        sqlx::any::install_default_drivers();
+        let sqlite = url.starts_with("sqlite:");
+        let postgres = url.starts_with("postgres:") || url.starts_with("postgresql:");
+        if !(sqlite && cfg!(feature = "sqlite") || postgres && cfg!(feature = "postgres")) {
+            return Err(StoreError::unavailable(UnsupportedUrl));
+        }
+        let url = if sqlite && !url.contains('?') {
+            format!("{url}?mode=rwc")
+        } else {
+            url.to_owned()
+        };
+        let options = AnyConnectOptions::from_str(&url).map_err(StoreError::unavailable)?;
+        let pool = AnyPoolOptions::new()
+            .max_connections(if sqlite { 4 } else { 16 })
+            .acquire_timeout(Duration::from_secs(10))
+            .after_connect(move |conn, _| {
+                Box::pin(async move {
+                    if sqlite {
+                        conn.execute(SQLITE_PRAGMAS).await?;
+                    }
+                    Ok(())
+                })
+            })
+            .connect_with(options)
+            .await
+            .map_err(StoreError::unavailable)?;
+        let store = Self { pool };
+        store.migrate().await?;
+        Ok(store)
+    }
+
+    /// Applies the embedded migrations that this database has not seen yet.
+    ///
+    /// # Errors
+    /// [`StoreError::Unavailable`].
+    pub async fn migrate(&self) -> Result<(), StoreError> {
+        let fail = StoreError::unavailable;
+        self.pool
+            .execute("CREATE TABLE IF NOT EXISTS iotauth_schema (version BIGINT PRIMARY KEY)")
+            .await
+            .map_err(fail)?;
+        for (version, statements) in MIGRATIONS {
+            let mut tx = self.pool.begin().await.map_err(fail)?;
+            let applied = sqlx::query("SELECT version FROM iotauth_schema WHERE version = $1")
+                .bind(version)
+                .fetch_optional(&mut *tx)
+                .await
+                .map_err(fail)?;
+            if applied.is_some() {
+                continue;
+            }
+            for statement in *statements {
+                tx.execute(*statement).await.map_err(fail)?;
+            }
+            let recorded = sqlx::query("INSERT INTO iotauth_schema (version) VALUES ($1)")
+                .bind(version)
+                .execute(&mut *tx)
+                .await;
+            match recorded {
+                Ok(_) => tx.commit().await.map_err(fail)?,
+                // Another node applied the same version concurrently: theirs stands.
+                Err(e) if is_unique_violation(&e) => tx.rollback().await.map_err(fail)?,
+                Err(e) => return Err(fail(e)),
+            }
+        }
+        Ok(())
+    }
+
+    /// Closes the pool, waiting for connections in use to be returned.
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+}
+
+fn is_unique_violation(e: &sqlx::Error) -> bool {
+    matches!(e, sqlx::Error::Database(db) if db.is_unique_violation())
+}
+
+fn is_foreign_key_violation(e: &sqlx::Error) -> bool {
+    matches!(e, sqlx::Error::Database(db) if db.is_foreign_key_violation())
+}
+
+/// Stored data this crate would never write: reported as an outage, since no verdict can be
+/// made on it.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid stored {column}")]
+struct Corrupt {
+    column: &'static str,
+}
+
+fn column<T>(row: &AnyRow, name: &'static str) -> Result<T, StoreError>
+where
+    T: for<'r> sqlx::Decode<'r, sqlx::Any> + sqlx::Type<sqlx::Any>,
+{
+    row.try_get(name).map_err(StoreError::unavailable)
+}
+
+fn corrupt(column: &'static str) -> impl Fn(crate::ParseError) -> StoreError {
+    move |_| StoreError::unavailable(Corrupt { column })
+}
+
+fn flag(value: i64, column: &'static str) -> Result<bool, StoreError> {
+    match value {
+        0 => Ok(false),
+        1 => Ok(true),
+        _ => Err(StoreError::unavailable(Corrupt { column })),
+    }
+}
+
+fn switch_value(switch: DynamicRegistration) -> i64 {
+    i64::from(switch == DynamicRegistration::On)
+}
+
+fn product_from_row(row: &AnyRow) -> Result<ProductRecord, StoreError> {
+    let pk: String = column(row, "product_key")?;
+    let secret: String = column(row, "product_secret")?;
+    let on = flag(column(row, "dynamic_registration")?, "dynamic_registration")?;
+    Ok(ProductRecord {
+        product_key: ProductKey::new(&pk).map_err(corrupt("product_key"))?,
+        product_secret: ProductSecret::new(&secret).map_err(corrupt("product_secret"))?,
+        dynamic_registration: if on {
+            DynamicRegistration::On
+        } else {
+            DynamicRegistration::Off
+        },
+        name: column(row, "name")?,
+    })
+}
+
+fn device_from_row(row: &AnyRow) -> Result<DeviceRecord, StoreError> {
+    let pk: String = column(row, "product_key")?;
+    let dn: String = column(row, "device_name")?;
+    let secret: String = column(row, "device_secret")?;
+    let state: String = column(row, "state")?;
+    let revision: i64 = column(row, "revision")?;
+    Ok(DeviceRecord {
+        product_key: ProductKey::new(&pk).map_err(corrupt("product_key"))?,
+        device_name: DeviceName::new(&dn).map_err(corrupt("device_name"))?,
+        device_secret: DeviceSecret::new(&secret).map_err(corrupt("device_secret"))?,
+        status: DeviceStatus {
+            state: DeviceState::from_name(&state)
+                .ok_or(StoreError::unavailable(Corrupt { column: "state" }))?,
+            enabled: flag(column(row, "enabled")?, "enabled")?,
+        },
+        revision: u64::try_from(revision)
+            .map_err(|_| StoreError::unavailable(Corrupt { column: "revision" }))?,
+    })
+}
+
+fn revision_value(revision: u64) -> Result<i64, StoreError> {
+    i64::try_from(revision).map_err(|_| StoreError::Precondition { what: "device" })
+}
+
+/// The column lists, as macros so that every statement is a `&'static str`.
+macro_rules! product_columns {
+    () => {
+        "product_key, product_secret, dynamic_registration, name"
+    };
+}
+macro_rules! device_columns {
+    () => {
+        "product_key, device_name, device_secret, state, enabled, revision"
+    };
+}
+
+#[async_trait]
+impl ProductStore for SqlStore {
+    async fn insert_product(&self, product: ProductRecord) -> Result<(), StoreError> {
+        let result = sqlx::query(
+            "INSERT INTO iotauth_products (product_key, product_secret, dynamic_registration, name) \
+             VALUES ($1, $2, $3, $4)",
+        )
+        .bind(product.product_key.as_str())
+        .bind(product.product_secret.expose_secret())
+        .bind(switch_value(product.dynamic_registration))
+        .bind(product.name)
+        .execute(&self.pool)
+        .await;
+        match result {
+            Ok(_) => Ok(()),
+            Err(e) if is_unique_violation(&e) => Err(StoreError::AlreadyExists { what: "product" }),
+            Err(e) => Err(StoreError::unavailable(e)),
+        }
+    }
+
+    async fn product(&self, product_key: &ProductKey) -> Result<Option<ProductRecord>, StoreError> {
+        let sql = concat!(
+            "SELECT ",
+            product_columns!(),
+            " FROM iotauth_products WHERE product_key = $1"
+        );
+        let row = sqlx::query(sql)
+            .bind(product_key.as_str())
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(StoreError::unavailable)?;
+        row.as_ref().map(product_from_row).transpose()
+    }
+
+    async fn products(&self) -> Result<Vec<ProductRecord>, StoreError> {
+        let sql = concat!(
+            "SELECT ",
+            product_columns!(),
+            " FROM iotauth_products ORDER BY product_key"
+        );
+        let rows = sqlx::query(sql)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(StoreError::unavailable)?;
+        rows.iter().map(product_from_row).collect()
+    }
+
+    async fn set_dynamic_registration(
+        &self,
+        product_key: &ProductKey,
+        switch: DynamicRegistration,
+    ) -> Result<(), StoreError> {
+        let done = sqlx::query(
+            "UPDATE iotauth_products SET dynamic_registration = $1 WHERE product_key = $2",
+        )
+        .bind(switch_value(switch))
+        .bind(product_key.as_str())
+        .execute(&self.pool)
+        .await
+        .map_err(StoreError::unavailable)?;
+        if done.rows_affected() == 1 {
+            Ok(())
+        } else {
+            Err(StoreError::NotFound { what: "product" })
+        }
+    }
+}
+
+#[async_trait]
+impl DeviceStore for SqlStore {
+    async fn insert_device(&self, device: DeviceRecord) -> Result<(), StoreError> {
+        let result = sqlx::query(concat!(
+            "INSERT INTO iotauth_devices (",
+            device_columns!(),
+            ") VALUES ($1, $2, $3, $4, $5, $6)"
+        ))
+        .bind(device.product_key.as_str())
+        .bind(device.device_name.as_str())
+        .bind(device.device_secret.expose_secret())
+        .bind(device.status.state.name())
+        .bind(i64::from(device.status.enabled))
+        .bind(revision_value(device.revision)?)
+        .execute(&self.pool)
+        .await;
+        match result {
+            Ok(_) => Ok(()),
+            Err(e) if is_unique_violation(&e) => Err(StoreError::AlreadyExists { what: "device" }),
+            Err(e) if is_foreign_key_violation(&e) => Err(StoreError::NotFound { what: "product" }),
+            Err(e) => Err(StoreError::unavailable(e)),
+        }
+    }
+
+    async fn device(
+        &self,
+        product_key: &ProductKey,
+        device_name: &DeviceName,
+    ) -> Result<Option<DeviceRecord>, StoreError> {
+        let sql = concat!(
+            "SELECT ",
+            device_columns!(),
+            " FROM iotauth_devices WHERE product_key = $1 AND device_name = $2"
+        );
+        let row = sqlx::query(sql)
+            .bind(product_key.as_str())
+            .bind(device_name.as_str())
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(StoreError::unavailable)?;
+        row.as_ref().map(device_from_row).transpose()
+    }
+
+    async fn devices(&self, product_key: &ProductKey) -> Result<Vec<DeviceRecord>, StoreError> {
+        let sql = concat!(
+            "SELECT ",
+            device_columns!(),
+            " FROM iotauth_devices WHERE product_key = $1 ORDER BY device_name"
+        );
+        let rows = sqlx::query(sql)
+            .bind(product_key.as_str())
+            .fetch_all(&self.pool)
+            .await
+            .map_err(StoreError::unavailable)?;
+        rows.iter().map(device_from_row).collect()
+    }
+
+    async fn compare_and_set(
+        &self,
+        product_key: &ProductKey,
+        device_name: &DeviceName,
+        expected_revision: u64,
+        update: DeviceUpdate,
+    ) -> Result<(), StoreError> {
+        let expected = revision_value(expected_revision)?;
+        let query = match &update {
+            DeviceUpdate::Set {
+                status,
+                device_secret,
+            } => sqlx::query(
+                "UPDATE iotauth_devices SET state = $1, enabled = $2, \
+                 device_secret = COALESCE($3, device_secret), revision = revision + 1 \
+                 WHERE product_key = $4 AND device_name = $5 AND revision = $6",
+            )
+            .bind(status.state.name())
+            .bind(i64::from(status.enabled))
+            .bind(device_secret.as_ref().map(DeviceSecret::expose_secret)),
+            DeviceUpdate::Delete => sqlx::query(
+                "DELETE FROM iotauth_devices \
+                 WHERE product_key = $1 AND device_name = $2 AND revision = $3",
+            ),
+        };
+        let done = query
+            .bind(product_key.as_str())
+            .bind(device_name.as_str())
+            .bind(expected)
+            .execute(&self.pool)
+            .await
+            .map_err(StoreError::unavailable)?;
+        if done.rows_affected() == 1 {
+            return Ok(());
+        }
+        // Lost: tell a concurrent change from a missing device.
+        match self.device(product_key, device_name).await? {
+            Some(_) => Err(StoreError::Precondition { what: "device" }),
+            None => Err(StoreError::NotFound { what: "device" }),
+        }
+    }
+}
