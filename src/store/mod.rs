@@ -210,6 +210,33 @@ pub trait DeviceStore: Send + Sync {
     ) -> Result<(), StoreError>;
 }
 
+/// Products and devices in one store, as a trait object: `Arc<dyn Store>` serves any adapter
+/// chosen at run time (e.g. by a URL).
+pub trait Store: ProductStore + DeviceStore {}
+
+impl<T: ProductStore + DeviceStore + ?Sized> Store for T {}
+
+/// Opens the store a URL names: `memory:`, `sqlite://PATH` (feature `sqlite`) or
+/// `postgres://…` (feature `postgres`).
+///
+/// # Errors
+/// [`StoreError::Unavailable`] for an unsupported URL or an unreachable database.
+pub async fn open(url: &str) -> Result<Arc<dyn Store>, StoreError> {
+    #[cfg(feature = "memory")]
+    if url == "memory:" {
+        return Ok(Arc::new(MemoryStore::new()));
+    }
+    #[cfg(any(feature = "sqlite", feature = "postgres"))]
+    {
+        Ok(Arc::new(SqlStore::connect(url).await?))
+    }
+    #[cfg(not(any(feature = "sqlite", feature = "postgres")))]
+    Err(StoreError::unavailable(std::io::Error::other(format!(
+        "unsupported store URL (this build has no SQL stores): {}",
+        url.split(':').next().unwrap_or_default()
+    ))))
+}
+
 /// Forwards both traits through a pointer type, so services can own an `Arc` of a store or
 /// borrow one.
 macro_rules! forward_store {

@@ -4,6 +4,8 @@
 //! 1 = rejected / failed, 2 = usage. No output ever contains a secret, nor (from `verify`)
 //! the offered password or sign.
 
+mod admin;
+
 use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
@@ -18,6 +20,8 @@ use serde::Serialize;
 const DEVICE_SECRET_ENV: &str = "IOTAUTH_DEVICE_SECRET";
 const PRODUCT_SECRET_ENV: &str = "IOTAUTH_PRODUCT_SECRET";
 const DEVICE_TOKEN_ENV: &str = "IOTAUTH_DEVICE_TOKEN";
+const STORE_ENV: &str = "IOTAUTH_STORE";
+const DEFAULT_STORE: &str = "sqlite://iotauth.db";
 
 #[derive(Parser)]
 #[command(
@@ -26,6 +30,9 @@ const DEVICE_TOKEN_ENV: &str = "IOTAUTH_DEVICE_TOKEN";
     about = "Alibaba Cloud IoT compatible device authentication"
 )]
 struct Cli {
+    /// The store: sqlite://PATH, postgres://… or memory: [env: IOTAUTH_STORE] [default: sqlite://iotauth.db]
+    #[arg(long, global = true)]
+    store: Option<String>,
     #[command(subcommand)]
     command: Command,
 }
@@ -38,6 +45,12 @@ enum Command {
     /// Check a device's credentials offline (the server side).
     #[command(subcommand)]
     Verify(VerifyCommand),
+    /// Administer the store's products.
+    #[command(subcommand)]
+    Product(admin::ProductCommand),
+    /// Administer the store's devices.
+    #[command(subcommand)]
+    Device(admin::DeviceCommand),
 }
 
 #[derive(Subcommand)]
@@ -137,18 +150,29 @@ fn parse_sign_method(name: &str) -> Result<SignMethod, String> {
 }
 
 /// A failure, and the exit code it maps to.
-enum Failure {
+pub(crate) enum Failure {
     /// Exit 1: the credentials were rejected, or the input was refused.
     Rejected(String),
     /// Exit 2: the command line is incomplete.
     Usage(String),
 }
 
-impl<E: std::error::Error> From<E> for Failure {
-    fn from(e: E) -> Self {
-        Self::Rejected(e.to_string())
-    }
+macro_rules! rejected_from {
+    ($($error:ty),*) => {$(
+        impl From<$error> for Failure {
+            fn from(e: $error) -> Self {
+                Self::Rejected(e.to_string())
+            }
+        }
+    )*};
 }
+
+rejected_from!(
+    iotauth::ParseError,
+    iotauth::VerifyError,
+    iotauth::EntropyError,
+    serde_json::Error
+);
 
 /// The flag's value, else the environment variable's; `None` when neither is set.
 fn flag_or_env(flag: Option<String>, env: &str) -> Option<String> {
@@ -200,7 +224,7 @@ struct VerifiedRegister<'a> {
     sign_method: &'a str,
 }
 
-fn print_json(value: &impl Serialize) -> Result<(), Failure> {
+pub(crate) fn print_json(value: &impl Serialize) -> Result<(), Failure> {
     println!("{}", serde_json::to_string(value)?);
     Ok(())
 }
@@ -319,6 +343,22 @@ fn verify_register(args: VerifyRegister) -> Result<(), Failure> {
     })
 }
 
+/// Opens the store and runs `command` on it, on a single-threaded runtime.
+fn with_store<F, Fut>(url: &str, command: F) -> Result<(), Failure>
+where
+    F: FnOnce(std::sync::Arc<dyn iotauth::store::Store>) -> Fut,
+    Fut: std::future::Future<Output = Result<(), Failure>>,
+{
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| Failure::Rejected(format!("cannot start the runtime: {e}")))?;
+    runtime.block_on(async {
+        let store = iotauth::store::open(url).await?;
+        command(store).await
+    })
+}
+
 fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
@@ -336,11 +376,14 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    let store_url = flag_or_env(cli.store, STORE_ENV).unwrap_or_else(|| DEFAULT_STORE.to_owned());
     let outcome = match cli.command {
         Command::Sign(SignCommand::Mqtt(args)) => sign_mqtt(args),
         Command::Sign(SignCommand::Register(args)) => sign_register(args),
         Command::Verify(VerifyCommand::Mqtt(args)) => verify_mqtt(args),
         Command::Verify(VerifyCommand::Register(args)) => verify_register(args),
+        Command::Product(command) => with_store(&store_url, |store| admin::product(store, command)),
+        Command::Device(command) => with_store(&store_url, |store| admin::device(store, command)),
     };
     match outcome {
         Ok(()) => ExitCode::SUCCESS,

@@ -1,0 +1,399 @@
+//! `iotauth product …` and `iotauth device …`: administration of a store.
+
+use std::io::{BufRead, BufReader, Write};
+use std::sync::Arc;
+
+use clap::{Subcommand, ValueEnum};
+use iotauth::service::{Admin, AdminError};
+use iotauth::store::{DeviceRecord, DeviceStore, ProductRecord, ProductStore, Store, StoreError};
+use iotauth::{DeviceName, DeviceState, DynamicRegistration, Event, ProductKey};
+use serde::Serialize;
+
+use crate::{Failure, print_json};
+
+#[derive(Subcommand)]
+pub(crate) enum ProductCommand {
+    /// Create a product with a generated ProductKey and ProductSecret.
+    Create {
+        /// A label for operators (1-64 characters).
+        #[arg(long)]
+        name: Option<String>,
+        /// Turn dynamic registration on (off by default).
+        #[arg(long)]
+        dynamic_registration: bool,
+    },
+    /// Show one product (without its secret unless --show-secret).
+    Show {
+        product_key: String,
+        #[arg(long)]
+        show_secret: bool,
+    },
+    /// List every product (without secrets unless --show-secret).
+    List {
+        #[arg(long)]
+        show_secret: bool,
+    },
+    /// Turn a product's dynamic registration on or off.
+    DynamicRegistration { product_key: String, switch: Switch },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+pub(crate) enum Switch {
+    On,
+    Off,
+}
+
+#[derive(Subcommand)]
+pub(crate) enum DeviceCommand {
+    /// Register a device (Inactive) with a generated DeviceSecret.
+    Register {
+        product_key: String,
+        device_name: String,
+    },
+    /// Register one device per line of FILE; JSON lines out, progress on stderr.
+    RegisterBatch {
+        product_key: String,
+        file: std::path::PathBuf,
+    },
+    /// Show one device (never its secret).
+    Show {
+        product_key: String,
+        device_name: String,
+    },
+    /// List a product's devices.
+    List { product_key: String },
+    /// Disable a device: it can neither log in nor register.
+    Disable {
+        product_key: String,
+        device_name: String,
+    },
+    /// Enable a device again.
+    Enable {
+        product_key: String,
+        device_name: String,
+    },
+    /// Reset a device: back to Inactive with a new DeviceSecret (printed).
+    Reset {
+        product_key: String,
+        device_name: String,
+    },
+    /// Delete a device.
+    Delete {
+        product_key: String,
+        device_name: String,
+    },
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct ProductJson<'a> {
+    product_key: ProductKey,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    product_secret: Option<&'a str>,
+    dynamic_registration: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    name: Option<&'a str>,
+}
+
+impl<'a> ProductJson<'a> {
+    fn of(product: &'a ProductRecord, show_secret: bool) -> Self {
+        Self {
+            product_key: product.product_key,
+            product_secret: show_secret.then(|| product.product_secret.expose_secret()),
+            dynamic_registration: product.dynamic_registration == DynamicRegistration::On,
+            name: product.name.as_deref(),
+        }
+    }
+}
+
+/// A device's secret, printed once when it is created or replaced.
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct IssuedJson<'a> {
+    product_key: ProductKey,
+    device_name: DeviceName,
+    device_secret: &'a str,
+    state: DeviceState,
+}
+
+impl<'a> IssuedJson<'a> {
+    fn of(device: &'a DeviceRecord) -> Self {
+        Self {
+            product_key: device.product_key,
+            device_name: device.device_name,
+            device_secret: device.device_secret.expose_secret(),
+            state: device.status.state,
+        }
+    }
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct DeviceJson {
+    product_key: ProductKey,
+    device_name: DeviceName,
+    state: DeviceState,
+    enabled: bool,
+}
+
+impl DeviceJson {
+    fn of(device: &DeviceRecord) -> Self {
+        Self {
+            product_key: device.product_key,
+            device_name: device.device_name,
+            state: device.status.state,
+            enabled: device.status.enabled,
+        }
+    }
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct DeletedJson {
+    product_key: ProductKey,
+    device_name: DeviceName,
+    deleted: bool,
+}
+
+impl From<AdminError> for Failure {
+    fn from(e: AdminError) -> Self {
+        Self::Rejected(e.to_string())
+    }
+}
+
+impl From<StoreError> for Failure {
+    fn from(e: StoreError) -> Self {
+        Self::Rejected(describe(&e))
+    }
+}
+
+/// A store error with its causes, one line (an outage's cause is what an operator needs).
+fn describe(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text.replace('\n', " ")
+}
+
+async fn product_of(store: &Arc<dyn Store>, pk: &ProductKey) -> Result<ProductRecord, Failure> {
+    store
+        .product(pk)
+        .await?
+        .ok_or_else(|| Failure::Rejected(format!("product {pk} not found")))
+}
+
+async fn device_of(
+    store: &Arc<dyn Store>,
+    pk: &ProductKey,
+    dn: &DeviceName,
+) -> Result<DeviceRecord, Failure> {
+    store
+        .device(pk, dn)
+        .await?
+        .ok_or_else(|| Failure::Rejected(format!("device {dn} of product {pk} not found")))
+}
+
+fn named(e: AdminError, pk: &ProductKey, dn: &DeviceName) -> Failure {
+    match e {
+        AdminError::Store(StoreError::NotFound { what: "product" }) => {
+            Failure::Rejected(format!("product {pk} not found"))
+        }
+        AdminError::Store(StoreError::NotFound { .. }) => {
+            Failure::Rejected(format!("device {dn} of product {pk} not found"))
+        }
+        AdminError::Store(StoreError::AlreadyExists { .. }) => {
+            Failure::Rejected(format!("device {dn} of product {pk} is already registered"))
+        }
+        AdminError::Store(e) => e.into(),
+        other => other.into(),
+    }
+}
+
+pub(crate) async fn product(store: Arc<dyn Store>, command: ProductCommand) -> Result<(), Failure> {
+    let admin = Admin::new(store.clone());
+    match command {
+        ProductCommand::Create {
+            name,
+            dynamic_registration,
+        } => {
+            let switch = if dynamic_registration {
+                DynamicRegistration::On
+            } else {
+                DynamicRegistration::Off
+            };
+            let product = admin.create_product(name.as_deref(), switch).await?;
+            print_json(&ProductJson {
+                name: None,
+                ..ProductJson::of(&product, true)
+            })
+        }
+        ProductCommand::Show {
+            product_key,
+            show_secret,
+        } => {
+            let product_key = ProductKey::new(&product_key)?;
+            print_json(&ProductJson::of(
+                &product_of(&store, &product_key).await?,
+                show_secret,
+            ))
+        }
+        ProductCommand::List { show_secret } => {
+            let products = store.products().await?;
+            print_json(
+                &products
+                    .iter()
+                    .map(|p| ProductJson::of(p, show_secret))
+                    .collect::<Vec<_>>(),
+            )
+        }
+        ProductCommand::DynamicRegistration {
+            product_key,
+            switch,
+        } => {
+            let product_key = ProductKey::new(&product_key)?;
+            let switch = match switch {
+                Switch::On => DynamicRegistration::On,
+                Switch::Off => DynamicRegistration::Off,
+            };
+            admin
+                .set_dynamic_registration(&product_key, switch)
+                .await
+                .map_err(|e| match e {
+                    AdminError::Store(StoreError::NotFound { .. }) => {
+                        Failure::Rejected(format!("product {product_key} not found"))
+                    }
+                    other => other.into(),
+                })?;
+            print_json(&ProductJson::of(
+                &product_of(&store, &product_key).await?,
+                false,
+            ))
+        }
+    }
+}
+
+/// Validates a product key and device name given on the command line (exit 1 when bad).
+fn identify(product_key: &str, device_name: &str) -> Result<(ProductKey, DeviceName), Failure> {
+    Ok((ProductKey::new(product_key)?, DeviceName::new(device_name)?))
+}
+
+pub(crate) async fn device(store: Arc<dyn Store>, command: DeviceCommand) -> Result<(), Failure> {
+    let admin = Admin::new(store.clone());
+    match command {
+        DeviceCommand::Register {
+            product_key,
+            device_name,
+        } => {
+            let (product_key, device_name) = identify(&product_key, &device_name)?;
+            let device = admin
+                .register_device(product_key, device_name)
+                .await
+                .map_err(|e| named(e, &product_key, &device_name))?;
+            print_json(&IssuedJson::of(&device))
+        }
+        DeviceCommand::RegisterBatch { product_key, file } => {
+            register_batch(&admin, &store, ProductKey::new(&product_key)?, &file).await
+        }
+        DeviceCommand::Show {
+            product_key,
+            device_name,
+        } => {
+            let (pk, dn) = identify(&product_key, &device_name)?;
+            print_json(&DeviceJson::of(&device_of(&store, &pk, &dn).await?))
+        }
+        DeviceCommand::List { product_key } => {
+            let product_key = ProductKey::new(&product_key)?;
+            product_of(&store, &product_key).await?;
+            let devices = store.devices(&product_key).await?;
+            print_json(&devices.iter().map(DeviceJson::of).collect::<Vec<_>>())
+        }
+        DeviceCommand::Disable {
+            ref product_key,
+            ref device_name,
+        }
+        | DeviceCommand::Enable {
+            ref product_key,
+            ref device_name,
+        }
+        | DeviceCommand::Reset {
+            ref product_key,
+            ref device_name,
+        }
+        | DeviceCommand::Delete {
+            ref product_key,
+            ref device_name,
+        } => {
+            let (pk, dn) = identify(product_key, device_name)?;
+            let event = match command {
+                DeviceCommand::Disable { .. } => Event::Disable,
+                DeviceCommand::Enable { .. } => Event::Enable,
+                DeviceCommand::Reset { .. } => Event::Reset,
+                _ => Event::Delete,
+            };
+            admin
+                .apply(&pk, &dn, event)
+                .await
+                .map_err(|e| named(e, &pk, &dn))?;
+            match event {
+                Event::Delete => print_json(&DeletedJson {
+                    product_key: pk,
+                    device_name: dn,
+                    deleted: true,
+                }),
+                // The new secret must reach the device once: print it like `register` does.
+                Event::Reset => print_json(&IssuedJson::of(&device_of(&store, &pk, &dn).await?)),
+                _ => print_json(&DeviceJson::of(&device_of(&store, &pk, &dn).await?)),
+            }
+        }
+    }
+}
+
+/// Reads every name first (so a bad line writes nothing), then registers them in order,
+/// printing one JSON line each.
+async fn register_batch(
+    admin: &Admin<Arc<dyn Store>>,
+    store: &Arc<dyn Store>,
+    product_key: ProductKey,
+    file: &std::path::Path,
+) -> Result<(), Failure> {
+    let reader = std::fs::File::open(file)
+        .map_err(|e| Failure::Rejected(format!("{}: {e}", file.display())))?;
+    let mut names: Vec<DeviceName> = Vec::new();
+    let mut seen = std::collections::HashSet::new();
+    for (index, line) in BufReader::new(reader).lines().enumerate() {
+        let line = line.map_err(|e| Failure::Rejected(format!("{}: {e}", file.display())))?;
+        let text = line.trim();
+        if text.is_empty() {
+            continue;
+        }
+        let name = DeviceName::new(text)
+            .map_err(|e| Failure::Rejected(format!("line {}: {e}", index + 1)))?;
+        if !seen.insert(name) {
+            return Err(Failure::Rejected(format!(
+                "line {}: device {name} appears twice",
+                index + 1
+            )));
+        }
+        names.push(name);
+    }
+    product_of(store, &product_key).await?;
+    let total = names.len();
+    let mut out = std::io::stdout().lock();
+    for (done, name) in names.into_iter().enumerate() {
+        let device = admin
+            .register_device(product_key, name)
+            .await
+            .map_err(|e| named(e, &product_key, &name))?;
+        let line = serde_json::to_string(&IssuedJson::of(&device))
+            .map_err(|e| Failure::Rejected(e.to_string()))?;
+        writeln!(out, "{line}").map_err(|e| Failure::Rejected(e.to_string()))?;
+        if (done + 1) % 1000 == 0 || done + 1 == total {
+            eprintln!("registered {}/{total}", done + 1);
+        }
+    }
+    Ok(())
+}
