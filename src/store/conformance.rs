@@ -524,6 +524,9 @@ where
             Err(other) => panic!("unexpected refusal in the race: {other}"),
         }
     }
+    println!(
+        "issue race, {policy:?}: {RACERS} racers, {first} first delivery, {again} redeliveries, {refused} refused"
+    );
     assert_eq!(first, 1, "exactly one first delivery ({policy:?})");
     match policy {
         IssuancePolicy::Once => assert_eq!((again, refused), (0, RACERS - 1)),
