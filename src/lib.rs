@@ -2,6 +2,7 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+mod acl;
 mod ascii;
 mod cert;
 mod error;
@@ -20,6 +21,7 @@ mod sign;
 pub mod store;
 mod verified;
 
+pub use acl::{MAX_TOPIC_LEN, TopicRule};
 pub use cert::{DeviceCertificate, ProductCertificate};
 pub use error::ParseError;
 pub use id::{DeviceName, ProductKey};
