@@ -16,6 +16,8 @@ mod policy;
 mod random;
 mod register;
 mod secret;
+#[cfg(feature = "server")]
+pub mod server;
 pub mod service;
 mod sign;
 pub mod store;

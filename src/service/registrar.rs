@@ -45,6 +45,19 @@ impl IssuedSecret {
         self.redelivered
     }
 
+    /// The payload MQTT dynamic registration publishes on `/ext/register`:
+    /// `{"productKey","deviceName","deviceSecret"}`.
+    ///
+    /// **Warning:** it contains the secret in clear; send it to the device alone.
+    pub fn to_ext_register_payload(&self) -> String {
+        serde_json::json!({
+            "productKey": self.identity.product_key(),
+            "deviceName": self.identity.device_name(),
+            "deviceSecret": self.device_secret.expose_secret(),
+        })
+        .to_string()
+    }
+
     /// The success reply (`code` 200 with `data.deviceSecret`).
     pub fn into_reply(self) -> RegisterReply {
         RegisterReply::Issued {

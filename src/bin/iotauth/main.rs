@@ -5,6 +5,7 @@
 //! the offered password or sign.
 
 mod admin;
+mod serve;
 
 use std::process::ExitCode;
 
@@ -45,6 +46,8 @@ enum Command {
     /// Check a device's credentials offline (the server side).
     #[command(subcommand)]
     Verify(VerifyCommand),
+    /// Serve registration, broker hooks and (optionally) an MQTT broker on the store.
+    Serve(serve::Serve),
     /// Administer the store's products.
     #[command(subcommand)]
     Product(admin::ProductCommand),
@@ -343,6 +346,22 @@ fn verify_register(args: VerifyRegister) -> Result<(), Failure> {
     })
 }
 
+/// Runs the server on a multi-threaded runtime, logging to stderr (`RUST_LOG`, default info).
+fn serve_until_stopped(url: &str, args: serve::Serve) -> Result<(), Failure> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| Failure::Rejected(format!("cannot start the runtime: {e}")))?;
+    runtime.block_on(serve::serve(url, args))
+}
+
 /// Opens the store and runs `command` on it, on a single-threaded runtime.
 fn with_store<F, Fut>(url: &str, command: F) -> Result<(), Failure>
 where
@@ -382,6 +401,7 @@ fn main() -> ExitCode {
         Command::Sign(SignCommand::Register(args)) => sign_register(args),
         Command::Verify(VerifyCommand::Mqtt(args)) => verify_mqtt(args),
         Command::Verify(VerifyCommand::Register(args)) => verify_register(args),
+        Command::Serve(args) => serve_until_stopped(&store_url, args),
         Command::Product(command) => with_store(&store_url, |store| admin::product(store, command)),
         Command::Device(command) => with_store(&store_url, |store| admin::device(store, command)),
     };

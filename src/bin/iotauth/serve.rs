@@ -1,0 +1,244 @@
+//! `iotauth serve`: HTTP registration and broker hooks, MQTT dynamic registration, and an
+//! embedded MQTT broker that authenticates devices, on one store.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::BytesMut;
+use clap::{Args, ValueEnum};
+use iotauth::server::{ServerConfig, Services, router};
+use iotauth::store::Store;
+use iotauth::{Freshness, IssuancePolicy, TopicRule};
+use rumqttc::{ConnAck, ConnectReturnCode, Packet, Publish, QoS};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+use crate::Failure;
+
+#[derive(Args)]
+pub(crate) struct Serve {
+    /// HTTP: dynamic registration, broker hooks, /healthz, /metrics.
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    http: SocketAddr,
+    /// An embedded MQTT 3.1.1 broker whose logins are verified by this server.
+    #[arg(long)]
+    mqtt: Option<SocketAddr>,
+    /// MQTT dynamic registration (authType=register): CONNECT, CONNACK, /ext/register, close.
+    #[arg(long)]
+    mqtt_register: Option<SocketAddr>,
+    /// How often a device's secret may be delivered.
+    #[arg(long, value_enum, default_value = "once")]
+    issuance: Issuance,
+    /// Refuse logins whose timestamp is further than this from now (no window by default).
+    #[arg(long)]
+    max_skew_secs: Option<u64>,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Issuance {
+    Once,
+    RedeliverUntilFirstLogin,
+}
+
+/// Cap on a registration CONNECT, in bytes.
+const MAX_CONNECT_LEN: usize = 4096;
+/// How long a registration client may take to send its CONNECT.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+pub(crate) async fn serve(store_url: &str, args: Serve) -> Result<(), Failure> {
+    let store = iotauth::store::open(store_url).await?;
+    let config = ServerConfig {
+        issuance: match args.issuance {
+            Issuance::Once => IssuancePolicy::Once,
+            Issuance::RedeliverUntilFirstLogin => IssuancePolicy::RedeliverUntilFirstLogin,
+        },
+        freshness: args
+            .max_skew_secs
+            .map_or(Freshness::Unchecked, |max_skew_secs| Freshness::Window {
+                max_skew_secs,
+            }),
+        topics: TopicRule::alibaba(),
+    };
+    let services = Arc::new(Services::new(store.clone(), config));
+    hint_when_empty(&store, store_url).await?;
+
+    let http = TcpListener::bind(args.http)
+        .await
+        .map_err(|e| Failure::Rejected(format!("cannot listen on {}: {e}", args.http)))?;
+    tracing::info!(address = %args.http, "HTTP: registration, hooks, /healthz, /metrics");
+    if let Some(address) = args.mqtt_register {
+        let listener = TcpListener::bind(address)
+            .await
+            .map_err(|e| Failure::Rejected(format!("cannot listen on {address}: {e}")))?;
+        tracing::info!(%address, "MQTT dynamic registration");
+        tokio::spawn(serve_mqtt_registration(listener, services.clone()));
+    }
+    if let Some(address) = args.mqtt {
+        start_broker(address, services.clone())?;
+        tracing::info!(%address, "MQTT broker");
+    }
+    axum::serve(http, router(services))
+        .with_graceful_shutdown(shutdown_signal())
+        .await
+        .map_err(|e| Failure::Rejected(format!("HTTP server: {e}")))?;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+async fn hint_when_empty(store: &Arc<dyn Store>, store_url: &str) -> Result<(), Failure> {
+    if store.products().await?.is_empty() {
+        eprintln!(
+            "The store is empty. Create a product and a device:\n  \
+             iotauth --store {store_url} product create --dynamic-registration\n  \
+             iotauth --store {store_url} device register <productKey> <deviceName>"
+        );
+    }
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let interrupt = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        _ = interrupt => {},
+        () = terminate => {},
+    }
+    tracing::info!("shutting down: finishing requests in flight");
+}
+
+/// rumqttd with one MQTT 3.1.1 listener whose logins go through the authenticator.
+fn start_broker(address: SocketAddr, services: Arc<Services>) -> Result<(), Failure> {
+    use rumqttd::{Broker, Config, ConnectionSettings, RouterConfig, ServerSettings};
+    let mut connections = ConnectionSettings {
+        connection_timeout_ms: 10_000,
+        max_payload_size: 256 * 1024,
+        max_inflight_count: 100,
+        auth: None,
+        external_auth: None,
+        dynamic_filters: true,
+    };
+    connections.set_auth_handler(
+        move |client_id: String, username: String, password: String| {
+            let services = services.clone();
+            async move {
+                services
+                    .login(&client_id, &username, &password)
+                    .await
+                    .is_ok()
+            }
+        },
+    );
+    let server = ServerSettings {
+        name: "iotauth".into(),
+        listen: address,
+        tls: None,
+        next_connection_delay_ms: 1,
+        connections,
+    };
+    let config = Config {
+        id: 0,
+        router: RouterConfig {
+            max_connections: 10_000,
+            max_outgoing_packet_count: 200,
+            max_segment_size: 1 << 20,
+            max_segment_count: 10,
+            ..Default::default()
+        },
+        v4: Some(HashMap::from([("iotauth".to_string(), server)])),
+        ..Default::default()
+    };
+    // Fail now, not in the broker's thread, when the address is taken.
+    std::net::TcpListener::bind(address)
+        .map_err(|e| Failure::Rejected(format!("cannot listen on {address}: {e}")))?;
+    let mut broker = Broker::new(config);
+    std::thread::Builder::new()
+        .name("mqtt-broker".into())
+        .spawn(move || {
+            if let Err(e) = broker.start() {
+                tracing::error!(error = %e, "MQTT broker stopped");
+            }
+        })
+        .map_err(|e| Failure::Rejected(format!("cannot start the MQTT broker: {e}")))?;
+    Ok(())
+}
+
+async fn serve_mqtt_registration(listener: TcpListener, services: Arc<Services>) {
+    loop {
+        match listener.accept().await {
+            Ok((stream, peer)) => {
+                let services = services.clone();
+                tokio::spawn(async move {
+                    if let Err(e) = register_over_mqtt(stream, &services).await {
+                        tracing::warn!(%peer, error = %e, "MQTT registration connection failed");
+                    }
+                });
+            }
+            Err(e) => tracing::warn!(error = %e, "accept failed"),
+        }
+    }
+}
+
+/// One registration connection (PROTOCOL.md §c): CONNECT in; CONNACK accepted and the secret
+/// on `/ext/register`, or CONNACK "not authorized"; then close.
+async fn register_over_mqtt(mut stream: TcpStream, services: &Services) -> std::io::Result<()> {
+    let connect = match tokio::time::timeout(CONNECT_TIMEOUT, read_connect(&mut stream)).await {
+        Ok(result) => result?,
+        Err(_) => return Ok(()),
+    };
+    let Some(connect) = connect else {
+        return Ok(());
+    };
+    let (username, password) = connect
+        .login
+        .map(|login| (login.username, login.password))
+        .unwrap_or_default();
+    let outcome = services
+        .registrar
+        .register_connect(&connect.client_id, &username, &password)
+        .await;
+    services.record_registration(&outcome);
+    let mut out = BytesMut::new();
+    let write = |packet: Result<usize, rumqttc::mqttbytes::Error>| {
+        packet
+            .map(drop)
+            .map_err(|e| std::io::Error::other(e.to_string()))
+    };
+    match outcome {
+        Ok(issued) => {
+            write(ConnAck::new(ConnectReturnCode::Success, false).write(&mut out))?;
+            let payload = issued.to_ext_register_payload();
+            write(Publish::new("/ext/register", QoS::AtMostOnce, payload).write(&mut out))?;
+        }
+        Err(_) => write(ConnAck::new(ConnectReturnCode::NotAuthorized, false).write(&mut out))?,
+    }
+    stream.write_all(&out).await?;
+    stream.shutdown().await
+}
+
+/// Reads bytes until one whole packet parses; `None` when it is not a CONNECT.
+async fn read_connect(stream: &mut TcpStream) -> std::io::Result<Option<rumqttc::Connect>> {
+    let mut buffer = BytesMut::with_capacity(512);
+    loop {
+        match Packet::read(&mut buffer, MAX_CONNECT_LEN) {
+            Ok(Packet::Connect(connect)) => return Ok(Some(connect)),
+            Ok(_) => return Ok(None),
+            Err(rumqttc::mqttbytes::Error::InsufficientBytes(_)) => {}
+            Err(e) => return Err(std::io::Error::other(e.to_string())),
+        }
+        if stream.read_buf(&mut buffer).await? == 0 {
+            return Ok(None);
+        }
+    }
+}

@@ -1,0 +1,488 @@
+//! The HTTP side of a self-hosted platform (feature `server`): Alibaba's dynamic-registration
+//! endpoint and the authentication hooks of EMQX, VerneMQ and mosquitto-go-auth, as an axum
+//! [`Router`] to serve alone (`iotauth serve`) or to mount in your own service.
+//!
+//! | route | dialect |
+//! |---|---|
+//! | `POST /auth/register/device` | Alibaba's HTTPS dynamic registration (form in, JSON out) |
+//! | `POST /hooks/emqx/authn`, `POST /hooks/emqx/authz` | EMQX 5 HTTP authenticator / authorizer |
+//! | `POST /hooks/vernemq` | VerneMQ webhooks (`vernemq-hook` header) |
+//! | `POST /hooks/go-auth/user`, `/superuser`, `/acl` | mosquitto-go-auth HTTP backend, JSON params |
+//! | `GET /healthz`, `GET /metrics` | liveness; Prometheus text |
+//!
+//! A device learns nothing from a refusal beyond its kind; the log (`tracing`) says why, never
+//! with a secret. A store outage is answered "ignore" / "next" / 5xx, so that the broker
+//! decides, never as a bad password.
+
+use std::fmt::Write as _;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
+
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use crate::acl::TopicRule;
+use crate::lifecycle::IssuancePolicy;
+use crate::mqtt::parse_username;
+use crate::policy::Freshness;
+use crate::register::RefusalCode;
+use crate::service::{AuthError, Authenticator, RegisterError, Registrar};
+use crate::store::Store;
+use crate::verified::{DeviceIdentity, Verified};
+
+/// Cap on any request body, in bytes (a registration form is at most 4096).
+pub const MAX_BODY_LEN: usize = 16 * 1024;
+
+/// How the server decides.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// How often a secret may be delivered.
+    pub issuance: IssuancePolicy,
+    /// The timestamp window of logins.
+    pub freshness: Freshness,
+    /// The topics each device may use.
+    pub topics: TopicRule,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            issuance: IssuancePolicy::Once,
+            freshness: Freshness::Unchecked,
+            topics: TopicRule::alibaba(),
+        }
+    }
+}
+
+/// The services behind the routes, shared by every request (and by MQTT listeners).
+pub struct Services {
+    /// Per-device logins.
+    pub authenticator: Authenticator<Arc<dyn Store>>,
+    /// Dynamic registration.
+    pub registrar: Registrar<Arc<dyn Store>>,
+    /// The topic rule.
+    pub topics: TopicRule,
+    /// Counters for `/metrics`.
+    pub metrics: Metrics,
+}
+
+impl Services {
+    /// The services over `store`.
+    pub fn new(store: Arc<dyn Store>, config: ServerConfig) -> Self {
+        Self {
+            authenticator: Authenticator::new(store.clone()).with_freshness(config.freshness),
+            registrar: Registrar::new(store).with_policy(config.issuance),
+            topics: config.topics,
+            metrics: Metrics::default(),
+        }
+    }
+
+    /// Authenticates a login, counting and logging the outcome (never a secret).
+    ///
+    /// # Errors
+    /// The [`AuthError`], already logged.
+    pub async fn login(
+        &self,
+        client_id: &str,
+        username: &str,
+        password: &str,
+    ) -> Result<Verified<DeviceIdentity>, AuthError> {
+        let outcome = self
+            .authenticator
+            .authenticate(client_id, username, password)
+            .await;
+        match &outcome {
+            Ok(who) => {
+                self.metrics.logins_ok.fetch_add(1, Ordering::Relaxed);
+                tracing::info!(product_key = %who.product_key(), device_name = %who.device_name(), "login accepted");
+            }
+            Err(e) => {
+                self.metrics.count_login_refusal(e);
+                tracing::warn!(reason = %e, "login refused");
+            }
+        }
+        outcome
+    }
+
+    /// Counts and logs a registration's outcome (never the secret).
+    pub fn record_registration(
+        &self,
+        outcome: &Result<crate::service::IssuedSecret, RegisterError>,
+    ) {
+        match outcome {
+            Ok(issued) => {
+                self.metrics
+                    .registrations_issued
+                    .fetch_add(1, Ordering::Relaxed);
+                tracing::info!(
+                    product_key = %issued.identity().product_key(),
+                    device_name = %issued.identity().device_name(),
+                    redelivered = issued.redelivered(),
+                    "device secret issued"
+                );
+            }
+            Err(e) => {
+                self.metrics.count_registration_refusal(e.code());
+                tracing::warn!(reason = %e, code = e.code().code(), "registration refused");
+            }
+        }
+    }
+}
+
+/// Counters and a latency histogram, rendered in Prometheus text format.
+#[derive(Debug, Default)]
+pub struct Metrics {
+    logins_ok: AtomicU64,
+    logins_refused: [AtomicU64; LOGIN_REASONS.len()],
+    registrations_issued: AtomicU64,
+    registrations_refused: [AtomicU64; RefusalCode::ALL.len()],
+    hook_latency: [AtomicU64; LATENCY_BUCKETS_US.len() + 1],
+    hook_latency_sum_us: AtomicU64,
+}
+
+const LOGIN_REASONS: [&str; 5] = [
+    "malformed",
+    "unknown_device",
+    "bad_credentials",
+    "disabled",
+    "outage",
+];
+const LATENCY_BUCKETS_US: [u64; 9] = [100, 250, 500, 1_000, 2_500, 5_000, 10_000, 50_000, 250_000];
+
+impl Metrics {
+    fn count_login_refusal(&self, e: &AuthError) {
+        let reason = match e {
+            AuthError::Malformed(_) => 0,
+            AuthError::UnknownDevice => 1,
+            AuthError::Verify(_) => 2,
+            AuthError::Disabled => 3,
+            _ => 4,
+        };
+        self.logins_refused[reason].fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn count_registration_refusal(&self, code: RefusalCode) {
+        if let Some(i) = RefusalCode::ALL.iter().position(|c| *c == code) {
+            self.registrations_refused[i].fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    fn observe_hook(&self, started: Instant) {
+        let micros = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
+        let bucket = LATENCY_BUCKETS_US
+            .iter()
+            .position(|&le| micros <= le)
+            .unwrap_or(LATENCY_BUCKETS_US.len());
+        self.hook_latency[bucket].fetch_add(1, Ordering::Relaxed);
+        self.hook_latency_sum_us
+            .fetch_add(micros, Ordering::Relaxed);
+    }
+
+    /// The Prometheus text exposition.
+    pub fn render(&self) -> String {
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        let mut out = String::new();
+        let _ = writeln!(out, "# TYPE iotauth_logins_total counter");
+        let _ = writeln!(
+            out,
+            "iotauth_logins_total{{result=\"ok\"}} {}",
+            get(&self.logins_ok)
+        );
+        for (reason, count) in LOGIN_REASONS.iter().zip(&self.logins_refused) {
+            let _ = writeln!(
+                out,
+                "iotauth_logins_total{{result=\"refused\",reason=\"{reason}\"}} {}",
+                get(count)
+            );
+        }
+        let _ = writeln!(out, "# TYPE iotauth_registrations_total counter");
+        let _ = writeln!(
+            out,
+            "iotauth_registrations_total{{result=\"issued\"}} {}",
+            get(&self.registrations_issued)
+        );
+        for (code, count) in RefusalCode::ALL.iter().zip(&self.registrations_refused) {
+            let _ = writeln!(
+                out,
+                "iotauth_registrations_total{{result=\"refused\",code=\"{}\"}} {}",
+                code.code(),
+                get(count)
+            );
+        }
+        let _ = writeln!(out, "# TYPE iotauth_hook_duration_seconds histogram");
+        let mut cumulative = 0;
+        for (le, count) in LATENCY_BUCKETS_US.iter().zip(&self.hook_latency) {
+            cumulative += get(count);
+            let _ = writeln!(
+                out,
+                "iotauth_hook_duration_seconds_bucket{{le=\"{}\"}} {cumulative}",
+                *le as f64 / 1e6
+            );
+        }
+        cumulative += self.hook_latency.last().map(get).unwrap_or_default();
+        let _ = writeln!(
+            out,
+            "iotauth_hook_duration_seconds_bucket{{le=\"+Inf\"}} {cumulative}"
+        );
+        let _ = writeln!(
+            out,
+            "iotauth_hook_duration_seconds_sum {}",
+            get(&self.hook_latency_sum_us) as f64 / 1e6
+        );
+        let _ = writeln!(out, "iotauth_hook_duration_seconds_count {cumulative}");
+        out
+    }
+}
+
+/// The routes of the table above, over `services`.
+pub fn router(services: Arc<Services>) -> Router {
+    Router::new()
+        .route("/auth/register/device", post(register_device))
+        .route("/hooks/emqx/authn", post(emqx_authn))
+        .route("/hooks/emqx/authz", post(emqx_authz))
+        .route("/hooks/vernemq", post(vernemq))
+        .route("/hooks/go-auth/user", post(go_auth_user))
+        .route("/hooks/go-auth/superuser", post(go_auth_superuser))
+        .route("/hooks/go-auth/acl", post(go_auth_acl))
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/metrics", get(metrics))
+        .layer(DefaultBodyLimit::max(MAX_BODY_LEN))
+        .with_state(services)
+}
+
+type Shared = State<Arc<Services>>;
+
+async fn metrics(State(services): Shared) -> Response {
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        services.metrics.render(),
+    )
+        .into_response()
+}
+
+/// Alibaba's reply: HTTP 200 with a JSON `code` (one C SDK needs status 200 and a short body
+/// with `Content-Length`, which axum sets for a complete body).
+async fn register_device(State(services): Shared, body: axum::body::Bytes) -> Response {
+    let outcome = services.registrar.register_form(&body).await;
+    services.record_registration(&outcome);
+    let reply = match outcome {
+        Ok(issued) => issued.into_reply(),
+        Err(e) => e.to_reply(),
+    };
+    (
+        [(header::CONTENT_TYPE, "application/json")],
+        reply.to_json_exposing_secret(),
+    )
+        .into_response()
+}
+
+/// What a hook decides.
+enum Verdict {
+    Allow(Option<DeviceIdentity>),
+    Deny,
+    /// An outage: the broker should decide (or ask its next source).
+    Undecided,
+}
+
+async fn login_verdict(
+    services: &Services,
+    client_id: &str,
+    username: &str,
+    password: &str,
+) -> Verdict {
+    match services.login(client_id, username, password).await {
+        Ok(who) => Verdict::Allow(Some(who.into_inner())),
+        Err(e) if e.is_outage() => Verdict::Undecided,
+        Err(_) => Verdict::Deny,
+    }
+}
+
+/// The ACL verdict for the device a user name names (the broker authenticated it already).
+fn topic_verdict(
+    services: &Services,
+    username: &str,
+    topic: &str,
+    publish: bool,
+    subscribe: bool,
+) -> Verdict {
+    let Ok((dn, pk)) = parse_username(username) else {
+        return Verdict::Deny;
+    };
+    let who = DeviceIdentity::new(pk, dn);
+    let allowed = (!publish || services.topics.may_publish(&who, topic))
+        && (!subscribe || services.topics.may_subscribe(&who, topic));
+    if allowed {
+        Verdict::Allow(None)
+    } else {
+        tracing::warn!(product_key = %pk, device_name = %dn, publish, subscribe, "topic refused");
+        Verdict::Deny
+    }
+}
+
+#[derive(Deserialize)]
+struct EmqxAuthn {
+    #[serde(default)]
+    clientid: String,
+    #[serde(default)]
+    username: String,
+    #[serde(default)]
+    password: String,
+}
+
+async fn emqx_authn(State(services): Shared, Json(req): Json<EmqxAuthn>) -> Json<Value> {
+    let started = Instant::now();
+    let verdict = login_verdict(&services, &req.clientid, &req.username, &req.password).await;
+    services.metrics.observe_hook(started);
+    Json(match verdict {
+        Verdict::Allow(who) => {
+            let attrs =
+                who.map(|w| json!({"productKey": w.product_key(), "deviceName": w.device_name()}));
+            json!({"result": "allow", "is_superuser": false, "client_attrs": attrs.unwrap_or_default()})
+        }
+        Verdict::Deny => json!({"result": "deny"}),
+        Verdict::Undecided => json!({"result": "ignore"}),
+    })
+}
+
+#[derive(Deserialize)]
+struct EmqxAuthz {
+    #[serde(default)]
+    username: String,
+    #[serde(default)]
+    topic: String,
+    #[serde(default)]
+    action: String,
+}
+
+async fn emqx_authz(State(services): Shared, Json(req): Json<EmqxAuthz>) -> Json<Value> {
+    let started = Instant::now();
+    let (publish, subscribe) = (req.action == "publish", req.action == "subscribe");
+    let verdict = if publish || subscribe {
+        topic_verdict(&services, &req.username, &req.topic, publish, subscribe)
+    } else {
+        Verdict::Deny
+    };
+    services.metrics.observe_hook(started);
+    Json(json!({"result": if matches!(verdict, Verdict::Allow(_)) { "allow" } else { "deny" }}))
+}
+
+#[derive(Deserialize)]
+struct VerneTopic {
+    topic: String,
+}
+
+#[derive(Deserialize)]
+struct VerneRequest {
+    #[serde(default)]
+    username: String,
+    #[serde(default)]
+    password: String,
+    #[serde(default)]
+    client_id: String,
+    #[serde(default)]
+    topic: String,
+    #[serde(default)]
+    topics: Vec<VerneTopic>,
+}
+
+async fn vernemq(
+    State(services): Shared,
+    headers: HeaderMap,
+    Json(req): Json<VerneRequest>,
+) -> Response {
+    let started = Instant::now();
+    let hook = headers
+        .get("vernemq-hook")
+        .and_then(|h| h.to_str().ok())
+        .unwrap_or_default();
+    let verdict = match hook {
+        "auth_on_register" | "auth_on_register_m5" => {
+            login_verdict(&services, &req.client_id, &req.username, &req.password).await
+        }
+        "auth_on_publish" | "auth_on_publish_m5" => {
+            topic_verdict(&services, &req.username, &req.topic, true, false)
+        }
+        "auth_on_subscribe" | "auth_on_subscribe_m5" => {
+            let all = !req.topics.is_empty()
+                && req.topics.iter().all(|t| {
+                    matches!(
+                        topic_verdict(&services, &req.username, &t.topic, false, true),
+                        Verdict::Allow(_)
+                    )
+                });
+            if all {
+                Verdict::Allow(None)
+            } else {
+                Verdict::Deny
+            }
+        }
+        _ => return (StatusCode::BAD_REQUEST, "unknown vernemq-hook\n").into_response(),
+    };
+    services.metrics.observe_hook(started);
+    Json(match verdict {
+        Verdict::Allow(_) => json!({"result": "ok"}),
+        Verdict::Deny => json!({"result": {"error": "not_allowed"}}),
+        Verdict::Undecided => json!({"result": "next"}),
+    })
+    .into_response()
+}
+
+fn go_auth_status(verdict: Verdict) -> StatusCode {
+    match verdict {
+        Verdict::Allow(_) => StatusCode::OK,
+        Verdict::Deny => StatusCode::FORBIDDEN,
+        Verdict::Undecided => StatusCode::SERVICE_UNAVAILABLE,
+    }
+}
+
+#[derive(Deserialize)]
+struct GoAuthUser {
+    #[serde(default)]
+    username: String,
+    #[serde(default)]
+    password: String,
+    #[serde(default)]
+    clientid: String,
+}
+
+async fn go_auth_user(State(services): Shared, Json(req): Json<GoAuthUser>) -> StatusCode {
+    let started = Instant::now();
+    let verdict = login_verdict(&services, &req.clientid, &req.username, &req.password).await;
+    services.metrics.observe_hook(started);
+    go_auth_status(verdict)
+}
+
+/// Devices are never superusers.
+async fn go_auth_superuser() -> StatusCode {
+    StatusCode::FORBIDDEN
+}
+
+#[derive(Deserialize)]
+struct GoAuthAcl {
+    #[serde(default)]
+    username: String,
+    #[serde(default)]
+    topic: String,
+    #[serde(default)]
+    acc: u8,
+}
+
+/// `acc`: 1 read, 2 write, 3 read and write, 4 subscribe.
+async fn go_auth_acl(State(services): Shared, Json(req): Json<GoAuthAcl>) -> StatusCode {
+    let started = Instant::now();
+    let (publish, subscribe) = match req.acc {
+        1 | 4 => (false, true),
+        2 => (true, false),
+        3 => (true, true),
+        _ => return StatusCode::FORBIDDEN,
+    };
+    let verdict = topic_verdict(&services, &req.username, &req.topic, publish, subscribe);
+    services.metrics.observe_hook(started);
+    go_auth_status(verdict)
+}
