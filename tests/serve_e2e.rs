@@ -1,0 +1,855 @@
+//! `iotauth serve` end to end: the real binary on loopback ports and a temporary SQLite file
+//! (PostgreSQL for two servers), driven by real clients: `mosquitto_pub`/`mosquitto_sub`
+//! (Debian's mosquitto-clients) and plain HTTP. Every test also checks that the server's log,
+//! at debug level, contains none of the secrets it handled.
+#![cfg(feature = "cli")]
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::{Arc, Barrier};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+const BIN: &str = env!("CARGO_BIN_EXE_iotauth");
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+struct Dir(PathBuf);
+
+impl Dir {
+    fn new(name: &str) -> Self {
+        let dir = std::env::temp_dir().join(format!("iotauth-e2e-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        Self(dir)
+    }
+}
+
+impl Drop for Dir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A running `iotauth serve`.
+struct Server {
+    child: Child,
+    http: u16,
+    mqtt: u16,
+    register: u16,
+    log: PathBuf,
+}
+
+impl Server {
+    fn start(store: &str, log: PathBuf, extra: &[&str]) -> Self {
+        let (http, mqtt, register) = (free_port(), free_port(), free_port());
+        let child = Command::new(BIN)
+            .args(["--store", store, "serve"])
+            .args(["--http", &format!("127.0.0.1:{http}")])
+            .args(["--mqtt", &format!("127.0.0.1:{mqtt}")])
+            .args(["--mqtt-register", &format!("127.0.0.1:{register}")])
+            .args(extra)
+            .env("RUST_LOG", "debug")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .expect("start iotauth serve");
+        let server = Self {
+            child,
+            http,
+            mqtt,
+            register,
+            log,
+        };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while http_request(server.http, "GET", "/healthz", "", &[]).is_err() {
+            assert!(Instant::now() < deadline, "server did not come up");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        server
+    }
+
+    fn post(&self, path: &str, body: &str, headers: &[(&str, &str)]) -> (u16, String) {
+        http_request(self.http, "POST", path, body, headers).expect("HTTP request")
+    }
+
+    fn register(&self, form: &str) -> Value {
+        let (status, body) = self.post(
+            "/auth/register/device",
+            form,
+            &[("content-type", "application/x-www-form-urlencoded")],
+        );
+        assert_eq!(status, 200);
+        serde_json::from_str(&body).unwrap()
+    }
+
+    /// Asserts that the log contains none of `secrets`.
+    fn assert_log_clean(&self, secrets: &[String]) {
+        let log = std::fs::read_to_string(&self.log).unwrap();
+        assert!(log.lines().count() > 3, "the server logged");
+        for secret in secrets {
+            assert!(!log.contains(secret.as_str()), "the log contains a secret");
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// One HTTP/1.1 request with `Connection: close`; the status and body.
+fn http_request(
+    port: u16,
+    method: &str,
+    path: &str,
+    body: &str,
+    headers: &[(&str, &str)],
+) -> std::io::Result<(u16, String)> {
+    let mut stream = TcpStream::connect(("127.0.0.1", port))?;
+    stream.set_read_timeout(Some(Duration::from_secs(30)))?;
+    let mut request = format!(
+        "{method} {path} HTTP/1.1\r\nhost: 127.0.0.1\r\nconnection: close\r\ncontent-length: {}\r\n",
+        body.len()
+    );
+    for (name, value) in headers {
+        request.push_str(&format!("{name}: {value}\r\n"));
+    }
+    request.push_str("\r\n");
+    request.push_str(body);
+    stream.write_all(request.as_bytes())?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response)?;
+    let status = response
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    Ok((status, body))
+}
+
+fn cli(store: &str, args: &[&str]) -> Value {
+    let out = Command::new(BIN)
+        .args(["--store", store])
+        .args(args)
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+fn text(value: &Value, field: &str) -> String {
+    value[field]
+        .as_str()
+        .unwrap_or_else(|| panic!("no {field} in {value}"))
+        .to_owned()
+}
+
+struct Fleet {
+    store: String,
+    pk: String,
+    ps: String,
+}
+
+impl Fleet {
+    fn new(store: String) -> Self {
+        let product = cli(&store, &["product", "create", "--dynamic-registration"]);
+        Self {
+            pk: text(&product, "productKey"),
+            ps: text(&product, "productSecret"),
+            store,
+        }
+    }
+
+    /// Registers a device; its secret.
+    fn device(&self, name: &str) -> String {
+        text(
+            &cli(&self.store, &["device", "register", &self.pk, name]),
+            "deviceSecret",
+        )
+    }
+
+    fn form(&self, name: &str) -> String {
+        text(
+            &cli(
+                &self.store,
+                &[
+                    "sign",
+                    "register",
+                    "--product-key",
+                    &self.pk,
+                    "--device-name",
+                    name,
+                    "--product-secret",
+                    &self.ps,
+                ],
+            ),
+            "form",
+        )
+    }
+
+    /// Client id, user name, password of a login.
+    fn login(&self, name: &str, secret: &str, core: &str) -> [String; 3] {
+        let signed = cli(
+            &self.store,
+            &[
+                "sign",
+                "mqtt",
+                "--product-key",
+                &self.pk,
+                "--device-name",
+                name,
+                "--device-secret",
+                secret,
+                "--client-id",
+                core,
+                "--secure-mode",
+                "3",
+            ],
+        );
+        [
+            text(&signed, "clientId"),
+            text(&signed, "username"),
+            text(&signed, "password"),
+        ]
+    }
+}
+
+fn mosquitto_pub(
+    port: u16,
+    [id, user, password]: &[String; 3],
+    topic: &str,
+    message: &str,
+) -> Output {
+    Command::new("mosquitto_pub")
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &port.to_string(),
+            "-i",
+            id,
+            "-u",
+            user,
+            "-P",
+            password,
+            "-t",
+            topic,
+            "-m",
+            message,
+        ])
+        .output()
+        .expect("mosquitto_pub (Debian's mosquitto-clients) must be installed")
+}
+
+#[test]
+fn http_registration_then_login_and_delivery_through_the_embedded_broker() {
+    let dir = Dir::new("deliver");
+    let fleet = Fleet::new(format!("sqlite://{}", dir.0.join("fleet.db").display()));
+    fleet.device("meter-01");
+    let server = Server::start(&fleet.store, dir.0.join("serve.log"), &[]);
+
+    let reply = server.register(&fleet.form("meter-01"));
+    assert_eq!(reply["code"], 200);
+    let secret = text(&reply["data"], "deviceSecret");
+    assert_eq!(
+        server.register(&fleet.form("meter-01"))["code"],
+        6602,
+        "issued once"
+    );
+
+    let topic = format!("/{}/meter-01/user/get", fleet.pk);
+    let sub_login = fleet.login("meter-01", &secret, "sub-1");
+    let sub = Command::new("mosquitto_sub")
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &server.mqtt.to_string(),
+            "-i",
+            &sub_login[0],
+            "-u",
+            &sub_login[1],
+            "-P",
+            &sub_login[2],
+            "-t",
+            &topic,
+            "-C",
+            "1",
+            "-W",
+            "20",
+        ])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(800));
+    let publish = mosquitto_pub(
+        server.mqtt,
+        &fleet.login("meter-01", &secret, "pub-1"),
+        &topic,
+        "hello",
+    );
+    assert_eq!(
+        publish.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&publish.stderr)
+    );
+    let received = sub.wait_with_output().unwrap();
+    assert_eq!(String::from_utf8_lossy(&received.stdout).trim(), "hello");
+    assert_eq!(
+        cli(&fleet.store, &["device", "show", &fleet.pk, "meter-01"])["state"],
+        "active"
+    );
+    let (_, metrics) = http_request(server.http, "GET", "/metrics", "", &[]).unwrap();
+    assert!(
+        metrics.contains("iotauth_registrations_total{result=\"issued\"} 1"),
+        "{metrics}"
+    );
+    server.assert_log_clean(&[secret, fleet.ps.clone(), sub_login[2].clone()]);
+}
+
+#[test]
+fn wrong_password_unknown_and_disabled_devices_are_refused() {
+    let dir = Dir::new("refuse");
+    let fleet = Fleet::new(format!("sqlite://{}", dir.0.join("fleet.db").display()));
+    let secret = fleet.device("meter-01");
+    let disabled = fleet.device("meter-02");
+    cli(&fleet.store, &["device", "disable", &fleet.pk, "meter-02"]);
+    let server = Server::start(&fleet.store, dir.0.join("serve.log"), &[]);
+
+    assert_eq!(
+        mosquitto_pub(
+            server.mqtt,
+            &fleet.login("meter-01", &secret, "ok"),
+            "/x",
+            "m"
+        )
+        .status
+        .code(),
+        Some(0)
+    );
+    let mut wrong = fleet.login("meter-01", &secret, "wrong");
+    wrong[2] = wrong[2].replace(|c: char| c.is_ascii_digit(), "a");
+    assert_ne!(
+        mosquitto_pub(server.mqtt, &wrong, "/x", "m").status.code(),
+        Some(0)
+    );
+    assert_ne!(
+        mosquitto_pub(
+            server.mqtt,
+            &fleet.login("ghost-01", &secret, "ghost"),
+            "/x",
+            "m"
+        )
+        .status
+        .code(),
+        Some(0)
+    );
+    assert_ne!(
+        mosquitto_pub(
+            server.mqtt,
+            &fleet.login("meter-02", &disabled, "off"),
+            "/x",
+            "m"
+        )
+        .status
+        .code(),
+        Some(0)
+    );
+    let (_, metrics) = http_request(server.http, "GET", "/metrics", "", &[]).unwrap();
+    for reason in ["bad_credentials", "unknown_device", "disabled"] {
+        assert!(
+            metrics.contains(&format!("reason=\"{reason}\"}} 1")),
+            "{reason}: {metrics}"
+        );
+    }
+    server.assert_log_clean(&[secret, disabled]);
+}
+
+#[test]
+fn switching_registration_off_refuses_new_activations_and_spares_active_devices() {
+    let dir = Dir::new("switch");
+    let fleet = Fleet::new(format!("sqlite://{}", dir.0.join("fleet.db").display()));
+    fleet.device("active-01");
+    fleet.device("waiting-01");
+    let server = Server::start(&fleet.store, dir.0.join("serve.log"), &[]);
+    let secret = text(
+        &server.register(&fleet.form("active-01"))["data"],
+        "deviceSecret",
+    );
+    assert_eq!(
+        mosquitto_pub(
+            server.mqtt,
+            &fleet.login("active-01", &secret, "a"),
+            "/x",
+            "m"
+        )
+        .status
+        .code(),
+        Some(0)
+    );
+
+    cli(
+        &fleet.store,
+        &["product", "dynamic-registration", &fleet.pk, "off"],
+    );
+    assert_eq!(server.register(&fleet.form("waiting-01"))["code"], 6601);
+    assert_eq!(
+        mosquitto_pub(
+            server.mqtt,
+            &fleet.login("active-01", &secret, "b"),
+            "/x",
+            "m"
+        )
+        .status
+        .code(),
+        Some(0)
+    );
+
+    cli(
+        &fleet.store,
+        &["product", "dynamic-registration", &fleet.pk, "on"],
+    );
+    cli(&fleet.store, &["device", "delete", &fleet.pk, "active-01"]);
+    let fresh = fleet.device("active-01");
+    let issued = server.register(&fleet.form("active-01"));
+    assert_eq!(text(&issued["data"], "deviceSecret"), fresh);
+    assert_ne!(
+        fresh, secret,
+        "delete and register again gives a new secret"
+    );
+    assert_ne!(
+        mosquitto_pub(
+            server.mqtt,
+            &fleet.login("active-01", &secret, "c"),
+            "/x",
+            "m"
+        )
+        .status
+        .code(),
+        Some(0)
+    );
+    server.assert_log_clean(&[secret, fresh, fleet.ps.clone()]);
+}
+
+/// 64 clients released together register the same device; the secrets the replies carry.
+fn race(server: &Server, form: &str) -> Vec<Option<String>> {
+    let barrier = Arc::new(Barrier::new(64));
+    let port = server.http;
+    let racers: Vec<_> = (0..64)
+        .map(|_| {
+            let (barrier, form) = (barrier.clone(), form.to_owned());
+            std::thread::spawn(move || {
+                barrier.wait();
+                let (_, body) =
+                    http_request(port, "POST", "/auth/register/device", &form, &[]).unwrap();
+                let reply: Value = serde_json::from_str(&body).unwrap();
+                reply["data"]["deviceSecret"].as_str().map(str::to_owned)
+            })
+        })
+        .collect();
+    racers.into_iter().map(|r| r.join().unwrap()).collect()
+}
+
+#[test]
+fn sixty_four_concurrent_registrations_carry_one_secret_under_once() {
+    let dir = Dir::new("race-once");
+    let fleet = Fleet::new(format!("sqlite://{}", dir.0.join("fleet.db").display()));
+    let secret = fleet.device("race-01");
+    let server = Server::start(
+        &fleet.store,
+        dir.0.join("serve.log"),
+        &["--issuance", "once"],
+    );
+    let secrets: Vec<String> = race(&server, &fleet.form("race-01"))
+        .into_iter()
+        .flatten()
+        .collect();
+    assert_eq!(secrets, [secret.clone()]);
+    server.assert_log_clean(&[secret]);
+}
+
+#[test]
+fn under_redelivery_all_successful_replies_carry_one_secret_until_first_login() {
+    let dir = Dir::new("race-redeliver");
+    let fleet = Fleet::new(format!("sqlite://{}", dir.0.join("fleet.db").display()));
+    let secret = fleet.device("race-02");
+    let server = Server::start(
+        &fleet.store,
+        dir.0.join("serve.log"),
+        &["--issuance", "redeliver-until-first-login"],
+    );
+    let form = fleet.form("race-02");
+    let secrets: Vec<String> = race(&server, &form).into_iter().flatten().collect();
+    assert_eq!(secrets.len(), 64);
+    assert!(secrets.iter().all(|s| *s == secret));
+    assert_eq!(
+        mosquitto_pub(
+            server.mqtt,
+            &fleet.login("race-02", &secret, "first"),
+            "/x",
+            "m"
+        )
+        .status
+        .code(),
+        Some(0)
+    );
+    assert!(
+        race(&server, &form).iter().all(Option::is_none),
+        "none after the first login"
+    );
+    server.assert_log_clean(&[secret]);
+}
+
+#[test]
+fn two_servers_on_one_postgres_hand_out_one_secret() {
+    let url = match std::env::var("DATABASE_URL") {
+        Ok(url) if !url.is_empty() => url,
+        _ if std::env::var("CI").as_deref() == Ok("true") => {
+            panic!("CI=true but DATABASE_URL is not set")
+        }
+        _ => return eprintln!("skipping: DATABASE_URL is not set"),
+    };
+    let dir = Dir::new("two-nodes");
+    let fleet = Fleet::new(url.clone());
+    let secret = fleet.device("shared-01");
+    let nodes = [
+        Server::start(&url, dir.0.join("a.log"), &[]),
+        Server::start(&url, dir.0.join("b.log"), &[]),
+    ];
+    let form = fleet.form("shared-01");
+    let barrier = Arc::new(Barrier::new(64));
+    let racers: Vec<_> = (0..64)
+        .map(|i| {
+            let (barrier, form, port) = (barrier.clone(), form.clone(), nodes[i % 2].http);
+            std::thread::spawn(move || {
+                barrier.wait();
+                let (_, body) =
+                    http_request(port, "POST", "/auth/register/device", &form, &[]).unwrap();
+                serde_json::from_str::<Value>(&body).unwrap()["data"]["deviceSecret"]
+                    .as_str()
+                    .map(str::to_owned)
+            })
+        })
+        .collect();
+    let secrets: Vec<String> = racers
+        .into_iter()
+        .filter_map(|r| r.join().unwrap())
+        .collect();
+    assert_eq!(secrets, [secret.clone()]);
+    for node in &nodes {
+        node.assert_log_clean(&[secret.clone()]);
+    }
+}
+
+#[test]
+fn kill_9_during_a_burst_loses_no_issued_secret() {
+    const DEVICES: usize = 200;
+    const KILL_AFTER: usize = 20;
+    let dir = Dir::new("kill9");
+    let fleet = Fleet::new(format!("sqlite://{}", dir.0.join("fleet.db").display()));
+    let names: Vec<String> = (0..DEVICES).map(|i| format!("burst-{i:03}")).collect();
+    let list = dir.0.join("names.txt");
+    std::fs::write(&list, names.join("\n")).unwrap();
+    let out = Command::new(BIN)
+        .args([
+            "--store",
+            &fleet.store,
+            "device",
+            "register-batch",
+            &fleet.pk,
+            list.to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    let cert = iotauth::ProductCertificate::new(
+        iotauth::ProductKey::new(&fleet.pk).unwrap(),
+        iotauth::ProductSecret::new(&fleet.ps).unwrap(),
+    );
+    let forms: Vec<(String, String)> = names
+        .iter()
+        .map(|name| {
+            let dn = iotauth::DeviceName::new(name).unwrap();
+            let form =
+                iotauth::build_register_form(&cert, dn, "burst", iotauth::SignMethod::HmacSha1)
+                    .unwrap();
+            (name.clone(), form.body().to_owned())
+        })
+        .collect();
+
+    let mut server = Server::start(&fleet.store, dir.0.join("serve.log"), &[]);
+    let port = server.http;
+    let received = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let clients: Vec<_> = forms
+        .chunks(DEVICES / 8)
+        .map(|share| {
+            let (share, received) = (share.to_vec(), received.clone());
+            std::thread::spawn(move || {
+                for (name, form) in share {
+                    let Ok((_, body)) =
+                        http_request(port, "POST", "/auth/register/device", &form, &[])
+                    else {
+                        return; // the server is gone
+                    };
+                    let reply: Value = serde_json::from_str(&body).unwrap_or(Value::Null);
+                    if let Some(secret) = reply["data"]["deviceSecret"].as_str() {
+                        received.lock().unwrap().push((name, secret.to_owned()));
+                    }
+                }
+            })
+        })
+        .collect();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while received.lock().unwrap().len() < KILL_AFTER {
+        assert!(Instant::now() < deadline, "the burst did not start");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    server.child.kill().unwrap(); // SIGKILL, mid-burst
+    server.child.wait().unwrap();
+    clients.into_iter().for_each(|c| c.join().unwrap());
+    let received = received.lock().unwrap().clone();
+    assert!(
+        received.len() >= KILL_AFTER && received.len() < DEVICES,
+        "killed mid-burst: {}",
+        received.len()
+    );
+
+    let restarted = Server::start(&fleet.store, dir.0.join("serve2.log"), &[]);
+    for (name, secret) in &received {
+        let login = fleet.login(name, secret, "after-restart");
+        assert_eq!(
+            mosquitto_pub(restarted.mqtt, &login, "/x", "m")
+                .status
+                .code(),
+            Some(0),
+            "{name}"
+        );
+    }
+    println!(
+        "kill -9 after {} of {DEVICES} secrets were received; all of them log in after the restart",
+        received.len()
+    );
+}
+
+#[test]
+fn every_hook_dialect_allows_a_good_login_and_denies_a_bad_one_and_a_foreign_topic() {
+    let dir = Dir::new("hooks");
+    let fleet = Fleet::new(format!("sqlite://{}", dir.0.join("fleet.db").display()));
+    let secret = fleet.device("hook-01");
+    let server = Server::start(&fleet.store, dir.0.join("serve.log"), &[]);
+    let [id, user, good] = fleet.login("hook-01", &secret, "hook");
+    let bad = good.replace(|c: char| c.is_ascii_digit(), "f");
+    let own = format!("/{}/hook-01/user/update", fleet.pk);
+    let foreign = format!("/{}/other-01/user/update", fleet.pk);
+    let json = [("content-type", "application/json")];
+    let post = |path: &str, body: Value, headers: &[(&str, &str)]| {
+        let (status, body) = server.post(path, &body.to_string(), headers);
+        (
+            status,
+            serde_json::from_str::<Value>(&body).unwrap_or(Value::Null),
+        )
+    };
+
+    let authn = |password: &str| {
+        post(
+            "/hooks/emqx/authn",
+            serde_json::json!({"clientid": id, "username": user, "password": password}),
+            &json,
+        )
+        .1["result"]
+            .clone()
+    };
+    assert_eq!(authn(&good), "allow");
+    assert_eq!(authn(&bad), "deny");
+    let authz = |topic: &str| {
+        post("/hooks/emqx/authz", serde_json::json!({"clientid": id, "username": user, "topic": topic, "action": "publish"}), &json).1["result"].clone()
+    };
+    assert_eq!(authz(&own), "allow");
+    assert_eq!(authz(&foreign), "deny");
+
+    let verne = |hook: &str, body: Value| {
+        post(
+            "/hooks/vernemq",
+            body,
+            &[("content-type", "application/json"), ("vernemq-hook", hook)],
+        )
+        .1["result"]
+            .clone()
+    };
+    assert_eq!(
+        verne(
+            "auth_on_register",
+            serde_json::json!({"client_id": id, "username": user, "password": good})
+        ),
+        "ok"
+    );
+    assert_eq!(
+        verne(
+            "auth_on_register",
+            serde_json::json!({"client_id": id, "username": user, "password": bad})
+        )["error"],
+        "not_allowed"
+    );
+    assert_eq!(
+        verne(
+            "auth_on_publish",
+            serde_json::json!({"client_id": id, "username": user, "topic": own})
+        ),
+        "ok"
+    );
+    assert_eq!(
+        verne(
+            "auth_on_publish",
+            serde_json::json!({"client_id": id, "username": user, "topic": foreign})
+        )["error"],
+        "not_allowed"
+    );
+    assert_eq!(
+        verne(
+            "auth_on_subscribe",
+            serde_json::json!({"client_id": id, "username": user, "topics": [{"topic": own, "qos": 0}]})
+        ),
+        "ok"
+    );
+    assert_eq!(
+        verne(
+            "auth_on_subscribe",
+            serde_json::json!({"client_id": id, "username": user, "topics": [{"topic": "#", "qos": 0}]})
+        )["error"],
+        "not_allowed"
+    );
+
+    let go = |path: &str, body: Value| post(path, body, &json).0;
+    assert_eq!(
+        go(
+            "/hooks/go-auth/user",
+            serde_json::json!({"username": user, "password": good, "clientid": id})
+        ),
+        200
+    );
+    assert_eq!(
+        go(
+            "/hooks/go-auth/user",
+            serde_json::json!({"username": user, "password": bad, "clientid": id})
+        ),
+        403
+    );
+    assert_eq!(
+        go(
+            "/hooks/go-auth/superuser",
+            serde_json::json!({"username": user})
+        ),
+        403
+    );
+    assert_eq!(
+        go(
+            "/hooks/go-auth/acl",
+            serde_json::json!({"username": user, "clientid": id, "topic": own, "acc": 2})
+        ),
+        200
+    );
+    assert_eq!(
+        go(
+            "/hooks/go-auth/acl",
+            serde_json::json!({"username": user, "clientid": id, "topic": foreign, "acc": 2})
+        ),
+        403
+    );
+    assert_eq!(
+        go(
+            "/hooks/go-auth/acl",
+            serde_json::json!({"username": user, "clientid": id, "topic": "#", "acc": 4})
+        ),
+        403
+    );
+    server.assert_log_clean(&[secret, good]);
+}
+
+#[test]
+fn mqtt_dynamic_registration_publishes_the_secret_once() {
+    let dir = Dir::new("mqtt-register");
+    let fleet = Fleet::new(format!("sqlite://{}", dir.0.join("fleet.db").display()));
+    let secret = fleet.device("reg-mqtt-01");
+    let server = Server::start(&fleet.store, dir.0.join("serve.log"), &[]);
+    let connect = |port: u16| {
+        // A registration CONNECT as Alibaba's SDKs build it, via the library.
+        let cert = iotauth::ProductCertificate::new(
+            iotauth::ProductKey::new(&fleet.pk).unwrap(),
+            iotauth::ProductSecret::new(&fleet.ps).unwrap(),
+        );
+        let options = iotauth::RegistrationOptions {
+            kind: iotauth::ConnectKind::Register,
+            random: "Z1TcKNepl0J8PQ1",
+            sign_method: iotauth::SignMethod::HmacSha256,
+            secure_mode: iotauth::SecureMode::TLS,
+            instance_id: None,
+        };
+        let creds = iotauth::build_registration_connect(
+            &cert,
+            iotauth::DeviceName::new("reg-mqtt-01").unwrap(),
+            &options,
+        )
+        .unwrap();
+        Command::new("mosquitto_sub")
+            .args([
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &port.to_string(),
+                "-i",
+                creds.client_id(),
+                "-u",
+                creds.username(),
+                "-P",
+                &creds.expose_password(),
+                "-t",
+                "/ext/register",
+                "-C",
+                "1",
+                "-W",
+                "10",
+            ])
+            .output()
+            .unwrap()
+    };
+    let first = connect(server.register);
+    let payload: Value = serde_json::from_slice(&first.stdout).unwrap_or_else(|_| {
+        panic!(
+            "stdout {:?} stderr {:?}",
+            String::from_utf8_lossy(&first.stdout),
+            String::from_utf8_lossy(&first.stderr)
+        )
+    });
+    assert_eq!(payload["deviceSecret"], secret.as_str());
+    assert_eq!(payload["deviceName"], "reg-mqtt-01");
+    let second = connect(server.register);
+    assert!(second.stdout.is_empty());
+    assert!(
+        String::from_utf8_lossy(&second.stderr).contains("not authori"),
+        "{}",
+        String::from_utf8_lossy(&second.stderr)
+    );
+    server.assert_log_clean(&[secret, fleet.ps.clone()]);
+}
