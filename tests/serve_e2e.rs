@@ -853,3 +853,72 @@ fn mqtt_dynamic_registration_publishes_the_secret_once() {
     );
     server.assert_log_clean(&[secret, fleet.ps.clone()]);
 }
+
+/// The Python interpreter of a venv with `aliyun-iot-linkkit` and `paho-mqtt<2`
+/// (`IOTAUTH_LINKKIT_PYTHON`, set by `.ci/run`); `None` with a reason locally, a failure under CI.
+fn linkkit_python() -> Option<String> {
+    match std::env::var("IOTAUTH_LINKKIT_PYTHON") {
+        Ok(python) if !python.is_empty() => Some(python),
+        _ if std::env::var("CI").as_deref() == Ok("true") => {
+            panic!("CI=true but IOTAUTH_LINKKIT_PYTHON is not set")
+        }
+        _ => {
+            eprintln!("skipping: IOTAUTH_LINKKIT_PYTHON is not set (see .ci/run for the venv)");
+            None
+        }
+    }
+}
+
+#[test]
+fn alibabas_linkkit_sdk_logs_in_and_registers_over_http_and_mqtt() {
+    let Some(python) = linkkit_python() else {
+        return;
+    };
+    let dir = Dir::new("linkkit");
+    let fleet = Fleet::new(format!("sqlite://{}", dir.0.join("fleet.db").display()));
+    let login_secret = fleet.device("lk-login-01");
+    let http_secret = fleet.device("lk-http-01");
+    let mqtt_secret = fleet.device("lk-mqtt-01");
+    let server = Server::start(&fleet.store, dir.0.join("serve.log"), &[]);
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/e2e/linkkit_e2e.py");
+    let out = Command::new(python)
+        .arg(script)
+        .env("IOTAUTH_HTTP", server.http.to_string())
+        .env("IOTAUTH_MQTT", server.mqtt.to_string())
+        .env("IOTAUTH_MQTT_REGISTER", server.register.to_string())
+        .env("PK", &fleet.pk)
+        .env("PS", &fleet.ps)
+        .env("DN_LOGIN", "lk-login-01")
+        .env("DS_LOGIN", &login_secret)
+        .env("DN_HTTP", "lk-http-01")
+        .env("DN_MQTT", "lk-mqtt-01")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let results: Value = serde_json::from_str(stdout.lines().last().unwrap_or_default())
+        .unwrap_or_else(|_| {
+            panic!(
+                "stdout {stdout:?} stderr {:?}",
+                String::from_utf8_lossy(&out.stderr)
+            )
+        });
+    println!(
+        "linkkit {} results: login_publish={} http_registered_login={} mqtt_registered_login={}",
+        results["linkkit_version"],
+        results["login_publish"],
+        results["http_registered_login"],
+        results["mqtt_registered_login"]
+    );
+    assert_eq!(results["login_publish"], true, "{results}");
+    assert_eq!(results["http_registration_secret"], http_secret.as_str());
+    assert_eq!(results["http_registered_login"], true);
+    assert_eq!(results["mqtt_registration_secret"], mqtt_secret.as_str());
+    assert_eq!(results["mqtt_registered_login"], true);
+    for device in ["lk-login-01", "lk-http-01", "lk-mqtt-01"] {
+        assert_eq!(
+            cli(&fleet.store, &["device", "show", &fleet.pk, device])["state"],
+            "active"
+        );
+    }
+    server.assert_log_clean(&[login_secret, http_secret, mqtt_secret, fleet.ps.clone()]);
+}
