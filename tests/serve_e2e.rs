@@ -922,3 +922,32 @@ fn alibabas_linkkit_sdk_logs_in_and_registers_over_http_and_mqtt() {
     }
     server.assert_log_clean(&[login_secret, http_secret, mqtt_secret, fleet.ps.clone()]);
 }
+
+#[test]
+fn sigterm_shuts_the_server_down_gracefully() {
+    let dir = Dir::new("sigterm");
+    let fleet = Fleet::new(format!("sqlite://{}", dir.0.join("fleet.db").display()));
+    let mut server = Server::start(&fleet.store, dir.0.join("serve.log"), &[]);
+    let pid = server.child.id().to_string();
+    assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Some(status) = server.child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "still running after SIGTERM");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(status.code(), Some(0));
+    let log = std::fs::read_to_string(&server.log).unwrap();
+    assert!(log.contains("shutting down") && log.contains("stopped"), "{log}");
+}
+
+#[test]
+fn an_empty_store_prints_the_first_commands() {
+    let dir = Dir::new("empty");
+    let store = format!("sqlite://{}", dir.0.join("fresh.db").display());
+    let server = Server::start(&store, dir.0.join("serve.log"), &[]);
+    let log = std::fs::read_to_string(&server.log).unwrap();
+    assert!(log.contains("product create --dynamic-registration") && log.contains("device register"), "{log}");
+}
