@@ -929,7 +929,13 @@ fn sigterm_shuts_the_server_down_gracefully() {
     let fleet = Fleet::new(format!("sqlite://{}", dir.0.join("fleet.db").display()));
     let mut server = Server::start(&fleet.store, dir.0.join("serve.log"), &[]);
     let pid = server.child.id().to_string();
-    assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
     let deadline = Instant::now() + Duration::from_secs(20);
     let status = loop {
         if let Some(status) = server.child.try_wait().unwrap() {
@@ -940,7 +946,10 @@ fn sigterm_shuts_the_server_down_gracefully() {
     };
     assert_eq!(status.code(), Some(0));
     let log = std::fs::read_to_string(&server.log).unwrap();
-    assert!(log.contains("shutting down") && log.contains("stopped"), "{log}");
+    assert!(
+        log.contains("shutting down") && log.contains("stopped"),
+        "{log}"
+    );
 }
 
 #[test]
@@ -949,5 +958,143 @@ fn an_empty_store_prints_the_first_commands() {
     let store = format!("sqlite://{}", dir.0.join("fresh.db").display());
     let server = Server::start(&store, dir.0.join("serve.log"), &[]);
     let log = std::fs::read_to_string(&server.log).unwrap();
-    assert!(log.contains("product create --dynamic-registration") && log.contains("device register"), "{log}");
+    assert!(
+        log.contains("product create --dynamic-registration") && log.contains("device register"),
+        "{log}"
+    );
+}
+
+#[test]
+fn tls_on_http_and_both_mqtt_listeners() {
+    let dir = Dir::new("tls");
+    let (cert, key) = (dir.0.join("cert.pem"), dir.0.join("key.pem"));
+    let made = Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=localhost",
+        ])
+        .args(["-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"])
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .output()
+        .expect("openssl");
+    assert!(
+        made.status.success(),
+        "{}",
+        String::from_utf8_lossy(&made.stderr)
+    );
+    let fleet = Fleet::new(format!("sqlite://{}", dir.0.join("fleet.db").display()));
+    let secret = fleet.device("tls-01");
+    fleet.device("tls-02");
+    let (cert_arg, key_arg) = (cert.to_str().unwrap(), key.to_str().unwrap());
+    let server = Server::start(
+        &fleet.store,
+        dir.0.join("serve.log"),
+        &["--tls-cert", cert_arg, "--tls-key", key_arg],
+    );
+
+    // HTTPS registration, certificate checked by curl.
+    let https = Command::new("curl")
+        .args(["-s", "--cacert", cert_arg, "--data", &fleet.form("tls-01")])
+        .arg(format!(
+            "https://127.0.0.1:{}/auth/register/device",
+            server.http
+        ))
+        .output()
+        .expect("curl");
+    let reply: Value =
+        serde_json::from_slice(&https.stdout).unwrap_or_else(|_| panic!("{https:?}"));
+    assert_eq!(reply["data"]["deviceSecret"], secret.as_str());
+    assert!(
+        http_request(server.http, "GET", "/healthz", "", &[])
+            .map_or(true, |(status, _)| status != 200),
+        "plain HTTP is refused"
+    );
+
+    // MQTT over TLS (a host name: rustls refuses an IP address as SNI, as devices never send one).
+    let [id, user, password] = fleet.login("tls-01", &secret, "tls");
+    let publish = Command::new("mosquitto_pub")
+        .args([
+            "--cafile",
+            cert_arg,
+            "-h",
+            "localhost",
+            "-p",
+            &server.mqtt.to_string(),
+            "-i",
+            &id,
+            "-u",
+            &user,
+            "-P",
+            &password,
+            "-t",
+            "/x",
+            "-m",
+            "m",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(
+        publish.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&publish.stderr)
+    );
+
+    // MQTT dynamic registration over TLS.
+    let cert_of_product = iotauth::ProductCertificate::new(
+        iotauth::ProductKey::new(&fleet.pk).unwrap(),
+        iotauth::ProductSecret::new(&fleet.ps).unwrap(),
+    );
+    let options = iotauth::RegistrationOptions {
+        kind: iotauth::ConnectKind::Register,
+        random: "tls",
+        sign_method: iotauth::SignMethod::HmacSha256,
+        secure_mode: iotauth::SecureMode::TLS,
+        instance_id: None,
+    };
+    let creds = iotauth::build_registration_connect(
+        &cert_of_product,
+        iotauth::DeviceName::new("tls-02").unwrap(),
+        &options,
+    )
+    .unwrap();
+    let registered = Command::new("mosquitto_sub")
+        .args([
+            "--cafile",
+            cert_arg,
+            "-h",
+            "localhost",
+            "-p",
+            &server.register.to_string(),
+            "-i",
+            creds.client_id(),
+            "-u",
+            creds.username(),
+        ])
+        .args([
+            "-P",
+            &creds.expose_password(),
+            "-t",
+            "/ext/register",
+            "-C",
+            "1",
+            "-W",
+            "10",
+        ])
+        .output()
+        .unwrap();
+    let payload: Value =
+        serde_json::from_slice(&registered.stdout).unwrap_or_else(|_| panic!("{registered:?}"));
+    assert_eq!(payload["deviceName"], "tls-02");
+    server.assert_log_clean(&[secret, password, fleet.ps.clone()]);
 }

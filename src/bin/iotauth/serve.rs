@@ -3,6 +3,7 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -12,8 +13,12 @@ use iotauth::server::{ServerConfig, Services, router};
 use iotauth::store::Store;
 use iotauth::{Freshness, IssuancePolicy, TopicRule};
 use rumqttc::{ConnAck, ConnectReturnCode, Packet, Publish, QoS};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
+use tokio_rustls::TlsAcceptor;
+use tokio_rustls::rustls;
+use tokio_rustls::server::TlsStream;
 
 use crate::Failure;
 
@@ -34,6 +39,12 @@ pub(crate) struct Serve {
     /// Refuse logins whose timestamp is further than this from now (no window by default).
     #[arg(long)]
     max_skew_secs: Option<u64>,
+    /// TLS for HTTP and both MQTT listeners: the certificate chain (PEM).
+    #[arg(long, requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// TLS: the private key (PEM).
+    #[arg(long, requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -46,6 +57,8 @@ enum Issuance {
 const MAX_CONNECT_LEN: usize = 4096;
 /// How long a registration client may take to send its CONNECT.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a client may take for its TLS handshake.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 pub(crate) async fn serve(store_url: &str, args: Serve) -> Result<(), Failure> {
     let store = iotauth::store::open(store_url).await?;
@@ -63,26 +76,49 @@ pub(crate) async fn serve(store_url: &str, args: Serve) -> Result<(), Failure> {
     };
     let services = Arc::new(Services::new(store.clone(), config));
     hint_when_empty(&store, store_url).await?;
+    let tls = match (&args.tls_cert, &args.tls_key) {
+        (Some(cert), Some(key)) => Some((tls_acceptor(cert, key)?, cert.clone(), key.clone())),
+        _ => None,
+    };
+    let scheme = if tls.is_some() { "TLS" } else { "plain TCP" };
 
     let http = TcpListener::bind(args.http)
         .await
         .map_err(|e| Failure::Rejected(format!("cannot listen on {}: {e}", args.http)))?;
-    tracing::info!(address = %args.http, "HTTP: registration, hooks, /healthz, /metrics");
+    tracing::info!(address = %args.http, scheme, "HTTP: registration, hooks, /healthz, /metrics");
     if let Some(address) = args.mqtt_register {
         let listener = TcpListener::bind(address)
             .await
             .map_err(|e| Failure::Rejected(format!("cannot listen on {address}: {e}")))?;
-        tracing::info!(%address, "MQTT dynamic registration");
-        tokio::spawn(serve_mqtt_registration(listener, services.clone()));
+        tracing::info!(%address, scheme, "MQTT dynamic registration");
+        let acceptor = tls.as_ref().map(|(acceptor, _, _)| acceptor.clone());
+        tokio::spawn(serve_mqtt_registration(
+            listener,
+            acceptor,
+            services.clone(),
+        ));
     }
     if let Some(address) = args.mqtt {
-        start_broker(address, services.clone())?;
-        tracing::info!(%address, "MQTT broker");
+        let files = tls
+            .as_ref()
+            .map(|(_, cert, key)| (cert.as_path(), key.as_path()));
+        start_broker(address, files, services.clone())?;
+        tracing::info!(%address, scheme, "MQTT broker");
     }
-    axum::serve(http, router(services))
-        .with_graceful_shutdown(shutdown_signal())
-        .await
-        .map_err(|e| Failure::Rejected(format!("HTTP server: {e}")))?;
+    let app = router(services);
+    let served = match tls {
+        Some((acceptor, _, _)) => {
+            axum::serve(TlsListener::spawn(http, acceptor)?, app)
+                .with_graceful_shutdown(shutdown_signal())
+                .await
+        }
+        None => {
+            axum::serve(http, app)
+                .with_graceful_shutdown(shutdown_signal())
+                .await
+        }
+    };
+    served.map_err(|e| Failure::Rejected(format!("HTTP server: {e}")))?;
     tracing::info!("stopped");
     Ok(())
 }
@@ -118,8 +154,83 @@ async fn shutdown_signal() {
     tracing::info!("shutting down: finishing requests in flight");
 }
 
-/// rumqttd with one MQTT 3.1.1 listener whose logins go through the authenticator.
-fn start_broker(address: SocketAddr, services: Arc<Services>) -> Result<(), Failure> {
+/// The server's TLS configuration from PEM files.
+fn tls_acceptor(cert: &Path, key: &Path) -> Result<TlsAcceptor, Failure> {
+    let open = |path: &Path| {
+        std::fs::File::open(path)
+            .map(std::io::BufReader::new)
+            .map_err(|e| Failure::Rejected(format!("{}: {e}", path.display())))
+    };
+    let chain = rustls_pemfile::certs(&mut open(cert)?)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| Failure::Rejected(format!("{}: {e}", cert.display())))?;
+    let key = rustls_pemfile::private_key(&mut open(key)?)
+        .map_err(|e| Failure::Rejected(format!("{}: {e}", key.display())))?
+        .ok_or_else(|| Failure::Rejected(format!("{}: no private key", key.display())))?;
+    let config = rustls::ServerConfig::builder()
+        .with_no_client_auth()
+        .with_single_cert(chain, key)
+        .map_err(|e| Failure::Rejected(format!("TLS configuration: {e}")))?;
+    Ok(TlsAcceptor::from(Arc::new(config)))
+}
+
+/// HTTPS for axum: TCP connections are accepted and their handshakes run concurrently (each
+/// with a time limit), so that one slow client cannot hold up the others.
+struct TlsListener {
+    ready: mpsc::Receiver<(TlsStream<TcpStream>, SocketAddr)>,
+    local: SocketAddr,
+}
+
+impl TlsListener {
+    fn spawn(listener: TcpListener, acceptor: TlsAcceptor) -> Result<Self, Failure> {
+        let local = listener
+            .local_addr()
+            .map_err(|e| Failure::Rejected(format!("HTTP listener: {e}")))?;
+        let (tx, ready) = mpsc::channel(64);
+        tokio::spawn(async move {
+            loop {
+                let Ok((stream, peer)) = listener.accept().await else {
+                    continue;
+                };
+                let (acceptor, tx) = (acceptor.clone(), tx.clone());
+                tokio::spawn(async move {
+                    match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+                        Ok(Ok(tls)) => {
+                            let _ = tx.send((tls, peer)).await;
+                        }
+                        _ => tracing::debug!(%peer, "TLS handshake failed"),
+                    }
+                });
+            }
+        });
+        Ok(Self { ready, local })
+    }
+}
+
+impl axum::serve::Listener for TlsListener {
+    type Io = TlsStream<TcpStream>;
+    type Addr = SocketAddr;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        match self.ready.recv().await {
+            Some(accepted) => accepted,
+            // The acceptor task never ends while the listener lives.
+            None => std::future::pending().await,
+        }
+    }
+
+    fn local_addr(&self) -> std::io::Result<Self::Addr> {
+        Ok(self.local)
+    }
+}
+
+/// rumqttd with one MQTT 3.1.1 listener (TLS when `tls` names the PEM files) whose logins go
+/// through the authenticator.
+fn start_broker(
+    address: SocketAddr,
+    tls: Option<(&Path, &Path)>,
+    services: Arc<Services>,
+) -> Result<(), Failure> {
     use rumqttd::{Broker, Config, ConnectionSettings, RouterConfig, ServerSettings};
     let mut connections = ConnectionSettings {
         connection_timeout_ms: 10_000,
@@ -143,7 +254,11 @@ fn start_broker(address: SocketAddr, services: Arc<Services>) -> Result<(), Fail
     let server = ServerSettings {
         name: "iotauth".into(),
         listen: address,
-        tls: None,
+        tls: tls.map(|(cert, key)| rumqttd::TlsConfig::Rustls {
+            capath: None,
+            certpath: cert.display().to_string(),
+            keypath: key.display().to_string(),
+        }),
         next_connection_delay_ms: 1,
         connections,
     };
@@ -174,13 +289,29 @@ fn start_broker(address: SocketAddr, services: Arc<Services>) -> Result<(), Fail
     Ok(())
 }
 
-async fn serve_mqtt_registration(listener: TcpListener, services: Arc<Services>) {
+async fn serve_mqtt_registration(
+    listener: TcpListener,
+    tls: Option<TlsAcceptor>,
+    services: Arc<Services>,
+) {
     loop {
         match listener.accept().await {
             Ok((stream, peer)) => {
-                let services = services.clone();
+                let (services, tls) = (services.clone(), tls.clone());
                 tokio::spawn(async move {
-                    if let Err(e) = register_over_mqtt(stream, &services).await {
+                    let outcome = match tls {
+                        Some(acceptor) => {
+                            match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream))
+                                .await
+                            {
+                                Ok(Ok(stream)) => register_over_mqtt(stream, &services).await,
+                                Ok(Err(e)) => Err(e),
+                                Err(_) => Err(std::io::Error::other("TLS handshake timed out")),
+                            }
+                        }
+                        None => register_over_mqtt(stream, &services).await,
+                    };
+                    if let Err(e) = outcome {
                         tracing::warn!(%peer, error = %e, "MQTT registration connection failed");
                     }
                 });
@@ -192,7 +323,10 @@ async fn serve_mqtt_registration(listener: TcpListener, services: Arc<Services>)
 
 /// One registration connection (PROTOCOL.md §c): CONNECT in; CONNACK accepted and the secret
 /// on `/ext/register`, or CONNACK "not authorized"; then close.
-async fn register_over_mqtt(mut stream: TcpStream, services: &Services) -> std::io::Result<()> {
+async fn register_over_mqtt<S: AsyncRead + AsyncWrite + Unpin>(
+    mut stream: S,
+    services: &Services,
+) -> std::io::Result<()> {
     let connect = match tokio::time::timeout(CONNECT_TIMEOUT, read_connect(&mut stream)).await {
         Ok(result) => result?,
         Err(_) => return Ok(()),
@@ -228,7 +362,9 @@ async fn register_over_mqtt(mut stream: TcpStream, services: &Services) -> std::
 }
 
 /// Reads bytes until one whole packet parses; `None` when it is not a CONNECT.
-async fn read_connect(stream: &mut TcpStream) -> std::io::Result<Option<rumqttc::Connect>> {
+async fn read_connect<S: AsyncRead + Unpin>(
+    stream: &mut S,
+) -> std::io::Result<Option<rumqttc::Connect>> {
     let mut buffer = BytesMut::with_capacity(512);
     loop {
         match Packet::read(&mut buffer, MAX_CONNECT_LEN) {
