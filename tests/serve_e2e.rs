@@ -486,7 +486,7 @@ fn sixty_four_concurrent_registrations_carry_one_secret_under_once() {
         .into_iter()
         .flatten()
         .collect();
-    assert_eq!(secrets, [secret.clone()]);
+    assert_eq!(secrets, std::slice::from_ref(&secret));
     server.assert_log_clean(&[secret]);
 }
 
@@ -557,9 +557,9 @@ fn two_servers_on_one_postgres_hand_out_one_secret() {
         .into_iter()
         .filter_map(|r| r.join().unwrap())
         .collect();
-    assert_eq!(secrets, [secret.clone()]);
+    assert_eq!(secrets, std::slice::from_ref(&secret));
     for node in &nodes {
-        node.assert_log_clean(&[secret.clone()]);
+        node.assert_log_clean(std::slice::from_ref(&secret));
     }
 }
 
