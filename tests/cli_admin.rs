@@ -203,6 +203,17 @@ fn admin_flows_on_a_sqlite_file() {
         store: format!("sqlite://{}", dir.join("fleet.db").display()),
     };
     admin_flows(&cli);
+    let from_env = Command::new(env!("CARGO_BIN_EXE_iotauth"))
+        .args(["product", "list"])
+        .env("IOTAUTH_STORE", &cli.store)
+        .output()
+        .unwrap();
+    let listed: Value = serde_json::from_slice(&from_env.stdout).unwrap();
+    assert_eq!(
+        listed.as_array().map(Vec::len),
+        Some(1),
+        "IOTAUTH_STORE names the store"
+    );
     std::fs::remove_dir_all(&dir).unwrap();
 }
 

@@ -1098,3 +1098,33 @@ fn tls_on_http_and_both_mqtt_listeners() {
     assert_eq!(payload["deviceName"], "tls-02");
     server.assert_log_clean(&[secret, password, fleet.ps.clone()]);
 }
+
+#[test]
+fn custom_topic_templates_replace_the_defaults() {
+    let dir = Dir::new("templates");
+    let fleet = Fleet::new(format!("sqlite://{}", dir.0.join("fleet.db").display()));
+    fleet.device("tpl-01");
+    let server = Server::start(
+        &fleet.store,
+        dir.0.join("serve.log"),
+        &["--topic-template", "devices/{pk}/{dn}/+"],
+    );
+    let user = format!("tpl-01&{}", fleet.pk);
+    let acl = |topic: String| {
+        let body = serde_json::json!({"username": user, "clientid": "c", "topic": topic, "acc": 2})
+            .to_string();
+        server
+            .post(
+                "/hooks/go-auth/acl",
+                &body,
+                &[("content-type", "application/json")],
+            )
+            .0
+    };
+    assert_eq!(acl(format!("devices/{}/tpl-01/telemetry", fleet.pk)), 200);
+    assert_eq!(
+        acl(format!("/{}/tpl-01/user/update", fleet.pk)),
+        403,
+        "the defaults no longer apply"
+    );
+}

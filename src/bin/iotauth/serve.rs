@@ -39,6 +39,11 @@ pub(crate) struct Serve {
     /// Refuse logins whose timestamp is further than this from now (no window by default).
     #[arg(long)]
     max_skew_secs: Option<u64>,
+    /// A topic template devices may use ({pk} and {dn} are whole levels); repeat for several.
+    /// [default: Alibaba's /{pk}/{dn}/#, /sys/{pk}/{dn}/#, /ext/+/{pk}/{dn}/#,
+    /// /shadow/+/{pk}/{dn}, /ota/device/+/{pk}/{dn}]
+    #[arg(long = "topic-template")]
+    topic_templates: Vec<String>,
     /// TLS for HTTP and both MQTT listeners: the certificate chain (PEM).
     #[arg(long, requires = "tls_key")]
     tls_cert: Option<PathBuf>,
@@ -72,7 +77,11 @@ pub(crate) async fn serve(store_url: &str, args: Serve) -> Result<(), Failure> {
             .map_or(Freshness::Unchecked, |max_skew_secs| Freshness::Window {
                 max_skew_secs,
             }),
-        topics: TopicRule::alibaba(),
+        topics: if args.topic_templates.is_empty() {
+            TopicRule::alibaba()
+        } else {
+            TopicRule::new(args.topic_templates)?
+        },
     };
     let services = Arc::new(Services::new(store.clone(), config));
     hint_when_empty(&store, store_url).await?;
