@@ -208,6 +208,26 @@ impl Fleet {
         )
     }
 
+    fn product_cert(&self) -> iotauth::ProductCertificate {
+        iotauth::ProductCertificate::new(
+            iotauth::ProductKey::new(&self.pk).unwrap(),
+            iotauth::ProductSecret::new(&self.ps).unwrap(),
+        )
+    }
+
+    /// A registration CONNECT (`authType=register`) as Alibaba's SDKs build it.
+    fn registration_connect(&self, name: &str) -> iotauth::ConnectCredentials {
+        let options = iotauth::RegistrationOptions {
+            kind: iotauth::ConnectKind::Register,
+            random: "Z1TcKNepl0J8PQ1",
+            sign_method: iotauth::SignMethod::HmacSha256,
+            secure_mode: iotauth::SecureMode::TLS,
+            instance_id: None,
+        };
+        let name = iotauth::DeviceName::new(name).unwrap();
+        iotauth::build_registration_connect(&self.product_cert(), name, &options).unwrap()
+    }
+
     /// Client id, user name, password of a login.
     fn login(&self, name: &str, secret: &str, core: &str) -> [String; 3] {
         let signed = cli(
@@ -260,6 +280,37 @@ fn mosquitto_pub(
         ])
         .output()
         .expect("mosquitto_pub (Debian's mosquitto-clients) must be installed")
+}
+
+/// MQTT dynamic registration with `mosquitto_sub`: it prints what arrives on `/ext/register`.
+/// With `cafile`, over TLS (to `localhost`: rustls refuses an IP address as SNI).
+fn mqtt_register(port: u16, creds: &iotauth::ConnectCredentials, cafile: Option<&str>) -> Output {
+    let mut command = Command::new("mosquitto_sub");
+    match cafile {
+        Some(cafile) => command.args(["--cafile", cafile, "-h", "localhost"]),
+        None => command.args(["-h", "127.0.0.1"]),
+    };
+    command
+        .args([
+            "-p",
+            &port.to_string(),
+            "-i",
+            creds.client_id(),
+            "-u",
+            creds.username(),
+        ])
+        .args([
+            "-P",
+            &creds.expose_password(),
+            "-t",
+            "/ext/register",
+            "-C",
+            "1",
+            "-W",
+            "10",
+        ])
+        .output()
+        .unwrap()
 }
 
 #[test]
@@ -584,10 +635,7 @@ fn kill_9_during_a_burst_loses_no_issued_secret() {
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(0));
-    let cert = iotauth::ProductCertificate::new(
-        iotauth::ProductKey::new(&fleet.pk).unwrap(),
-        iotauth::ProductSecret::new(&fleet.ps).unwrap(),
-    );
+    let cert = fleet.product_cert();
     let forms: Vec<(String, String)> = names
         .iter()
         .map(|name| {
@@ -793,47 +841,8 @@ fn mqtt_dynamic_registration_publishes_the_secret_once() {
     let fleet = Fleet::new(format!("sqlite://{}", dir.0.join("fleet.db").display()));
     let secret = fleet.device("reg-mqtt-01");
     let server = Server::start(&fleet.store, dir.0.join("serve.log"), &[]);
-    let connect = |port: u16| {
-        // A registration CONNECT as Alibaba's SDKs build it, via the library.
-        let cert = iotauth::ProductCertificate::new(
-            iotauth::ProductKey::new(&fleet.pk).unwrap(),
-            iotauth::ProductSecret::new(&fleet.ps).unwrap(),
-        );
-        let options = iotauth::RegistrationOptions {
-            kind: iotauth::ConnectKind::Register,
-            random: "Z1TcKNepl0J8PQ1",
-            sign_method: iotauth::SignMethod::HmacSha256,
-            secure_mode: iotauth::SecureMode::TLS,
-            instance_id: None,
-        };
-        let creds = iotauth::build_registration_connect(
-            &cert,
-            iotauth::DeviceName::new("reg-mqtt-01").unwrap(),
-            &options,
-        )
-        .unwrap();
-        Command::new("mosquitto_sub")
-            .args([
-                "-h",
-                "127.0.0.1",
-                "-p",
-                &port.to_string(),
-                "-i",
-                creds.client_id(),
-                "-u",
-                creds.username(),
-                "-P",
-                &creds.expose_password(),
-                "-t",
-                "/ext/register",
-                "-C",
-                "1",
-                "-W",
-                "10",
-            ])
-            .output()
-            .unwrap()
-    };
+    let creds = fleet.registration_connect("reg-mqtt-01");
+    let connect = |port: u16| mqtt_register(port, &creds, None);
     let first = connect(server.register);
     let payload: Value = serde_json::from_slice(&first.stdout).unwrap_or_else(|_| {
         panic!(
@@ -1051,48 +1060,11 @@ fn tls_on_http_and_both_mqtt_listeners() {
     );
 
     // MQTT dynamic registration over TLS.
-    let cert_of_product = iotauth::ProductCertificate::new(
-        iotauth::ProductKey::new(&fleet.pk).unwrap(),
-        iotauth::ProductSecret::new(&fleet.ps).unwrap(),
+    let registered = mqtt_register(
+        server.register,
+        &fleet.registration_connect("tls-02"),
+        Some(cert_arg),
     );
-    let options = iotauth::RegistrationOptions {
-        kind: iotauth::ConnectKind::Register,
-        random: "tls",
-        sign_method: iotauth::SignMethod::HmacSha256,
-        secure_mode: iotauth::SecureMode::TLS,
-        instance_id: None,
-    };
-    let creds = iotauth::build_registration_connect(
-        &cert_of_product,
-        iotauth::DeviceName::new("tls-02").unwrap(),
-        &options,
-    )
-    .unwrap();
-    let registered = Command::new("mosquitto_sub")
-        .args([
-            "--cafile",
-            cert_arg,
-            "-h",
-            "localhost",
-            "-p",
-            &server.register.to_string(),
-            "-i",
-            creds.client_id(),
-            "-u",
-            creds.username(),
-        ])
-        .args([
-            "-P",
-            &creds.expose_password(),
-            "-t",
-            "/ext/register",
-            "-C",
-            "1",
-            "-W",
-            "10",
-        ])
-        .output()
-        .unwrap();
     let payload: Value =
         serde_json::from_slice(&registered.stdout).unwrap_or_else(|_| panic!("{registered:?}"));
     assert_eq!(payload["deviceName"], "tls-02");

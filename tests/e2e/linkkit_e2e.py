@@ -48,10 +48,12 @@ def login_and_publish(dn, ds):
         lk.destruct()
 
 
-def http_registration(dn):
-    """HTTPS-style dynamic registration (redirected to local HTTP); the secret or None."""
-    lk = linkkit.LinkKit(host_name="cn-shanghai", product_key=env["PK"], device_name=dn,
-                         device_secret="", product_secret=env["PS"])
+def await_registration(lk, port):
+    """Starts `lk` (configured for a registration) and waits for the secret; the secret or None.
+
+    After an HTTP registration the SDK goes on to log in at Alibaba's endpoint, which this test
+    does not reach: it is stopped once the secret is in.
+    """
     got = {}
     done = threading.Event()
 
@@ -60,35 +62,27 @@ def http_registration(dn):
         done.set()
 
     lk.on_device_dynamic_register = on_register
-    urllib.request.urlopen = local_urlopen
-    # Registration runs first in connect_async's worker; the login that follows goes to the
-    # Alibaba endpoint, which this test does not reach: stop once the secret is in.
-    lk.config_mqtt(port=int(env["IOTAUTH_MQTT"]), secure="")
+    lk.config_mqtt(port=port, secure="")
     lk.connect_async()
     done.wait(TIMEOUT)
     lk.disconnect()
     lk.destruct()
     return got.get("secret") if got.get("rc") == 0 else None
+
+
+def http_registration(dn):
+    """HTTPS-style dynamic registration (redirected to local HTTP); the secret or None."""
+    urllib.request.urlopen = local_urlopen
+    lk = linkkit.LinkKit(host_name="cn-shanghai", product_key=env["PK"], device_name=dn,
+                         device_secret="", product_secret=env["PS"])
+    return await_registration(lk, int(env["IOTAUTH_MQTT"]))
 
 
 def mqtt_registration(dn):
     """MQTT dynamic registration (authType=register) against --mqtt-register; the secret or None."""
     lk = linkkit.LinkKit(host_name="127.0.0.1", product_key=env["PK"], device_name=dn,
                          device_secret="", product_secret=env["PS"], auth_type="register")
-    lk.config_mqtt(port=int(env["IOTAUTH_MQTT_REGISTER"]), secure="")
-    got = {}
-    done = threading.Event()
-
-    def on_register(rc, value, userdata):
-        got["rc"], got["secret"] = rc, value
-        done.set()
-
-    lk.on_device_dynamic_register = on_register
-    lk.connect_async()
-    done.wait(TIMEOUT)
-    lk.disconnect()
-    lk.destruct()
-    return got.get("secret") if got.get("rc") == 0 else None
+    return await_registration(lk, int(env["IOTAUTH_MQTT_REGISTER"]))
 
 
 results["login_publish"] = login_and_publish(env["DN_LOGIN"], env["DS_LOGIN"])
