@@ -3,9 +3,7 @@
 //! `IOTAUTH_MOSQUITTO_PLUGIN`; without it these tests skip with a reason, except under `CI=true`.
 #![cfg(feature = "cli")]
 
-use std::net::TcpListener;
-use std::path::PathBuf;
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
@@ -25,59 +23,32 @@ fn plugin() -> Option<String> {
     }
 }
 
+#[path = "support/mosquitto.rs"]
+mod support;
+
+use support::{Mosquitto, connect_once};
+
+/// Mosquitto with the plugin on the SQLite store in `dir`.
 struct Broker {
-    child: Child,
-    port: u16,
-    dir: PathBuf,
+    inner: Mosquitto,
+}
+
+impl std::ops::Deref for Broker {
+    type Target = Mosquitto;
+    fn deref(&self) -> &Mosquitto {
+        &self.inner
+    }
+}
+
+impl std::ops::DerefMut for Broker {
+    fn deref_mut(&mut self) -> &mut Mosquitto {
+        &mut self.inner
+    }
 }
 
 impl Broker {
-    /// Mosquitto with the plugin, in the test's directory; `options` are extra config lines.
-    fn start(name: &str, plugin: &str, options: &str) -> Self {
-        let dir =
-            std::env::temp_dir().join(format!("iotauth-mosquitto-{name}-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let port = TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let config = dir.join("mosquitto.conf");
-        std::fs::write(
-            &config,
-            format!(
-                "listener {port} 127.0.0.1\nallow_anonymous false\npersistence false\n\
-                 # The store file must be writable by the broker's user.\nuser root\n\
-                 log_dest stderr\nlog_type all\nplugin {plugin}\n{options}\n"
-            ),
-        )
-        .unwrap();
-        let child = Command::new("mosquitto")
-            .arg("-c")
-            .arg(&config)
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(dir.join("mosquitto.log")).unwrap())
-            .spawn()
-            .expect("mosquitto (Debian's mosquitto package) must be installed");
-        let broker = Self { child, port, dir };
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(
-                Instant::now() < deadline,
-                "mosquitto did not come up: {}",
-                broker.log()
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        broker
-    }
-
     fn store(&self) -> String {
         format!("sqlite://{}", self.dir.join("fleet.db").display())
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.join("mosquitto.log")).unwrap_or_default()
     }
 
     fn client(&self, tool: &str, login: &[String; 3], args: &[&str]) -> Output {
@@ -102,8 +73,6 @@ impl Broker {
 
 impl Drop for Broker {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
@@ -172,7 +141,15 @@ fn broker_with(name: &str, plugin: &str, names: &[&str]) -> (Broker, String, Vec
     std::fs::create_dir_all(&dir).unwrap();
     let (pk, secrets) = fleet(&dir.join("fleet.db"), names);
     let store = format!("sqlite://{}", dir.join("fleet.db").display());
-    let broker = Broker::start(name, plugin, &format!("plugin_opt_store {store}"));
+    let broker = Broker {
+        inner: Mosquitto::start(
+            &dir,
+            &format!(
+                "plugin {plugin}
+plugin_opt_store {store}"
+            ),
+        ),
+    };
     (broker, pk, secrets)
 }
 
@@ -313,4 +290,128 @@ fn a_missing_store_option_stops_the_broker_with_a_clear_line() {
     assert_ne!(out.status.code(), Some(0));
     assert!(log.contains("plugin_opt_store is required"), "{log}");
     std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// The linkkit venv's Python (`IOTAUTH_LINKKIT_PYTHON`, set by `.ci/run`).
+fn linkkit_python() -> Option<String> {
+    match std::env::var("IOTAUTH_LINKKIT_PYTHON") {
+        Ok(python) if !python.is_empty() => Some(python),
+        _ if std::env::var("CI").as_deref() == Ok("true") => {
+            panic!("CI=true but IOTAUTH_LINKKIT_PYTHON is not set")
+        }
+        _ => {
+            eprintln!("skipping: IOTAUTH_LINKKIT_PYTHON is not set");
+            None
+        }
+    }
+}
+
+#[test]
+fn linkkit_registers_over_mqtt_through_the_broker_then_logs_in_and_only_once() {
+    let (Some(plugin), Some(python)) = (plugin(), linkkit_python()) else {
+        return;
+    };
+    let (broker, pk, secrets) = broker_with("linkkit", &plugin, &["lk-reg-01"]);
+    cli(
+        &broker.store(),
+        &["product", "dynamic-registration", &pk, "on"],
+    );
+    let product_secret =
+        cli(&broker.store(), &["product", "show", &pk, "--show-secret"])["productSecret"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+    let port = broker.port.to_string();
+    let out = Command::new(python)
+        .arg(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/e2e/linkkit_e2e.py"
+        ))
+        .envs([
+            ("IOTAUTH_MQTT", port.as_str()),
+            ("IOTAUTH_MQTT_REGISTER", port.as_str()),
+            ("IOTAUTH_HTTP", "0"),
+        ])
+        .envs([
+            ("PK", pk.as_str()),
+            ("PS", product_secret.as_str()),
+            ("DN_MQTT", "lk-reg-01"),
+        ])
+        .env("SCENARIOS", "mqtt,mqtt_again")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let results: Value = serde_json::from_str(stdout.lines().last().unwrap_or_default())
+        .unwrap_or_else(|_| {
+            panic!(
+                "stdout {stdout:?} stderr {:?}",
+                String::from_utf8_lossy(&out.stderr)
+            )
+        });
+    assert_eq!(
+        results["mqtt_registration_secret"],
+        secrets[0].as_str(),
+        "{results}"
+    );
+    assert_eq!(results["mqtt_registered_login"], true, "{results}");
+    assert_eq!(
+        results["mqtt_second_registration_secret"],
+        Value::Null,
+        "issued once: {results}"
+    );
+    assert_eq!(
+        cli(&broker.store(), &["device", "show", &pk, "lk-reg-01"])["state"],
+        "active"
+    );
+    assert!(!broker.log().contains(&secrets[0]) && !broker.log().contains(&product_secret));
+}
+
+#[test]
+fn the_broker_survives_10000_garbage_connects_and_still_serves_good_clients() {
+    let Some(plugin) = plugin() else { return };
+    let (mut broker, pk, secrets) = broker_with("garbage", &plugin, &["meter-01"]);
+    // A fixed-seed generator: reproducible garbage of every shape.
+    let mut state: u64 = 0x9E37_79B9_7F4A_7C15;
+    let mut next = move || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        state
+    };
+    let shapes = [
+        "|",
+        "&",
+        ",",
+        "=",
+        "securemode=2",
+        "signmethod=hmacsha256",
+        "authType=register",
+        "random=",
+        "a1",
+        "é",
+        " ",
+    ];
+    let mut garbage = || {
+        let len = (next() % 24) as usize;
+        (0..len)
+            .map(|_| shapes[(next() % shapes.len() as u64) as usize])
+            .collect::<String>()
+    };
+    let started = Instant::now();
+    let mut accepted = 0;
+    for i in 0..10_000 {
+        let (id, user, password) = (format!("g{i}{}", garbage()), garbage(), garbage());
+        accepted += usize::from(connect_once(broker.port, &id, &user, &password));
+    }
+    assert_eq!(accepted, 0, "garbage was accepted");
+    println!("10000 garbage connects refused in {:?}", started.elapsed());
+    let good = login(&pk, "meter-01", &secrets[0], "after-garbage");
+    assert!(
+        connect_once(broker.port, &good[0], &good[1], &good[2]),
+        "a good client is still served"
+    );
+    assert!(
+        broker.child.try_wait().unwrap().is_none(),
+        "the broker is still running"
+    );
 }

@@ -7,7 +7,8 @@ the SDK builds every request and parses every reply itself. Prints one JSON line
 
 Environment: IOTAUTH_HTTP, IOTAUTH_MQTT, IOTAUTH_MQTT_REGISTER (ports), PK, PS,
 DN_LOGIN + DS_LOGIN (a registered device with its secret), DN_HTTP and DN_MQTT (registered,
-never issued).
+never issued), SCENARIOS (comma-separated: login, http, mqtt, mqtt_again; default the first
+three).
 """
 import importlib.metadata
 import json
@@ -85,13 +86,19 @@ def mqtt_registration(dn):
     return await_registration(lk, int(env["IOTAUTH_MQTT_REGISTER"]))
 
 
-results["login_publish"] = login_and_publish(env["DN_LOGIN"], env["DS_LOGIN"])
-secret = http_registration(env["DN_HTTP"])
-results["http_registration_secret"] = secret
-results["http_registered_login"] = bool(secret) and login_and_publish(env["DN_HTTP"], secret)
-secret = mqtt_registration(env["DN_MQTT"])
-results["mqtt_registration_secret"] = secret
-results["mqtt_registered_login"] = bool(secret) and login_and_publish(env["DN_MQTT"], secret)
+scenarios = env.get("SCENARIOS", "login,http,mqtt").split(",")
+if "login" in scenarios:
+    results["login_publish"] = login_and_publish(env["DN_LOGIN"], env["DS_LOGIN"])
+if "http" in scenarios:
+    secret = http_registration(env["DN_HTTP"])
+    results["http_registration_secret"] = secret
+    results["http_registered_login"] = bool(secret) and login_and_publish(env["DN_HTTP"], secret)
+if "mqtt" in scenarios:
+    secret = mqtt_registration(env["DN_MQTT"])
+    results["mqtt_registration_secret"] = secret
+    results["mqtt_registered_login"] = bool(secret) and login_and_publish(env["DN_MQTT"], secret)
+if "mqtt_again" in scenarios:
+    results["mqtt_second_registration_secret"] = mqtt_registration(env["DN_MQTT"])
 print(json.dumps(results))
 sys.stdout.flush()
 os._exit(0)  # linkkit leaves non-daemon threads behind
