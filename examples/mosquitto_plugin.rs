@@ -11,6 +11,7 @@
 //! plugin_opt_store sqlite:///var/lib/iotauth/iotauth.db
 //! plugin_opt_max_skew_secs 900     # optional: a timestamp window for logins
 //! plugin_opt_issuance once         # or redeliver-until-first-login
+//! plugin_opt_cache_ttl_secs 5      # reuse a device read this long (0: off)
 //! ```
 //!
 //! A CONNECT with `authType=register` (MQTT dynamic registration, PROTOCOL.md §c) is verified
@@ -34,12 +35,14 @@ use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
 use std::time::{Duration, Instant};
 
 use iotauth::service::{Authenticator, Registrar};
-use iotauth::store::Store;
+use iotauth::store::{CachedStore, Store};
 use iotauth::{
     ConnectKind, ConnectRequest, DeviceIdentity, Freshness, IssuancePolicy, TopicRule,
     parse_username,
 };
 
+/// How long a device read is reused (`plugin_opt_cache_ttl_secs`; 0 turns the cache off).
+const DEFAULT_CACHE_TTL: Duration = Duration::from_secs(5);
 /// The longest a callback waits for the store.
 const STORE_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -189,6 +192,7 @@ fn guarded(denied: c_int, body: impl FnOnce() -> c_int) -> c_int {
 
 fn plugin_options(options: *const MosquittoOpt, count: c_int) -> Result<Plugin, String> {
     let (mut store, mut max_skew_secs, mut issuance) = (None, None, IssuancePolicy::Once);
+    let mut cache_ttl = DEFAULT_CACHE_TTL;
     for i in 0..usize::try_from(count).unwrap_or_default() {
         // SAFETY: the broker passes `count` valid options.
         let option = unsafe { &*options.add(i) };
@@ -201,6 +205,12 @@ fn plugin_options(options: *const MosquittoOpt, count: c_int) -> Result<Plugin, 
                     .parse()
                     .map_err(|_| "plugin_opt_max_skew_secs must be a number of seconds")?;
                 max_skew_secs = Some(secs);
+            }
+            (Some("cache_ttl_secs"), Some(value)) => {
+                let secs = value
+                    .parse()
+                    .map_err(|_| "plugin_opt_cache_ttl_secs must be a number of seconds")?;
+                cache_ttl = Duration::from_secs(secs);
             }
             (Some("issuance"), Some("once")) => issuance = IssuancePolicy::Once,
             (Some("issuance"), Some("redeliver-until-first-login")) => {
@@ -226,6 +236,11 @@ fn plugin_options(options: *const MosquittoOpt, count: c_int) -> Result<Plugin, 
     let store = runtime
         .block_on(iotauth::store::open(&store_url))
         .map_err(|e| format!("cannot open the store: {e}"))?;
+    let store: Arc<dyn Store> = if cache_ttl.is_zero() {
+        store
+    } else {
+        Arc::new(CachedStore::new(store, cache_ttl))
+    };
     let freshness = max_skew_secs.map_or(Freshness::Unchecked, |max_skew_secs| Freshness::Window {
         max_skew_secs,
     });

@@ -102,3 +102,96 @@ async fn race_property_catches_a_store_whose_compare_and_set_is_not_atomic() {
         "a non-atomic compare-and-set must make the race property fail"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_cached_memory_store_passes_the_conformance_suite() {
+    use iotauth::store::CachedStore;
+    conformance::run_all(|| {
+        Arc::new(CachedStore::new(
+            MemoryStore::new(),
+            std::time::Duration::from_secs(60),
+        ))
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn the_cache_serves_a_snapshot_for_its_ttl_and_writes_through_it_drop_it() {
+    use iotauth::service::Admin;
+    use iotauth::store::{CachedStore, DeviceStore, DeviceUpdate};
+    use iotauth::{DeviceName, DeviceState, DeviceStatus, DynamicRegistration, Event};
+    let inner = Arc::new(MemoryStore::new());
+    let cached = Arc::new(CachedStore::new(
+        inner.clone(),
+        std::time::Duration::from_millis(200),
+    ));
+    let admin = Admin::new(cached.clone());
+    let product = admin
+        .create_product(None, DynamicRegistration::Off)
+        .await
+        .unwrap();
+    let (pk, dn) = (product.product_key, DeviceName::new("cached-01").unwrap());
+    admin.register_device(pk, dn).await.unwrap();
+    assert!(
+        cached
+            .device(&pk, &dn)
+            .await
+            .unwrap()
+            .unwrap()
+            .status
+            .enabled
+    );
+
+    // Written around the cache: not seen until the snapshot expires.
+    let disabled = DeviceStatus {
+        state: DeviceState::Inactive,
+        enabled: false,
+    };
+    inner
+        .compare_and_set(
+            &pk,
+            &dn,
+            0,
+            DeviceUpdate::Set {
+                status: disabled,
+                device_secret: None,
+            },
+        )
+        .await
+        .unwrap();
+    assert!(
+        cached
+            .device(&pk, &dn)
+            .await
+            .unwrap()
+            .unwrap()
+            .status
+            .enabled,
+        "served from the snapshot"
+    );
+    tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+    assert!(
+        !cached
+            .device(&pk, &dn)
+            .await
+            .unwrap()
+            .unwrap()
+            .status
+            .enabled,
+        "the snapshot expired"
+    );
+
+    // Written through the cache: seen at once.
+    admin.apply(&pk, &dn, Event::Enable).await.unwrap();
+    assert!(
+        cached
+            .device(&pk, &dn)
+            .await
+            .unwrap()
+            .unwrap()
+            .status
+            .enabled
+    );
+    admin.apply(&pk, &dn, Event::Delete).await.unwrap();
+    assert!(cached.device(&pk, &dn).await.unwrap().is_none());
+}

@@ -18,12 +18,14 @@ use crate::id::{DeviceName, ProductKey};
 use crate::lifecycle::{DeviceStatus, DynamicRegistration};
 use crate::secret::{DeviceSecret, ProductSecret};
 
+mod cache;
 #[cfg(feature = "conformance")]
 pub mod conformance;
 #[cfg(feature = "memory")]
 mod memory;
 #[cfg(any(feature = "sqlite", feature = "postgres"))]
 mod sql;
+pub use cache::CachedStore;
 #[cfg(feature = "memory")]
 pub use memory::MemoryStore;
 #[cfg(any(feature = "sqlite", feature = "postgres"))]

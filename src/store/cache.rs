@@ -1,0 +1,147 @@
+//! A short positive cache of device reads in front of any store.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+
+use super::{DeviceRecord, DeviceStore, DeviceUpdate, ProductRecord, ProductStore, StoreError};
+use crate::id::{DeviceName, ProductKey};
+use crate::lifecycle::DynamicRegistration;
+
+/// The most devices a cache holds; past it, it starts over empty.
+const MAX_ENTRIES: usize = 100_000;
+
+/// Serves device reads from a snapshot for at most `ttl` after it was read (a hard limit: a
+/// hit does not extend it), so a broker under a reconnect storm asks its database once per
+/// device and period.
+///
+/// Every write through the cache (issue, login, disable, enable, reset, delete) drops the
+/// device's entry, and so does a lost compare-and-set, so that the retry reads afresh. A change
+/// made around the cache, e.g. by an admin command in another process, is seen within `ttl`.
+/// Products are not cached.
+///
+/// Only devices that exist are cached; unknown ones always reach the store.
+#[derive(Debug)]
+pub struct CachedStore<S> {
+    inner: S,
+    ttl: Duration,
+    entries: Mutex<HashMap<(ProductKey, DeviceName), (Instant, DeviceRecord)>>,
+    /// Bumped by every invalidation: a read that saw another value when it started may have
+    /// read what a write just replaced, so it is not cached.
+    epoch: AtomicU64,
+}
+
+impl<S> CachedStore<S> {
+    /// A cache of `ttl` in front of `inner`.
+    pub fn new(inner: S, ttl: Duration) -> Self {
+        Self {
+            inner,
+            ttl,
+            entries: Mutex::new(HashMap::new()),
+            epoch: AtomicU64::new(0),
+        }
+    }
+
+    fn entries(
+        &self,
+    ) -> MutexGuard<'_, HashMap<(ProductKey, DeviceName), (Instant, DeviceRecord)>> {
+        // Every change is a single map operation: a panic elsewhere cannot leave it half done.
+        self.entries.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn forget(&self, product_key: &ProductKey, device_name: &DeviceName) {
+        let mut entries = self.entries();
+        self.epoch.fetch_add(1, Ordering::SeqCst);
+        entries.remove(&(*product_key, *device_name));
+    }
+}
+
+#[async_trait]
+impl<S: ProductStore> ProductStore for CachedStore<S> {
+    async fn insert_product(&self, product: ProductRecord) -> Result<(), StoreError> {
+        self.inner.insert_product(product).await
+    }
+
+    async fn product(&self, product_key: &ProductKey) -> Result<Option<ProductRecord>, StoreError> {
+        self.inner.product(product_key).await
+    }
+
+    async fn products(&self) -> Result<Vec<ProductRecord>, StoreError> {
+        self.inner.products().await
+    }
+
+    async fn set_dynamic_registration(
+        &self,
+        product_key: &ProductKey,
+        switch: DynamicRegistration,
+    ) -> Result<(), StoreError> {
+        self.inner
+            .set_dynamic_registration(product_key, switch)
+            .await
+    }
+}
+
+#[async_trait]
+impl<S: DeviceStore> DeviceStore for CachedStore<S> {
+    async fn insert_device(&self, device: DeviceRecord) -> Result<(), StoreError> {
+        let key = (device.product_key, device.device_name);
+        let result = self.inner.insert_device(device).await;
+        self.forget(&key.0, &key.1);
+        result
+    }
+
+    async fn device(
+        &self,
+        product_key: &ProductKey,
+        device_name: &DeviceName,
+    ) -> Result<Option<DeviceRecord>, StoreError> {
+        let key = (*product_key, *device_name);
+        if let Some((read_at, record)) = self.entries().get(&key)
+            && read_at.elapsed() < self.ttl
+        {
+            return Ok(Some(record.clone_record()));
+        }
+        let read_at = Instant::now();
+        let epoch = self.epoch.load(Ordering::SeqCst);
+        let fresh = self.inner.device(product_key, device_name).await?;
+        let mut entries = self.entries();
+        match &fresh {
+            _ if self.epoch.load(Ordering::SeqCst) != epoch => {}
+            Some(record) => {
+                if entries.len() >= MAX_ENTRIES {
+                    entries.clear();
+                }
+                entries.insert(key, (read_at, record.clone_record()));
+            }
+            None => {
+                entries.remove(&key);
+            }
+        }
+        Ok(fresh)
+    }
+
+    async fn devices(&self, product_key: &ProductKey) -> Result<Vec<DeviceRecord>, StoreError> {
+        self.inner.devices(product_key).await
+    }
+
+    async fn compare_and_set(
+        &self,
+        product_key: &ProductKey,
+        device_name: &DeviceName,
+        expected_revision: u64,
+        update: DeviceUpdate,
+    ) -> Result<(), StoreError> {
+        // Dropped before (a concurrent read must not cache the old state for a full period)
+        // and after (a read racing the write may have cached the state it replaced).
+        self.forget(product_key, device_name);
+        let result = self
+            .inner
+            .compare_and_set(product_key, device_name, expected_revision, update)
+            .await;
+        self.forget(product_key, device_name);
+        result
+    }
+}
