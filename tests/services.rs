@@ -455,3 +455,65 @@ async fn a_store_outage_is_unavailable_not_bad_credentials() {
         .unwrap_err();
     assert_eq!(refused.code(), RefusalCode::Unavailable);
 }
+
+/// Every hook answers a store outage with "let the broker decide", never with "bad password";
+/// registration answers code 500.
+#[cfg(feature = "server")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hooks_answer_an_outage_with_undecided_not_deny() {
+    use iotauth::server::{ServerConfig, Services, router};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let services = Arc::new(Services::new(Arc::new(Down), ServerConfig::default()));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move { axum::serve(listener, router(services)).await });
+
+    let cert = DeviceCertificate::new(
+        ProductKey::new("a1pk").unwrap(),
+        DeviceName::new("dev-1").unwrap(),
+        DeviceSecret::new("s").unwrap(),
+    );
+    let creds = build_login(&cert, &LoginOptions::default()).unwrap();
+    let (id, user, pass) = (creds.client_id(), creds.username(), creds.expose_password());
+    let post = |path: &'static str, body: String, hook: &'static str| async move {
+        let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .unwrap();
+        let request = format!(
+            "POST {path} HTTP/1.1\r\nhost: x\r\nconnection: close\r\ncontent-type: application/json\r\nvernemq-hook: {hook}\r\ncontent-length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        stream.write_all(request.as_bytes()).await.unwrap();
+        let mut response = String::new();
+        stream.read_to_string(&mut response).await.unwrap();
+        response
+    };
+    let login =
+        serde_json::json!({"clientid": id, "client_id": id, "username": user, "password": pass})
+            .to_string();
+    assert!(
+        post("/hooks/emqx/authn", login.clone(), "")
+            .await
+            .ends_with(r#"{"result":"ignore"}"#)
+    );
+    assert!(
+        post("/hooks/vernemq", login.clone(), "auth_on_register")
+            .await
+            .ends_with(r#"{"result":"next"}"#)
+    );
+    assert!(
+        post("/hooks/go-auth/user", login, "")
+            .await
+            .starts_with("HTTP/1.1 503")
+    );
+    let product = ProductCertificate::new(cert.product_key(), ProductSecret::new("p").unwrap());
+    let form =
+        build_register_form(&product, cert.device_name(), "r", SignMethod::HmacSha1).unwrap();
+    let reply = post("/auth/register/device", form.body().to_owned(), "").await;
+    assert!(
+        reply.starts_with("HTTP/1.1 200")
+            && reply.ends_with(r#"{"code":500,"message":"service unavailable, try again later"}"#),
+        "{reply}"
+    );
+}
