@@ -194,7 +194,7 @@ impl<'a> ClientId<'a> {
         if core.is_empty() {
             return Err(ParseError::Missing { field: CLIENT_ID });
         }
-        if core.chars().any(char::is_control) {
+        if has_control(core) {
             return Err(ParseError::InvalidCharacter { field: CLIENT_ID });
         }
 
@@ -210,6 +210,7 @@ impl<'a> ClientId<'a> {
         };
         let mut secure_mode = None;
         let mut auth_type = None;
+        let mut seen = [""; MAX_PARAMS];
         for (index, item) in block.split(',').enumerate() {
             if index >= MAX_PARAMS {
                 return Err(ParseError::TooLong {
@@ -218,16 +219,14 @@ impl<'a> ClientId<'a> {
                 });
             }
             let (key, value) = split_item(item)?;
-            // Quadratic, but over at most MAX_PARAMS short keys, and allocation-free.
-            if block
-                .split(',')
-                .take(index)
-                .any(|earlier| split_item(earlier).is_ok_and(|(k, _)| same_key(k, key)))
-            {
+            // Compared with the keys seen so far, kept on the stack: at most MAX_PARAMS short
+            // keys, no allocation.
+            if seen[..index].iter().any(|earlier| same_key(earlier, key)) {
                 return Err(ParseError::Duplicate {
                     field: known_key(key).unwrap_or("clientId parameter"),
                 });
             }
+            seen[index] = key;
             match key {
                 "securemode" => secure_mode = Some(SecureMode::parse(value)?),
                 "signmethod" => {
@@ -368,12 +367,22 @@ fn split_item(item: &str) -> Result<(&str, &str), ParseError> {
             field: "clientId parameter key",
         });
     }
-    if key.chars().chain(value.chars()).any(char::is_control) {
+    if has_control(key) || has_control(value) {
         return Err(ParseError::InvalidCharacter {
             field: known_key(key).unwrap_or("clientId parameter"),
         });
     }
     Ok((key, value))
+}
+
+/// Whether `text` has a control character (C0, DEL or C1); bytes first, since client ids are
+/// nearly always ASCII.
+fn has_control(text: &str) -> bool {
+    if text.is_ascii() {
+        text.bytes().any(|b| b.is_ascii_control())
+    } else {
+        text.chars().any(char::is_control)
+    }
 }
 
 fn parse_timestamp(value: &str) -> Result<&str, ParseError> {
