@@ -8,25 +8,17 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-const BIN: &str = env!("CARGO_BIN_EXE_iotauth");
-
-fn plugin() -> Option<String> {
-    match std::env::var("IOTAUTH_MOSQUITTO_PLUGIN") {
-        Ok(path) if !path.is_empty() => Some(path),
-        _ if std::env::var("CI").as_deref() == Ok("true") => {
-            panic!("CI=true but IOTAUTH_MOSQUITTO_PLUGIN is not set")
-        }
-        _ => {
-            eprintln!("skipping: IOTAUTH_MOSQUITTO_PLUGIN is not set (.ci/run builds the plugin)");
-            None
-        }
-    }
-}
-
+#[path = "support/iotauth.rs"]
+mod cli_support;
 #[path = "support/mosquitto.rs"]
 mod support;
 
+use cli_support::{cli, required_env, sign_login};
 use support::{Mosquitto, connect_once};
+
+fn plugin() -> Option<String> {
+    required_env("IOTAUTH_MOSQUITTO_PLUGIN")
+}
 
 /// Mosquitto with the plugin on the SQLite store in `dir`.
 struct Broker {
@@ -77,21 +69,6 @@ impl Drop for Broker {
     }
 }
 
-fn cli(store: &str, args: &[&str]) -> Value {
-    let out = Command::new(BIN)
-        .args(["--store", store])
-        .args(args)
-        .output()
-        .unwrap();
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).unwrap()
-}
-
 /// Creates the store with a product and devices (before the broker opens it); product key and
 /// each device's secret.
 fn fleet(store_file: &std::path::Path, names: &[&str]) -> (String, Vec<String>) {
@@ -110,28 +87,6 @@ fn fleet(store_file: &std::path::Path, names: &[&str]) -> (String, Vec<String>) 
         })
         .collect();
     (pk, secrets)
-}
-
-fn login(pk: &str, name: &str, secret: &str, core: &str) -> [String; 3] {
-    let out = Command::new(BIN)
-        .args([
-            "sign",
-            "mqtt",
-            "--product-key",
-            pk,
-            "--device-name",
-            name,
-            "--device-secret",
-            secret,
-            "--client-id",
-            core,
-            "--secure-mode",
-            "3",
-        ])
-        .output()
-        .unwrap();
-    let signed: Value = serde_json::from_slice(&out.stdout).unwrap();
-    ["clientId", "username", "password"].map(|k| signed[k].as_str().unwrap().to_owned())
 }
 
 /// A broker whose store already holds one product with `names`.
@@ -158,7 +113,7 @@ fn good_credentials_connect_and_messages_reach_a_subscriber() {
     let Some(plugin) = plugin() else { return };
     let (broker, pk, secrets) = broker_with("deliver", &plugin, &["meter-01"]);
     let topic = format!("/{pk}/meter-01/user/get");
-    let sub_login = login(&pk, "meter-01", &secrets[0], "sub");
+    let sub_login = sign_login(&pk, "meter-01", &secrets[0], "sub");
     let sub = Command::new("mosquitto_sub")
         .args([
             "-h",
@@ -179,7 +134,7 @@ fn good_credentials_connect_and_messages_reach_a_subscriber() {
     std::thread::sleep(Duration::from_millis(500));
     let publish = broker.client(
         "mosquitto_pub",
-        &login(&pk, "meter-01", &secrets[0], "pub"),
+        &sign_login(&pk, "meter-01", &secrets[0], "pub"),
         &["-t", &topic, "-m", "hello"],
     );
     assert_eq!(
@@ -213,11 +168,11 @@ fn wrong_password_unknown_and_disabled_devices_are_not_authorised() {
         out.status.code() == Some(5)
             && String::from_utf8_lossy(&out.stderr).contains("not authorised")
     };
-    let mut wrong = login(&pk, "meter-01", &secrets[0], "wrong");
+    let mut wrong = sign_login(&pk, "meter-01", &secrets[0], "wrong");
     wrong[2] = wrong[2].replace(|c: char| c.is_ascii_digit(), "a");
     assert!(refused(wrong));
-    assert!(refused(login(&pk, "ghost-01", &secrets[0], "ghost")));
-    assert!(refused(login(&pk, "meter-02", &secrets[1], "off")));
+    assert!(refused(sign_login(&pk, "ghost-01", &secrets[0], "ghost")));
+    assert!(refused(sign_login(&pk, "meter-02", &secrets[1], "off")));
     let garbage = [
         "x".to_owned(),
         "not a user".to_owned(),
@@ -230,7 +185,7 @@ fn wrong_password_unknown_and_disabled_devices_are_not_authorised() {
 fn a_device_cannot_use_another_devices_topics() {
     let Some(plugin) = plugin() else { return };
     let (broker, pk, secrets) = broker_with("acl", &plugin, &["meter-01", "other-01"]);
-    let intruder = login(&pk, "meter-01", &secrets[0], "intruder");
+    let intruder = sign_login(&pk, "meter-01", &secrets[0], "intruder");
     let denied = broker.client(
         "mosquitto_sub",
         &intruder,
@@ -242,7 +197,7 @@ fn a_device_cannot_use_another_devices_topics() {
     );
 
     // The victim subscribes to its own topic; the intruder's publish there never arrives.
-    let victim = login(&pk, "other-01", &secrets[1], "victim");
+    let victim = sign_login(&pk, "other-01", &secrets[1], "victim");
     let topic = format!("/{pk}/other-01/user/get");
     let sub = Command::new("mosquitto_sub")
         .args([
@@ -292,23 +247,9 @@ fn a_missing_store_option_stops_the_broker_with_a_clear_line() {
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
-/// The linkkit venv's Python (`IOTAUTH_LINKKIT_PYTHON`, set by `.ci/run`).
-fn linkkit_python() -> Option<String> {
-    match std::env::var("IOTAUTH_LINKKIT_PYTHON") {
-        Ok(python) if !python.is_empty() => Some(python),
-        _ if std::env::var("CI").as_deref() == Ok("true") => {
-            panic!("CI=true but IOTAUTH_LINKKIT_PYTHON is not set")
-        }
-        _ => {
-            eprintln!("skipping: IOTAUTH_LINKKIT_PYTHON is not set");
-            None
-        }
-    }
-}
-
 #[test]
 fn linkkit_registers_over_mqtt_through_the_broker_then_logs_in_and_only_once() {
-    let (Some(plugin), Some(python)) = (plugin(), linkkit_python()) else {
+    let (Some(plugin), Some(python)) = (plugin(), required_env("IOTAUTH_LINKKIT_PYTHON")) else {
         return;
     };
     let (broker, pk, secrets) = broker_with("linkkit", &plugin, &["lk-reg-01"]);
@@ -405,7 +346,7 @@ fn the_broker_survives_10000_garbage_connects_and_still_serves_good_clients() {
     }
     assert_eq!(accepted, 0, "garbage was accepted");
     println!("10000 garbage connects refused in {:?}", started.elapsed());
-    let good = login(&pk, "meter-01", &secrets[0], "after-garbage");
+    let good = sign_login(&pk, "meter-01", &secrets[0], "after-garbage");
     assert!(
         connect_once(broker.port, &good[0], &good[1], &good[2]),
         "a good client is still served"

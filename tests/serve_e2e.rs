@@ -13,7 +13,10 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-const BIN: &str = env!("CARGO_BIN_EXE_iotauth");
+#[path = "support/iotauth.rs"]
+mod cli_support;
+
+use cli_support::{BIN, cli, required_env, sign_login};
 
 fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
@@ -143,21 +146,6 @@ fn http_request(
     Ok((status, body))
 }
 
-fn cli(store: &str, args: &[&str]) -> Value {
-    let out = Command::new(BIN)
-        .args(["--store", store])
-        .args(args)
-        .output()
-        .unwrap();
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).unwrap()
-}
-
 fn text(value: &Value, field: &str) -> String {
     value[field]
         .as_str()
@@ -230,28 +218,7 @@ impl Fleet {
 
     /// Client id, user name, password of a login.
     fn login(&self, name: &str, secret: &str, core: &str) -> [String; 3] {
-        let signed = cli(
-            &self.store,
-            &[
-                "sign",
-                "mqtt",
-                "--product-key",
-                &self.pk,
-                "--device-name",
-                name,
-                "--device-secret",
-                secret,
-                "--client-id",
-                core,
-                "--secure-mode",
-                "3",
-            ],
-        );
-        [
-            text(&signed, "clientId"),
-            text(&signed, "username"),
-            text(&signed, "password"),
-        ]
+        sign_login(&self.pk, name, secret, core)
     }
 }
 
@@ -575,12 +542,8 @@ fn under_redelivery_all_successful_replies_carry_one_secret_until_first_login() 
 
 #[test]
 fn two_servers_on_one_postgres_hand_out_one_secret() {
-    let url = match std::env::var("DATABASE_URL") {
-        Ok(url) if !url.is_empty() => url,
-        _ if std::env::var("CI").as_deref() == Ok("true") => {
-            panic!("CI=true but DATABASE_URL is not set")
-        }
-        _ => return eprintln!("skipping: DATABASE_URL is not set"),
+    let Some(url) = required_env("DATABASE_URL") else {
+        return;
     };
     let dir = Dir::new("two-nodes");
     let fleet = Fleet::new(url.clone());
@@ -863,24 +826,9 @@ fn mqtt_dynamic_registration_publishes_the_secret_once() {
     server.assert_log_clean(&[secret, fleet.ps.clone()]);
 }
 
-/// The Python interpreter of a venv with `aliyun-iot-linkkit` and `paho-mqtt<2`
-/// (`IOTAUTH_LINKKIT_PYTHON`, set by `.ci/run`); `None` with a reason locally, a failure under CI.
-fn linkkit_python() -> Option<String> {
-    match std::env::var("IOTAUTH_LINKKIT_PYTHON") {
-        Ok(python) if !python.is_empty() => Some(python),
-        _ if std::env::var("CI").as_deref() == Ok("true") => {
-            panic!("CI=true but IOTAUTH_LINKKIT_PYTHON is not set")
-        }
-        _ => {
-            eprintln!("skipping: IOTAUTH_LINKKIT_PYTHON is not set (see .ci/run for the venv)");
-            None
-        }
-    }
-}
-
 #[test]
 fn alibabas_linkkit_sdk_logs_in_and_registers_over_http_and_mqtt() {
-    let Some(python) = linkkit_python() else {
+    let Some(python) = required_env("IOTAUTH_LINKKIT_PYTHON") else {
         return;
     };
     let dir = Dir::new("linkkit");

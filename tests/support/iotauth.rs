@@ -1,0 +1,65 @@
+//! The `iotauth` binary and the environment, for the end-to-end tests (included by
+//! tests/serve_e2e.rs and tests/mosquitto_plugin.rs).
+
+use std::process::Command;
+
+use serde_json::Value;
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_iotauth");
+
+/// Runs `iotauth --store STORE ARGS…`, which must succeed; its JSON output.
+pub fn cli(store: &str, args: &[&str]) -> Value {
+    let out = Command::new(BIN)
+        .args(["--store", store])
+        .args(args)
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// Client id, user name and password of a login signed by `iotauth sign mqtt`.
+pub fn sign_login(pk: &str, name: &str, secret: &str, core: &str) -> [String; 3] {
+    let out = Command::new(BIN)
+        .args([
+            "sign",
+            "mqtt",
+            "--product-key",
+            pk,
+            "--device-name",
+            name,
+            "--device-secret",
+            secret,
+        ])
+        .args(["--client-id", core, "--secure-mode", "3"])
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let signed: Value = serde_json::from_slice(&out.stdout).unwrap();
+    ["clientId", "username", "password"].map(|k| signed[k].as_str().unwrap().to_owned())
+}
+
+/// The environment variable `.ci/run` sets for a test's outside dependency. Without it, a test
+/// skips with a printed reason locally, and fails under `CI=true`: CI never skips silently.
+pub fn required_env(name: &str) -> Option<String> {
+    match std::env::var(name) {
+        Ok(value) if !value.is_empty() => Some(value),
+        _ if std::env::var("CI").as_deref() == Ok("true") => {
+            panic!("CI=true but {name} is not set")
+        }
+        _ => {
+            eprintln!("skipping: {name} is not set (.ci/run sets it up)");
+            None
+        }
+    }
+}
