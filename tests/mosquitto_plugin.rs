@@ -3,7 +3,7 @@
 //! `IOTAUTH_MOSQUITTO_PLUGIN`; without it these tests skip with a reason, except under `CI=true`.
 #![cfg(feature = "cli")]
 
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
@@ -13,7 +13,7 @@ mod cli_support;
 #[path = "support/mosquitto.rs"]
 mod support;
 
-use cli_support::{cli, required_env, sign_login};
+use cli_support::{cli, required_env, sign_login, spawn_subscriber};
 use support::{Mosquitto, connect_once};
 
 fn plugin() -> Option<String> {
@@ -114,23 +114,7 @@ fn good_credentials_connect_and_messages_reach_a_subscriber() {
     let (broker, pk, secrets) = broker_with("deliver", &plugin, &["meter-01"]);
     let topic = format!("/{pk}/meter-01/user/get");
     let sub_login = sign_login(&pk, "meter-01", &secrets[0], "sub");
-    let sub = Command::new("mosquitto_sub")
-        .args([
-            "-h",
-            "127.0.0.1",
-            "-p",
-            &broker.port.to_string(),
-            "-i",
-            &sub_login[0],
-            "-u",
-            &sub_login[1],
-            "-P",
-            &sub_login[2],
-        ])
-        .args(["-t", &topic, "-C", "1", "-W", "10"])
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let sub = spawn_subscriber(broker.port, &sub_login, &topic, 10);
     std::thread::sleep(Duration::from_millis(500));
     let publish = broker.client(
         "mosquitto_pub",
@@ -199,23 +183,7 @@ fn a_device_cannot_use_another_devices_topics() {
     // The victim subscribes to its own topic; the intruder's publish there never arrives.
     let victim = sign_login(&pk, "other-01", &secrets[1], "victim");
     let topic = format!("/{pk}/other-01/user/get");
-    let sub = Command::new("mosquitto_sub")
-        .args([
-            "-h",
-            "127.0.0.1",
-            "-p",
-            &broker.port.to_string(),
-            "-i",
-            &victim[0],
-            "-u",
-            &victim[1],
-            "-P",
-            &victim[2],
-        ])
-        .args(["-t", &topic, "-C", "1", "-W", "3"])
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let sub = spawn_subscriber(broker.port, &victim, &topic, 3);
     std::thread::sleep(Duration::from_millis(500));
     broker.client(
         "mosquitto_pub",

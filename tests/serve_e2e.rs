@@ -16,7 +16,7 @@ use serde_json::Value;
 #[path = "support/iotauth.rs"]
 mod cli_support;
 
-use cli_support::{BIN, cli, required_env, sign_login};
+use cli_support::{BIN, cli, required_env, sign_login, spawn_subscriber};
 
 fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
@@ -298,28 +298,7 @@ fn http_registration_then_login_and_delivery_through_the_embedded_broker() {
 
     let topic = format!("/{}/meter-01/user/get", fleet.pk);
     let sub_login = fleet.login("meter-01", &secret, "sub-1");
-    let sub = Command::new("mosquitto_sub")
-        .args([
-            "-h",
-            "127.0.0.1",
-            "-p",
-            &server.mqtt.to_string(),
-            "-i",
-            &sub_login[0],
-            "-u",
-            &sub_login[1],
-            "-P",
-            &sub_login[2],
-            "-t",
-            &topic,
-            "-C",
-            "1",
-            "-W",
-            "20",
-        ])
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let sub = spawn_subscriber(server.mqtt, &sub_login, &topic, 20);
     std::thread::sleep(Duration::from_millis(800));
     let publish = mosquitto_pub(
         server.mqtt,

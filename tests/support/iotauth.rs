@@ -63,3 +63,30 @@ pub fn required_env(name: &str) -> Option<String> {
         }
     }
 }
+
+/// `mosquitto_sub` on 127.0.0.1:`port` with `login`, waiting up to `wait_secs` for one message
+/// on `topic`; its stdout is piped. The caller gives it a moment to subscribe.
+pub fn spawn_subscriber(
+    port: u16,
+    login: &[String; 3],
+    topic: &str,
+    wait_secs: u32,
+) -> std::process::Child {
+    Command::new("mosquitto_sub")
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &port.to_string(),
+            "-i",
+            &login[0],
+            "-u",
+            &login[1],
+            "-P",
+            &login[2],
+        ])
+        .args(["-t", topic, "-C", "1", "-W", &wait_secs.to_string()])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("mosquitto_sub (Debian's mosquitto-clients) must be installed")
+}
