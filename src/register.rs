@@ -402,6 +402,31 @@ struct WireIssued<'a> {
     device_secret: Cow<'a, str>,
 }
 
+impl<'a> WireIssued<'a> {
+    fn of(
+        product_key: &'a ProductKey,
+        device_name: &'a DeviceName,
+        secret: &'a DeviceSecret,
+    ) -> Self {
+        Self {
+            product_key: product_key.as_str().into(),
+            device_name: device_name.as_str().into(),
+            device_secret: secret.expose_secret().into(),
+        }
+    }
+}
+
+/// `{"productKey","deviceName","deviceSecret"}`: the `data` of an HTTP registration reply, and
+/// the whole payload MQTT registration publishes on `/ext/register`. Contains the secret.
+pub(crate) fn issued_json(
+    product_key: &ProductKey,
+    device_name: &DeviceName,
+    secret: &DeviceSecret,
+) -> String {
+    // Serializing strings to a String cannot fail.
+    serde_json::to_string(&WireIssued::of(product_key, device_name, secret)).unwrap_or_default()
+}
+
 impl RegisterReply {
     /// A refusal with `code`'s number and message.
     pub fn refused(code: RefusalCode) -> Self {
@@ -423,11 +448,7 @@ impl RegisterReply {
                 device_secret,
             } => WireReply {
                 code: 200,
-                data: Some(WireIssued {
-                    product_key: product_key.as_str().into(),
-                    device_name: device_name.as_str().into(),
-                    device_secret: device_secret.expose_secret().into(),
-                }),
+                data: Some(WireIssued::of(product_key, device_name, device_secret)),
                 message: "success".into(),
             },
             Self::Refused { code, message } => WireReply {

@@ -50,12 +50,11 @@ impl IssuedSecret {
     ///
     /// **Warning:** it contains the secret in clear; send it to the device alone.
     pub fn to_ext_register_payload(&self) -> String {
-        serde_json::json!({
-            "productKey": self.identity.product_key(),
-            "deviceName": self.identity.device_name(),
-            "deviceSecret": self.device_secret.expose_secret(),
-        })
-        .to_string()
+        crate::register::issued_json(
+            &self.identity.product_key(),
+            &self.identity.device_name(),
+            &self.device_secret,
+        )
     }
 
     /// The success reply (`code` 200 with `data.deviceSecret`).
