@@ -7,7 +7,7 @@
 use crate::random::{Entropy, EntropyError, fill_alphanumeric};
 
 /// Up to `N` bytes of ASCII, validated by the caller-supplied predicate on construction.
-#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, PartialEq, Eq)]
 pub(crate) struct InlineAscii<const N: usize> {
     len: u8,
     bytes: [u8; N],
@@ -17,6 +17,7 @@ impl<const N: usize> InlineAscii<N> {
     /// Copies `value` if its length is within `min..=N` and every byte satisfies `allowed`.
     ///
     /// The length is checked first, so an oversized input is refused without being scanned.
+    #[inline(always)] // so that `allowed` is inlined into the scan (logins parse two ids)
     pub(crate) fn new(value: &str, min: usize, allowed: fn(u8) -> bool) -> Result<Self, Invalid> {
         validate(value, min, N, allowed)?;
         let src = value.as_bytes();
@@ -50,8 +51,17 @@ impl<const N: usize> InlineAscii<N> {
     }
 }
 
+/// Hashes the text only, as `str` does (not the unused tail of the array): stores look
+/// devices up by these on every login.
+impl<const N: usize> core::hash::Hash for InlineAscii<N> {
+    fn hash<H: core::hash::Hasher>(&self, state: &mut H) {
+        self.as_bytes().hash(state);
+    }
+}
+
 /// Checks `value`'s length is within `min..=max` (length first, so an oversized input is
 /// never scanned) and that every byte is ASCII accepted by `allowed`.
+#[inline(always)] // as in `InlineAscii::new`
 pub(crate) fn validate(
     value: &str,
     min: usize,
@@ -65,7 +75,11 @@ pub(crate) fn validate(
     if bytes.len() < min {
         return Err(Invalid::TooShort);
     }
-    if !bytes.iter().all(|&b| b.is_ascii() && allowed(b)) {
+    // No short-circuit: the scan vectorizes, and valid input is read to the end anyway.
+    if !bytes
+        .iter()
+        .fold(true, |ok, &b| ok & b.is_ascii() & allowed(b))
+    {
         return Err(Invalid::Character);
     }
     Ok(())

@@ -36,6 +36,11 @@ macro_rules! identifier {
             pub fn as_str(&self) -> &str {
                 self.0.as_str()
             }
+
+            /// The identifier's bytes (ASCII), without the UTF-8 check `as_str` makes.
+            pub(crate) fn as_bytes(&self) -> &[u8] {
+                self.0.as_bytes()
+            }
         }
 
         impl fmt::Display for $name {
@@ -78,7 +83,8 @@ macro_rules! identifier {
 
         impl Ord for $name {
             fn cmp(&self, other: &Self) -> core::cmp::Ordering {
-                self.as_str().cmp(other.as_str())
+                // Byte order is `str` order, without a UTF-8 check per comparison.
+                self.as_bytes().cmp(other.as_bytes())
             }
         }
 

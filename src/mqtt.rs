@@ -8,7 +8,10 @@ use crate::error::ParseError;
 use crate::id::{DeviceName, ProductKey};
 use crate::policy::{Freshness, UnixMillis};
 use crate::secret::{DeviceSecret, DeviceToken, ProductSecret};
-use crate::sign::{SignContent, SignMethod, Signature, SigningKey, VerifyError, sign, verify};
+use crate::sign::{
+    OfferedDigest, SignContent, SignMethod, Signature, SigningKey, VerifyError, sign,
+    verify_offered,
+};
 use crate::verified::{DeviceIdentity, Verified};
 
 /// Cap on the whole MQTT client identifier, in bytes (Alibaba's C SDK allows 200).
@@ -163,6 +166,9 @@ const KNOWN_KEYS: [&str; 7] = [
     "random",
     "instanceId",
 ];
+/// Each known key's bit in the set of keys seen: `authType` and `authtype` (an older SDK's
+/// spelling) are one key.
+const KNOWN_KEY_BITS: [u8; 7] = [1, 2, 4, 8, 8, 16, 32];
 
 impl<'a> ClientId<'a> {
     /// Parses a client identifier.
@@ -189,12 +195,15 @@ impl<'a> ClientId<'a> {
             field: CLIENT_ID,
             expected: "CORE|key=value,...|",
         };
-        let (core, rest) = text.split_once('|').ok_or(shape)?;
+        // One pass over the whole identifier; only when it finds a control character do the
+        // checks below look part by part, to name the field.
+        let clean = !has_control(text);
+        let (core, rest) = split_once_ascii(text, b'|').ok_or(shape)?;
         let block = rest.strip_suffix('|').ok_or(shape)?;
         if core.is_empty() {
             return Err(ParseError::Missing { field: CLIENT_ID });
         }
-        if has_control(core) {
+        if !clean && has_control(core) {
             return Err(ParseError::InvalidCharacter { field: CLIENT_ID });
         }
 
@@ -210,23 +219,39 @@ impl<'a> ClientId<'a> {
         };
         let mut secure_mode = None;
         let mut auth_type = None;
-        let mut seen = [""; MAX_PARAMS];
-        for (index, item) in block.split(',').enumerate() {
+        // Known keys are marked in a bit set; other keys are compared with the other keys
+        // seen so far, kept on the stack: at most MAX_PARAMS short keys, no allocation.
+        let mut known_seen = 0u8;
+        let mut others = [""; MAX_PARAMS];
+        let mut other_count = 0;
+        for (index, item) in split_ascii(block, b',').enumerate() {
             if index >= MAX_PARAMS {
                 return Err(ParseError::TooLong {
                     field: "clientId parameters",
                     max: MAX_PARAMS,
                 });
             }
-            let (key, value) = split_item(item)?;
-            // Compared with the keys seen so far, kept on the stack: at most MAX_PARAMS short
-            // keys, no allocation.
-            if seen[..index].iter().any(|earlier| same_key(earlier, key)) {
-                return Err(ParseError::Duplicate {
-                    field: known_key(key).unwrap_or("clientId parameter"),
-                });
+            let (key, value) = split_item(item, clean)?;
+            match KNOWN_KEYS.iter().position(|known| *known == key) {
+                Some(position) => {
+                    let bit = KNOWN_KEY_BITS[position];
+                    if known_seen & bit != 0 {
+                        return Err(ParseError::Duplicate {
+                            field: KNOWN_KEYS[position],
+                        });
+                    }
+                    known_seen |= bit;
+                }
+                None => {
+                    if others[..other_count].contains(&key) {
+                        return Err(ParseError::Duplicate {
+                            field: "clientId parameter",
+                        });
+                    }
+                    others[other_count] = key;
+                    other_count += 1;
+                }
             }
-            seen[index] = key;
             match key {
                 "securemode" => secure_mode = Some(SecureMode::parse(value)?),
                 "signmethod" => {
@@ -315,7 +340,7 @@ impl<'a> ClientId<'a> {
     pub fn extensions(&self) -> impl Iterator<Item = (&'a str, &'a str)> + 'a {
         self.block
             .split(',')
-            .filter_map(|item| split_item(item).ok())
+            .filter_map(|item| split_item(item, false).ok())
             .filter(|(key, _)| known_key(key).is_none())
     }
 }
@@ -350,24 +375,19 @@ fn known_key(key: &str) -> Option<&'static str> {
     KNOWN_KEYS.into_iter().find(|k| *k == key)
 }
 
-/// `authType` and `authtype` (an older SDK's spelling) are one key.
-fn same_key(a: &str, b: &str) -> bool {
-    let auth = |k: &str| matches!(k, "authType" | "authtype");
-    a == b || (auth(a) && auth(b))
-}
-
-fn split_item(item: &str) -> Result<(&str, &str), ParseError> {
-    let (key, value) = item.split_once('=').ok_or(ParseError::Malformed {
+/// `key=value`, both trimmed. `clean`: the caller already found no control character.
+fn split_item(item: &str, clean: bool) -> Result<(&str, &str), ParseError> {
+    let (key, value) = split_once_ascii(item, b'=').ok_or(ParseError::Malformed {
         field: "clientId parameter",
         expected: "key=value",
     })?;
-    let (key, value) = (key.trim(), value.trim());
+    let (key, value) = (trim(key), trim(value));
     if key.is_empty() {
         return Err(ParseError::Missing {
             field: "clientId parameter key",
         });
     }
-    if has_control(key) || has_control(value) {
+    if !clean && (has_control(key) || has_control(value)) {
         return Err(ParseError::InvalidCharacter {
             field: known_key(key).unwrap_or("clientId parameter"),
         });
@@ -375,14 +395,54 @@ fn split_item(item: &str) -> Result<(&str, &str), ParseError> {
     Ok((key, value))
 }
 
-/// Whether `text` has a control character (C0, DEL or C1); bytes first, since client ids are
-/// nearly always ASCII.
-fn has_control(text: &str) -> bool {
-    if text.is_ascii() {
-        text.bytes().any(|b| b.is_ascii_control())
+/// [`str::split`] on an ASCII separator: a byte scan, cheaper than a `char` pattern's searcher
+/// on strings this short.
+fn split_ascii(text: &str, separator: u8) -> impl Iterator<Item = &str> {
+    let mut rest = Some(text);
+    core::iter::from_fn(move || {
+        let current = rest?;
+        match split_once_ascii(current, separator) {
+            Some((item, after)) => {
+                rest = Some(after);
+                Some(item)
+            }
+            None => {
+                rest = None;
+                Some(current)
+            }
+        }
+    })
+}
+
+/// [`str::split_once`] on an ASCII separator.
+fn split_once_ascii(text: &str, separator: u8) -> Option<(&str, &str)> {
+    let at = text.bytes().position(|b| b == separator)?;
+    // `at` indexes an ASCII byte, so both sides are on character boundaries.
+    Some((&text[..at], &text[at + 1..]))
+}
+
+/// [`str::trim`], skipped when both ends are visible ASCII (the usual case).
+fn trim(text: &str) -> &str {
+    let visible = |b: Option<&u8>| b.is_some_and(u8::is_ascii_graphic);
+    if visible(text.as_bytes().first()) && visible(text.as_bytes().last()) {
+        text
     } else {
-        text.chars().any(char::is_control)
+        text.trim()
     }
+}
+
+/// Whether `text` has a control character (C0, DEL or C1). Without a short-circuit, so the
+/// ASCII scan vectorizes; a C1 control is U+0080..U+009F, encoded as 0xC2 0x80..=0x9F.
+fn has_control(text: &str) -> bool {
+    let bytes = text.as_bytes();
+    let c0_or_del = bytes
+        .iter()
+        .fold(false, |found, &b| found | (b < 0x20) | (b == 0x7f));
+    c0_or_del
+        || (!text.is_ascii()
+            && bytes
+                .windows(2)
+                .any(|pair| pair[0] == 0xc2 && (0x80..=0x9f).contains(&pair[1])))
 }
 
 fn parse_timestamp(value: &str) -> Result<&str, ParseError> {
@@ -432,8 +492,8 @@ pub fn parse_username(text: &str) -> Result<(DeviceName, ProductKey), ParseError
         field: "username",
         expected: "deviceName&productKey",
     };
-    let (dn, pk) = text.split_once('&').ok_or(malformed)?;
-    if pk.contains('&') {
+    let (dn, pk) = split_once_ascii(text, b'&').ok_or(malformed)?;
+    if pk.bytes().any(|b| b == b'&') {
         return Err(malformed);
     }
     Ok((DeviceName::new(dn)?, ProductKey::new(pk)?))
@@ -448,6 +508,8 @@ pub struct ConnectRequest<'a> {
     device_name: DeviceName,
     product_key: ProductKey,
     password: &'a str,
+    /// The password decoded, for the signed kinds (parse checks the hex once).
+    offered: Option<OfferedDigest>,
 }
 
 impl<'a> ConnectRequest<'a> {
@@ -467,23 +529,26 @@ impl<'a> ConnectRequest<'a> {
         check_caps(client_id.len(), username.len(), password.len())?;
         let client_id = ClientId::parse(client_id)?;
         let (device_name, product_key) = parse_username(username)?;
-        if client_id.kind() == ConnectKind::TokenLogin {
+        let offered = if client_id.kind() == ConnectKind::TokenLogin {
             validate(password, 1, DeviceToken::MAX_LEN, is_visible_ascii)
                 .map_err(|e| ParseError::from_invalid("password", e, 1, DeviceToken::MAX_LEN))?;
+            None
         } else {
-            let digits = 2 * client_id.sign_method().digest_len();
-            if password.len() != digits || !password.bytes().all(|b| b.is_ascii_hexdigit()) {
-                return Err(ParseError::Malformed {
-                    field: "password",
-                    expected: "the hex digest of signmethod",
-                });
-            }
-        }
+            Some(
+                OfferedDigest::from_hex(client_id.sign_method(), password).ok_or(
+                    ParseError::Malformed {
+                        field: "password",
+                        expected: "the hex digest of signmethod",
+                    },
+                )?,
+            )
+        };
         Ok(Self {
             client_id,
             device_name,
             product_key,
             password,
+            offered,
         })
     }
 
@@ -615,7 +680,10 @@ impl<'a> ConnectRequest<'a> {
             expected,
             got: self.kind(),
         })?;
-        verify(key, self.client_id.sign_method(), &content, self.password)
+        let offered = self.offered.ok_or(VerifyError::MalformedSignature {
+            expected: 2 * self.client_id.sign_method().digest_len(),
+        })?;
+        verify_offered(key, &content, &offered)
     }
 
     fn expect_kind(

@@ -6,6 +6,7 @@
 //! `Debug` prints no content, and every byte is zeroized on drop.
 
 use core::fmt;
+use std::sync::Arc;
 
 use subtle::{Choice, ConstantTimeEq};
 use zeroize::{Zeroize, Zeroizing};
@@ -13,6 +14,32 @@ use zeroize::{Zeroize, Zeroizing};
 use crate::ascii::{is_visible_ascii, validate};
 use crate::error::ParseError;
 use crate::random::{Entropy, EntropyError, fill_alphanumeric};
+use crate::sign::KeySchedules;
+
+/// A secret's text and the HMAC key schedules derived from it, in one allocation that
+/// [`DeviceSecret::clone_secret`] shares rather than copies: a store that hands out records
+/// keeps one key schedule per device, so a login does not redo the key's two hash blocks.
+/// The text is zeroized, and the schedules are dropped (zeroizing themselves), when the last
+/// holder lets go.
+struct SecretCell {
+    text: Box<str>,
+    schedules: KeySchedules,
+}
+
+impl SecretCell {
+    fn new(text: Box<str>) -> Arc<Self> {
+        Arc::new(Self {
+            text,
+            schedules: KeySchedules::default(),
+        })
+    }
+}
+
+impl Drop for SecretCell {
+    fn drop(&mut self) {
+        self.text.zeroize();
+    }
+}
 
 /// Generates a secret newtype: validated constructor, generation, redacted `Debug`,
 /// zeroize-on-drop and constant-time equality.
@@ -22,7 +49,7 @@ macro_rules! secret {
         ///
         /// # Constraints
         /// 1–64 printable ASCII characters, no whitespace.
-        pub struct $name(Box<str>);
+        pub struct $name(Arc<SecretCell>);
 
         impl $name {
             /// The longest accepted value, in characters.
@@ -38,7 +65,7 @@ macro_rules! secret {
             pub fn new(value: &str) -> Result<Self, ParseError> {
                 validate(value, 1, Self::MAX_LEN, is_visible_ascii)
                     .map_err(|e| ParseError::from_invalid($field, e, 1, Self::MAX_LEN))?;
-                Ok(Self(value.into()))
+                Ok(Self(SecretCell::new(value.into())))
             }
 
             /// A fresh value of [`Self::GENERATED_LEN`] random letters and digits.
@@ -51,18 +78,19 @@ macro_rules! secret {
                 // Sized up front: a growing String would leave unzeroized copies behind.
                 let mut text = String::with_capacity($generated);
                 text.extend(bytes.iter().map(|&b| char::from(b)));
-                Ok(Self(text.into_boxed_str()))
+                Ok(Self(SecretCell::new(text.into_boxed_str())))
             }
 
             /// The secret text, e.g. to key an HMAC, store it, or hand it to its owner once.
             pub fn expose_secret(&self) -> &str {
-                &self.0
+                &self.0.text
             }
 
             /// An explicit copy. There is no `Clone`, so that every copy of a secret is visible
-            /// in the code that makes it.
+            /// in the code that makes it. The copy shares the text (and its key schedules); it
+            /// is zeroized when the last copy is dropped.
             pub fn clone_secret(&self) -> Self {
-                Self(self.0.clone())
+                Self(Arc::clone(&self.0))
             }
         }
 
@@ -74,13 +102,7 @@ macro_rules! secret {
 
         impl ConstantTimeEq for $name {
             fn ct_eq(&self, other: &Self) -> Choice {
-                self.0.as_bytes().ct_eq(other.0.as_bytes())
-            }
-        }
-
-        impl Drop for $name {
-            fn drop(&mut self) {
-                self.0.zeroize();
+                self.0.text.as_bytes().ct_eq(other.0.text.as_bytes())
             }
         }
 
@@ -116,9 +138,28 @@ secret!(
     generated_len = 32
 );
 
+/// The secrets that key signatures; a [`DeviceToken`] is compared, never a key.
+macro_rules! signing_key {
+    ($($name:ident),*) => {$(
+        impl crate::sign::KeyMaterial for $name {
+            fn key_bytes(&self) -> &[u8] {
+                self.0.text.as_bytes()
+            }
+
+            fn key_schedules(&self) -> &KeySchedules {
+                &self.0.schedules
+            }
+        }
+
+        impl crate::sign::SigningKey for $name {}
+    )*};
+}
+
+signing_key!(DeviceSecret, ProductSecret);
+
 impl DeviceToken {
     /// Whether `offered` (a `connwl` password) is this token, compared in constant time.
     pub fn matches(&self, offered: &str) -> bool {
-        bool::from(self.0.as_bytes().ct_eq(offered.as_bytes()))
+        bool::from(self.0.text.as_bytes().ct_eq(offered.as_bytes()))
     }
 }

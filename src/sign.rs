@@ -1,11 +1,10 @@
 //! Sign methods, the canonical sign content, signing and verification.
 
 use core::fmt;
+use std::sync::OnceLock;
 
 use hmac::{Hmac, KeyInit, Mac};
 use zeroize::Zeroize;
-
-use crate::secret::{DeviceSecret, ProductSecret};
 
 /// The HMAC algorithm a device names in `signmethod` / `signMethod`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
@@ -72,8 +71,36 @@ impl fmt::Display for SignMethod {
 /// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SignContent<'a> {
-    params: [(&'static str, &'a str); 4],
-    len: usize,
+    names: &'static [&'static str],
+    values: [&'a [u8]; 4],
+}
+
+/// The signed parameters of a login and of a registration, in byte order of their names:
+/// the order the protocol sorts them into. Checked when the crate compiles, so no sort runs
+/// on the hot path.
+const LOGIN_NAMES: [&str; 4] = ["clientId", "deviceName", "productKey", "timestamp"];
+const REGISTRATION_NAMES: [&str; 3] = ["deviceName", "productKey", "random"];
+const _: () = assert!(in_byte_order(&LOGIN_NAMES) && in_byte_order(&REGISTRATION_NAMES));
+
+const fn in_byte_order(names: &[&str]) -> bool {
+    let mut i = 1;
+    while i < names.len() {
+        let (a, b) = (names[i - 1].as_bytes(), names[i].as_bytes());
+        let mut j = 0;
+        while j < a.len() && j < b.len() && a[j] == b[j] {
+            j += 1;
+        }
+        let ordered = if j < a.len() && j < b.len() {
+            a[j] < b[j]
+        } else {
+            a.len() < b.len()
+        };
+        if !ordered {
+            return false;
+        }
+        i += 1;
+    }
+    true
 }
 
 impl<'a> SignContent<'a> {
@@ -86,14 +113,15 @@ impl<'a> SignContent<'a> {
         product_key: &'a crate::ProductKey,
         timestamp: Option<&'a str>,
     ) -> Self {
-        let fixed = [
-            ("clientId", client_id),
-            ("deviceName", device_name.as_str()),
-            ("productKey", product_key.as_str()),
-        ];
-        match timestamp {
-            Some(ts) => Self::from_params(&[fixed[0], fixed[1], fixed[2], ("timestamp", ts)]),
-            None => Self::from_params(&fixed),
+        let count = if timestamp.is_some() { 4 } else { 3 };
+        Self {
+            names: &LOGIN_NAMES[..count],
+            values: [
+                client_id.as_bytes(),
+                device_name.as_bytes(),
+                product_key.as_bytes(),
+                timestamp.unwrap_or_default().as_bytes(),
+            ],
         }
     }
 
@@ -104,28 +132,23 @@ impl<'a> SignContent<'a> {
         product_key: &'a crate::ProductKey,
         random: &'a str,
     ) -> Self {
-        Self::from_params(&[
-            ("deviceName", device_name.as_str()),
-            ("productKey", product_key.as_str()),
-            ("random", random),
-        ])
-    }
-
-    /// Sorts the parameters by name (byte order), as the protocol requires.
-    fn from_params(given: &[(&'static str, &'a str)]) -> Self {
-        let mut params = [("", ""); 4];
-        let len = given.len().min(params.len());
-        params[..len].copy_from_slice(&given[..len]);
-        params[..len].sort_unstable_by_key(|(name, _)| *name);
-        Self { params, len }
+        Self {
+            names: &REGISTRATION_NAMES,
+            values: [
+                device_name.as_bytes(),
+                product_key.as_bytes(),
+                random.as_bytes(),
+                &[],
+            ],
+        }
     }
 
     /// Feeds the canonical content to `sink` chunk by chunk (name, value, name, value, ...),
     /// so that a MAC consumes it without an intermediate string.
     pub fn for_each_chunk(&self, mut sink: impl FnMut(&[u8])) {
-        for (name, value) in &self.params[..self.len] {
+        for (name, value) in self.names.iter().zip(self.values) {
             sink(name.as_bytes());
-            sink(value.as_bytes());
+            sink(value);
         }
     }
 }
@@ -143,31 +166,70 @@ impl fmt::Display for SignContent<'_> {
     }
 }
 
-/// A secret that keys a signature: [`DeviceSecret`] for logins, [`ProductSecret`] for
-/// registrations. Sealed: nothing else can key a signature.
-pub trait SigningKey: sealed::Sealed {
+/// A secret that keys a signature: [`DeviceSecret`](crate::DeviceSecret) for logins,
+/// [`ProductSecret`](crate::ProductSecret) for registrations. Sealed: nothing else can key a
+/// signature.
+pub trait SigningKey: KeyMaterial {}
+
+/// What a [`SigningKey`] gives the MAC. Public only in name (this module is private), so the
+/// trait above stays sealed.
+pub trait KeyMaterial {
     /// The HMAC key bytes (the secret's text as UTF-8; secrets are never hex- or
     /// base64-decoded).
-    #[doc(hidden)]
     fn key_bytes(&self) -> &[u8];
+    /// The key schedules computed from those bytes, kept with the secret.
+    fn key_schedules(&self) -> &KeySchedules;
 }
 
-mod sealed {
-    pub trait Sealed {}
-    impl Sealed for crate::DeviceSecret {}
-    impl Sealed for crate::ProductSecret {}
+/// A key's HMAC states after the key block (inner and outer pad hashed), one per method,
+/// computed on first use and shared by every copy of the secret: a verification then hashes
+/// only the content and the outer block. Zeroized on drop (the `zeroize` feature of the hash
+/// crates).
+#[derive(Default)]
+pub struct KeySchedules(OnceLock<Box<PerMethod>>);
+
+#[derive(Default)]
+struct PerMethod {
+    md5: OnceLock<Hmac<md5::Md5>>,
+    sha1: OnceLock<Hmac<sha1::Sha1>>,
+    sha256: OnceLock<Hmac<sha2::Sha256>>,
 }
 
-impl SigningKey for DeviceSecret {
-    fn key_bytes(&self) -> &[u8] {
-        self.expose_secret().as_bytes()
-    }
+/// A MAC over `content` so far, keyed by `key` from its cached schedule.
+fn keyed<M: Mac + KeyInit + Clone>(
+    key: &impl SigningKey,
+    schedule: impl FnOnce(&PerMethod) -> &OnceLock<M>,
+    content: &SignContent<'_>,
+) -> M {
+    let per_method = key.key_schedules().0.get_or_init(Box::default);
+    let mut mac = schedule(per_method)
+        .get_or_init(|| {
+            // HMAC accepts keys of every length (long keys are hashed), so this cannot fail.
+            <M as KeyInit>::new_from_slice(key.key_bytes()).expect("HMAC takes keys of any length")
+        })
+        .clone();
+    absorb(&mut mac, content);
+    mac
 }
 
-impl SigningKey for ProductSecret {
-    fn key_bytes(&self) -> &[u8] {
-        self.expose_secret().as_bytes()
-    }
+/// Feeds `content` to `mac` through a stack buffer: one `update` per name and value costs
+/// more than copying them.
+fn absorb(mac: &mut impl Mac, content: &SignContent<'_>) {
+    let mut buffer = [0u8; 128];
+    let mut len = 0;
+    content.for_each_chunk(|chunk| {
+        if len + chunk.len() > buffer.len() {
+            mac.update(&buffer[..len]);
+            len = 0;
+        }
+        if chunk.len() > buffer.len() {
+            mac.update(chunk);
+        } else {
+            buffer[len..len + chunk.len()].copy_from_slice(chunk);
+            len += chunk.len();
+        }
+    });
+    mac.update(&buffer[..len]);
 }
 
 const MAX_DIGEST: usize = 32;
@@ -250,13 +312,6 @@ pub enum VerifyError {
     },
 }
 
-fn keyed<M: Mac + KeyInit>(key: &[u8], content: &SignContent<'_>) -> M {
-    // HMAC accepts keys of every length (long keys are hashed), so this cannot fail.
-    let mut mac = <M as KeyInit>::new_from_slice(key).expect("HMAC takes keys of any length");
-    content.for_each_chunk(|chunk| mac.update(chunk));
-    mac
-}
-
 /// Signs `content` with `key`.
 ///
 /// ```
@@ -270,11 +325,10 @@ fn keyed<M: Mac + KeyInit>(key: &[u8], content: &SignContent<'_>) -> M {
 /// ```
 pub fn sign(key: &impl SigningKey, method: SignMethod, content: &SignContent<'_>) -> Signature {
     let mut bytes = [0u8; MAX_DIGEST];
-    let key = key.key_bytes();
     match method {
-        SignMethod::HmacMd5 => copy_tag(&mut bytes, keyed::<Hmac<md5::Md5>>(key, content)),
-        SignMethod::HmacSha1 => copy_tag(&mut bytes, keyed::<Hmac<sha1::Sha1>>(key, content)),
-        SignMethod::HmacSha256 => copy_tag(&mut bytes, keyed::<Hmac<sha2::Sha256>>(key, content)),
+        SignMethod::HmacMd5 => copy_tag(&mut bytes, keyed(key, |s| &s.md5, content)),
+        SignMethod::HmacSha1 => copy_tag(&mut bytes, keyed(key, |s| &s.sha1, content)),
+        SignMethod::HmacSha256 => copy_tag(&mut bytes, keyed(key, |s| &s.sha256, content)),
     }
     Signature { method, bytes }
 }
@@ -299,19 +353,83 @@ pub fn verify(
     content: &SignContent<'_>,
     offered_hex: &str,
 ) -> Result<(), VerifyError> {
-    let len = method.digest_len();
-    let malformed = VerifyError::MalformedSignature { expected: 2 * len };
-    if offered_hex.len() != 2 * len {
-        return Err(malformed);
-    }
-    let mut offered = [0u8; MAX_DIGEST];
-    hex::decode_to_slice(offered_hex, &mut offered[..len]).map_err(|_| malformed)?;
-    let key = key.key_bytes();
-    let tag = &offered[..len];
-    let verdict = match method {
-        SignMethod::HmacMd5 => keyed::<Hmac<md5::Md5>>(key, content).verify_slice(tag),
-        SignMethod::HmacSha1 => keyed::<Hmac<sha1::Sha1>>(key, content).verify_slice(tag),
-        SignMethod::HmacSha256 => keyed::<Hmac<sha2::Sha256>>(key, content).verify_slice(tag),
+    let offered =
+        OfferedDigest::from_hex(method, offered_hex).ok_or(VerifyError::MalformedSignature {
+            expected: 2 * method.digest_len(),
+        })?;
+    verify_offered(key, content, &offered)
+}
+
+/// [`verify`] of a digest decoded beforehand (a parser that checked the hex kept the bytes).
+pub(crate) fn verify_offered(
+    key: &impl SigningKey,
+    content: &SignContent<'_>,
+    offered: &OfferedDigest,
+) -> Result<(), VerifyError> {
+    let tag = offered.as_bytes();
+    let verdict = match offered.method {
+        SignMethod::HmacMd5 => keyed(key, |s| &s.md5, content).verify_slice(tag),
+        SignMethod::HmacSha1 => keyed(key, |s| &s.sha1, content).verify_slice(tag),
+        SignMethod::HmacSha256 => keyed(key, |s| &s.sha256, content).verify_slice(tag),
     };
     verdict.map_err(|_| VerifyError::BadSignature)
+}
+
+/// A digest as offered (a login's password, a registration's `sign`), decoded from hex.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) struct OfferedDigest {
+    method: SignMethod,
+    bytes: [u8; MAX_DIGEST],
+}
+
+impl OfferedDigest {
+    /// The digest `hex` (either case) spells, `None` unless it is exactly the method's length
+    /// in hex digits.
+    pub(crate) fn from_hex(method: SignMethod, hex: &str) -> Option<Self> {
+        let mut bytes = [0u8; MAX_DIGEST];
+        decode_hex(hex.as_bytes(), &mut bytes[..method.digest_len()])?;
+        Some(Self { method, bytes })
+    }
+
+    fn as_bytes(&self) -> &[u8] {
+        &self.bytes[..self.method.digest_len()]
+    }
+}
+
+const INVALID_HEX: u8 = 0xff;
+
+/// Each byte's value as a hex digit, [`INVALID_HEX`] for any other byte.
+const HEX_VALUES: [u8; 256] = {
+    let mut table = [INVALID_HEX; 256];
+    let mut i = 0;
+    while i < 10 {
+        table[b'0' as usize + i] = i as u8;
+        i += 1;
+    }
+    let mut i = 0;
+    while i < 6 {
+        table[b'a' as usize + i] = 10 + i as u8;
+        table[b'A' as usize + i] = 10 + i as u8;
+        i += 1;
+    }
+    table
+};
+
+/// Decodes `2 * out.len()` hex digits (either case) into `out`; `None` if `text` has another
+/// length or a non-hex byte. A table lookup per digit, no branch on the digits' values, and
+/// no `hex` crate call: this runs on every connect.
+fn decode_hex(text: &[u8], out: &mut [u8]) -> Option<()> {
+    if text.len() != 2 * out.len() {
+        return None;
+    }
+    let mut invalid = false;
+    for (byte, pair) in out.iter_mut().zip(text.chunks_exact(2)) {
+        let (high, low) = (
+            HEX_VALUES[usize::from(pair[0])],
+            HEX_VALUES[usize::from(pair[1])],
+        );
+        invalid |= (high | low) == INVALID_HEX;
+        *byte = (high << 4) | (low & 0x0f);
+    }
+    (!invalid).then_some(())
 }

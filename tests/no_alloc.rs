@@ -17,6 +17,9 @@ fn parse_and_verify_allocate_nothing() {
             sign_method: method,
             ..Default::default()
         };
+        // Signing computes the secret's key schedule for this method and keeps it with the
+        // secret (one allocation per secret, not per login), as a server's first
+        // verification would.
         let creds = build_login(&cert, &options).unwrap();
         let password = creds.expose_password();
         let mut verified = false;

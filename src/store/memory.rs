@@ -1,17 +1,20 @@
 //! The in-memory store: for tests, examples and single-process tools. Nothing survives the
 //! process.
 
-use std::collections::BTreeMap;
-use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use async_trait::async_trait;
 
 use super::{DeviceRecord, DeviceStore, DeviceUpdate, ProductRecord, ProductStore, StoreError};
 use crate::id::{DeviceName, ProductKey};
-use crate::lifecycle::DynamicRegistration;
+use crate::lifecycle::{DeviceStatus, DynamicRegistration};
+use crate::secret::DeviceSecret;
 
-/// A store in a mutex-guarded map. Every operation takes the lock once and never across an
-/// `.await`, so each is atomic, compare-and-set included.
+/// A store in lock-guarded maps. Every operation takes the lock once and never across an
+/// `.await`, so each is atomic, compare-and-set included. Logins only read, so they share the
+/// lock; a device costs its name, its secret and a small fixed record (no copy of its product
+/// key), looked up by hash.
 ///
 /// ```
 /// # use iotauth::store::*;
@@ -34,13 +37,33 @@ use crate::lifecycle::DynamicRegistration;
 /// ```
 #[derive(Debug, Default)]
 pub struct MemoryStore {
-    inner: Mutex<Maps>,
+    inner: RwLock<Maps>,
 }
 
 #[derive(Debug, Default)]
 struct Maps {
     products: BTreeMap<ProductKey, ProductRecord>,
-    devices: BTreeMap<ProductKey, BTreeMap<DeviceName, DeviceRecord>>,
+    devices: HashMap<ProductKey, HashMap<DeviceName, StoredDevice>>,
+}
+
+/// A device as kept: its identity is the two map keys.
+#[derive(Debug)]
+struct StoredDevice {
+    device_secret: DeviceSecret,
+    status: DeviceStatus,
+    revision: u64,
+}
+
+impl StoredDevice {
+    fn record(&self, product_key: ProductKey, device_name: DeviceName) -> DeviceRecord {
+        DeviceRecord {
+            product_key,
+            device_name,
+            device_secret: self.device_secret.clone_secret(),
+            status: self.status,
+            revision: self.revision,
+        }
+    }
 }
 
 impl MemoryStore {
@@ -49,17 +72,21 @@ impl MemoryStore {
         Self::default()
     }
 
-    fn lock(&self) -> MutexGuard<'_, Maps> {
-        // A panic while holding the lock cannot leave a half-applied change: every mutation
-        // is a single map operation. So a poisoned lock is still consistent.
-        self.inner.lock().unwrap_or_else(PoisonError::into_inner)
+    // A panic while holding the lock cannot leave a half-applied change: every mutation is a
+    // single map operation. So a poisoned lock is still consistent.
+    fn read(&self) -> RwLockReadGuard<'_, Maps> {
+        self.inner.read().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn write(&self) -> RwLockWriteGuard<'_, Maps> {
+        self.inner.write().unwrap_or_else(PoisonError::into_inner)
     }
 }
 
 #[async_trait]
 impl ProductStore for MemoryStore {
     async fn insert_product(&self, product: ProductRecord) -> Result<(), StoreError> {
-        let mut maps = self.lock();
+        let mut maps = self.write();
         if maps.products.contains_key(&product.product_key) {
             return Err(StoreError::AlreadyExists { what: "product" });
         }
@@ -69,7 +96,7 @@ impl ProductStore for MemoryStore {
 
     async fn product(&self, product_key: &ProductKey) -> Result<Option<ProductRecord>, StoreError> {
         Ok(self
-            .lock()
+            .read()
             .products
             .get(product_key)
             .map(ProductRecord::clone_record))
@@ -77,7 +104,7 @@ impl ProductStore for MemoryStore {
 
     async fn products(&self) -> Result<Vec<ProductRecord>, StoreError> {
         Ok(self
-            .lock()
+            .read()
             .products
             .values()
             .map(ProductRecord::clone_record)
@@ -89,7 +116,7 @@ impl ProductStore for MemoryStore {
         product_key: &ProductKey,
         switch: DynamicRegistration,
     ) -> Result<(), StoreError> {
-        let mut maps = self.lock();
+        let mut maps = self.write();
         let product = maps
             .products
             .get_mut(product_key)
@@ -102,7 +129,7 @@ impl ProductStore for MemoryStore {
 #[async_trait]
 impl DeviceStore for MemoryStore {
     async fn insert_device(&self, device: DeviceRecord) -> Result<(), StoreError> {
-        let mut maps = self.lock();
+        let mut maps = self.write();
         if !maps.products.contains_key(&device.product_key) {
             return Err(StoreError::NotFound { what: "product" });
         }
@@ -110,7 +137,14 @@ impl DeviceStore for MemoryStore {
         if devices.contains_key(&device.device_name) {
             return Err(StoreError::AlreadyExists { what: "device" });
         }
-        devices.insert(device.device_name, device);
+        devices.insert(
+            device.device_name,
+            StoredDevice {
+                device_secret: device.device_secret,
+                status: device.status,
+                revision: device.revision,
+            },
+        );
         Ok(())
     }
 
@@ -120,22 +154,28 @@ impl DeviceStore for MemoryStore {
         device_name: &DeviceName,
     ) -> Result<Option<DeviceRecord>, StoreError> {
         Ok(self
-            .lock()
+            .read()
             .devices
             .get(product_key)
             .and_then(|devices| devices.get(device_name))
-            .map(DeviceRecord::clone_record))
+            .map(|device| device.record(*product_key, *device_name)))
     }
 
     async fn devices(&self, product_key: &ProductKey) -> Result<Vec<DeviceRecord>, StoreError> {
-        Ok(self
-            .lock()
+        let mut devices: Vec<DeviceRecord> = self
+            .read()
             .devices
             .get(product_key)
-            .map(|devices| devices.values().map(DeviceRecord::clone_record).collect())
-            .unwrap_or_default())
+            .map(|devices| {
+                devices
+                    .iter()
+                    .map(|(name, device)| device.record(*product_key, *name))
+                    .collect()
+            })
+            .unwrap_or_default();
+        devices.sort_unstable_by_key(|device| device.device_name);
+        Ok(devices)
     }
-
     async fn compare_and_set(
         &self,
         product_key: &ProductKey,
@@ -143,7 +183,7 @@ impl DeviceStore for MemoryStore {
         expected_revision: u64,
         update: DeviceUpdate,
     ) -> Result<(), StoreError> {
-        let mut maps = self.lock();
+        let mut maps = self.write();
         let devices = maps
             .devices
             .get_mut(product_key)
