@@ -5,6 +5,7 @@
 //! the offered password or sign.
 
 mod admin;
+mod broker;
 mod serve;
 
 use std::process::ExitCode;

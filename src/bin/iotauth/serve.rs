@@ -1,7 +1,6 @@
 //! `iotauth serve`: HTTP registration and broker hooks, MQTT dynamic registration, and an
 //! embedded MQTT broker that authenticates devices, on one store.
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -10,7 +9,7 @@ use std::time::Duration;
 use bytes::BytesMut;
 use clap::{Args, ValueEnum};
 use iotauth::server::{ServerConfig, Services, router};
-use iotauth::store::Store;
+use iotauth::store::{CachedStore, Store};
 use iotauth::{Freshness, IssuancePolicy, TopicRule};
 use rumqttc::{ConnAck, ConnectReturnCode, Packet, Publish, QoS};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -39,6 +38,11 @@ pub(crate) struct Serve {
     /// Refuse logins whose timestamp is further than this from now (no window by default).
     #[arg(long)]
     max_skew_secs: Option<u64>,
+    /// Reuse a device read for this long (0: off). This server's own writes drop the entry at
+    /// once; a change made elsewhere (an admin command, another server on the same
+    /// PostgreSQL) is seen within the period.
+    #[arg(long, default_value_t = 0)]
+    cache_ttl_secs: u64,
     /// A topic template devices may use ({pk} and {dn} are whole levels); repeat for several.
     /// [default: Alibaba's /{pk}/{dn}/#, /sys/{pk}/{dn}/#, /ext/+/{pk}/{dn}/#,
     /// /shadow/+/{pk}/{dn}, /ota/device/+/{pk}/{dn}]
@@ -67,6 +71,10 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 pub(crate) async fn serve(store_url: &str, args: Serve) -> Result<(), Failure> {
     let store = iotauth::store::open(store_url).await?;
+    let store: Arc<dyn Store> = match args.cache_ttl_secs {
+        0 => store,
+        secs => Arc::new(CachedStore::new(store, Duration::from_secs(secs))),
+    };
     let config = ServerConfig {
         issuance: match args.issuance {
             Issuance::Once => IssuancePolicy::Once,
@@ -240,53 +248,11 @@ fn start_broker(
     tls: Option<(&Path, &Path)>,
     services: Arc<Services>,
 ) -> Result<(), Failure> {
-    use rumqttd::{Broker, Config, ConnectionSettings, RouterConfig, ServerSettings};
-    let mut connections = ConnectionSettings {
-        connection_timeout_ms: 10_000,
-        max_payload_size: 256 * 1024,
-        max_inflight_count: 100,
-        auth: None,
-        external_auth: None,
-        dynamic_filters: true,
-    };
-    connections.set_auth_handler(
-        move |client_id: String, username: String, password: String| {
-            let services = services.clone();
-            async move {
-                services
-                    .login(&client_id, &username, &password)
-                    .await
-                    .is_ok()
-            }
-        },
-    );
-    let server = ServerSettings {
-        name: "iotauth".into(),
-        listen: address,
-        tls: tls.map(|(cert, key)| rumqttd::TlsConfig::Rustls {
-            capath: None,
-            certpath: cert.display().to_string(),
-            keypath: key.display().to_string(),
-        }),
-        next_connection_delay_ms: 1,
-        connections,
-    };
-    let config = Config {
-        id: 0,
-        router: RouterConfig {
-            max_connections: 10_000,
-            max_outgoing_packet_count: 200,
-            max_segment_size: 1 << 20,
-            max_segment_count: 10,
-            ..Default::default()
-        },
-        v4: Some(HashMap::from([("iotauth".to_string(), server)])),
-        ..Default::default()
-    };
+    let config = crate::broker::config(address, tls, Some(services));
     // Fail now, not in the broker's thread, when the address is taken.
     std::net::TcpListener::bind(address)
         .map_err(|e| Failure::Rejected(format!("cannot listen on {address}: {e}")))?;
-    let mut broker = Broker::new(config);
+    let mut broker = rumqttd::Broker::new(config);
     std::thread::Builder::new()
         .name("mqtt-broker".into())
         .spawn(move || {

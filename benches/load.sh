@@ -1,0 +1,81 @@
+#!/usr/bin/env bash
+# Load on `iotauth serve` over loopback, one run, baseline included (issue 7):
+#   - wrk, 64 keep-alive connections, LOAD_SECONDS (default 20) each, against
+#       GET  /healthz             the same server doing no authentication (the baseline),
+#       POST /hooks/emqx/authn    logins of DEVICES (default 1000) active devices, in turn;
+#     on the embedded SQLite store, without and with --cache-ttl-secs;
+#   - then the broker's connects/s with and without authentication (benches/connect_rate.rs).
+# wrk and the server share this machine's cores: the figures are a floor, not a ceiling.
+# Usage: bash benches/load.sh            (installs wrk from Debian if it is missing)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+SECONDS_EACH=${LOAD_SECONDS:-20}
+DEVICES=${DEVICES:-1000}
+CONNECTIONS=64
+
+if ! command -v wrk >/dev/null; then
+  SUDO=$([ "$(id -u)" = 0 ] || echo sudo)
+  $SUDO apt-get install -y wrk >/dev/null || { $SUDO apt-get update >/dev/null && $SUDO apt-get install -y wrk >/dev/null; }
+fi
+cargo build --release --features cli --quiet
+BIN=$PWD/target/release/iotauth
+WORK=$(mktemp -d)
+SERVER=
+cleanup() { [ -n "$SERVER" ] && kill "$SERVER" 2>/dev/null; wait 2>/dev/null; rm -rf "$WORK"; }
+trap cleanup EXIT
+
+# A fleet in a SQLite file: DEVICES registered devices and each one's EMQX authn body.
+export IOTAUTH_STORE="sqlite://$WORK/load.db"
+PK=$("$BIN" product create | sed -n 's/.*"productKey":"\([^"]*\)".*/\1/p')
+seq -f "load-%05g" 1 "$DEVICES" > "$WORK/names"
+"$BIN" device register-batch "$PK" "$WORK/names" 2>/dev/null > "$WORK/devices.jsonl"
+python3 - "$WORK/devices.jsonl" "$WORK/bodies" <<'PY'
+import hashlib, hmac, json, sys
+with open(sys.argv[1]) as devices, open(sys.argv[2], "w") as out:
+    for line in devices:
+        d = json.loads(line)
+        pk, dn, secret = d["productKey"], d["deviceName"], d["deviceSecret"]
+        client, ts = f"{pk}.{dn}", "1710000000000"
+        content = f"clientId{client}deviceName{dn}productKey{pk}timestamp{ts}"
+        password = hmac.new(secret.encode(), content.encode(), hashlib.sha256).hexdigest()
+        body = {"clientid": f"{client}|securemode=2,signmethod=hmacsha256,timestamp={ts}|",
+                "username": f"{dn}&{pk}", "password": password}
+        out.write(json.dumps(body, separators=(",", ":")) + "\n")
+PY
+
+PORT=18080
+start() {  # start STORE_URL [serve options...]
+  local store=$1; shift
+  IOTAUTH_STORE=$store RUST_LOG=warn "$BIN" serve --http 127.0.0.1:$PORT "$@" &
+  SERVER=$!
+  for _ in $(seq 100); do curl -fs "http://127.0.0.1:$PORT/healthz" >/dev/null && return; sleep 0.1; done
+  echo "the server did not start" >&2; exit 1
+}
+stop() { kill "$SERVER"; wait "$SERVER" || true; SERVER=; }
+run() {  # run NAME PATH wrk-script-args...
+  local name=$1 path=$2; shift 2
+  local line
+  line=$(wrk -t2 -c$CONNECTIONS -d"${SECONDS_EACH}s" -s benches/load.lua \
+    "http://127.0.0.1:$PORT$path" -- "$@" | grep '^RESULT')
+  printf '%-34s %s\n' "$name" "${line#RESULT }"
+}
+warm() {  # one login of every device (makes them active; later logins only read)
+  while read -r body; do
+    curl -fs -H 'Content-Type: application/json' -d "$body" "http://127.0.0.1:$PORT/hooks/emqx/authn" | grep -q '"allow"'
+  done < "$WORK/bodies"
+}
+
+echo "wrk -t2 -c$CONNECTIONS -d${SECONDS_EACH}s on $(nproc) cores, $DEVICES devices, server and wrk on one machine"
+start "$IOTAUTH_STORE"
+warm
+run "healthz (baseline)" /healthz healthz
+run "emqx authn, sqlite" /hooks/emqx/authn hook "$WORK/bodies"
+stop
+start "$IOTAUTH_STORE" --cache-ttl-secs 5
+run "healthz (baseline), cache" /healthz healthz
+run "emqx authn, sqlite + 5 s cache" /hooks/emqx/authn hook "$WORK/bodies"
+stop
+echo
+echo "broker connects/s (benches/connect_rate.rs):"
+IOTAUTH_CONNECT_SECONDS=$SECONDS_EACH cargo bench --features cli --bench connect_rate --quiet 2>/dev/null | grep -E 'connect_rate/|concurrent'
