@@ -224,7 +224,7 @@ impl<'a> ClientId<'a> {
         let mut known_seen = 0u8;
         let mut others = [""; MAX_PARAMS];
         let mut other_count = 0;
-        for (index, item) in split_ascii(block, b',').enumerate() {
+        for (index, item) in items(block).enumerate() {
             if index >= MAX_PARAMS {
                 return Err(ParseError::TooLong {
                     field: "clientId parameters",
@@ -338,8 +338,7 @@ impl<'a> ClientId<'a> {
     /// The parameters this crate does not interpret (`_v`, `lan`, `ext`, ...), trimmed, in
     /// order. They are never signed.
     pub fn extensions(&self) -> impl Iterator<Item = (&'a str, &'a str)> + 'a {
-        self.block
-            .split(',')
+        items(self.block)
             .filter_map(|item| split_item(item, false).ok())
             .filter(|(key, _)| known_key(key).is_none())
     }
@@ -375,13 +374,49 @@ fn known_key(key: &str) -> Option<&'static str> {
     KNOWN_KEYS.into_iter().find(|k| *k == key)
 }
 
+/// One `key=value` item of the parameter block, and where its first `=` is.
+#[derive(Clone, Copy)]
+struct Item<'a> {
+    text: &'a str,
+    equals: Option<usize>,
+}
+
+/// The block's items, split on `,`: one pass over the bytes finds both the commas and each
+/// item's first `=`.
+fn items(block: &str) -> impl Iterator<Item = Item<'_>> {
+    let mut rest = Some(block);
+    core::iter::from_fn(move || {
+        let current = rest?;
+        let mut equals = None;
+        for (at, byte) in current.bytes().enumerate() {
+            match byte {
+                b',' => {
+                    rest = Some(&current[at + 1..]);
+                    // `at` indexes an ASCII byte, so the slices are on character boundaries.
+                    return Some(Item {
+                        text: &current[..at],
+                        equals,
+                    });
+                }
+                b'=' if equals.is_none() => equals = Some(at),
+                _ => {}
+            }
+        }
+        rest = None;
+        Some(Item {
+            text: current,
+            equals,
+        })
+    })
+}
+
 /// `key=value`, both trimmed. `clean`: the caller already found no control character.
-fn split_item(item: &str, clean: bool) -> Result<(&str, &str), ParseError> {
-    let (key, value) = split_once_ascii(item, b'=').ok_or(ParseError::Malformed {
+fn split_item(item: Item<'_>, clean: bool) -> Result<(&str, &str), ParseError> {
+    let equals = item.equals.ok_or(ParseError::Malformed {
         field: "clientId parameter",
         expected: "key=value",
     })?;
-    let (key, value) = (trim(key), trim(value));
+    let (key, value) = (trim(&item.text[..equals]), trim(&item.text[equals + 1..]));
     if key.is_empty() {
         return Err(ParseError::Missing {
             field: "clientId parameter key",
@@ -393,25 +428,6 @@ fn split_item(item: &str, clean: bool) -> Result<(&str, &str), ParseError> {
         });
     }
     Ok((key, value))
-}
-
-/// [`str::split`] on an ASCII separator: a byte scan, cheaper than a `char` pattern's searcher
-/// on strings this short.
-fn split_ascii(text: &str, separator: u8) -> impl Iterator<Item = &str> {
-    let mut rest = Some(text);
-    core::iter::from_fn(move || {
-        let current = rest?;
-        match split_once_ascii(current, separator) {
-            Some((item, after)) => {
-                rest = Some(after);
-                Some(item)
-            }
-            None => {
-                rest = None;
-                Some(current)
-            }
-        }
-    })
 }
 
 /// [`str::split_once`] on an ASCII separator.
