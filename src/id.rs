@@ -3,7 +3,7 @@
 use core::fmt;
 use core::str::FromStr;
 
-use crate::ascii::InlineAscii;
+use crate::ascii::{ByteSet, InlineAscii, byte_set};
 use crate::error::ParseError;
 use crate::random::{Entropy, EntropyError};
 
@@ -27,7 +27,8 @@ macro_rules! identifier {
             /// [`ParseError::TooLong`], [`ParseError::TooShort`] or
             /// [`ParseError::InvalidCharacter`], naming the field and never the value.
             pub fn new(value: &str) -> Result<Self, ParseError> {
-                InlineAscii::new(value, $min, $allowed)
+                const ALLOWED: ByteSet = $allowed;
+                InlineAscii::new(value, $min, &ALLOWED)
                     .map(Self)
                     .map_err(|e| ParseError::from_invalid($field, e, $min, $max))
             }
@@ -120,7 +121,7 @@ identifier!(
     field = "productKey",
     min = 1,
     max = 32,
-    allowed = |b: u8| b.is_ascii_alphanumeric()
+    allowed = byte_set!(|b| b.is_ascii_alphanumeric())
 );
 
 identifier!(
@@ -140,7 +141,8 @@ identifier!(
     field = "deviceName",
     min = 4,
     max = 32,
-    allowed = |b: u8| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'@' | b'.' | b':')
+    allowed = byte_set!(|b| b.is_ascii_alphanumeric()
+        || matches!(b, b'-' | b'_' | b'@' | b'.' | b':'))
 );
 
 impl ProductKey {

@@ -2,7 +2,7 @@
 
 use core::fmt;
 
-use crate::ascii::{is_visible_ascii, validate};
+use crate::ascii::{VISIBLE_ASCII, find_either, validate};
 use crate::cert::{DeviceCertificate, ProductCertificate};
 use crate::error::ParseError;
 use crate::id::{DeviceName, ProductKey};
@@ -387,26 +387,33 @@ fn items(block: &str) -> impl Iterator<Item = Item<'_>> {
     let mut rest = Some(block);
     core::iter::from_fn(move || {
         let current = rest?;
+        let bytes = current.as_bytes();
         let mut equals = None;
-        for (at, byte) in current.bytes().enumerate() {
-            match byte {
-                b',' => {
-                    rest = Some(&current[at + 1..]);
-                    // `at` indexes an ASCII byte, so the slices are on character boundaries.
-                    return Some(Item {
-                        text: &current[..at],
-                        equals,
-                    });
+        let mut from = 0;
+        // Up to the first `=`, look for either separator; after it, only for `,`.
+        let end = loop {
+            let wanted = if equals.is_none() { b'=' } else { b',' };
+            match find_either(&bytes[from..], b',', wanted) {
+                Some(at) if bytes[from + at] == b'=' => {
+                    equals = Some(from + at);
+                    from += at + 1;
                 }
-                b'=' if equals.is_none() => equals = Some(at),
-                _ => {}
+                Some(at) => break Some(from + at),
+                None => break None,
             }
-        }
-        rest = None;
-        Some(Item {
-            text: current,
-            equals,
-        })
+        };
+        // Separators are ASCII bytes, so the slices are on character boundaries.
+        let text = match end {
+            Some(at) => {
+                rest = Some(&current[at + 1..]);
+                &current[..at]
+            }
+            None => {
+                rest = None;
+                current
+            }
+        };
+        Some(Item { text, equals })
     })
 }
 
@@ -432,7 +439,7 @@ fn split_item(item: Item<'_>, clean: bool) -> Result<(&str, &str), ParseError> {
 
 /// [`str::split_once`] on an ASCII separator.
 fn split_once_ascii(text: &str, separator: u8) -> Option<(&str, &str)> {
-    let at = text.bytes().position(|b| b == separator)?;
+    let at = find_either(text.as_bytes(), separator, separator)?;
     // `at` indexes an ASCII byte, so both sides are on character boundaries.
     Some((&text[..at], &text[at + 1..]))
 }
@@ -479,7 +486,7 @@ fn parse_timestamp(value: &str) -> Result<&str, ParseError> {
 
 /// `random` of a registration: 1–64 printable ASCII characters.
 pub(crate) fn parse_random<'a>(value: &'a str, field: &'static str) -> Result<&'a str, ParseError> {
-    validate(value, 1, MAX_RANDOM_LEN, is_visible_ascii)
+    validate(value, 1, MAX_RANDOM_LEN, &VISIBLE_ASCII)
         .map_err(|e| ParseError::from_invalid(field, e, 1, MAX_RANDOM_LEN))?;
     Ok(value)
 }
@@ -509,7 +516,7 @@ pub fn parse_username(text: &str) -> Result<(DeviceName, ProductKey), ParseError
         expected: "deviceName&productKey",
     };
     let (dn, pk) = split_once_ascii(text, b'&').ok_or(malformed)?;
-    if pk.bytes().any(|b| b == b'&') {
+    if find_either(pk.as_bytes(), b'&', b'&').is_some() {
         return Err(malformed);
     }
     Ok((DeviceName::new(dn)?, ProductKey::new(pk)?))
@@ -546,7 +553,7 @@ impl<'a> ConnectRequest<'a> {
         let client_id = ClientId::parse(client_id)?;
         let (device_name, product_key) = parse_username(username)?;
         let offered = if client_id.kind() == ConnectKind::TokenLogin {
-            validate(password, 1, DeviceToken::MAX_LEN, is_visible_ascii)
+            validate(password, 1, DeviceToken::MAX_LEN, &VISIBLE_ASCII)
                 .map_err(|e| ParseError::from_invalid("password", e, 1, DeviceToken::MAX_LEN))?;
             None
         } else {

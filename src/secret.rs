@@ -11,7 +11,7 @@ use std::sync::Arc;
 use subtle::{Choice, ConstantTimeEq};
 use zeroize::{Zeroize, Zeroizing};
 
-use crate::ascii::{is_visible_ascii, validate};
+use crate::ascii::{VISIBLE_ASCII, validate};
 use crate::error::ParseError;
 use crate::random::{Entropy, EntropyError, fill_alphanumeric};
 use crate::sign::KeySchedules;
@@ -63,7 +63,7 @@ macro_rules! secret {
             /// [`ParseError::TooLong`], [`ParseError::TooShort`] or
             /// [`ParseError::InvalidCharacter`]. The error never contains the value.
             pub fn new(value: &str) -> Result<Self, ParseError> {
-                validate(value, 1, Self::MAX_LEN, is_visible_ascii)
+                validate(value, 1, Self::MAX_LEN, &VISIBLE_ASCII)
                     .map_err(|e| ParseError::from_invalid($field, e, 1, Self::MAX_LEN))?;
                 Ok(Self(SecretCell::new(value.into())))
             }

@@ -6,6 +6,8 @@ use std::sync::OnceLock;
 use hmac::{Hmac, KeyInit, Mac};
 use zeroize::Zeroize;
 
+use crate::ascii::decode_hex;
+
 /// The HMAC algorithm a device names in `signmethod` / `signMethod`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 #[non_exhaustive]
@@ -212,24 +214,10 @@ fn keyed<M: Mac + KeyInit + Clone>(
     mac
 }
 
-/// Feeds `content` to `mac` through a stack buffer: one `update` per name and value costs
-/// more than copying them.
+/// Feeds `content` to `mac`, a chunk per name and value (measured: copying them into one
+/// buffer first was slower).
 fn absorb(mac: &mut impl Mac, content: &SignContent<'_>) {
-    let mut buffer = [0u8; 128];
-    let mut len = 0;
-    content.for_each_chunk(|chunk| {
-        if len + chunk.len() > buffer.len() {
-            mac.update(&buffer[..len]);
-            len = 0;
-        }
-        if chunk.len() > buffer.len() {
-            mac.update(chunk);
-        } else {
-            buffer[len..len + chunk.len()].copy_from_slice(chunk);
-            len += chunk.len();
-        }
-    });
-    mac.update(&buffer[..len]);
+    content.for_each_chunk(|chunk| mac.update(chunk));
 }
 
 const MAX_DIGEST: usize = 32;
@@ -394,42 +382,4 @@ impl OfferedDigest {
     fn as_bytes(&self) -> &[u8] {
         &self.bytes[..self.method.digest_len()]
     }
-}
-
-const INVALID_HEX: u8 = 0xff;
-
-/// Each byte's value as a hex digit, [`INVALID_HEX`] for any other byte.
-const HEX_VALUES: [u8; 256] = {
-    let mut table = [INVALID_HEX; 256];
-    let mut i = 0;
-    while i < 10 {
-        table[b'0' as usize + i] = i as u8;
-        i += 1;
-    }
-    let mut i = 0;
-    while i < 6 {
-        table[b'a' as usize + i] = 10 + i as u8;
-        table[b'A' as usize + i] = 10 + i as u8;
-        i += 1;
-    }
-    table
-};
-
-/// Decodes `2 * out.len()` hex digits (either case) into `out`; `None` if `text` has another
-/// length or a non-hex byte. A table lookup per digit, no branch on the digits' values, and
-/// no `hex` crate call: this runs on every connect.
-fn decode_hex(text: &[u8], out: &mut [u8]) -> Option<()> {
-    if text.len() != 2 * out.len() {
-        return None;
-    }
-    let mut invalid = false;
-    for (byte, pair) in out.iter_mut().zip(text.chunks_exact(2)) {
-        let (high, low) = (
-            HEX_VALUES[usize::from(pair[0])],
-            HEX_VALUES[usize::from(pair[1])],
-        );
-        invalid |= (high | low) == INVALID_HEX;
-        *byte = (high << 4) | (low & 0x0f);
-    }
-    (!invalid).then_some(())
 }
