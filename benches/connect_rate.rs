@@ -17,6 +17,7 @@
 //!
 //! ```sh
 //! cargo bench --features cli --bench connect_rate        # IOTAUTH_CONNECT_SECONDS (default 10)
+//! cargo bench --features cli --bench connect_rate -- --test   # 1 s each: a smoke run
 //! ```
 
 #[path = "../src/bin/iotauth/broker.rs"]
@@ -45,10 +46,12 @@ fn main() {
         // `cargo bench -- --list` (and test discovery) expects no run.
         return;
     }
+    // `cargo bench -- --test` (CI's smoke run): a second per broker.
+    let smoke = std::env::args().any(|a| a == "--test");
     let seconds: u64 = std::env::var("IOTAUTH_CONNECT_SECONDS")
         .ok()
         .and_then(|s| s.parse().ok())
-        .unwrap_or(10);
+        .unwrap_or(if smoke { 1 } else { 10 });
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -7,6 +7,8 @@
 #   - then the broker's connects/s with and without authentication (benches/connect_rate.rs).
 # wrk and the server share this machine's cores: the figures are a floor, not a ceiling.
 # Usage: bash benches/load.sh            (installs wrk from Debian if it is missing)
+# It fails when any request errs or any login is not allowed. CI runs it short:
+# LOAD_SECONDS=2 DEVICES=50 bash benches/load.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -18,7 +20,7 @@ if ! command -v wrk >/dev/null; then
   SUDO=$([ "$(id -u)" = 0 ] || echo sudo)
   $SUDO apt-get install -y wrk >/dev/null || { $SUDO apt-get update >/dev/null && $SUDO apt-get install -y wrk >/dev/null; }
 fi
-cargo build --release --features cli --quiet
+cargo build --release --all-features --quiet
 BIN=$PWD/target/release/iotauth
 WORK=$(mktemp -d)
 SERVER=
@@ -59,6 +61,10 @@ run() {  # run NAME PATH wrk-script-args...
   line=$(wrk -t2 -c$CONNECTIONS -d"${SECONDS_EACH}s" -s benches/load.lua \
     "http://127.0.0.1:$PORT$path" -- "$@" | grep '^RESULT')
   printf '%-34s %s\n' "$name" "${line#RESULT }"
+  case $line in
+    *" errors=0 bad=0") ;;
+    *) echo "$name: some requests failed or were not allowed" >&2; exit 1 ;;
+  esac
 }
 warm() {  # one login of every device (makes them active; later logins only read)
   while read -r body; do
@@ -78,4 +84,5 @@ run "emqx authn, sqlite + 5 s cache" /hooks/emqx/authn hook "$WORK/bodies"
 stop
 echo
 echo "broker connects/s (benches/connect_rate.rs):"
-IOTAUTH_CONNECT_SECONDS=$SECONDS_EACH cargo bench --features cli --bench connect_rate --quiet 2>/dev/null | grep -E 'connect_rate/|concurrent'
+IOTAUTH_CONNECT_SECONDS=$SECONDS_EACH cargo bench --all-features --bench connect_rate --quiet 2>/dev/null \
+  | grep -E 'connect_rate/|concurrent'

@@ -4,6 +4,7 @@
 //!
 //! ```sh
 //! cargo bench --bench memory
+//! cargo bench --bench memory -- --test      # 10,000 devices: a smoke run
 //! ```
 
 use std::time::Instant;
@@ -28,10 +29,12 @@ fn main() {
     if std::env::args().any(|a| a == "--list") {
         return;
     }
+    // `cargo bench -- --test` (CI's smoke run): a small fleet.
+    let smoke = std::env::args().any(|a| a == "--test");
     let fleet: usize = std::env::var("IOTAUTH_FLEET")
         .ok()
         .and_then(|s| s.parse().ok())
-        .unwrap_or(1_000_000);
+        .unwrap_or(if smoke { 10_000 } else { 1_000_000 });
     let runtime = tokio::runtime::Builder::new_current_thread()
         .build()
         .expect("a runtime");
