@@ -22,6 +22,8 @@
 
 #[path = "../src/bin/iotauth/broker.rs"]
 mod broker;
+#[path = "support/run_size.rs"]
+mod run_size;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -36,22 +38,17 @@ use iotauth::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
+use run_size::run_size;
+
 const DEVICES: usize = 1_000;
 const CONNECTIONS: usize = 64;
 /// MQTT DISCONNECT.
 const DISCONNECT: [u8; 2] = [0xe0, 0x00];
 
 fn main() {
-    if std::env::args().any(|a| a == "--list") {
-        // `cargo bench -- --list` (and test discovery) expects no run.
+    let Some(seconds) = run_size("IOTAUTH_CONNECT_SECONDS", 10, 1) else {
         return;
-    }
-    // `cargo bench -- --test` (CI's smoke run): a second per broker.
-    let smoke = std::env::args().any(|a| a == "--test");
-    let seconds: u64 = std::env::var("IOTAUTH_CONNECT_SECONDS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(if smoke { 1 } else { 10 });
+    };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

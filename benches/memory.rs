@@ -7,10 +7,14 @@
 //! cargo bench --bench memory -- --test      # 10,000 devices: a smoke run
 //! ```
 
+#[path = "support/run_size.rs"]
+mod run_size;
+
 use std::time::Instant;
 
 use iotauth::store::{DeviceRecord, DeviceStore, MemoryStore, ProductRecord, ProductStore};
 use iotauth::*;
+use run_size::run_size;
 
 /// A fixed entropy source: generating a million secrets from the OS is not what is measured.
 struct Counter(std::sync::atomic::AtomicU64);
@@ -26,15 +30,10 @@ impl Entropy for Counter {
 }
 
 fn main() {
-    if std::env::args().any(|a| a == "--list") {
+    let Some(fleet) = run_size("IOTAUTH_FLEET", 1_000_000, 10_000) else {
         return;
-    }
-    // `cargo bench -- --test` (CI's smoke run): a small fleet.
-    let smoke = std::env::args().any(|a| a == "--test");
-    let fleet: usize = std::env::var("IOTAUTH_FLEET")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(if smoke { 10_000 } else { 1_000_000 });
+    };
+    let fleet = usize::try_from(fleet).expect("a fleet that fits in memory");
     let runtime = tokio::runtime::Builder::new_current_thread()
         .build()
         .expect("a runtime");
