@@ -13,7 +13,9 @@ mod cli_support;
 #[path = "support/mosquitto.rs"]
 mod support;
 
-use cli_support::{cli, required_env, sign_login, spawn_subscriber};
+use cli_support::{
+    cli, last_line_json, mosquitto_client, required_env, sign_login, spawn_subscriber,
+};
 use support::{Mosquitto, connect_once};
 
 fn plugin() -> Option<String> {
@@ -44,19 +46,7 @@ impl Broker {
     }
 
     fn client(&self, tool: &str, login: &[String; 3], args: &[&str]) -> Output {
-        Command::new(tool)
-            .args([
-                "-h",
-                "127.0.0.1",
-                "-p",
-                &self.port.to_string(),
-                "-i",
-                &login[0],
-                "-u",
-                &login[1],
-                "-P",
-                &login[2],
-            ])
+        mosquitto_client(tool, self.port, login)
             .args(args)
             .output()
             .unwrap()
@@ -249,14 +239,7 @@ fn linkkit_registers_over_mqtt_through_the_broker_then_logs_in_and_only_once() {
         .env("SCENARIOS", "mqtt,mqtt_again")
         .output()
         .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let results: Value = serde_json::from_str(stdout.lines().last().unwrap_or_default())
-        .unwrap_or_else(|_| {
-            panic!(
-                "stdout {stdout:?} stderr {:?}",
-                String::from_utf8_lossy(&out.stderr)
-            )
-        });
+    let results = last_line_json(&out);
     assert_eq!(
         results["mqtt_registration_secret"],
         secrets[0].as_str(),

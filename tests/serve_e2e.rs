@@ -16,7 +16,9 @@ use serde_json::Value;
 #[path = "support/iotauth.rs"]
 mod cli_support;
 
-use cli_support::{BIN, cli, required_env, sign_login, spawn_subscriber};
+use cli_support::{
+    BIN, cli, last_line_json, mosquitto_client, required_env, sign_login, spawn_subscriber,
+};
 
 fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
@@ -222,29 +224,9 @@ impl Fleet {
     }
 }
 
-fn mosquitto_pub(
-    port: u16,
-    [id, user, password]: &[String; 3],
-    topic: &str,
-    message: &str,
-) -> Output {
-    Command::new("mosquitto_pub")
-        .args([
-            "-h",
-            "127.0.0.1",
-            "-p",
-            &port.to_string(),
-            "-i",
-            id,
-            "-u",
-            user,
-            "-P",
-            password,
-            "-t",
-            topic,
-            "-m",
-            message,
-        ])
+fn mosquitto_pub(port: u16, login: &[String; 3], topic: &str, message: &str) -> Output {
+    mosquitto_client("mosquitto_pub", port, login)
+        .args(["-t", topic, "-m", message])
         .output()
         .expect("mosquitto_pub (Debian's mosquitto-clients) must be installed")
 }
@@ -830,14 +812,7 @@ fn alibabas_linkkit_sdk_logs_in_and_registers_over_http_and_mqtt() {
         .env("DN_MQTT", "lk-mqtt-01")
         .output()
         .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let results: Value = serde_json::from_str(stdout.lines().last().unwrap_or_default())
-        .unwrap_or_else(|_| {
-            panic!(
-                "stdout {stdout:?} stderr {:?}",
-                String::from_utf8_lossy(&out.stderr)
-            )
-        });
+    let results = last_line_json(&out);
     println!(
         "linkkit {} results: login_publish={} http_registered_login={} mqtt_registered_login={}",
         results["linkkit_version"],

@@ -72,21 +72,40 @@ pub fn spawn_subscriber(
     topic: &str,
     wait_secs: u32,
 ) -> std::process::Child {
-    Command::new("mosquitto_sub")
-        .args([
-            "-h",
-            "127.0.0.1",
-            "-p",
-            &port.to_string(),
-            "-i",
-            &login[0],
-            "-u",
-            &login[1],
-            "-P",
-            &login[2],
-        ])
+    mosquitto_client("mosquitto_sub", port, login)
         .args(["-t", topic, "-C", "1", "-W", &wait_secs.to_string()])
         .stdout(std::process::Stdio::piped())
         .spawn()
         .expect("mosquitto_sub (Debian's mosquitto-clients) must be installed")
+}
+
+/// `tool` (`mosquitto_pub` or `mosquitto_sub`, from Debian's mosquitto-clients) for
+/// 127.0.0.1:`port`, logging in with `login` (client id, user name, password).
+pub fn mosquitto_client(tool: &str, port: u16, [id, user, password]: &[String; 3]) -> Command {
+    let mut command = Command::new(tool);
+    command.args([
+        "-h",
+        "127.0.0.1",
+        "-p",
+        &port.to_string(),
+        "-i",
+        id,
+        "-u",
+        user,
+        "-P",
+        password,
+    ]);
+    command
+}
+
+/// The JSON object a script printed as its last line of stdout; panics with both streams
+/// when there is none.
+pub fn last_line_json(out: &std::process::Output) -> Value {
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    serde_json::from_str(stdout.lines().last().unwrap_or_default()).unwrap_or_else(|_| {
+        panic!(
+            "stdout {stdout:?} stderr {:?}",
+            String::from_utf8_lossy(&out.stderr)
+        )
+    })
 }
