@@ -7,26 +7,29 @@ use serde_json::Value;
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_iotauth");
 
-/// Runs `iotauth --store STORE ARGS…`, which must succeed; its JSON output.
-pub fn cli(store: &str, args: &[&str]) -> Value {
-    let out = Command::new(BIN)
-        .args(["--store", store])
-        .args(args)
-        .output()
-        .unwrap();
+/// Runs `iotauth ARGS…`, which must succeed; its JSON output. A failure names `what`
+/// (never the arguments themselves when they carry a secret).
+fn run_json(what: &str, args: &[&str]) -> Value {
+    let out = Command::new(BIN).args(args).output().unwrap();
     assert_eq!(
         out.status.code(),
         Some(0),
-        "{args:?}: {}",
+        "{what}: {}",
         String::from_utf8_lossy(&out.stderr)
     );
     serde_json::from_slice(&out.stdout).unwrap()
 }
 
+/// Runs `iotauth --store STORE ARGS…`, which must succeed; its JSON output.
+pub fn cli(store: &str, args: &[&str]) -> Value {
+    run_json(&format!("{args:?}"), &[&["--store", store], args].concat())
+}
+
 /// Client id, user name and password of a login signed by `iotauth sign mqtt`.
 pub fn sign_login(pk: &str, name: &str, secret: &str, core: &str) -> [String; 3] {
-    let out = Command::new(BIN)
-        .args([
+    let signed = run_json(
+        "sign mqtt",
+        &[
             "sign",
             "mqtt",
             "--product-key",
@@ -35,17 +38,12 @@ pub fn sign_login(pk: &str, name: &str, secret: &str, core: &str) -> [String; 3]
             name,
             "--device-secret",
             secret,
-        ])
-        .args(["--client-id", core, "--secure-mode", "3"])
-        .output()
-        .unwrap();
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+            "--client-id",
+            core,
+            "--secure-mode",
+            "3",
+        ],
     );
-    let signed: Value = serde_json::from_slice(&out.stdout).unwrap();
     ["clientId", "username", "password"].map(|k| signed[k].as_str().unwrap().to_owned())
 }
 
