@@ -1,27 +1,29 @@
-//! Connects per second through the embedded broker of `iotauth serve`, with authentication and
-//! without, side by side in one run.
+//! Connects per second, and QoS 0 publish throughput, through the embedded broker
+//! (`iotauth::broker`, the one `iotauth serve` runs) with authentication and without, and
+//! through Mosquitto 2.0 without authentication and with the iotauth plugin: side by side in
+//! one run.
 //!
-//! Three rumqttd brokers are built from the configuration `serve` uses
-//! (`src/bin/iotauth/broker.rs`): one that authenticates against a SQLite file (the embedded
-//! default, no cache: every CONNECT reads the store, as in a reconnect storm), one against the
-//! memory store, and one that authenticates nothing (the baseline). `CONNECTIONS` tasks then
-//! connect for `SECONDS` to each in turn, each connect being TCP + CONNECT + CONNACK +
-//! DISCONNECT with the credentials of one of `DEVICES` active devices. The baseline runs first
-//! and last, so drift over the run shows.
+//! Connect rate: `CONNECTIONS` tasks connect for `SECONDS` to each broker in turn, each connect
+//! being TCP + CONNECT + CONNACK + DISCONNECT with the credentials of one of `DEVICES` active
+//! devices. The embedded broker without authentication runs first and last, so drift over the
+//! run shows. The process CPU time per connect is printed for the brokers in this process
+//! (they share it with the clients); Mosquitto runs in its own process, whose CPU time is
+//! read from `/proc` and added to the clients'.
 //!
-//! rumqttd 0.20 sleeps after every accepted connection (`next_connection_delay_ms`, and a tokio
-//! timer of 0 ms still waits for the next 1 ms tick), so one listener admits at most about
-//! 1,000 connects/s whatever the authentication costs. The process CPU time per connect (this
-//! process runs the brokers and the clients) is printed too: the difference between the
-//! variants is what authentication costs the broker.
+//! Publish throughput: `PUBLISHERS` devices each publish QoS 0 messages at `RATE` per second
+//! to their own topic, to which they are subscribed, for `SECONDS`; delivered messages and the
+//! CPU time per delivered message, with the topic rule (authenticated broker) and without it.
 //!
 //! ```sh
-//! cargo bench --features cli --bench connect_rate        # IOTAUTH_CONNECT_SECONDS (default 10)
+//! cargo build --example mosquitto_plugin --features mosquitto   # for the Mosquitto rows
+//! IOTAUTH_MOSQUITTO_PLUGIN=$PWD/target/debug/examples/libmosquitto_plugin.so \
+//!   cargo bench --features cli --bench connect_rate     # IOTAUTH_CONNECT_SECONDS (default 10)
 //! cargo bench --features cli --bench connect_rate -- --test   # 1 s each: a smoke run
 //! ```
 
-#[path = "../src/bin/iotauth/broker.rs"]
-mod broker;
+#[path = "../tests/support/mosquitto.rs"]
+#[allow(dead_code)]
+mod mosquitto;
 #[path = "support/run_size.rs"]
 mod run_size;
 
@@ -31,9 +33,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
+use iotauth::broker::{Broker, BrokerConfig};
 use iotauth::server::{ServerConfig, Services};
 use iotauth::service::Admin;
-use iotauth::store::Store;
+use iotauth::store::{CachedStore, Store};
 use iotauth::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -42,8 +45,17 @@ use run_size::run_size;
 
 const DEVICES: usize = 1_000;
 const CONNECTIONS: usize = 64;
+const PUBLISHERS: usize = 10;
+/// Messages per second and publisher.
+const RATE: u64 = 1_000;
 /// MQTT DISCONNECT.
 const DISCONNECT: [u8; 2] = [0xe0, 0x00];
+
+/// A device's login: its identity and its CONNECT packet.
+struct Login {
+    device: DeviceIdentity,
+    connect: Vec<u8>,
+}
 
 fn main() {
     let Some(seconds) = run_size("IOTAUTH_CONNECT_SECONDS", 10, 1) else {
@@ -55,63 +67,143 @@ fn main() {
         .expect("a runtime");
     let dir = std::env::temp_dir().join(format!("iotauth-connect-rate-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("a temporary directory");
-
-    let (sqlite, packets) = runtime.block_on(async {
-        let url = format!("sqlite://{}", dir.join("devices.db").display());
-        let sqlite = iotauth::store::open(&url).await.expect("the SQLite store");
-        let packets = fleet(&sqlite).await;
-        (sqlite, packets)
-    });
-    let memory: Arc<dyn Store> = Arc::new(iotauth::store::MemoryStore::new());
-    let memory_packets = runtime.block_on(fleet(&memory));
-
-    let open = start(None);
-    let on_sqlite = start(Some(services(sqlite, &runtime, &packets)));
-    let on_memory = start(Some(services(memory, &runtime, &memory_packets)));
+    let sqlite_url = format!("sqlite://{}", dir.join("devices.db").display());
     let duration = Duration::from_secs(seconds);
+
+    let (open, on_memory, on_sqlite_cached, on_sqlite, logins, memory_logins) =
+        runtime.block_on(async {
+            let sqlite = iotauth::store::open(&sqlite_url)
+                .await
+                .expect("the SQLite store");
+            let logins = fleet(&sqlite).await;
+            let memory: Arc<dyn Store> = Arc::new(iotauth::store::MemoryStore::new());
+            let memory_logins = fleet(&memory).await;
+            let cached: Arc<dyn Store> =
+                Arc::new(CachedStore::new(sqlite.clone(), Duration::from_secs(5)));
+            (
+                start(None).await,
+                start(Some(activated(memory, &memory_logins).await)).await,
+                start(Some(activated(cached, &logins).await)).await,
+                start(Some(activated(sqlite, &logins).await)).await,
+                logins,
+                memory_logins,
+            )
+        });
+    let mosquitto_open = mosquitto::Mosquitto::start(&dir.join("open"), "allow_anonymous true");
+    let plugin = std::env::var("IOTAUTH_MOSQUITTO_PLUGIN").ok();
+    let mosquitto_plugin = plugin.as_ref().map(|plugin| {
+        let path = sqlite_url.trim_start_matches("sqlite://");
+        mosquitto::Mosquitto::start(
+            &dir.join("plugin"),
+            &format!("plugin {plugin}\nplugin_opt_store sqlite://{path}\n"),
+        )
+    });
+    if plugin.is_none() {
+        println!("(IOTAUTH_MOSQUITTO_PLUGIN is not set: no Mosquitto + plugin row)");
+    }
+    let loopback = |port: u16| SocketAddr::from(([127, 0, 0, 1], port));
+
     println!(
         "{CONNECTIONS} concurrent clients, {DEVICES} devices, {seconds} s per broker; \
          each connect = TCP + CONNECT + CONNACK + DISCONNECT"
     );
-    let mut baseline = Vec::new();
-    for (name, address, packets) in [
-        ("no authentication", open, &packets),
-        ("iotauth, SQLite store", on_sqlite, &packets),
-        ("iotauth, memory store", on_memory, &memory_packets),
-        ("no authentication (again)", open, &packets),
-    ] {
-        let cpu_before = process_cpu_seconds();
+    let mut rows = vec![
+        ("(a) embedded, no authentication", open, &logins, None),
+        (
+            "(b) embedded, iotauth, memory store",
+            on_memory,
+            &memory_logins,
+            None,
+        ),
+        (
+            "(c) embedded, iotauth, SQLite + 5 s cache",
+            on_sqlite_cached,
+            &logins,
+            None,
+        ),
+        (
+            "    embedded, iotauth, SQLite, no cache",
+            on_sqlite,
+            &logins,
+            None,
+        ),
+        (
+            "(d) Mosquitto, no authentication",
+            loopback(mosquitto_open.port),
+            &logins,
+            Some(mosquitto_open.child.id()),
+        ),
+    ];
+    if let Some(broker) = &mosquitto_plugin {
+        rows.push((
+            "(e) Mosquitto, iotauth plugin (SQLite)",
+            loopback(broker.port),
+            &logins,
+            Some(broker.child.id()),
+        ));
+    }
+    rows.push((
+        "(a) embedded, no authentication, again",
+        open,
+        &logins,
+        None,
+    ));
+    let mut first = None;
+    for (name, address, logins, other_process) in rows {
+        let cpu_before = cpu_seconds(other_process);
         let (connects, elapsed, refused) =
-            runtime.block_on(connect_rate(address, packets, duration));
-        let cpu_micros_per_connect = (process_cpu_seconds() - cpu_before) * 1e6 / connects as f64;
+            runtime.block_on(connect_rate(address, logins, duration));
+        let cpu_micros_per_connect =
+            (cpu_seconds(other_process) - cpu_before) * 1e6 / connects as f64;
         let rate = connects as f64 / elapsed;
-        if address == open {
-            baseline.push(rate);
-        }
-        let ratio = rate / baseline[0];
+        let ratio = rate / *first.get_or_insert(rate);
         println!(
-            "connect_rate/{name:<26} {rate:>7.0} connects/s  {ratio:.3} x first baseline  \
+            "connect_rate/{name:<42} {rate:>7.0} connects/s  {ratio:.3} x (a)  \
              {cpu_micros_per_connect:>6.1} us CPU per connect  refused: {refused}"
         );
         assert_eq!(refused, 0, "{name}: good credentials were refused");
     }
+
+    println!(
+        "{PUBLISHERS} devices publishing QoS 0 to their own topic at {RATE}/s each, subscribed \
+         to it, {seconds} s"
+    );
+    for (name, address, logins) in [
+        ("no topic rule (no authentication)", open, &memory_logins),
+        (
+            "topic rule (iotauth, memory store)",
+            on_memory,
+            &memory_logins,
+        ),
+    ] {
+        let cpu_before = cpu_seconds(None);
+        let delivered = runtime.block_on(publish_rate(address, logins, duration));
+        let cpu_micros = (cpu_seconds(None) - cpu_before) * 1e6 / delivered.max(1) as f64;
+        println!(
+            "publish_rate/{name:<36} {:>7.0} delivered/s  {cpu_micros:>6.2} us CPU per message",
+            delivered as f64 / duration.as_secs_f64()
+        );
+        assert!(delivered > 0, "{name}: nothing was delivered");
+    }
+    drop((mosquitto_open, mosquitto_plugin));
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-/// A product with `DEVICES` devices in `store`, and each device's CONNECT packet.
-async fn fleet(store: &Arc<dyn Store>) -> Vec<Vec<u8>> {
+/// A product with `DEVICES` devices in `store`, and each device's login.
+async fn fleet(store: &Arc<dyn Store>) -> Vec<Login> {
     let admin = Admin::new(store.clone());
     let product = admin
         .create_product(None, DynamicRegistration::Off)
         .await
         .expect("a product");
-    let mut packets = Vec::with_capacity(DEVICES);
+    let mut logins = Vec::with_capacity(DEVICES);
     for i in 0..DEVICES {
         let name = DeviceName::new(&format!("storm-{i:05}")).expect("a device name");
         let device = admin
             .register_device(product.product_key, name)
             .await
             .expect("a device");
+        let identity = DeviceIdentity::new(device.product_key, device.device_name);
         let cert =
             DeviceCertificate::new(device.product_key, device.device_name, device.device_secret);
         let options = LoginOptions {
@@ -124,43 +216,37 @@ async fn fleet(store: &Arc<dyn Store>) -> Vec<Vec<u8>> {
         connect.set_login(creds.username(), creds.expose_password());
         let mut bytes = BytesMut::new();
         connect.write(&mut bytes).expect("an encodable CONNECT");
-        packets.push(bytes.to_vec());
+        logins.push(Login {
+            device: identity,
+            connect: bytes.to_vec(),
+        });
     }
-    packets
+    logins
 }
 
-/// Services over `store`, after one login of every device (so that the run measures logins
-/// of active devices, which only read).
-fn services(
-    store: Arc<dyn Store>,
-    runtime: &tokio::runtime::Runtime,
-    packets: &[Vec<u8>],
-) -> Arc<Services> {
+/// Services over `store`, after one login of every device (so that the runs measure logins of
+/// active devices, which only read).
+async fn activated(store: Arc<dyn Store>, logins: &[Login]) -> Arc<Services> {
     let services = Arc::new(Services::new(store, ServerConfig::default()));
-    let address = start(Some(services.clone()));
-    let (_, refused) = runtime.block_on(connect_each_once(address, packets));
-    assert_eq!(refused, 0, "first logins refused");
+    let address = start(Some(services.clone())).await;
+    for login in logins {
+        assert!(
+            connect_once(address, &login.connect).await.unwrap_or(false),
+            "a first login was refused"
+        );
+    }
     services
 }
 
-/// A broker on a free loopback port, on its own threads.
-fn start(services: Option<Arc<Services>>) -> SocketAddr {
-    let address = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free port");
-    let mut broker = rumqttd::Broker::new(broker::config(address, None, services));
-    std::thread::spawn(move || {
-        if let Err(e) = broker.start() {
-            eprintln!("the broker on {address} stopped: {e}");
-        }
-    });
-    for _ in 0..100 {
-        if std::net::TcpStream::connect(address).is_ok() {
-            return address;
-        }
-        std::thread::sleep(Duration::from_millis(20));
+/// A broker on a free loopback port; `None`: the one without authentication.
+async fn start(services: Option<Arc<Services>>) -> SocketAddr {
+    let config = BrokerConfig::new(SocketAddr::from(([127, 0, 0, 1], 0)));
+    let broker = match services {
+        Some(services) => Broker::start(&config, services).await,
+        None => Broker::start_without_authentication(&config).await,
     }
-    panic!("the broker on {address} did not start");
+    .expect("a broker");
+    broker.local_addrs()[0].1
 }
 
 /// One connect: `Ok(true)` when the broker accepted the CONNECT (CONNACK return code 0).
@@ -170,12 +256,13 @@ async fn connect_once(address: SocketAddr, packet: &[u8]) -> std::io::Result<boo
     stream.write_all(packet).await?;
     let mut connack = [0u8; 4];
     if stream.read_exact(&mut connack).await.is_err() {
-        // rumqttd refuses by closing the connection.
         return Ok(false);
     }
     stream.write_all(&DISCONNECT).await?;
-    // The broker closes first, so the TIME_WAIT sockets are its (on its one port) rather than
-    // ours, and a long run does not exhaust the ephemeral ports.
+    // rmqtt waits for the client to close after a DISCONNECT, so the client closes first; its
+    // TIME_WAIT sockets are reused on loopback (Linux's default `tcp_tw_reuse = 2`), so a long
+    // run does not exhaust the ephemeral ports.
+    stream.shutdown().await?;
     let mut rest = [0u8; 16];
     let closed = tokio::time::timeout(Duration::from_secs(5), async {
         while stream.read(&mut rest).await? > 0 {}
@@ -185,19 +272,15 @@ async fn connect_once(address: SocketAddr, packet: &[u8]) -> std::io::Result<boo
     Ok(connack == [0x20, 0x02, 0x00, 0x00])
 }
 
-async fn connect_each_once(address: SocketAddr, packets: &[Vec<u8>]) -> (u64, u64) {
-    let mut refused = 0;
-    for packet in packets {
-        if !connect_once(address, packet).await.unwrap_or(false) {
-            refused += 1;
-        }
-    }
-    (packets.len() as u64, refused)
+/// User + system CPU time of this process, plus that of `other` (a broker's process id).
+fn cpu_seconds(other: Option<u32>) -> f64 {
+    let this = process_cpu_seconds("/proc/self/stat");
+    this + other.map_or(0.0, |pid| process_cpu_seconds(&format!("/proc/{pid}/stat")))
 }
 
-/// This process's user + system CPU time, from `/proc/self/stat`.
-fn process_cpu_seconds() -> f64 {
-    let stat = std::fs::read_to_string("/proc/self/stat").expect("/proc/self/stat");
+/// A process's user + system CPU time, from its `stat` file.
+fn process_cpu_seconds(stat: &str) -> f64 {
+    let stat = std::fs::read_to_string(stat).expect("a /proc stat file");
     // The fields after the command name (which may hold spaces) start at field 3, `state`;
     // utime and stime are fields 14 and 15, in clock ticks.
     let fields: Vec<&str> = stat
@@ -222,10 +305,10 @@ fn process_cpu_seconds() -> f64 {
 /// how many connects were refused or failed.
 async fn connect_rate(
     address: SocketAddr,
-    packets: &[Vec<u8>],
+    logins: &[Login],
     duration: Duration,
 ) -> (u64, f64, u64) {
-    let packets: Arc<Vec<Vec<u8>>> = Arc::new(packets.to_vec());
+    let packets: Arc<Vec<Vec<u8>>> = Arc::new(logins.iter().map(|l| l.connect.clone()).collect());
     let accepted = Arc::new(AtomicU64::new(0));
     let refused = Arc::new(AtomicU64::new(0));
     let started = Instant::now();
@@ -234,10 +317,12 @@ async fn connect_rate(
         .map(|client| {
             let (packets, accepted, refused) = (packets.clone(), accepted.clone(), refused.clone());
             tokio::spawn(async move {
+                // Each client keeps to its own devices, so that no two connects of one device
+                // overlap (a newer login closes the older connection).
                 let mut next = client;
                 while Instant::now() < deadline {
-                    let packet = &packets[next % packets.len()];
-                    next += CONNECTIONS;
+                    let packet = &packets[next];
+                    next = (next + CONNECTIONS) % (packets.len() / CONNECTIONS * CONNECTIONS);
                     match connect_once(address, packet).await {
                         Ok(true) => accepted.fetch_add(1, Ordering::Relaxed),
                         _ => refused.fetch_add(1, Ordering::Relaxed),
@@ -254,4 +339,71 @@ async fn connect_rate(
         started.elapsed().as_secs_f64(),
         refused.load(Ordering::Relaxed),
     )
+}
+
+/// Messages delivered to `PUBLISHERS` devices that publish to their own topic at `RATE`/s for
+/// `duration` and are subscribed to it.
+async fn publish_rate(address: SocketAddr, logins: &[Login], duration: Duration) -> u64 {
+    let delivered = Arc::new(AtomicU64::new(0));
+    let tasks: Vec<_> = logins[..PUBLISHERS]
+        .iter()
+        .map(|login| {
+            let topic = format!(
+                "/{}/{}/user/update",
+                login.device.product_key(),
+                login.device.device_name()
+            );
+            let (connect, delivered) = (login.connect.clone(), delivered.clone());
+            tokio::spawn(async move {
+                let mut stream = TcpStream::connect(address).await.expect("a connection");
+                stream.set_nodelay(true).expect("TCP_NODELAY");
+                stream.write_all(&connect).await.expect("CONNECT");
+                let mut connack = [0u8; 4];
+                stream.read_exact(&mut connack).await.expect("CONNACK");
+                assert_eq!(connack, [0x20, 0x02, 0x00, 0x00], "CONNECT refused");
+                let mut packet = BytesMut::new();
+                let mut subscribe = rumqttc::Subscribe::new(&topic, rumqttc::QoS::AtMostOnce);
+                subscribe.pkid = 1;
+                subscribe.write(&mut packet).expect("SUBSCRIBE");
+                stream.write_all(&packet).await.expect("SUBSCRIBE sent");
+                let mut suback = [0u8; 5];
+                stream.read_exact(&mut suback).await.expect("SUBACK");
+                assert_eq!(suback[4], 0, "subscription refused");
+                packet.clear();
+                rumqttc::Publish::new(&topic, rumqttc::QoS::AtMostOnce, vec![b'x'; 64])
+                    .write(&mut packet)
+                    .expect("PUBLISH");
+                let publish = packet.to_vec();
+                let (mut reader, mut writer) = stream.into_split();
+                let reading = tokio::spawn(async move {
+                    let mut buffer = vec![0u8; 64 * 1024];
+                    let mut bytes = 0;
+                    while let Ok(Ok(n)) =
+                        tokio::time::timeout(Duration::from_secs(1), reader.read(&mut buffer)).await
+                    {
+                        if n == 0 {
+                            break;
+                        }
+                        bytes += n;
+                    }
+                    bytes / publish.len()
+                });
+                // Ten messages every 10 ms: RATE per second.
+                let batch: Vec<u8> = packet.repeat((RATE / 100) as usize);
+                let mut tick = tokio::time::interval(Duration::from_millis(10));
+                let deadline = Instant::now() + duration;
+                while Instant::now() < deadline {
+                    tick.tick().await;
+                    writer.write_all(&batch).await.expect("PUBLISH sent");
+                }
+                let received = reading.await.expect("the reader");
+                let _ = writer.write_all(&DISCONNECT).await;
+                delivered.fetch_add(received as u64, Ordering::Relaxed);
+            })
+        })
+        .collect();
+    for task in tasks {
+        task.await.expect("a publisher");
+    }
+    delivered.load(Ordering::Relaxed)
 }

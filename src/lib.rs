@@ -4,6 +4,8 @@
 
 mod acl;
 mod ascii;
+#[cfg(feature = "broker")]
+pub mod broker;
 mod cert;
 mod error;
 #[cfg(feature = "fuzzing")]

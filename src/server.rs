@@ -28,11 +28,14 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use crate::acl::TopicRule;
-use crate::lifecycle::IssuancePolicy;
-use crate::mqtt::parse_username;
+use crate::id::{DeviceName, ProductKey};
+use crate::lifecycle::{DeviceStatus, Event, IssuancePolicy};
+use crate::mqtt::{ConnectKind, ConnectRequest, parse_username};
 use crate::policy::Freshness;
 use crate::register::RefusalCode;
-use crate::service::{AuthError, Authenticator, RegisterError, Registrar};
+use crate::service::{
+    Admin, AdminError, AuthError, Authenticator, IssuedSecret, RegisterError, Registrar,
+};
 use crate::store::Store;
 use crate::verified::{DeviceIdentity, Verified};
 
@@ -60,6 +63,9 @@ impl Default for ServerConfig {
     }
 }
 
+/// How many revocations a slow broker may lag behind before it must resynchronize.
+const REVOCATION_BACKLOG: usize = 1024;
+
 /// The services behind the routes, shared by every request (and by MQTT listeners).
 pub struct Services {
     /// Per-device logins.
@@ -68,8 +74,64 @@ pub struct Services {
     pub registrar: Registrar<Arc<dyn Store>>,
     /// The topic rule.
     pub topics: TopicRule,
+    /// Operators' changes to devices.
+    pub admin: Admin<Arc<dyn Store>>,
     /// Counters for `/metrics`.
     pub metrics: Metrics,
+    revocations: tokio::sync::broadcast::Sender<DeviceIdentity>,
+}
+
+/// What a CONNECT was admitted as ([`Services::admit`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Admission {
+    /// A per-device login: the device is Active and may use its topics.
+    Login(DeviceIdentity),
+    /// A dynamic registration (`authType=register`) that may be served: the connection may
+    /// receive its secret on `/ext/register` and do nothing else.
+    Registration(DeviceIdentity),
+}
+
+impl Admission {
+    /// The device the CONNECT is for.
+    pub fn device(&self) -> DeviceIdentity {
+        match *self {
+            Self::Login(who) | Self::Registration(who) => who,
+        }
+    }
+}
+
+/// Why a CONNECT was refused, as an MQTT CONNACK tells it (PROTOCOL.md §a.7).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ConnectRefusal {
+    /// Unknown device, bad signature, stale timestamp, malformed credentials: MQTT 3.1.1
+    /// return code 4, MQTT 5 reason 0x86.
+    BadCredentials,
+    /// A disabled device or a refused registration: 3.1.1 code 5, MQTT 5 reason 0x87.
+    NotAuthorized,
+    /// The store failed: 3.1.1 code 3, MQTT 5 reason 0x88; the device should retry later.
+    Unavailable,
+}
+
+impl ConnectRefusal {
+    /// The refusal of a failed login.
+    pub fn from_login(e: &AuthError) -> Self {
+        match e {
+            _ if e.is_outage() => Self::Unavailable,
+            AuthError::Disabled => Self::NotAuthorized,
+            _ => Self::BadCredentials,
+        }
+    }
+
+    /// The refusal of a failed registration (a refused registration is "not authorized", as
+    /// on Alibaba's platform; an outage is "unavailable").
+    pub fn from_registration(e: &RegisterError) -> Self {
+        match e.code() {
+            RefusalCode::Unavailable => Self::Unavailable,
+            _ => Self::NotAuthorized,
+        }
+    }
 }
 
 impl Services {
@@ -77,9 +139,55 @@ impl Services {
     pub fn new(store: Arc<dyn Store>, config: ServerConfig) -> Self {
         Self {
             authenticator: Authenticator::new(store.clone()).with_freshness(config.freshness),
-            registrar: Registrar::new(store).with_policy(config.issuance),
+            registrar: Registrar::new(store.clone()).with_policy(config.issuance),
+            admin: Admin::new(store),
             topics: config.topics,
             metrics: Metrics::default(),
+            revocations: tokio::sync::broadcast::channel(REVOCATION_BACKLOG).0,
+        }
+    }
+
+    /// Decides a broker's CONNECT: a per-device login, or a dynamic registration
+    /// (`authType=register`) checked but not yet issued (see [`Registrar::check_request`]).
+    /// Counted and logged (never a secret).
+    ///
+    /// # Errors
+    /// The [`ConnectRefusal`] a broker answers with, already logged.
+    pub async fn admit(
+        &self,
+        client_id: &str,
+        username: &str,
+        password: &str,
+    ) -> Result<Admission, ConnectRefusal> {
+        let request = match ConnectRequest::parse(client_id, username, password) {
+            Ok(request) => request,
+            Err(e) => {
+                let e = AuthError::from(e);
+                self.record_login(&Err(e));
+                return Err(ConnectRefusal::BadCredentials);
+            }
+        };
+        match request.kind() {
+            ConnectKind::Login => {
+                let outcome = self.authenticator.authenticate_request(&request).await;
+                self.record_login(&outcome);
+                outcome
+                    .map(|who| Admission::Login(who.into_inner()))
+                    .map_err(|e| ConnectRefusal::from_login(&e))
+            }
+            ConnectKind::Register => match self.registrar.check_request(&request).await {
+                Ok(who) => Ok(Admission::Registration(who.into_inner())),
+                Err(e) => {
+                    let refusal = ConnectRefusal::from_registration(&e);
+                    self.record_registration(&Err(e));
+                    Err(refusal)
+                }
+            },
+            kind @ (ConnectKind::RegisterNoPreregistration | ConnectKind::TokenLogin) => {
+                let e = RegisterError::Unsupported { got: kind };
+                self.record_registration(&Err(e));
+                Err(ConnectRefusal::NotAuthorized)
+            }
         }
     }
 
@@ -97,7 +205,12 @@ impl Services {
             .authenticator
             .authenticate(client_id, username, password)
             .await;
-        match &outcome {
+        self.record_login(&outcome);
+        outcome
+    }
+
+    fn record_login(&self, outcome: &Result<Verified<DeviceIdentity>, AuthError>) {
+        match outcome {
             Ok(who) => {
                 self.metrics.logins_ok.fetch_add(1, Ordering::Relaxed);
                 tracing::info!(product_key = %who.product_key(), device_name = %who.device_name(), "login accepted");
@@ -107,14 +220,58 @@ impl Services {
                 tracing::warn!(reason = %e, "login refused");
             }
         }
+    }
+
+    /// Serves an MQTT registration connect (`authType=register`), counting and logging the
+    /// outcome (never the secret).
+    ///
+    /// # Errors
+    /// The [`RegisterError`], already logged.
+    pub async fn register_connect(
+        &self,
+        client_id: &str,
+        username: &str,
+        password: &str,
+    ) -> Result<IssuedSecret, RegisterError> {
+        let outcome = self
+            .registrar
+            .register_connect(client_id, username, password)
+            .await;
+        self.record_registration(&outcome);
         outcome
     }
 
-    /// Counts and logs a registration's outcome (never the secret).
-    pub fn record_registration(
+    /// Applies an operator's event ([`Event::Disable`], [`Event::Enable`], [`Event::Reset`],
+    /// [`Event::Delete`]) and, when it takes a device's right to stay connected away
+    /// (all but Enable), tells every broker of these services ([`Services::revocations`]),
+    /// which disconnects the device at once.
+    ///
+    /// # Errors
+    /// As [`Admin::apply`].
+    pub async fn apply_operator_event(
         &self,
-        outcome: &Result<crate::service::IssuedSecret, RegisterError>,
-    ) {
+        product_key: &ProductKey,
+        device_name: &DeviceName,
+        event: Event,
+    ) -> Result<Option<DeviceStatus>, AdminError> {
+        let status = self.admin.apply(product_key, device_name, event).await?;
+        if !matches!(event, Event::Enable) {
+            // No receiver (no broker) is not an error.
+            let _ = self
+                .revocations
+                .send(DeviceIdentity::new(*product_key, *device_name));
+        }
+        Ok(status)
+    }
+
+    /// Devices whose connections must end now (disabled, reset or deleted through
+    /// [`Services::apply_operator_event`]), for a broker to act on.
+    pub fn revocations(&self) -> tokio::sync::broadcast::Receiver<DeviceIdentity> {
+        self.revocations.subscribe()
+    }
+
+    /// Counts and logs a registration's outcome (never the secret).
+    pub fn record_registration(&self, outcome: &Result<IssuedSecret, RegisterError>) {
         match outcome {
             Ok(issued) => {
                 self.metrics

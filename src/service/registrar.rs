@@ -3,7 +3,9 @@ use std::sync::LazyLock;
 
 use crate::error::ParseError;
 use crate::id::{DeviceName, ProductKey};
-use crate::lifecycle::{Event, IssuancePolicy, SecretEffect, TransitionError};
+use crate::lifecycle::{
+    DynamicRegistration, Event, IssuancePolicy, SecretEffect, TransitionError, transition,
+};
 use crate::mqtt::{ConnectKind, ConnectRequest};
 use crate::random::{EntropyError, OsEntropy};
 use crate::register::{RefusalCode, RegisterForm, RegisterReply};
@@ -194,15 +196,67 @@ impl<S: ProductStore + DeviceStore> Registrar<S> {
         password: &str,
     ) -> Result<IssuedSecret, RegisterError> {
         let request = ConnectRequest::parse(client_id, username, password)?;
-        if request.kind() != ConnectKind::Register {
-            return Err(RegisterError::Unsupported {
-                got: request.kind(),
-            });
-        }
+        self.register_request(&request).await
+    }
+
+    /// Serves an already parsed MQTT registration connect.
+    ///
+    /// # Errors
+    /// As [`Registrar::register_connect`].
+    pub async fn register_request(
+        &self,
+        request: &ConnectRequest<'_>,
+    ) -> Result<IssuedSecret, RegisterError> {
+        expect_registration(request)?;
         self.issue(request.product_key(), request.device_name(), |secret| {
             request.verify_registration(secret)
         })
         .await
+    }
+
+    /// Whether [`Registrar::register_request`] would issue now, without issuing: the checks in
+    /// the same order, the lifecycle's answer on the device as it is, and no write.
+    ///
+    /// A broker answers the CONNECT with this and issues once the connection is established,
+    /// so that a connection the broker refuses for another reason (a keep-alive out of range,
+    /// say) never consumes the one issue. The issue itself may still be refused if the device
+    /// changed in between (another broker issued first).
+    ///
+    /// # Errors
+    /// As [`Registrar::register_connect`].
+    pub async fn check_request(
+        &self,
+        request: &ConnectRequest<'_>,
+    ) -> Result<Verified<DeviceIdentity>, RegisterError> {
+        expect_registration(request)?;
+        let (product_key, device_name) = (request.product_key(), request.device_name());
+        let (identity, switch) = self
+            .verified_product(product_key, |secret| request.verify_registration(secret))
+            .await?;
+        let device = self
+            .store
+            .device(&product_key, &device_name)
+            .await?
+            .ok_or(RegisterError::UnknownDevice)?;
+        transition(device.status, Event::Issue(switch), self.policy)?;
+        Ok(identity)
+    }
+
+    /// Looks the product up and verifies the request against its secret (against a dummy
+    /// secret when the product is unknown, so that both cost the same).
+    async fn verified_product(
+        &self,
+        product_key: ProductKey,
+        verify: impl Fn(&ProductSecret) -> Result<Verified<DeviceIdentity>, VerifyError>,
+    ) -> Result<(Verified<DeviceIdentity>, DynamicRegistration), RegisterError> {
+        let Some(product) = self.store.product(&product_key).await? else {
+            let _ = verify(&DUMMY_PRODUCT_SECRET);
+            return Err(RegisterError::UnknownProduct);
+        };
+        Ok((
+            verify(&product.product_secret)?,
+            product.dynamic_registration,
+        ))
     }
 
     async fn issue(
@@ -211,16 +265,12 @@ impl<S: ProductStore + DeviceStore> Registrar<S> {
         device_name: DeviceName,
         verify: impl Fn(&ProductSecret) -> Result<Verified<DeviceIdentity>, VerifyError>,
     ) -> Result<IssuedSecret, RegisterError> {
-        let Some(product) = self.store.product(&product_key).await? else {
-            let _ = verify(&DUMMY_PRODUCT_SECRET);
-            return Err(RegisterError::UnknownProduct);
-        };
-        let identity = verify(&product.product_secret)?;
+        let (identity, switch) = self.verified_product(product_key, verify).await?;
         let applied = apply_event(
             &self.store,
             &product_key,
             &device_name,
-            Event::Issue(product.dynamic_registration),
+            Event::Issue(switch),
             self.policy,
             &OsEntropy,
             |_| Ok::<(), RegisterError>(()),
@@ -231,5 +281,13 @@ impl<S: ProductStore + DeviceStore> Registrar<S> {
             device_secret: applied.before.device_secret,
             redelivered: applied.transition.secret == SecretEffect::Redeliver,
         })
+    }
+}
+
+/// Only `authType=register` is served here; `regnwl` has no pre-registered device.
+fn expect_registration(request: &ConnectRequest<'_>) -> Result<(), RegisterError> {
+    match request.kind() {
+        ConnectKind::Register => Ok(()),
+        got => Err(RegisterError::Unsupported { got }),
     }
 }

@@ -5,7 +5,6 @@
 //! the offered password or sign.
 
 mod admin;
-mod broker;
 mod serve;
 
 use std::process::ExitCode;
@@ -348,12 +347,19 @@ fn verify_register(args: VerifyRegister) -> Result<(), Failure> {
 }
 
 /// Runs the server on a multi-threaded runtime, logging to stderr (`RUST_LOG`, default info).
+///
+/// The broker library's own records stop at warnings whatever `RUST_LOG` says: at debug level
+/// it prints whole CONNECT packets, and a `connwl` password is a DeviceToken, a secret. At
+/// info level it adds lines per connection that this server's own lines already cover.
 fn serve_until_stopped(url: &str, args: serve::Serve) -> Result<(), Failure> {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let filter = ["rmqtt=warn", "rmqtt_net=warn", "rmqtt_codec=warn"]
+        .into_iter()
+        .filter_map(|directive| directive.parse().ok())
+        .fold(filter, tracing_subscriber::EnvFilter::add_directive);
     tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
+        .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .init();
     let runtime = tokio::runtime::Builder::new_multi_thread()

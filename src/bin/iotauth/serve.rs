@@ -1,18 +1,16 @@
-//! `iotauth serve`: HTTP registration and broker hooks, MQTT dynamic registration, and an
-//! embedded MQTT broker that authenticates devices, on one store.
+//! `iotauth serve`: HTTP registration and broker hooks, and an embedded MQTT broker
+//! (`iotauth::broker`) that decides logins, registrations and topics, on one store.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::BytesMut;
 use clap::{Args, ValueEnum};
+use iotauth::broker::{Broker, BrokerConfig, TlsFiles, Transport};
 use iotauth::server::{ServerConfig, Services, router};
 use iotauth::store::{CachedStore, Store};
 use iotauth::{Freshness, IssuancePolicy, TopicRule};
-use rumqttc::{ConnAck, ConnectReturnCode, Packet, Publish, QoS};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 use tokio_rustls::TlsAcceptor;
@@ -26,12 +24,24 @@ pub(crate) struct Serve {
     /// HTTP: dynamic registration, broker hooks, /healthz, /metrics.
     #[arg(long, default_value = "127.0.0.1:8080")]
     http: SocketAddr,
-    /// An embedded MQTT 3.1.1 broker whose logins are verified by this server.
+    /// The embedded MQTT broker (3.1, 3.1.1 and 5): logins, dynamic registration
+    /// (authType=register) and the topic rule, all on this port.
     #[arg(long)]
     mqtt: Option<SocketAddr>,
-    /// MQTT dynamic registration (authType=register): CONNECT, CONNACK, /ext/register, close.
+    /// Another port of the same broker, for configurations that kept registration on a port
+    /// of its own; it serves exactly what --mqtt serves.
     #[arg(long)]
     mqtt_register: Option<SocketAddr>,
+    /// The broker over WebSocket (ws://, or wss:// with --tls-cert), for the SDKs' browser
+    /// and mini-program builds.
+    #[arg(long)]
+    mqtt_ws: Option<SocketAddr>,
+    /// The shortest keep-alive a device may ask for, in seconds (Alibaba: 30).
+    #[arg(long, default_value_t = 30)]
+    min_keepalive_secs: u16,
+    /// The longest keep-alive a device may ask for, in seconds (Alibaba: 1200).
+    #[arg(long, default_value_t = 1200)]
+    max_keepalive_secs: u16,
     /// How often a device's secret may be delivered.
     #[arg(long, value_enum, default_value = "once")]
     issuance: Issuance,
@@ -48,7 +58,7 @@ pub(crate) struct Serve {
     /// /shadow/+/{pk}/{dn}, /ota/device/+/{pk}/{dn}]
     #[arg(long = "topic-template")]
     topic_templates: Vec<String>,
-    /// TLS for HTTP and both MQTT listeners: the certificate chain (PEM).
+    /// TLS for HTTP and every MQTT listener: the certificate chain (PEM).
     #[arg(long, requires = "tls_key")]
     tls_cert: Option<PathBuf>,
     /// TLS: the private key (PEM).
@@ -62,10 +72,6 @@ enum Issuance {
     RedeliverUntilFirstLogin,
 }
 
-/// Cap on a registration CONNECT, in bytes.
-const MAX_CONNECT_LEN: usize = 4096;
-/// How long a registration client may take to send its CONNECT.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a client may take for its TLS handshake.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -88,13 +94,13 @@ pub(crate) async fn serve(store_url: &str, args: Serve) -> Result<(), Failure> {
         topics: if args.topic_templates.is_empty() {
             TopicRule::alibaba()
         } else {
-            TopicRule::new(args.topic_templates)?
+            TopicRule::new(args.topic_templates.iter().cloned())?
         },
     };
     let services = Arc::new(Services::new(store.clone(), config));
     hint_when_empty(&store, store_url).await?;
     let tls = match (&args.tls_cert, &args.tls_key) {
-        (Some(cert), Some(key)) => Some((tls_acceptor(cert, key)?, cert.clone(), key.clone())),
+        (Some(cert), Some(key)) => Some(tls_acceptor(cert, key)?),
         _ => None,
     };
     let scheme = if tls.is_some() { "TLS" } else { "plain TCP" };
@@ -103,28 +109,22 @@ pub(crate) async fn serve(store_url: &str, args: Serve) -> Result<(), Failure> {
         .await
         .map_err(|e| Failure::Rejected(format!("cannot listen on {}: {e}", args.http)))?;
     tracing::info!(address = %args.http, scheme, "HTTP: registration, hooks, /healthz, /metrics");
-    if let Some(address) = args.mqtt_register {
-        let listener = TcpListener::bind(address)
+    let broker = broker_config(&args);
+    if let Some(config) = broker {
+        let broker = Broker::start(&config, services.clone())
             .await
-            .map_err(|e| Failure::Rejected(format!("cannot listen on {address}: {e}")))?;
-        tracing::info!(%address, scheme, "MQTT dynamic registration");
-        let acceptor = tls.as_ref().map(|(acceptor, _, _)| acceptor.clone());
-        tokio::spawn(serve_mqtt_registration(
-            listener,
-            acceptor,
-            services.clone(),
-        ));
-    }
-    if let Some(address) = args.mqtt {
-        let files = tls
-            .as_ref()
-            .map(|(_, cert, key)| (cert.as_path(), key.as_path()));
-        start_broker(address, files, services.clone())?;
-        tracing::info!(%address, scheme, "MQTT broker");
+            .map_err(|e| Failure::Rejected(e.to_string()))?;
+        for (transport, address) in broker.local_addrs() {
+            let transport = match transport {
+                Transport::WebSocket => "WebSocket",
+                _ => "TCP",
+            };
+            tracing::info!(%address, transport, scheme, "MQTT broker: logins, registration, topics");
+        }
     }
     let app = router(services);
     let served = match tls {
-        Some((acceptor, _, _)) => {
+        Some(acceptor) => {
             axum::serve(TlsListener::spawn(http, acceptor)?, app)
                 .with_graceful_shutdown(shutdown_signal())
                 .await
@@ -241,115 +241,27 @@ impl axum::serve::Listener for TlsListener {
     }
 }
 
-/// rumqttd with one MQTT 3.1.1 listener (TLS when `tls` names the PEM files) whose logins go
-/// through the authenticator.
-fn start_broker(
-    address: SocketAddr,
-    tls: Option<(&Path, &Path)>,
-    services: Arc<Services>,
-) -> Result<(), Failure> {
-    let config = crate::broker::config(address, tls, Some(services));
-    // Fail now, not in the broker's thread, when the address is taken.
-    std::net::TcpListener::bind(address)
-        .map_err(|e| Failure::Rejected(format!("cannot listen on {address}: {e}")))?;
-    let mut broker = rumqttd::Broker::new(config);
-    std::thread::Builder::new()
-        .name("mqtt-broker".into())
-        .spawn(move || {
-            if let Err(e) = broker.start() {
-                tracing::error!(error = %e, "MQTT broker stopped");
-            }
-        })
-        .map_err(|e| Failure::Rejected(format!("cannot start the MQTT broker: {e}")))?;
-    Ok(())
-}
-
-async fn serve_mqtt_registration(
-    listener: TcpListener,
-    tls: Option<TlsAcceptor>,
-    services: Arc<Services>,
-) {
-    loop {
-        match listener.accept().await {
-            Ok((stream, peer)) => {
-                let (services, tls) = (services.clone(), tls.clone());
-                tokio::spawn(async move {
-                    let outcome = match tls {
-                        Some(acceptor) => {
-                            match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream))
-                                .await
-                            {
-                                Ok(Ok(stream)) => register_over_mqtt(stream, &services).await,
-                                Ok(Err(e)) => Err(e),
-                                Err(_) => Err(std::io::Error::other("TLS handshake timed out")),
-                            }
-                        }
-                        None => register_over_mqtt(stream, &services).await,
-                    };
-                    if let Err(e) = outcome {
-                        tracing::warn!(%peer, error = %e, "MQTT registration connection failed");
-                    }
-                });
-            }
-            Err(e) => tracing::warn!(error = %e, "accept failed"),
+/// The broker's listeners from the command line; `None` when no MQTT port is asked for.
+fn broker_config(args: &Serve) -> Option<BrokerConfig> {
+    let mut config = BrokerConfig::default();
+    for (address, transport) in [
+        (args.mqtt, Transport::Mqtt),
+        (args.mqtt_register, Transport::Mqtt),
+        (args.mqtt_ws, Transport::WebSocket),
+    ] {
+        if let Some(address) = address {
+            config = config.listener(address, transport);
         }
     }
-}
-
-/// One registration connection (PROTOCOL.md §c): CONNECT in; CONNACK accepted and the secret
-/// on `/ext/register`, or CONNACK "not authorized"; then close.
-async fn register_over_mqtt<S: AsyncRead + AsyncWrite + Unpin>(
-    mut stream: S,
-    services: &Services,
-) -> std::io::Result<()> {
-    let connect = match tokio::time::timeout(CONNECT_TIMEOUT, read_connect(&mut stream)).await {
-        Ok(result) => result?,
-        Err(_) => return Ok(()),
-    };
-    let Some(connect) = connect else {
-        return Ok(());
-    };
-    let (username, password) = connect
-        .login
-        .map(|login| (login.username, login.password))
-        .unwrap_or_default();
-    let outcome = services
-        .registrar
-        .register_connect(&connect.client_id, &username, &password)
-        .await;
-    services.record_registration(&outcome);
-    let mut out = BytesMut::new();
-    let write = |packet: Result<usize, rumqttc::mqttbytes::Error>| {
-        packet
-            .map(drop)
-            .map_err(|e| std::io::Error::other(e.to_string()))
-    };
-    match outcome {
-        Ok(issued) => {
-            write(ConnAck::new(ConnectReturnCode::Success, false).write(&mut out))?;
-            let payload = issued.to_ext_register_payload();
-            write(Publish::new("/ext/register", QoS::AtMostOnce, payload).write(&mut out))?;
-        }
-        Err(_) => write(ConnAck::new(ConnectReturnCode::NotAuthorized, false).write(&mut out))?,
+    if config.listeners.is_empty() {
+        return None;
     }
-    stream.write_all(&out).await?;
-    stream.shutdown().await
-}
-
-/// Reads bytes until one whole packet parses; `None` when it is not a CONNECT.
-async fn read_connect<S: AsyncRead + Unpin>(
-    stream: &mut S,
-) -> std::io::Result<Option<rumqttc::Connect>> {
-    let mut buffer = BytesMut::with_capacity(512);
-    loop {
-        match Packet::read(&mut buffer, MAX_CONNECT_LEN) {
-            Ok(Packet::Connect(connect)) => return Ok(Some(connect)),
-            Ok(_) => return Ok(None),
-            Err(rumqttc::mqttbytes::Error::InsufficientBytes(_)) => {}
-            Err(e) => return Err(std::io::Error::other(e.to_string())),
-        }
-        if stream.read_buf(&mut buffer).await? == 0 {
-            return Ok(None);
-        }
+    config.keepalive_secs = args.min_keepalive_secs..=args.max_keepalive_secs;
+    if let (Some(cert), Some(key)) = (&args.tls_cert, &args.tls_key) {
+        config = config.tls(TlsFiles {
+            cert: cert.clone(),
+            key: key.clone(),
+        });
     }
+    Some(config)
 }
