@@ -11,8 +11,8 @@
 //!   outage cannot be told apart as code 3; the log says which).
 //! * **Dynamic registration on the same port**, as on Alibaba's endpoint: a CONNECT with
 //!   `authType=register` is checked, accepted, sent its DeviceSecret on `/ext/register`
-//!   (to that connection alone), and closed [`REGISTRATION_LINGER`] later. It may not
-//!   subscribe or publish. The secret is issued only once the connection is established, so
+//!   (to that connection alone), and closed [`REGISTRATION_LINGER`] later. It may subscribe
+//!   to `/ext/register` alone and publish nothing. The secret is issued only once the connection is established, so
 //!   a connection refused for another reason never consumes the one issue.
 //! * **The topic rule** ([`TopicRule`]) on every SUBSCRIBE (a refused filter gets SUBACK
 //!   failure, 0x80 / 0x87), every PUBLISH (dropped in 3.1.1, PUBACK 0x87 in 5) and the will
@@ -58,7 +58,7 @@ use rmqtt::types::{
 };
 
 use crate::mqtt::MAX_CLIENT_ID_LEN;
-use crate::server::{Admission, ConnectRefusal, Services};
+use crate::server::{Admission, ConnectRefusal, REGISTER_TOPIC, Services};
 use crate::verified::DeviceIdentity;
 
 #[cfg(doc)]
@@ -434,12 +434,9 @@ impl Handler for Hooks {
             }
             Parameter::ClientSubscribeCheckAcl(session, subscribe) => {
                 let filter: &str = &subscribe.topic_filter;
-                let allowed = match admission(session).await {
-                    Some(Admission::Login(device)) => {
-                        self.services.topics.may_subscribe(&device, filter)
-                    }
-                    _ => false,
-                };
+                let allowed = admission(session)
+                    .await
+                    .is_some_and(|admission| self.services.may_subscribe(&admission, filter));
                 let result = if allowed {
                     SubscribeAclResult::new_success(subscribe.opts.qos(), None)
                 } else {
@@ -450,12 +447,9 @@ impl Handler for Hooks {
             }
             Parameter::MessagePublishCheckAcl(session, publish) => {
                 let topic: &str = &publish.topic;
-                let allowed = match admission(session).await {
-                    Some(Admission::Login(device)) => {
-                        self.services.topics.may_publish(&device, topic)
-                    }
-                    _ => false,
-                };
+                let allowed = admission(session)
+                    .await
+                    .is_some_and(|admission| self.services.may_publish(&admission, topic));
                 let result = if allowed {
                     PublishAclResult::allow()
                 } else {
@@ -488,8 +482,7 @@ impl Hooks {
                 LastWill::V3(will) => &will.topic,
                 LastWill::V5(will) => &will.topic,
             };
-            let allowed = matches!(admission, Admission::Login(_))
-                && self.services.topics.may_publish(&device, topic);
+            let allowed = self.services.may_publish(&admission, topic);
             if !allowed {
                 tracing::warn!(product_key = %device.product_key(), device_name = %device.device_name(), topic = %capped(topic), "CONNECT refused: will topic not allowed");
                 return AuthResult::NotAuthorized;
@@ -548,7 +541,7 @@ impl Hooks {
                         dup: false,
                         retain: false,
                         qos: QoS::AtMostOnce,
-                        topic: "/ext/register".into(),
+                        topic: REGISTER_TOPIC.into(),
                         packet_id: None,
                         payload: issued.to_ext_register_payload().into(),
                         properties: None,

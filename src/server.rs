@@ -63,6 +63,9 @@ impl Default for ServerConfig {
     }
 }
 
+/// Where MQTT dynamic registration delivers a DeviceSecret (PROTOCOL.md §c.2).
+pub const REGISTER_TOPIC: &str = "/ext/register";
+
 /// How many revocations a slow broker may lag behind before it must resynchronize.
 const REVOCATION_BACKLOG: usize = 1024;
 
@@ -188,6 +191,25 @@ impl Services {
                 self.record_registration(&Err(e));
                 Err(ConnectRefusal::NotAuthorized)
             }
+        }
+    }
+
+    /// Whether a connection admitted as `admission` may subscribe to `filter`: a login, inside
+    /// the device's topics ([`TopicRule`]); a registration, to [`REGISTER_TOPIC`] alone
+    /// (where nothing but its own secret ever reaches it).
+    pub fn may_subscribe(&self, admission: &Admission, filter: &str) -> bool {
+        match admission {
+            Admission::Login(device) => self.topics.may_subscribe(device, filter),
+            Admission::Registration(_) => filter == REGISTER_TOPIC,
+        }
+    }
+
+    /// Whether a connection admitted as `admission` may publish to `topic` (a registration:
+    /// never).
+    pub fn may_publish(&self, admission: &Admission, topic: &str) -> bool {
+        match admission {
+            Admission::Login(device) => self.topics.may_publish(device, topic),
+            Admission::Registration(_) => false,
         }
     }
 

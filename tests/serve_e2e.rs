@@ -278,24 +278,20 @@ fn http_registration_then_login_and_delivery_through_the_embedded_broker() {
         "issued once"
     );
 
-    let topic = format!("/{}/meter-01/user/get", fleet.pk);
-    let sub_login = fleet.login("meter-01", &secret, "sub-1");
-    let sub = spawn_subscriber(server.mqtt, &sub_login, &topic, 20);
-    std::thread::sleep(Duration::from_millis(800));
-    let publish = mosquitto_pub(
-        server.mqtt,
-        &fleet.login("meter-01", &secret, "pub-1"),
-        &topic,
-        "hello",
-    );
+    // The device subscribes to its own topic and publishes to it on one connection (a second
+    // connection of the device would close the first): mosquitto_rr, MQTT 5.
+    let topic = format!("/{}/meter-01/user/update", fleet.pk);
+    let login = fleet.login("meter-01", &secret, "rr-1");
+    let round_trip = mosquitto_client("mosquitto_rr", server.mqtt, &login)
+        .args(["-t", &topic, "-e", &topic, "-m", "hello", "-W", "10"])
+        .output()
+        .unwrap();
     assert_eq!(
-        publish.status.code(),
-        Some(0),
+        String::from_utf8_lossy(&round_trip.stdout).trim(),
+        "hello",
         "{}",
-        String::from_utf8_lossy(&publish.stderr)
+        String::from_utf8_lossy(&round_trip.stderr)
     );
-    let received = sub.wait_with_output().unwrap();
-    assert_eq!(String::from_utf8_lossy(&received.stdout).trim(), "hello");
     assert_eq!(
         cli(&fleet.store, &["device", "show", &fleet.pk, "meter-01"])["state"],
         "active"
@@ -305,7 +301,7 @@ fn http_registration_then_login_and_delivery_through_the_embedded_broker() {
         metrics.contains("iotauth_registrations_total{result=\"issued\"} 1"),
         "{metrics}"
     );
-    server.assert_log_clean(&[secret, fleet.ps.clone(), sub_login[2].clone()]);
+    server.assert_log_clean(&[secret, fleet.ps.clone(), login[2].clone()]);
 }
 
 #[test]
@@ -330,36 +326,48 @@ fn wrong_password_unknown_and_disabled_devices_are_refused() {
     );
     let mut wrong = fleet.login("meter-01", &secret, "wrong");
     wrong[2] = wrong[2].replace(|c: char| c.is_ascii_digit(), "a");
-    assert_ne!(
-        mosquitto_pub(server.mqtt, &wrong, "/x", "m").status.code(),
+    let ghost = fleet.login("ghost-01", &secret, "ghost");
+    let off = fleet.login("meter-02", &disabled, "off");
+    // mosquitto_pub exits with the CONNACK code (3.1.1) or reason code (5) it was refused with.
+    let refused_with = |login: &[String; 3], version: &str| {
+        mosquitto_client("mosquitto_pub", server.mqtt, login)
+            .args(["-V", version, "-t", "/x", "-m", "m"])
+            .output()
+            .unwrap()
+            .status
+            .code()
+    };
+    // 4 / 0x86: bad user name or password (bad signature, unknown device).
+    assert_eq!(refused_with(&wrong, "mqttv311"), Some(4));
+    assert_eq!(refused_with(&ghost, "mqttv311"), Some(4));
+    assert_eq!(refused_with(&wrong, "mqttv5"), Some(0x86));
+    // 5 / 0x87: not authorized (a disabled device).
+    assert_eq!(refused_with(&off, "mqttv311"), Some(5));
+    assert_eq!(refused_with(&off, "mqttv5"), Some(0x87));
+    // MQTT 3.1 (MQIsdp) is served too.
+    assert_eq!(refused_with(&wrong, "mqttv31"), Some(4));
+    assert_eq!(
+        refused_with(&fleet.login("meter-01", &secret, "v31"), "mqttv31"),
         Some(0)
     );
-    assert_ne!(
-        mosquitto_pub(
-            server.mqtt,
-            &fleet.login("ghost-01", &secret, "ghost"),
-            "/x",
-            "m"
-        )
-        .status
-        .code(),
-        Some(0)
-    );
-    assert_ne!(
-        mosquitto_pub(
-            server.mqtt,
-            &fleet.login("meter-02", &disabled, "off"),
-            "/x",
-            "m"
-        )
-        .status
-        .code(),
-        Some(0)
-    );
+    // 3: server unavailable, for a keep-alive outside Alibaba's 30..1200 s (3.1.1).
+    let short_keepalive = mosquitto_client(
+        "mosquitto_pub",
+        server.mqtt,
+        &fleet.login("meter-01", &secret, "ka"),
+    )
+    .args(["-k", "10", "-t", "/x", "-m", "m"])
+    .output()
+    .unwrap();
+    assert_eq!(short_keepalive.status.code(), Some(3));
     let (_, metrics) = http_request(server.http, "GET", "/metrics", "", &[]).unwrap();
-    for reason in ["bad_credentials", "unknown_device", "disabled"] {
+    for (reason, count) in [
+        ("bad_credentials", 3),
+        ("unknown_device", 1),
+        ("disabled", 2),
+    ] {
         assert!(
-            metrics.contains(&format!("reason=\"{reason}\"}} 1")),
+            metrics.contains(&format!("reason=\"{reason}\"}} {count}")),
             "{reason}: {metrics}"
         );
     }
@@ -767,7 +775,8 @@ fn mqtt_dynamic_registration_publishes_the_secret_once() {
     let server = Server::start(&fleet.store, dir.0.join("serve.log"), &[]);
     let creds = fleet.registration_connect("reg-mqtt-01");
     let connect = |port: u16| mqtt_register(port, &creds, None);
-    let first = connect(server.register);
+    // On the broker's port, as on Alibaba's endpoint.
+    let first = connect(server.mqtt);
     let payload: Value = serde_json::from_slice(&first.stdout).unwrap_or_else(|_| {
         panic!(
             "stdout {:?} stderr {:?}",
@@ -777,6 +786,7 @@ fn mqtt_dynamic_registration_publishes_the_secret_once() {
     });
     assert_eq!(payload["deviceSecret"], secret.as_str());
     assert_eq!(payload["deviceName"], "reg-mqtt-01");
+    // --mqtt-register is another port of the same broker: issued once, refused there too.
     let second = connect(server.register);
     assert!(second.stdout.is_empty());
     assert!(
@@ -803,7 +813,8 @@ fn alibabas_linkkit_sdk_logs_in_and_registers_over_http_and_mqtt() {
         .arg(script)
         .env("IOTAUTH_HTTP", server.http.to_string())
         .env("IOTAUTH_MQTT", server.mqtt.to_string())
-        .env("IOTAUTH_MQTT_REGISTER", server.register.to_string())
+        // MQTT registration on the broker's one port, as on Alibaba's endpoint.
+        .env("IOTAUTH_MQTT_REGISTER", server.mqtt.to_string())
         .env("PK", &fleet.pk)
         .env("PS", &fleet.ps)
         .env("DN_LOGIN", "lk-login-01")
@@ -876,7 +887,7 @@ fn an_empty_store_prints_the_first_commands() {
 }
 
 #[test]
-fn tls_on_http_and_both_mqtt_listeners() {
+fn tls_on_http_and_the_mqtt_broker() {
     let dir = Dir::new("tls");
     let (cert, key) = (dir.0.join("cert.pem"), dir.0.join("key.pem"));
     let made = Command::new("openssl")
@@ -933,7 +944,8 @@ fn tls_on_http_and_both_mqtt_listeners() {
 
     // MQTT over TLS (a host name: rustls refuses an IP address as SNI, as devices never send one).
     let [id, user, password] = fleet.login("tls-01", &secret, "tls");
-    let publish = Command::new("mosquitto_pub")
+    let topic = format!("/{}/tls-01/user/update", fleet.pk);
+    let round_trip = Command::new("mosquitto_rr")
         .args([
             "--cafile",
             cert_arg,
@@ -948,22 +960,26 @@ fn tls_on_http_and_both_mqtt_listeners() {
             "-P",
             &password,
             "-t",
-            "/x",
+            &topic,
+            "-e",
+            &topic,
             "-m",
-            "m",
+            "over TLS",
+            "-W",
+            "10",
         ])
         .output()
         .unwrap();
     assert_eq!(
-        publish.status.code(),
-        Some(0),
+        String::from_utf8_lossy(&round_trip.stdout).trim(),
+        "over TLS",
         "{}",
-        String::from_utf8_lossy(&publish.stderr)
+        String::from_utf8_lossy(&round_trip.stderr)
     );
 
-    // MQTT dynamic registration over TLS.
+    // MQTT dynamic registration over TLS, on the broker's port.
     let registered = mqtt_register(
-        server.register,
+        server.mqtt,
         &fleet.registration_connect("tls-02"),
         Some(cert_arg),
     );
