@@ -224,6 +224,34 @@ impl Fleet {
     }
 }
 
+/// A self-signed certificate for `localhost` and 127.0.0.1, and its key (openssl).
+fn self_signed(cert: &std::path::Path, key: &std::path::Path) {
+    let made = Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=localhost",
+        ])
+        .args(["-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"])
+        .arg("-keyout")
+        .arg(key)
+        .arg("-out")
+        .arg(cert)
+        .output()
+        .expect("openssl");
+    assert!(
+        made.status.success(),
+        "{}",
+        String::from_utf8_lossy(&made.stderr)
+    );
+}
+
 fn mosquitto_pub(port: u16, login: &[String; 3], topic: &str, message: &str) -> Output {
     mosquitto_client("mosquitto_pub", port, login)
         .args(["-t", topic, "-m", message])
@@ -890,30 +918,7 @@ fn an_empty_store_prints_the_first_commands() {
 fn tls_on_http_and_the_mqtt_broker() {
     let dir = Dir::new("tls");
     let (cert, key) = (dir.0.join("cert.pem"), dir.0.join("key.pem"));
-    let made = Command::new("openssl")
-        .args([
-            "req",
-            "-x509",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-days",
-            "1",
-            "-subj",
-            "/CN=localhost",
-        ])
-        .args(["-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"])
-        .arg("-keyout")
-        .arg(&key)
-        .arg("-out")
-        .arg(&cert)
-        .output()
-        .expect("openssl");
-    assert!(
-        made.status.success(),
-        "{}",
-        String::from_utf8_lossy(&made.stderr)
-    );
+    self_signed(&cert, &key);
     let fleet = Fleet::new(format!("sqlite://{}", dir.0.join("fleet.db").display()));
     let secret = fleet.device("tls-01");
     fleet.device("tls-02");
@@ -993,7 +998,7 @@ fn tls_on_http_and_the_mqtt_broker() {
 fn custom_topic_templates_replace_the_defaults() {
     let dir = Dir::new("templates");
     let fleet = Fleet::new(format!("sqlite://{}", dir.0.join("fleet.db").display()));
-    fleet.device("tpl-01");
+    let secret = fleet.device("tpl-01");
     let server = Server::start(
         &fleet.store,
         dir.0.join("serve.log"),
@@ -1017,4 +1022,334 @@ fn custom_topic_templates_replace_the_defaults() {
         403,
         "the defaults no longer apply"
     );
+    // The embedded broker applies the same rule.
+    let login = fleet.login("tpl-01", &secret, "tpl");
+    let topic = format!("devices/{}/tpl-01/telemetry", fleet.pk);
+    let round_trip = mosquitto_client("mosquitto_rr", server.mqtt, &login)
+        .args(["-t", &topic, "-e", &topic, "-m", "templated", "-W", "10"])
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&round_trip.stdout).trim(),
+        "templated"
+    );
+    let default = subscribe_once(
+        server.mqtt,
+        &login,
+        "mqttv311",
+        &format!("/{}/tpl-01/user/get", fleet.pk),
+        2,
+    );
+    assert!(
+        String::from_utf8_lossy(&default.stderr).contains("All subscription requests were denied"),
+        "{default:?}"
+    );
+}
+
+/// `mosquitto_sub` of `login` on `filter` for at most `wait_secs`; its output.
+fn subscribe_once(
+    port: u16,
+    login: &[String; 3],
+    version: &str,
+    filter: &str,
+    wait_secs: u32,
+) -> Output {
+    mosquitto_client("mosquitto_sub", port, login)
+        .args([
+            "-V",
+            version,
+            "-t",
+            filter,
+            "-C",
+            "1",
+            "-W",
+            &wait_secs.to_string(),
+        ])
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn a_device_can_neither_read_nor_write_another_devices_topics() {
+    let dir = Dir::new("isolation");
+    let fleet = Fleet::new(format!("sqlite://{}", dir.0.join("fleet.db").display()));
+    let (a_secret, b_secret) = (fleet.device("meter-a"), fleet.device("meter-b"));
+    let server = Server::start(&fleet.store, dir.0.join("serve.log"), &[]);
+    let pk = &fleet.pk;
+    let a = fleet.login("meter-a", &a_secret, "a");
+
+    // Filters that reach outside the device's own topics: SUBACK failure (0x80 in 3.1.1, 0x87
+    // in 5), which mosquitto_sub reports as all subscriptions denied.
+    for filter in [
+        "#".to_owned(),
+        "+/#".to_owned(),
+        format!("/{pk}/+/user/get"),
+        format!("/{pk}/meter-b/#"),
+        "/sys/+/+/#".to_owned(),
+        format!("/sys/{pk}/meter-b/thing/service/property/set"),
+        "$SYS/#".to_owned(),
+        "/ext/register".to_owned(),
+    ] {
+        for version in ["mqttv311", "mqttv5"] {
+            let out = subscribe_once(server.mqtt, &a, version, &filter, 2);
+            assert!(
+                String::from_utf8_lossy(&out.stderr)
+                    .contains("All subscription requests were denied"),
+                "{filter} ({version}): {out:?}"
+            );
+        }
+    }
+
+    // B listens on its own command topic; A publishes there, plain, QoS 1, retained, and in
+    // MQTT 5 (PUBACK 0x87, which mosquitto_pub reports as "Not authorized").
+    let b_topic = format!("/{pk}/meter-b/user/get");
+    let b = fleet.login("meter-b", &b_secret, "b");
+    let listener = spawn_subscriber(server.mqtt, &b, &b_topic, 4);
+    std::thread::sleep(Duration::from_millis(800));
+    for extra in [&[][..], &["-q", "1"], &["-r"], &["-r", "-q", "1"]] {
+        let out = mosquitto_client("mosquitto_pub", server.mqtt, &a)
+            .args(["-t", &b_topic, "-m", "planted"])
+            .args(extra)
+            .output()
+            .unwrap();
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "3.1.1 drops it silently: {out:?}"
+        );
+    }
+    let v5 = mosquitto_client("mosquitto_pub", server.mqtt, &a)
+        .args(["-V", "mqttv5", "-q", "1", "-t", &b_topic, "-m", "planted"])
+        .output()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&v5.stderr).contains("Not authorized"),
+        "{v5:?}"
+    );
+    let heard = listener.wait_with_output().unwrap();
+    assert!(heard.stdout.is_empty(), "B received {:?}", heard.stdout);
+    // Nothing retained waits for B either.
+    let later = subscribe_once(
+        server.mqtt,
+        &fleet.login("meter-b", &b_secret, "b2"),
+        "mqttv311",
+        &b_topic,
+        2,
+    );
+    assert!(
+        later.stdout.is_empty(),
+        "a retained plant reached B: {later:?}"
+    );
+
+    // A's own topics still work.
+    let own = format!("/{pk}/meter-a/user/update");
+    let round_trip = mosquitto_client("mosquitto_rr", server.mqtt, &a)
+        .args(["-t", &own, "-e", &own, "-m", "mine", "-W", "10"])
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&round_trip.stdout).trim(), "mine");
+
+    // Each refusal is logged with device and topic, never with the payload.
+    let log = std::fs::read_to_string(&server.log).unwrap();
+    assert!(log.contains("topic refused"), "{log}");
+    assert!(log.contains(&b_topic));
+    assert!(!log.contains("planted"), "a payload reached the log");
+    server.assert_log_clean(&[a_secret, b_secret]);
+}
+
+#[test]
+fn a_kept_session_belongs_to_its_device() {
+    let dir = Dir::new("kept-session");
+    let fleet = Fleet::new(format!("sqlite://{}", dir.0.join("fleet.db").display()));
+    let (a_secret, b_secret) = (fleet.device("meter-a"), fleet.device("meter-b"));
+    let server = Server::start(&fleet.store, dir.0.join("serve.log"), &[]);
+    let topic = format!("/{}/meter-b/user/get", fleet.pk);
+    // Both sign the CORE "shared": their MQTT client ids are identical.
+    let b = fleet.login("meter-b", &b_secret, "shared");
+    let a = fleet.login("meter-a", &a_secret, "shared");
+    assert_eq!(a[0], b[0]);
+
+    // B subscribes with a kept session (clean session off, QoS 1) and goes away.
+    let kept = mosquitto_client("mosquitto_sub", server.mqtt, &b)
+        .args(["-c", "-q", "1", "-t", &topic, "-W", "1"])
+        .output()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&kept.stderr).contains("Timed out"),
+        "{kept:?}"
+    );
+    // A message for B is queued in that session (published by B from another client id).
+    let queued = mosquitto_client(
+        "mosquitto_pub",
+        server.mqtt,
+        &fleet.login("meter-b", &b_secret, "b-pub"),
+    )
+    .args(["-q", "1", "-t", &topic, "-m", "for B only"])
+    .output()
+    .unwrap();
+    assert_eq!(queued.status.code(), Some(0), "{queued:?}");
+
+    // A, presenting B's client id, is refused ("not authorised"): no takeover, no B messages.
+    let taken = mosquitto_client("mosquitto_sub", server.mqtt, &a)
+        .args([
+            "-c",
+            "-q",
+            "1",
+            "-t",
+            &format!("/{}/meter-a/user/get", fleet.pk),
+            "-W",
+            "2",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(taken.status.code(), Some(5), "{taken:?}");
+    assert!(taken.stdout.is_empty());
+
+    // B comes back to its session and gets the queued message.
+    let back = mosquitto_client("mosquitto_sub", server.mqtt, &b)
+        .args(["-c", "-q", "1", "-t", &topic, "-C", "1", "-W", "5"])
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&back.stdout).trim(),
+        "for B only",
+        "{back:?}"
+    );
+    server.assert_log_clean(&[a_secret, b_secret]);
+}
+
+#[test]
+fn idle_connections_do_not_hold_up_a_tls_login() {
+    let dir = Dir::new("idle-tls");
+    let (cert, key) = (dir.0.join("cert.pem"), dir.0.join("key.pem"));
+    self_signed(&cert, &key);
+    let fleet = Fleet::new(format!("sqlite://{}", dir.0.join("fleet.db").display()));
+    let secret = fleet.device("meter-01");
+    let (cert_arg, key_arg) = (cert.to_str().unwrap(), key.to_str().unwrap());
+    let server = Server::start(
+        &fleet.store,
+        dir.0.join("serve.log"),
+        &["--tls-cert", cert_arg, "--tls-key", key_arg],
+    );
+    // One idle TCP connection and 200 that never finish (never start) their TLS handshake.
+    let idle: Vec<TcpStream> = (0..201)
+        .map(|_| TcpStream::connect(("127.0.0.1", server.mqtt)).unwrap())
+        .collect();
+    std::thread::sleep(Duration::from_millis(300));
+    let [id, user, password] = fleet.login("meter-01", &secret, "tls");
+    let started = Instant::now();
+    let login = Command::new("mosquitto_pub")
+        .args([
+            "--cafile",
+            cert_arg,
+            "-h",
+            "localhost",
+            "-p",
+            &server.mqtt.to_string(),
+        ])
+        .args([
+            "-i", &id, "-u", &user, "-P", &password, "-t", "/x", "-m", "m",
+        ])
+        .output()
+        .unwrap();
+    let took = started.elapsed();
+    println!("TLS login beside 201 idle connections: {took:?}");
+    assert_eq!(login.status.code(), Some(0), "{login:?}");
+    // Not a speed claim: a handshake run on the accept loop would wait out the idle ones'
+    // 10 s handshake limit.
+    assert!(took < Duration::from_secs(5), "{took:?}");
+    drop(idle);
+}
+
+#[test]
+fn under_a_256_descriptor_limit_idle_connections_do_not_take_the_broker_down() {
+    let dir = Dir::new("fd-limit");
+    let fleet = Fleet::new(format!("sqlite://{}", dir.0.join("fleet.db").display()));
+    let secret = fleet.device("meter-01");
+    let (http, mqtt) = (free_port(), free_port());
+    let log = dir.0.join("serve.log");
+    let mut child = Command::new("sh")
+        .arg("-c")
+        .arg(r#"ulimit -n 256 && exec "$0" "$@""#)
+        .arg(BIN)
+        .args(["--store", &fleet.store, "serve"])
+        .args(["--http", &format!("127.0.0.1:{http}")])
+        .args(["--mqtt", &format!("127.0.0.1:{mqtt}")])
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while http_request(http, "GET", "/healthz", "", &[]).is_err() {
+        assert!(Instant::now() < deadline, "server did not come up");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let login = fleet.login("meter-01", &secret, "fd");
+    let log_before = std::fs::metadata(&log).unwrap().len();
+    let idle: Vec<TcpStream> = (0..300)
+        .filter_map(|_| TcpStream::connect(("127.0.0.1", mqtt)).ok())
+        .collect();
+    std::thread::sleep(Duration::from_secs(3));
+    let grown = std::fs::metadata(&log).unwrap().len() - log_before;
+    drop(idle);
+    // The accept loop pauses 1 s after an error: logins work again within a few seconds.
+    let mut accepted = false;
+    for _ in 0..20 {
+        if mosquitto_pub(mqtt, &login, "/x", "m").status.code() == Some(0) {
+            accepted = true;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    println!("log growth while 300 connections were held: {grown} bytes");
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        text.contains("Too many open files"),
+        "the descriptors ran out (else this test proves nothing): {text}"
+    );
+    assert!(accepted, "no login after the idle connections closed");
+    assert!(grown < 1 << 20, "the log grew by {grown} bytes");
+}
+
+#[test]
+fn paho_over_websocket_logs_in_and_uses_its_own_topics_only() {
+    let Some(python) = required_env("IOTAUTH_LINKKIT_PYTHON") else {
+        return;
+    };
+    let dir = Dir::new("websocket");
+    let fleet = Fleet::new(format!("sqlite://{}", dir.0.join("fleet.db").display()));
+    let secret = fleet.device("meter-ws");
+    let ws = free_port();
+    let server = Server::start(
+        &fleet.store,
+        dir.0.join("serve.log"),
+        &["--mqtt-ws", &format!("127.0.0.1:{ws}")],
+    );
+    let [id, user, password] = fleet.login("meter-ws", &secret, "ws");
+    let out = Command::new(python)
+        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/e2e/paho_ws.py"))
+        .env("PORT", ws.to_string())
+        .env("CLIENT_ID", &id)
+        .env("USERNAME", &user)
+        .env("PASSWORD", &password)
+        .env("TOPIC", format!("/{}/meter-ws/user/update", fleet.pk))
+        .env("FORBIDDEN", "#")
+        .output()
+        .unwrap();
+    let result = last_line_json(&out);
+    assert_eq!(result["connack"], 0, "{result}");
+    assert_eq!(
+        result["granted"]["TOPIC"],
+        serde_json::json!([0]),
+        "{result}"
+    );
+    assert_eq!(
+        result["granted"]["FORBIDDEN"],
+        serde_json::json!([128]),
+        "{result}"
+    );
+    assert_eq!(result["received"], "over websocket", "{result}");
+    server.assert_log_clean(&[secret, password]);
 }

@@ -348,16 +348,21 @@ fn verify_register(args: VerifyRegister) -> Result<(), Failure> {
 
 /// Runs the server on a multi-threaded runtime, logging to stderr (`RUST_LOG`, default info).
 ///
-/// The broker library's own records stop at warnings whatever `RUST_LOG` says: at debug level
-/// it prints whole CONNECT packets, and a `connwl` password is a DeviceToken, a secret. At
-/// info level it adds lines per connection that this server's own lines already cover.
+/// The broker library's own records stop at warnings whatever `RUST_LOG` says (at debug level
+/// it prints whole CONNECT packets, and a `connwl` password is a DeviceToken, a secret), except
+/// its listener loop's, at info: accept errors such as EMFILE, once per 1 s pause.
 fn serve_until_stopped(url: &str, args: serve::Serve) -> Result<(), Failure> {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let filter = ["rmqtt=warn", "rmqtt_net=warn", "rmqtt_codec=warn"]
-        .into_iter()
-        .filter_map(|directive| directive.parse().ok())
-        .fold(filter, tracing_subscriber::EnvFilter::add_directive);
+    let filter = [
+        "rmqtt=warn",
+        "rmqtt::server=info",
+        "rmqtt_net=warn",
+        "rmqtt_codec=warn",
+    ]
+    .into_iter()
+    .filter_map(|directive| directive.parse().ok())
+    .fold(filter, tracing_subscriber::EnvFilter::add_directive);
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
