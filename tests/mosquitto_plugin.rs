@@ -3,7 +3,7 @@
 //! `IOTAUTH_MOSQUITTO_PLUGIN`; without it these tests skip with a reason, except under `CI=true`.
 #![cfg(feature = "cli")]
 
-use std::process::{Command, Output};
+use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
@@ -104,12 +104,19 @@ fn good_credentials_connect_and_messages_reach_a_subscriber() {
     let (broker, pk, secrets) = broker_with("deliver", &plugin, &["meter-01"]);
     let topic = format!("/{pk}/meter-01/user/get");
     let sub_login = sign_login(&pk, "meter-01", &secrets[0], "sub");
-    let sub = spawn_subscriber(broker.port, &sub_login, &topic, 10);
+    // The publisher is the same device, whose login closes the subscriber's connection (one
+    // live login per device): the subscriber gets the message on its persistent session when
+    // it reconnects, as the SDKs do.
+    let sub = mosquitto_client("mosquitto_sub", broker.port, &sub_login)
+        .args(["-c", "-q", "1", "-t", &topic, "-C", "1", "-W", "10"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
     std::thread::sleep(Duration::from_millis(500));
     let publish = broker.client(
         "mosquitto_pub",
         &sign_login(&pk, "meter-01", &secrets[0], "pub"),
-        &["-t", &topic, "-m", "hello"],
+        &["-q", "1", "-t", &topic, "-m", "hello"],
     );
     assert_eq!(
         publish.status.code(),
