@@ -12,43 +12,63 @@
 //! plugin_opt_max_skew_secs 900     # optional: a timestamp window for logins
 //! plugin_opt_issuance once         # or redeliver-until-first-login
 //! plugin_opt_cache_ttl_secs 5      # reuse a device read this long (0: off)
+//! plugin_opt_sessions_file /var/lib/mosquitto/iotauth-sessions  # with `persistence true`
+//! plugin_opt_max_sessions 100000   # persistent sessions whose owner is kept
 //! ```
 //!
 //! A CONNECT with `authType=register` (MQTT dynamic registration, PROTOCOL.md §c) is verified
 //! against the ProductSecret and accepted; the secret is then published on `/ext/register` to
 //! that client alone, and the client is disconnected.
 //!
+//! Sessions belong to devices, not to client ids (PROTOCOL.md §a.1), and the plugin keeps two
+//! promises that Mosquitto, which keys sessions by client id, does not make by itself:
+//! * a device has at most one live login: a new good login closes the older connection
+//!   whatever the two client ids (Link SDK 4.x and the Node SDK change theirs on every connect);
+//! * a client id whose session belongs to one device (live, or kept by Mosquitto after a
+//!   connection without clean session) is refused to every other device, and to registration
+//!   connections of other devices: nobody else resumes that session or drains its queue.
+//!
+//! See [`Sessions`] for what is remembered, and for how long.
+//!
 //! The FFI declarations are written by hand from Debian's `mosquitto_broker.h` and
-//! `mosquitto_plugin.h` (2.0.11): a handful of functions and two event structs, less to audit
+//! `mosquitto_plugin.h` (2.0.11): a handful of functions and three event structs, less to audit
 //! than bindgen output and no libclang at build time. This file is the only `unsafe` code of
 //! the project: every callback catches panics (a panic denies), and a NULL or non-UTF-8 field
 //! from the broker denies instead of reaching Rust strings.
 //!
 //! Mosquitto's callbacks are synchronous and the store is asynchronous: store calls run on a
 //! small runtime owned by the plugin, each bounded by [`STORE_TIMEOUT`]; an outage or a
-//! timeout denies, with a log line, and never blocks the broker longer than that.
+//! timeout denies, with a log line, and never blocks the broker longer than that. Mosquitto
+//! calls every callback from its one main thread, so the session table changes in callback
+//! order, and nothing happens in the broker between a check and the change that follows it.
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::ffi::{CStr, CString, c_char, c_int, c_void};
+use std::fs::{File, OpenOptions};
+use std::io::Write;
 use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
 use std::time::{Duration, Instant};
 
 use iotauth::service::{Authenticator, Registrar};
 use iotauth::store::{CachedStore, Store};
 use iotauth::{
-    ConnectKind, ConnectRequest, DeviceIdentity, Freshness, IssuancePolicy, TopicRule,
-    parse_username,
+    ConnectKind, ConnectRequest, DeviceIdentity, DeviceName, Freshness, IssuancePolicy, ProductKey,
+    TopicRule, parse_username,
 };
 
 /// How long a device read is reused (`plugin_opt_cache_ttl_secs`; 0 turns the cache off).
 const DEFAULT_CACHE_TTL: Duration = Duration::from_secs(5);
 /// The longest a callback waits for the store.
 const STORE_TIMEOUT: Duration = Duration::from_secs(2);
+/// How many persistent sessions may have a remembered owner (`plugin_opt_max_sessions`).
+const DEFAULT_MAX_SESSIONS: usize = 100_000;
 
 const MOSQ_EVT_ACL_CHECK: c_int = 2;
 const MOSQ_EVT_BASIC_AUTH: c_int = 3;
 const MOSQ_EVT_TICK: c_int = 9;
+const MOSQ_EVT_DISCONNECT: c_int = 10;
 const MOSQ_ERR_SUCCESS: c_int = 0;
 const MOSQ_ERR_INVAL: c_int = 3;
 const MOSQ_ERR_AUTH: c_int = 11;
@@ -58,6 +78,7 @@ const MOSQ_ACL_WRITE: c_int = 0x02;
 const MOSQ_ACL_SUBSCRIBE: c_int = 0x04;
 const MOSQ_ACL_UNSUBSCRIBE: c_int = 0x08;
 const MOSQ_LOG_INFO: c_int = 1 << 0;
+const MOSQ_LOG_NOTICE: c_int = 1 << 1;
 const MOSQ_LOG_WARNING: c_int = 1 << 2;
 const MOSQ_LOG_ERR: c_int = 1 << 3;
 
@@ -90,6 +111,14 @@ struct EvtAclCheck {
     future2: [*mut c_void; 4],
 }
 
+#[repr(C)]
+struct EvtDisconnect {
+    future: *mut c_void,
+    client: *const c_void,
+    reason: c_int,
+    future2: [*mut c_void; 4],
+}
+
 type Callback =
     unsafe extern "C" fn(event: c_int, event_data: *mut c_void, userdata: *mut c_void) -> c_int;
 
@@ -109,6 +138,8 @@ unsafe extern "C" {
     ) -> c_int;
     fn mosquitto_client_id(client: *const c_void) -> *const c_char;
     fn mosquitto_client_username(client: *const c_void) -> *const c_char;
+    fn mosquitto_client_clean_session(client: *const c_void) -> bool;
+    fn mosquitto_client_protocol_version(client: *const c_void) -> c_int;
     fn mosquitto_log_printf(level: c_int, fmt: *const c_char, ...);
     fn mosquitto_malloc(size: usize) -> *mut c_void;
     fn mosquitto_broker_publish(
@@ -123,10 +154,16 @@ unsafe extern "C" {
     fn mosquitto_kick_client_by_clientid(clientid: *const c_char, with_will: bool) -> c_int;
 }
 
+/// A connection, by the address of its `struct mosquitto`. Mosquitto frees a connection it
+/// accepted only after the disconnect callback for it, which forgets the address, so an address
+/// in [`Sessions`] always names the connection that was let in under it.
+type Client = usize;
+
 /// A registration whose secret is waiting to reach its client (PROTOCOL.md §c.2): published on
 /// the first tick after the login (a directed message reaches only a connected client), then
 /// the client is kicked once the message had time to leave.
 struct Delivery {
+    client: Client,
     client_id: CString,
     payload: Vec<u8>,
     published: Option<Instant>,
@@ -146,8 +183,384 @@ struct Plugin {
     topics: TopicRule,
     /// Secrets to deliver, in order.
     deliveries: Mutex<Vec<Delivery>>,
-    /// Client ids of registration connections: they may only receive `/ext/register`.
-    registering: Mutex<HashSet<String>>,
+    /// Session owners and the live connections this plugin let in.
+    sessions: Mutex<Sessions>,
+}
+
+/// Who may resume which MQTT session, and the live connections this plugin let in.
+///
+/// Mosquitto keys a session by its client id and gives it to whoever presents that id next,
+/// and a device signs whatever client-id core it likes; so the plugin remembers, per client
+/// id, the device whose session it is ([`Sessions::check`]), and which connection is each
+/// device's live login ([`Sessions::admit`] names the older one to close).
+///
+/// How long an owner is remembered:
+/// * a clean session's owner, until that connection ends (its disconnect callback), as
+///   Mosquitto ends the session then;
+/// * a persistent session's owner (MQTT 3.1.1 with clean session off; every MQTT 5 session,
+///   since a 2.0 plugin cannot read the session expiry interval), until the same device logs
+///   in again on that client id with clean session on (MQTT 3.1.1), which makes Mosquitto drop
+///   the old session. At most `max_persistent` of them: beyond, a login that asks for one more
+///   persistent session is refused (clean sessions are not limited: Mosquitto's connection
+///   limit bounds them). Mosquitto's own expiry (`persistent_client_expiration`, an MQTT 5
+///   expiry interval) is invisible to a 2.0 plugin, so such an owner is kept after the session
+///   expired: the client id stays reserved to its device, which is safe but counts;
+/// * across a restart, only with a [`Journal`] (`plugin_opt_sessions_file`): the owners of
+///   persistent sessions are read back at start, so a session that Mosquitto restores from
+///   its persistence file is still refused to other devices. Without it, they are forgotten,
+///   and a session restored by Mosquitto can be resumed by the first device that presents its
+///   client id (the topic rule still keeps it from reading the other device's messages, but
+///   it takes over the subscriptions and Mosquitto drops the queue).
+struct Sessions {
+    /// Client id → the session Mosquitto keeps under it.
+    owners: HashMap<String, Session>,
+    /// The connections this plugin let in and Mosquitto has not disconnected.
+    connections: HashMap<Client, Connection>,
+    /// Device → its live login (registration connections are not logins).
+    logins: HashMap<DeviceIdentity, Client>,
+    /// How many `owners` are persistent.
+    persistent: usize,
+    max_persistent: usize,
+    journal: Option<Journal>,
+    /// Lines to log once the table is unlocked (see [`sessions`]).
+    warnings: Vec<String>,
+}
+
+struct Session {
+    owner: DeviceIdentity,
+    /// The live connection on this session.
+    connection: Option<Client>,
+    /// Mosquitto keeps the session after its connection ends (clean session off).
+    persistent: bool,
+}
+
+struct Connection {
+    client_id: String,
+    device: DeviceIdentity,
+    registration: bool,
+}
+
+/// A connection to let in: its client, its client id, who it proved to be, whether it asked
+/// for a persistent session, and whether it is a registration connection.
+struct Admission<'a> {
+    client: Client,
+    client_id: &'a str,
+    device: DeviceIdentity,
+    persistent: bool,
+    registration: bool,
+}
+
+/// Why a session table refused a connection.
+enum Refusal {
+    /// The client id's session belongs to another device.
+    Foreign(DeviceIdentity),
+    /// `max_persistent` persistent sessions already.
+    Full(usize),
+    /// The owner of a new persistent session could not be written to the sessions file.
+    Journal(std::io::Error),
+}
+
+impl Refusal {
+    fn log(&self, what: &str, device: &DeviceIdentity) {
+        let (pk, dn) = (device.product_key(), device.device_name());
+        let reason = match self {
+            Refusal::Foreign(owner) => format!(
+                "the client id belongs to a session of {}/{}",
+                owner.product_key(),
+                owner.device_name()
+            ),
+            Refusal::Full(count) => format!(
+                "{count} persistent sessions already (plugin_opt_max_sessions); \
+                 a clean session would be accepted"
+            ),
+            Refusal::Journal(e) => format!("cannot record the session's owner: {e}"),
+        };
+        log(
+            MOSQ_LOG_WARNING,
+            &format!("{what} refused for {pk}/{dn}: {reason}"),
+        );
+    }
+}
+
+impl Sessions {
+    fn new(
+        max_persistent: usize,
+        journal: Option<(Journal, HashMap<String, DeviceIdentity>)>,
+    ) -> Self {
+        let (journal, restored) = journal.map_or((None, HashMap::new()), |(j, o)| (Some(j), o));
+        let owners: HashMap<String, Session> = restored
+            .into_iter()
+            .map(|(client_id, owner)| {
+                let session = Session {
+                    owner,
+                    connection: None,
+                    persistent: true,
+                };
+                (client_id, session)
+            })
+            .collect();
+        Self {
+            persistent: owners.len(),
+            owners,
+            connections: HashMap::new(),
+            logins: HashMap::new(),
+            max_persistent,
+            journal,
+            warnings: Vec::new(),
+        }
+    }
+
+    /// Whether `device` may open a connection on `client_id`'s session.
+    fn check(
+        &self,
+        client_id: &str,
+        device: &DeviceIdentity,
+        persistent: bool,
+    ) -> Result<(), Refusal> {
+        let session = self.owners.get(client_id);
+        if let Some(session) = session
+            && session.owner != *device
+        {
+            return Err(Refusal::Foreign(session.owner));
+        }
+        let new_persistent = persistent && !session.is_some_and(|s| s.persistent);
+        if new_persistent && self.persistent >= self.max_persistent {
+            return Err(Refusal::Full(self.persistent));
+        }
+        Ok(())
+    }
+
+    /// Records a connection that is about to be accepted; the older live login of the same
+    /// device, to be closed, when it uses another client id (on the same client id, Mosquitto
+    /// closes it itself).
+    fn admit(&mut self, new: &Admission<'_>) -> Result<Option<(Client, String)>, Refusal> {
+        // A connection at this address whose end was never reported: it is over.
+        self.disconnected(new.client);
+        self.check(new.client_id, &new.device, new.persistent)?;
+        let was_persistent = self.owners.get(new.client_id).is_some_and(|s| s.persistent);
+        if new.persistent && !was_persistent {
+            // Written before the session exists, so that it is never persisted by Mosquitto
+            // without its owner on disk.
+            if let Some(journal) = &mut self.journal {
+                journal
+                    .owned(new.client_id, &new.device)
+                    .map_err(Refusal::Journal)?;
+            }
+            self.persistent += 1;
+        } else if !new.persistent && was_persistent {
+            // A clean session replaces the persistent one: Mosquitto drops the old session now.
+            self.persistent -= 1;
+            self.forget_on_disk(new.client_id);
+        }
+        let session = Session {
+            owner: new.device,
+            connection: Some(new.client),
+            persistent: new.persistent,
+        };
+        self.owners.insert(new.client_id.to_owned(), session);
+        let connection = Connection {
+            client_id: new.client_id.to_owned(),
+            device: new.device,
+            registration: new.registration,
+        };
+        self.connections.insert(new.client, connection);
+        if new.registration {
+            return Ok(None);
+        }
+        let older = self.logins.insert(new.device, new.client);
+        Ok(older
+            .filter(|&older| older != new.client)
+            .and_then(|older| Some((older, self.connections.get(&older)?.client_id.clone())))
+            .filter(|(_, client_id)| client_id != new.client_id))
+    }
+
+    /// Forgets a connection that ended, and its session unless Mosquitto keeps it.
+    fn disconnected(&mut self, client: Client) {
+        let Some(connection) = self.connections.remove(&client) else {
+            return;
+        };
+        if self.logins.get(&connection.device) == Some(&client) {
+            self.logins.remove(&connection.device);
+        }
+        if let Some(session) = self.owners.get_mut(&connection.client_id)
+            && session.connection == Some(client)
+        {
+            session.connection = None;
+            if !session.persistent {
+                self.owners.remove(&connection.client_id);
+            }
+        }
+    }
+
+    /// Whether `client` is a live registration connection.
+    fn registering(&self, client: Client) -> bool {
+        self.connections
+            .get(&client)
+            .is_some_and(|c| c.registration)
+    }
+
+    fn forget_on_disk(&mut self, client_id: &str) {
+        if let Some(journal) = &mut self.journal
+            && let Err(e) = journal.ended(client_id)
+        {
+            // Only an owner kept too long after a restart: the safe side.
+            let warning = format!("cannot update the sessions file: {e}");
+            self.warnings.push(warning);
+        }
+    }
+
+    /// Rewrites the sessions file once it holds mostly outdated lines.
+    fn compact(&mut self) {
+        let Some(journal) = &mut self.journal else {
+            return;
+        };
+        if journal.lines <= 2 * self.persistent + 1024 {
+            return;
+        }
+        let owners: Vec<_> = self
+            .owners
+            .iter()
+            .filter(|(_, session)| session.persistent)
+            .map(|(client_id, session)| (client_id.as_str(), &session.owner))
+            .collect();
+        if let Err(e) = journal.rewrite(&owners) {
+            let warning = format!("cannot rewrite the sessions file: {e}");
+            self.warnings.push(warning);
+        }
+    }
+}
+
+/// The owners of persistent sessions on disk (`plugin_opt_sessions_file`), so that they outlive
+/// a restart as Mosquitto's persisted sessions do. After a first line [`JOURNAL_HEADER`], one
+/// line per change: `+ HEX(client id) productKey deviceName` (a device owns a persistent
+/// session) or `- HEX(client id)` (that session ended). Appended unbuffered at each change, so
+/// that a crash of the broker loses nothing written; rewritten whole at start and when mostly
+/// outdated (a new file, synced, then renamed over the old one). A torn last line is skipped.
+struct Journal {
+    path: PathBuf,
+    file: File,
+    /// Lines in the file after the header.
+    lines: usize,
+}
+
+const JOURNAL_HEADER: &str = "iotauth-sessions 1";
+
+impl Journal {
+    /// Reads the owners `path` records (none if it does not exist), and rewrites it.
+    fn open(path: &Path) -> Result<(Self, HashMap<String, DeviceIdentity>), String> {
+        let mut owners = HashMap::new();
+        let mut skipped = 0;
+        match std::fs::read_to_string(path) {
+            Ok(text) => {
+                // Only whole lines: a torn last one could still parse, as a shorter name.
+                let mut lines = text.split_inclusive('\n').map(|l| l.strip_suffix('\n'));
+                if lines
+                    .next()
+                    .is_some_and(|first| first != Some(JOURNAL_HEADER))
+                {
+                    return Err(format!(
+                        "{} is not an iotauth sessions file",
+                        path.display()
+                    ));
+                }
+                for line in lines {
+                    match line.and_then(Change::parse) {
+                        Some(Change::Owned(client_id, owner)) => {
+                            owners.insert(client_id, owner);
+                        }
+                        Some(Change::Ended(client_id)) => {
+                            owners.remove(&client_id);
+                        }
+                        None => skipped += 1,
+                    }
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(format!("cannot read {}: {e}", path.display())),
+        }
+        if skipped > 0 {
+            log(
+                MOSQ_LOG_WARNING,
+                &format!("{}: {skipped} unreadable lines skipped", path.display()),
+            );
+        }
+        let restored: Vec<_> = owners
+            .iter()
+            .map(|(id, owner)| (id.as_str(), owner))
+            .collect();
+        let file = Self::write_new(path, &restored)
+            .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+        let journal = Self {
+            path: path.to_owned(),
+            file,
+            lines: owners.len(),
+        };
+        Ok((journal, owners))
+    }
+
+    fn owned(&mut self, client_id: &str, owner: &DeviceIdentity) -> std::io::Result<()> {
+        let line = format!(
+            "+ {} {} {}\n",
+            hex::encode(client_id),
+            owner.product_key(),
+            owner.device_name()
+        );
+        self.append(&line)
+    }
+
+    fn ended(&mut self, client_id: &str) -> std::io::Result<()> {
+        self.append(&format!("- {}\n", hex::encode(client_id)))
+    }
+
+    fn append(&mut self, line: &str) -> std::io::Result<()> {
+        self.file.write_all(line.as_bytes())?;
+        self.lines += 1;
+        Ok(())
+    }
+
+    fn rewrite(&mut self, owners: &[(&str, &DeviceIdentity)]) -> std::io::Result<()> {
+        self.file = Self::write_new(&self.path, owners)?;
+        self.lines = owners.len();
+        Ok(())
+    }
+
+    /// Replaces `path` with `owners`; the file opened for appending.
+    fn write_new(path: &Path, owners: &[(&str, &DeviceIdentity)]) -> std::io::Result<File> {
+        let mut text = format!("{JOURNAL_HEADER}\n");
+        for (client_id, owner) in owners {
+            let (pk, dn) = (owner.product_key(), owner.device_name());
+            text.push_str(&format!("+ {} {pk} {dn}\n", hex::encode(client_id)));
+        }
+        let mut new = path.as_os_str().to_owned();
+        new.push(".new");
+        let mut file = File::create(&new)?;
+        file.write_all(text.as_bytes())?;
+        file.sync_all()?;
+        std::fs::rename(&new, path)?;
+        OpenOptions::new().append(true).open(path)
+    }
+}
+
+/// One line of a [`Journal`].
+enum Change {
+    Owned(String, DeviceIdentity),
+    Ended(String),
+}
+
+impl Change {
+    fn parse(line: &str) -> Option<Self> {
+        let client_id = |hex: &str| String::from_utf8(hex::decode(hex).ok()?).ok();
+        let fields: Vec<&str> = line.split(' ').collect();
+        match fields[..] {
+            ["+", id, pk, dn] => {
+                let owner =
+                    DeviceIdentity::new(ProductKey::new(pk).ok()?, DeviceName::new(dn).ok()?);
+                Some(Change::Owned(client_id(id)?, owner))
+            }
+            ["-", id] => Some(Change::Ended(client_id(id)?)),
+            _ => None,
+        }
+    }
 }
 
 /// A lock that a panic elsewhere (caught by `guarded`) cannot leave unusable.
@@ -155,11 +568,28 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
+/// Runs `f` on the session table, then logs what it reported. Never a log line, nor a call
+/// into the broker, while the table is locked: Mosquitto may publish a log line on
+/// `$SYS/broker/log` and runs the disconnect callback inside a kick, and both callbacks lock
+/// the table again, on this same thread.
+fn sessions<R>(plugin: &Plugin, f: impl FnOnce(&mut Sessions) -> R) -> R {
+    let (result, warnings) = {
+        let mut sessions = lock(&plugin.sessions);
+        let result = f(&mut sessions);
+        (result, std::mem::take(&mut sessions.warnings))
+    };
+    for warning in warnings {
+        log(MOSQ_LOG_WARNING, &warning);
+    }
+    result
+}
+
 static PLUGIN: OnceLock<Plugin> = OnceLock::new();
-const CALLBACKS: [(c_int, Callback); 3] = [
+const CALLBACKS: [(c_int, Callback); 4] = [
     (MOSQ_EVT_BASIC_AUTH, basic_auth as Callback),
     (MOSQ_EVT_ACL_CHECK, acl_check),
     (MOSQ_EVT_TICK, tick),
+    (MOSQ_EVT_DISCONNECT, disconnect),
 ];
 /// The broker's identifier for this plugin, kept for unregistering (an address, as usize).
 static IDENTIFIER: OnceLock<usize> = OnceLock::new();
@@ -193,6 +623,7 @@ fn guarded(denied: c_int, body: impl FnOnce() -> c_int) -> c_int {
 fn plugin_options(options: *const MosquittoOpt, count: c_int) -> Result<Plugin, String> {
     let (mut store, mut max_skew_secs, mut issuance) = (None, None, IssuancePolicy::Once);
     let mut cache_ttl = DEFAULT_CACHE_TTL;
+    let (mut sessions_file, mut max_sessions) = (None, DEFAULT_MAX_SESSIONS);
     for i in 0..usize::try_from(count).unwrap_or_default() {
         // SAFETY: the broker passes `count` valid options.
         let option = unsafe { &*options.add(i) };
@@ -221,12 +652,32 @@ fn plugin_options(options: *const MosquittoOpt, count: c_int) -> Result<Plugin, 
                     "plugin_opt_issuance must be once or redeliver-until-first-login".into(),
                 );
             }
+            (Some("sessions_file"), Some(value)) if !value.is_empty() => {
+                sessions_file = Some(PathBuf::from(value));
+            }
+            (Some("max_sessions"), Some(value)) => {
+                max_sessions = value
+                    .parse()
+                    .map_err(|_| "plugin_opt_max_sessions must be a number of sessions")?;
+            }
             (Some(key), _) => return Err(format!("unknown option plugin_opt_{key}")),
             _ => return Err("an option is not valid UTF-8".into()),
         }
     }
     let store_url =
         store.ok_or("plugin_opt_store is required (sqlite://PATH or postgres://...)")?;
+    let journal = sessions_file.as_deref().map(Journal::open).transpose()?;
+    match &journal {
+        Some((_, owners)) => log(
+            MOSQ_LOG_INFO,
+            &format!("{} persistent session owners read back", owners.len()),
+        ),
+        None => log(
+            MOSQ_LOG_NOTICE,
+            "session owners are kept in memory only (no plugin_opt_sessions_file): \
+             with persistence, a session restored after a restart has no known owner",
+        ),
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .thread_name("iotauth")
@@ -250,7 +701,7 @@ fn plugin_options(options: *const MosquittoOpt, count: c_int) -> Result<Plugin, 
         registrar: Registrar::new(store).with_policy(issuance),
         topics: TopicRule::alibaba(),
         deliveries: Mutex::new(Vec::new()),
-        registering: Mutex::new(HashSet::new()),
+        sessions: Mutex::new(Sessions::new(max_sessions, journal)),
     })
 }
 
@@ -306,7 +757,8 @@ pub unsafe extern "C" fn mosquitto_plugin_init(
         }
         log(
             MOSQ_LOG_INFO,
-            "loaded: per-device logins, MQTT dynamic registration, topic rule",
+            "loaded: per-device logins, one live login per device, sessions kept to their \
+             device, MQTT dynamic registration, topic rule",
         );
         MOSQ_ERR_SUCCESS
     })
@@ -336,6 +788,15 @@ pub unsafe extern "C" fn mosquitto_plugin_cleanup(
     MOSQ_ERR_SUCCESS
 }
 
+/// What a CONNECT carries, read from the broker's event.
+struct Connect<'a> {
+    client: Client,
+    client_id: &'a str,
+    username: &'a str,
+    password: &'a str,
+    persistent: bool,
+}
+
 unsafe extern "C" fn basic_auth(
     _event: c_int,
     event_data: *mut c_void,
@@ -345,14 +806,25 @@ unsafe extern "C" fn basic_auth(
         let Some(plugin) = PLUGIN.get() else {
             return MOSQ_ERR_AUTH;
         };
+        if event_data.is_null() {
+            return MOSQ_ERR_AUTH;
+        }
         // SAFETY: for MOSQ_EVT_BASIC_AUTH the broker passes a `mosquitto_evt_basic_auth`, valid
-        // for the duration of the call; its strings are NULL or NUL-terminated.
-        let (client_id, username, password) = unsafe {
-            let event = &*(event_data as *const EvtBasicAuth);
+        // for the duration of the call (checked non-NULL above).
+        let event = unsafe { &*(event_data as *const EvtBasicAuth) };
+        if event.client.is_null() {
+            return MOSQ_ERR_AUTH;
+        }
+        // SAFETY: a live client (non-NULL) whose strings are NULL or NUL-terminated and outlive
+        // this call; Mosquitto sets the client id, protocol and clean-session flag before this
+        // event.
+        let (client_id, username, password, clean, version) = unsafe {
             (
                 text(mosquitto_client_id(event.client)),
                 text(event.username),
                 text(event.password),
+                mosquitto_client_clean_session(event.client),
+                mosquitto_client_protocol_version(event.client),
             )
         };
         let (Some(client_id), Some(username), Some(password)) = (client_id, username, password)
@@ -363,9 +835,18 @@ unsafe extern "C" fn basic_auth(
             );
             return MOSQ_ERR_AUTH;
         };
+        let connect = Connect {
+            client: event.client as Client,
+            client_id,
+            username,
+            password,
+            // An MQTT 5 session outlives its connection when its expiry interval is not 0, which
+            // a 2.0 plugin cannot read, whatever clean start says: counted as persistent.
+            persistent: !clean || version == 5,
+        };
         match ConnectRequest::parse(client_id, username, password).map(|r| r.kind()) {
-            Ok(ConnectKind::Register) => register(plugin, client_id, username, password),
-            _ => login(plugin, client_id, username, password),
+            Ok(ConnectKind::Register) => register(plugin, &connect),
+            _ => login(plugin, &connect),
         }
     })
 }
@@ -378,45 +859,86 @@ fn bounded<F: std::future::Future>(plugin: &Plugin, future: F) -> Option<F::Outp
         .ok()
 }
 
-fn login(plugin: &Plugin, client_id: &str, username: &str, password: &str) -> c_int {
-    match bounded(
+fn login(plugin: &Plugin, connect: &Connect<'_>) -> c_int {
+    let who = match bounded(
         plugin,
         plugin
             .authenticator
-            .authenticate(client_id, username, password),
+            .authenticate(connect.client_id, connect.username, connect.password),
     ) {
-        Some(Ok(who)) => {
-            log(
-                MOSQ_LOG_INFO,
-                &format!(
-                    "login accepted: {}/{}",
-                    who.product_key(),
-                    who.device_name()
-                ),
-            );
-            MOSQ_ERR_SUCCESS
-        }
+        Some(Ok(who)) => who.into_inner(),
         Some(Err(e)) => {
             log(MOSQ_LOG_WARNING, &format!("login refused: {e}"));
-            MOSQ_ERR_AUTH
+            return MOSQ_ERR_AUTH;
         }
         None => {
             log(
                 MOSQ_LOG_ERR,
                 "login refused: the store did not answer in time",
             );
-            MOSQ_ERR_AUTH
+            return MOSQ_ERR_AUTH;
         }
+    };
+    let admission = Admission {
+        client: connect.client,
+        client_id: connect.client_id,
+        device: who,
+        persistent: connect.persistent,
+        registration: false,
+    };
+    let older = match sessions(plugin, |s| s.admit(&admission)) {
+        Ok(older) => older,
+        Err(refusal) => {
+            refusal.log("login", &who);
+            return MOSQ_ERR_AUTH;
+        }
+    };
+    let (pk, dn) = (who.product_key(), who.device_name());
+    log(MOSQ_LOG_INFO, &format!("login accepted: {pk}/{dn}"));
+    if let Some((older, older_id)) = older {
+        close_older_login(plugin, older, &older_id);
+        log(
+            MOSQ_LOG_INFO,
+            &format!("older connection of {pk}/{dn} closed: the device logged in again"),
+        );
+    }
+    MOSQ_ERR_SUCCESS
+}
+
+/// Disconnects a device's older login (PROTOCOL.md §a.1), without its will: the device is
+/// alive, on its new connection.
+fn close_older_login(plugin: &Plugin, older: Client, client_id: &str) {
+    let Ok(id) = CString::new(client_id) else {
+        return;
+    };
+    // SAFETY: a NUL-terminated client id. The broker's disconnect callback for that client runs
+    // inside this call; the session table is not locked here.
+    let rc = unsafe { mosquitto_kick_client_by_clientid(id.as_ptr(), false) };
+    if rc != MOSQ_ERR_SUCCESS {
+        // Not connected any more without our having heard of it: forget it all the same.
+        sessions(plugin, |s| s.disconnected(older));
     }
 }
 
 /// MQTT dynamic registration: the connection is accepted and its secret queued for delivery.
-fn register(plugin: &Plugin, client_id: &str, username: &str, password: &str) -> c_int {
+fn register(plugin: &Plugin, connect: &Connect<'_>) -> c_int {
+    // The session check comes first, on the identity claimed in the user name: a refusal
+    // after the store issued the secret would lose it (issued once).
+    if let Ok((dn, pk)) = parse_username(connect.username) {
+        let claimed = DeviceIdentity::new(pk, dn);
+        let checked = sessions(plugin, |s| {
+            s.check(connect.client_id, &claimed, connect.persistent)
+        });
+        if let Err(refusal) = checked {
+            refusal.log("registration", &claimed);
+            return MOSQ_ERR_AUTH;
+        }
+    }
     let issued = match bounded(
         plugin,
         plugin
             .registrar
-            .register_connect(client_id, username, password),
+            .register_connect(connect.client_id, connect.username, connect.password),
     ) {
         Some(Ok(issued)) => issued,
         Some(Err(e)) => {
@@ -434,10 +956,21 @@ fn register(plugin: &Plugin, client_id: &str, username: &str, password: &str) ->
             return MOSQ_ERR_AUTH;
         }
     };
-    let Ok(id) = CString::new(client_id) else {
+    let Ok(id) = CString::new(connect.client_id) else {
         return MOSQ_ERR_AUTH;
     };
-    let who = issued.identity();
+    let who = **issued.identity();
+    let admission = Admission {
+        client: connect.client,
+        client_id: connect.client_id,
+        device: who,
+        persistent: connect.persistent,
+        registration: true,
+    };
+    if let Err(refusal) = sessions(plugin, |s| s.admit(&admission)) {
+        refusal.log("registration", &who);
+        return MOSQ_ERR_AUTH;
+    }
     log(
         MOSQ_LOG_INFO,
         &format!(
@@ -446,8 +979,8 @@ fn register(plugin: &Plugin, client_id: &str, username: &str, password: &str) ->
             who.device_name()
         ),
     );
-    lock(&plugin.registering).insert(client_id.to_owned());
     lock(&plugin.deliveries).push(Delivery {
+        client: connect.client,
         client_id: id,
         payload: issued.to_ext_register_payload().into_bytes(),
         published: None,
@@ -456,7 +989,8 @@ fn register(plugin: &Plugin, client_id: &str, username: &str, password: &str) ->
     MOSQ_ERR_SUCCESS
 }
 
-/// Publishes queued secrets to their (now connected) clients and disconnects them afterwards.
+/// Publishes queued secrets to their (still connected) clients and disconnects them
+/// afterwards; rewrites the sessions file when it has grown.
 unsafe extern "C" fn tick(
     _event: c_int,
     _event_data: *mut c_void,
@@ -466,25 +1000,38 @@ unsafe extern "C" fn tick(
         let Some(plugin) = PLUGIN.get() else {
             return MOSQ_ERR_SUCCESS;
         };
-        lock(&plugin.deliveries).retain_mut(|delivery| match delivery.published {
-            None if delivery.accepted.elapsed() > DELIVERY_TIMEOUT => {
-                log(
-                    MOSQ_LOG_WARNING,
-                    "registration client never connected; secret not delivered",
-                );
-                finish(plugin, delivery);
-                false
+        lock(&plugin.deliveries).retain_mut(|delivery| {
+            // Only to the connection that registered: never to a later one on its client id.
+            if !sessions(plugin, |s| s.registering(delivery.client)) {
+                if delivery.published.is_none() {
+                    log(
+                        MOSQ_LOG_WARNING,
+                        "registration client left before its secret was sent; not delivered",
+                    );
+                }
+                return false;
             }
-            None => {
-                delivery.published = publish(delivery).then(Instant::now);
-                true
+            match delivery.published {
+                None if delivery.accepted.elapsed() > DELIVERY_TIMEOUT => {
+                    log(
+                        MOSQ_LOG_WARNING,
+                        "the broker did not take the secret in time; not delivered",
+                    );
+                    finish(delivery);
+                    false
+                }
+                None => {
+                    delivery.published = publish(delivery).then(Instant::now);
+                    true
+                }
+                Some(at) if at.elapsed() >= KICK_AFTER => {
+                    finish(delivery);
+                    false
+                }
+                Some(_) => true,
             }
-            Some(at) if at.elapsed() >= KICK_AFTER => {
-                finish(plugin, delivery);
-                false
-            }
-            Some(_) => true,
         });
+        sessions(plugin, Sessions::compact);
         MOSQ_ERR_SUCCESS
     })
 }
@@ -524,13 +1071,35 @@ fn publish(delivery: &Delivery) -> bool {
     rc == MOSQ_ERR_SUCCESS
 }
 
-/// Disconnects a registration client and forgets it.
-fn finish(plugin: &Plugin, delivery: &Delivery) {
-    // SAFETY: a NUL-terminated client id.
+/// Disconnects a registration client (still connected: the caller checked). The disconnect
+/// callback forgets it.
+fn finish(delivery: &Delivery) {
+    // SAFETY: a NUL-terminated client id. The broker's disconnect callback runs inside this
+    // call; it locks the session table, which the caller does not hold.
     unsafe { mosquitto_kick_client_by_clientid(delivery.client_id.as_ptr(), false) };
-    if let Ok(id) = delivery.client_id.to_str() {
-        lock(&plugin.registering).remove(id);
-    }
+}
+
+/// Forgets a connection that ended (and its session, unless Mosquitto keeps it). Mosquitto
+/// calls it for every connection, refused ones included, before freeing it.
+unsafe extern "C" fn disconnect(
+    _event: c_int,
+    event_data: *mut c_void,
+    _userdata: *mut c_void,
+) -> c_int {
+    guarded(MOSQ_ERR_SUCCESS, || {
+        let Some(plugin) = PLUGIN.get() else {
+            return MOSQ_ERR_SUCCESS;
+        };
+        if event_data.is_null() {
+            return MOSQ_ERR_SUCCESS;
+        }
+        // SAFETY: for MOSQ_EVT_DISCONNECT the broker passes a `mosquitto_evt_disconnect`, valid
+        // for the duration of the call (checked non-NULL above). Only the client's address is
+        // read, never the client.
+        let client = unsafe { (*(event_data as *const EvtDisconnect)).client } as Client;
+        sessions(plugin, |s| s.disconnected(client));
+        MOSQ_ERR_SUCCESS
+    })
 }
 
 unsafe extern "C" fn acl_check(
@@ -542,18 +1111,25 @@ unsafe extern "C" fn acl_check(
         let Some(plugin) = PLUGIN.get() else {
             return MOSQ_ERR_ACL_DENIED;
         };
+        if event_data.is_null() {
+            return MOSQ_ERR_ACL_DENIED;
+        }
         // SAFETY: for MOSQ_EVT_ACL_CHECK the broker passes a `mosquitto_evt_acl_check`, valid
-        // for the duration of the call; its strings are NULL or NUL-terminated.
-        let (client_id, username, topic, access) = unsafe {
-            let event = &*(event_data as *const EvtAclCheck);
+        // for the duration of the call (checked non-NULL above).
+        let event = unsafe { &*(event_data as *const EvtAclCheck) };
+        if event.client.is_null() {
+            return MOSQ_ERR_ACL_DENIED;
+        }
+        // SAFETY: a client (non-NULL) whose strings, like the event's, are NULL or
+        // NUL-terminated and outlive this call.
+        let (username, topic) = unsafe {
             (
-                text(mosquitto_client_id(event.client)),
                 text(mosquitto_client_username(event.client)),
                 text(event.topic),
-                event.access,
             )
         };
-        if client_id.is_some_and(|id| lock(&plugin.registering).contains(id)) {
+        let access = event.access;
+        if sessions(plugin, |s| s.registering(event.client as Client)) {
             // A registration connection receives its one message and does nothing else.
             let receiving = matches!(access, MOSQ_ACL_READ | MOSQ_ACL_SUBSCRIBE);
             return if receiving && topic == Some(EXT_REGISTER) {

@@ -3,9 +3,15 @@
 //! `IOTAUTH_MOSQUITTO_PLUGIN`; without it these tests skip with a reason, except under `CI=true`.
 #![cfg(feature = "cli")]
 
-use std::process::{Command, Output};
+use std::path::PathBuf;
+use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+use iotauth::{
+    ConnectKind, DeviceName, ProductCertificate, ProductKey, ProductSecret, RegistrationOptions,
+    SecureMode, SignMethod, build_registration_connect,
+};
+use rumqttc::{Packet, QoS};
 use serde_json::Value;
 
 #[path = "support/iotauth.rs"]
@@ -16,7 +22,10 @@ mod support;
 use cli_support::{
     cli, last_line_json, mosquitto_client, required_env, sign_login, spawn_subscriber,
 };
-use support::{Mosquitto, connect_once};
+use support::{Mosquitto, MqttClient, connect_once};
+
+/// How long a test waits for something the broker does at once.
+const PROMPT: Duration = Duration::from_secs(5);
 
 fn plugin() -> Option<String> {
     required_env("IOTAUTH_MOSQUITTO_PLUGIN")
@@ -79,9 +88,24 @@ fn fleet(store_file: &std::path::Path, names: &[&str]) -> (String, Vec<String>) 
     (pk, secrets)
 }
 
+/// The directory of the test `name`'s broker: its config, log, store and persistence files.
+fn test_dir(name: &str) -> PathBuf {
+    std::env::temp_dir().join(format!("iotauth-mosquitto-{name}-{}", std::process::id()))
+}
+
 /// A broker whose store already holds one product with `names`.
 fn broker_with(name: &str, plugin: &str, names: &[&str]) -> (Broker, String, Vec<String>) {
-    let dir = std::env::temp_dir().join(format!("iotauth-mosquitto-{name}-{}", std::process::id()));
+    broker_with_config(name, plugin, names, "")
+}
+
+/// As [`broker_with`], with more config `lines`.
+fn broker_with_config(
+    name: &str,
+    plugin: &str,
+    names: &[&str],
+    lines: &str,
+) -> (Broker, String, Vec<String>) {
+    let dir = test_dir(name);
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
     let (pk, secrets) = fleet(&dir.join("fleet.db"), names);
@@ -91,11 +115,25 @@ fn broker_with(name: &str, plugin: &str, names: &[&str]) -> (Broker, String, Vec
             &dir,
             &format!(
                 "plugin {plugin}
-plugin_opt_store {store}"
+plugin_opt_store {store}
+{lines}"
             ),
         ),
     };
     (broker, pk, secrets)
+}
+
+/// `login` with one more, unsigned client-id parameter `_conn=VALUE`, as Link SDK 4.x adds one
+/// that changes on every connect.
+fn with_conn(login: &[String; 3], value: &str) -> [String; 3] {
+    let mut login = login.clone();
+    let id = login[0].strip_suffix('|').expect("a client id ends with |");
+    login[0] = format!("{id},_conn={value}|");
+    login
+}
+
+fn fields(login: &[String; 3]) -> [&str; 3] {
+    [&login[0], &login[1], &login[2]]
 }
 
 #[test]
@@ -104,12 +142,19 @@ fn good_credentials_connect_and_messages_reach_a_subscriber() {
     let (broker, pk, secrets) = broker_with("deliver", &plugin, &["meter-01"]);
     let topic = format!("/{pk}/meter-01/user/get");
     let sub_login = sign_login(&pk, "meter-01", &secrets[0], "sub");
-    let sub = spawn_subscriber(broker.port, &sub_login, &topic, 10);
+    // The publisher is the same device, whose login closes the subscriber's connection (one
+    // live login per device): the subscriber gets the message on its persistent session when
+    // it reconnects, as the SDKs do.
+    let sub = mosquitto_client("mosquitto_sub", broker.port, &sub_login)
+        .args(["-c", "-q", "1", "-t", &topic, "-C", "1", "-W", "10"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
     std::thread::sleep(Duration::from_millis(500));
     let publish = broker.client(
         "mosquitto_pub",
         &sign_login(&pk, "meter-01", &secrets[0], "pub"),
-        &["-t", &topic, "-m", "hello"],
+        &["-q", "1", "-t", &topic, "-m", "hello"],
     );
     assert_eq!(
         publish.status.code(),
@@ -306,4 +351,321 @@ fn the_broker_survives_10000_garbage_connects_and_still_serves_good_clients() {
         broker.child.try_wait().unwrap().is_none(),
         "the broker is still running"
     );
+}
+
+#[test]
+fn a_new_login_closes_the_devices_older_connection_whatever_the_client_ids() {
+    let Some(plugin) = plugin() else { return };
+    let (broker, pk, secrets) = broker_with("one-login", &plugin, &["meter-01"]);
+    let login = sign_login(&pk, "meter-01", &secrets[0], &format!("{pk}.meter-01"));
+    let topic = format!("/{pk}/meter-01/user/get");
+    let (older, newer) = (with_conn(&login, "tcp_1a"), with_conn(&login, "tcp_2b"));
+    assert_ne!(older[0], newer[0]);
+
+    let mut first = MqttClient::connect(broker.port, fields(&older), true).expect("first login");
+    assert!(first.subscribe(&topic, QoS::AtMostOnce));
+    let mut second = MqttClient::connect(broker.port, fields(&newer), true).expect("second login");
+    assert!(second.subscribe(&topic, QoS::AtMostOnce));
+    second.publish(&topic, "hello");
+    assert_eq!(second.next_publish(PROMPT).as_deref(), Some("hello"));
+
+    let (received, closed) = first.drain(PROMPT);
+    assert!(closed, "the older connection is closed");
+    assert!(
+        !received.iter().any(|p| matches!(p, Packet::Publish(_))),
+        "the older connection received nothing: {received:?}"
+    );
+    assert!(second.is_served(PROMPT), "the newer connection stays");
+    assert!(
+        broker
+            .log()
+            .contains(&format!("older connection of {pk}/meter-01 closed"))
+    );
+}
+
+#[test]
+fn of_200_concurrent_logins_of_one_device_exactly_one_stays_connected() {
+    let Some(plugin) = plugin() else { return };
+    let (broker, pk, secrets) = broker_with("200-logins", &plugin, &["meter-01"]);
+    let login = sign_login(&pk, "meter-01", &secrets[0], &format!("{pk}.meter-01"));
+    let logins: Vec<[String; 3]> = (0..200)
+        .map(|i| with_conn(&login, &format!("tcp_{i:x}")))
+        .collect();
+    let port = broker.port;
+    let mut clients: Vec<MqttClient> = std::thread::scope(|scope| {
+        let connecting: Vec<_> = logins
+            .iter()
+            .map(|login| scope.spawn(move || MqttClient::connect(port, fields(login), true)))
+            .collect();
+        connecting
+            .into_iter()
+            .map(|c| {
+                c.join()
+                    .unwrap()
+                    .unwrap_or_else(|code| panic!("refused: {code:?}"))
+            })
+            .collect()
+    });
+    // Each login closed the one before it before its own CONNACK: all are decided by now.
+    let served = clients
+        .iter_mut()
+        .map(|client| client.is_served(PROMPT))
+        .filter(|&served| served)
+        .count();
+    assert_eq!(served, 1, "live connections of the device");
+    let closed = broker
+        .log()
+        .matches(&format!("older connection of {pk}/meter-01 closed"))
+        .count();
+    assert_eq!(closed, 199);
+}
+
+#[test]
+fn a_device_presenting_another_devices_client_id_is_not_authorised_and_the_owner_stays() {
+    let Some(plugin) = plugin() else { return };
+    let (broker, pk, secrets) = broker_with("foreign-id", &plugin, &["meter-01", "victim-01"]);
+    let victim = sign_login(&pk, "victim-01", &secrets[1], "shared-core");
+    let mut owner = MqttClient::connect(broker.port, fields(&victim), true).expect("owner");
+    let intruder = sign_login(&pk, "meter-01", &secrets[0], "shared-core");
+    assert_eq!(intruder[0], victim[0], "the same MQTT client id");
+
+    let out = broker.client(
+        "mosquitto_pub",
+        &intruder,
+        &["-t", &format!("/{pk}/meter-01/user/update"), "-m", "m"],
+    );
+    assert_eq!(out.status.code(), Some(5), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not authorised"));
+    assert!(owner.is_served(PROMPT), "the owner stays connected");
+    assert!(broker.log().contains(&format!(
+        "login refused for {pk}/meter-01: the client id belongs to a session of {pk}/victim-01"
+    )));
+    // The refusal is about the client id: on its own, the intruder logs in.
+    let own = sign_login(&pk, "meter-01", &secrets[0], "own-core");
+    assert!(connect_once(broker.port, &own[0], &own[1], &own[2]));
+}
+
+/// The persistent-session story of device `victim-01` on `broker`: it subscribes at QoS 1
+/// without clean session and leaves; `between` runs; a message is queued for it; `meter-01`
+/// presenting its client id is not authorised; `victim-01` comes back and gets the message.
+fn persistent_session_stays_with_its_device(
+    broker: &mut Broker,
+    pk: &str,
+    secrets: &[String],
+    between: impl FnOnce(&mut Broker),
+) {
+    let victim = sign_login(pk, "victim-01", &secrets[1], "persistent-core");
+    let topic = format!("/{pk}/victim-01/user/get");
+    let away = broker.client(
+        "mosquitto_sub",
+        &victim,
+        &["-c", "-q", "1", "-t", &topic, "-E"],
+    );
+    assert_eq!(away.status.code(), Some(0), "{away:?}");
+    between(broker);
+    // Its own second login (another client id) sends it a message while it is away.
+    let publisher = sign_login(pk, "victim-01", &secrets[1], "publisher");
+    let sent = broker.client(
+        "mosquitto_pub",
+        &publisher,
+        &["-q", "1", "-t", &topic, "-m", "queued"],
+    );
+    assert_eq!(sent.status.code(), Some(0), "{sent:?}");
+
+    let intruder = sign_login(pk, "meter-01", &secrets[0], "persistent-core");
+    assert_eq!(intruder[0], victim[0]);
+    let taken = broker.client(
+        "mosquitto_sub",
+        &intruder,
+        &[
+            "-c",
+            "-q",
+            "1",
+            "-t",
+            &format!("/{pk}/meter-01/user/get"),
+            "-C",
+            "1",
+            "-W",
+            "2",
+        ],
+    );
+    assert_eq!(taken.status.code(), Some(5), "{taken:?}");
+    assert!(String::from_utf8_lossy(&taken.stderr).contains("not authorised"));
+
+    let back = broker.client(
+        "mosquitto_sub",
+        &victim,
+        &["-c", "-q", "1", "-t", &topic, "-C", "1", "-W", "5"],
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&back.stdout).trim(),
+        "queued",
+        "{back:?}"
+    );
+}
+
+#[test]
+fn a_persistent_session_and_its_queue_stay_with_its_device() {
+    let Some(plugin) = plugin() else { return };
+    let dir = test_dir("persistent");
+    let (mut broker, pk, secrets) = broker_with_config(
+        "persistent",
+        &plugin,
+        &["meter-01", "victim-01"],
+        &format!("persistence true\npersistence_location {}/", dir.display()),
+    );
+    persistent_session_stays_with_its_device(&mut broker, &pk, &secrets, |_| {});
+}
+
+#[test]
+fn with_a_sessions_file_a_persistent_session_stays_with_its_device_across_a_restart() {
+    let Some(plugin) = plugin() else { return };
+    let dir = test_dir("restart");
+    let (mut broker, pk, secrets) = broker_with_config(
+        "restart",
+        &plugin,
+        &["meter-01", "victim-01"],
+        &format!(
+            "persistence true\npersistence_location {0}/\nplugin_opt_sessions_file {0}/sessions",
+            dir.display()
+        ),
+    );
+    persistent_session_stays_with_its_device(&mut broker, &pk, &secrets, |broker| {
+        broker.restart();
+        assert!(
+            broker
+                .log()
+                .contains("1 persistent session owners read back"),
+            "{}",
+            broker.log()
+        );
+    });
+}
+
+#[test]
+fn beyond_max_sessions_a_new_persistent_session_is_refused_but_a_clean_one_is_not() {
+    let Some(plugin) = plugin() else { return };
+    let (broker, pk, secrets) = broker_with_config(
+        "max-sessions",
+        &plugin,
+        &["meter-01", "meter-02"],
+        "plugin_opt_max_sessions 1",
+    );
+    let first = sign_login(&pk, "meter-01", &secrets[0], "first");
+    let second = sign_login(&pk, "meter-02", &secrets[1], "second");
+    let persistent = |login: &[String; 3]| MqttClient::connect(broker.port, fields(login), false);
+    persistent(&first)
+        .expect("the one persistent session")
+        .disconnect();
+    assert_eq!(
+        persistent(&second).err(),
+        Some(Some(5)),
+        "one more is refused"
+    );
+    assert!(MqttClient::connect(broker.port, fields(&second), true).is_ok());
+    // Its owner resumes the one there is.
+    assert!(persistent(&first).is_ok());
+    assert!(broker.log().contains("1 persistent sessions already"));
+}
+
+#[test]
+fn a_registration_cannot_take_over_another_devices_registration_connection() {
+    let Some(plugin) = plugin() else { return };
+    let (broker, pk, secrets) = broker_with("registration-id", &plugin, &["reg-01", "reg-02"]);
+    cli(
+        &broker.store(),
+        &["product", "dynamic-registration", &pk, "on"],
+    );
+    let product_secret =
+        cli(&broker.store(), &["product", "show", &pk, "--show-secret"])["productSecret"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+    let product = ProductCertificate::new(
+        ProductKey::new(&pk).unwrap(),
+        ProductSecret::new(&product_secret).unwrap(),
+    );
+    let options = RegistrationOptions {
+        kind: ConnectKind::Register,
+        random: "r4nd0m",
+        sign_method: SignMethod::HmacSha256,
+        secure_mode: SecureMode::TLS,
+        instance_id: None,
+    };
+    let connect = |name: &str| {
+        let creds =
+            build_registration_connect(&product, DeviceName::new(name).unwrap(), &options).unwrap();
+        let id = creds.client_id().to_owned();
+        [id, creds.username().to_owned(), creds.expose_password()]
+    };
+    let owner = connect("reg-01");
+    // reg-02's own registration, presenting reg-01's client id (the core is not signed).
+    let mut thief = connect("reg-02");
+    thief[0] = thief[0].replacen("reg-02", "reg-01", 1);
+    assert_eq!(thief[0], owner[0]);
+
+    let mut registering =
+        MqttClient::connect(broker.port, fields(&owner), true).expect("registration");
+    assert_eq!(
+        MqttClient::connect(broker.port, fields(&thief), true).err(),
+        Some(Some(5))
+    );
+    let secret = registering.next_publish(PROMPT).expect("the secret");
+    assert!(secret.contains(&secrets[0]), "reg-01's own secret");
+    assert!(registering.drain(PROMPT).1, "then disconnected");
+    assert!(broker.log().contains(&format!(
+        "registration refused for {pk}/reg-02: the client id belongs to a session of {pk}/reg-01"
+    )));
+    // Refused before anything was issued: reg-02 registers on its own client id later.
+    assert_eq!(
+        cli(&broker.store(), &["device", "show", &pk, "reg-02"])["state"],
+        "inactive"
+    );
+    let mut own = MqttClient::connect(broker.port, fields(&connect("reg-02")), true).expect("own");
+    assert!(
+        own.next_publish(PROMPT)
+            .expect("its secret")
+            .contains(&secrets[1])
+    );
+}
+
+#[test]
+fn a_sessions_file_is_read_back_at_start_whole_lines_only() {
+    let Some(plugin) = plugin() else { return };
+    let file = test_dir("sessions-file").join("sessions");
+    let (mut broker, pk, secrets) = broker_with_config(
+        "sessions-file",
+        &plugin,
+        &["meter-01", "victim-01"],
+        &format!("plugin_opt_sessions_file {}", file.display()),
+    );
+    let victim = sign_login(&pk, "victim-01", &secrets[1], "kept-core");
+    let line = |id: &str, dn: &str| format!("+ {} {pk} {dn}\n", hex::encode(id));
+    // What a crash in the middle of a write leaves: a last line without its end.
+    let torn = line("other-core", "meter-01");
+    let torn = &torn[..torn.len() - 3];
+    std::fs::write(
+        &file,
+        format!(
+            "iotauth-sessions 1\n{}{}{torn}",
+            line(&victim[0], "victim-01"),
+            line("own-core", "meter-01")
+        ),
+    )
+    .unwrap();
+    broker.restart();
+    assert!(
+        broker
+            .log()
+            .contains("2 persistent session owners read back")
+    );
+    assert!(broker.log().contains("1 unreadable lines skipped"));
+    assert_eq!(std::fs::read_to_string(&file).unwrap().lines().count(), 3);
+
+    let intruder = sign_login(&pk, "meter-01", &secrets[0], "kept-core");
+    assert_eq!(
+        MqttClient::connect(broker.port, fields(&intruder), true).err(),
+        Some(Some(5))
+    );
+    assert!(MqttClient::connect(broker.port, fields(&victim), true).is_ok());
 }

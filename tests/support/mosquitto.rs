@@ -1,11 +1,16 @@
-//! A real Mosquitto broker on a free loopback port, and a raw MQTT 3.1.1 CONNECT client:
-//! shared by tests/mosquitto_plugin.rs and benches/mosquitto.rs.
+//! A real Mosquitto broker on a free loopback port, and a raw MQTT 3.1.1 client: shared by
+//! tests/mosquitto_plugin.rs and benches/mosquitto.rs (which uses only `Mosquitto::start` and
+//! `connect_once`).
+#![allow(dead_code)]
 
-use std::io::{Read, Write};
+use std::io::{ErrorKind, Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
+
+use bytes::BytesMut;
+use rumqttc::{ConnectReturnCode, Packet, QoS};
 
 /// A running `mosquitto -c` with its config and log in `dir`.
 pub struct Mosquitto {
@@ -31,28 +36,59 @@ impl Mosquitto {
              log_dest stderr\nlog_type all\n{lines}\n"
         );
         std::fs::write(&config, text).unwrap();
-        let child = Command::new("mosquitto")
-            .arg("-c")
-            .arg(&config)
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(dir.join("mosquitto.log")).unwrap())
-            .spawn()
-            .expect("mosquitto (Debian's mosquitto package) must be installed");
-        let broker = Self {
-            child,
+        let mut broker = Self {
+            child: Self::spawn(dir),
             port,
             dir: dir.to_owned(),
         };
+        broker.wait_up();
+        broker
+    }
+
+    /// `mosquitto -c DIR/mosquitto.conf`, appending to DIR/mosquitto.log.
+    fn spawn(dir: &Path) -> Child {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(dir.join("mosquitto.log"))
+            .unwrap();
+        Command::new("mosquitto")
+            .arg("-c")
+            .arg(dir.join("mosquitto.conf"))
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("mosquitto (Debian's mosquitto package) must be installed")
+    }
+
+    fn wait_up(&mut self) {
         let deadline = Instant::now() + Duration::from_secs(10);
-        while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        while TcpStream::connect(("127.0.0.1", self.port)).is_err() {
             assert!(
-                Instant::now() < deadline,
+                self.child.try_wait().unwrap().is_none() && Instant::now() < deadline,
                 "mosquitto did not come up: {}",
-                broker.log()
+                self.log()
             );
             std::thread::sleep(Duration::from_millis(50));
         }
-        broker
+    }
+
+    /// Stops the broker the way a service manager does (SIGTERM: Mosquitto saves its
+    /// persistence file, plugins clean up) and starts it again on the same config and port.
+    pub fn restart(&mut self) {
+        let stopped = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(stopped.success());
+        let status = self.child.wait().unwrap();
+        assert!(
+            status.success(),
+            "mosquitto stopped with {status}: {}",
+            self.log()
+        );
+        self.child = Self::spawn(&self.dir);
+        self.wait_up();
     }
 
     pub fn log(&self) -> String {
@@ -69,22 +105,160 @@ impl Drop for Mosquitto {
 
 /// One CONNECT over a fresh TCP connection, then DISCONNECT; whether the broker accepted it.
 pub fn connect_once(port: u16, client_id: &str, username: &str, password: &str) -> bool {
-    let mut connect = rumqttc::Connect::new(client_id);
-    connect.set_login(username, password);
-    connect.keep_alive = 30;
-    let mut packet = bytes::BytesMut::new();
-    if connect.write(&mut packet).is_err() {
-        return false;
+    MqttClient::connect(port, [client_id, username, password], true)
+        .map(MqttClient::disconnect)
+        .is_ok()
+}
+
+/// How long a raw client waits for the broker's answer to CONNECT or SUBSCRIBE.
+const ANSWER: Duration = Duration::from_secs(5);
+
+/// A raw MQTT 3.1.1 client on one TCP connection that never reconnects (unlike `mosquitto_sub`),
+/// so that a test sees when the broker closes it.
+pub struct MqttClient {
+    stream: TcpStream,
+    /// Bytes read and not yet framed.
+    unread: BytesMut,
+}
+
+/// What came from the broker.
+pub enum Incoming {
+    Packet(Packet),
+    /// Nothing before the deadline; the connection is open.
+    Nothing,
+    /// The broker closed the connection.
+    Closed,
+}
+
+impl MqttClient {
+    /// CONNECT (keep-alive 30 s) with `[client id, user name, password]`: the client when the
+    /// CONNACK accepts it, else the CONNACK's return code (`None`: no CONNACK at all).
+    pub fn connect(
+        port: u16,
+        [id, user, password]: [&str; 3],
+        clean: bool,
+    ) -> Result<Self, Option<u8>> {
+        let mut connect = rumqttc::Connect::new(id);
+        connect.set_login(user, password);
+        connect.keep_alive = 30;
+        connect.clean_session = clean;
+        let mut packet = BytesMut::new();
+        connect.write(&mut packet).map_err(|_| None)?;
+        let stream = TcpStream::connect(("127.0.0.1", port)).map_err(|_| None)?;
+        let mut client = Self {
+            stream,
+            unread: BytesMut::new(),
+        };
+        client.stream.write_all(&packet).map_err(|_| None)?;
+        match client.next(ANSWER) {
+            Incoming::Packet(Packet::ConnAck(ack)) if ack.code == ConnectReturnCode::Success => {
+                Ok(client)
+            }
+            Incoming::Packet(Packet::ConnAck(ack)) => Err(Some(ack.code as u8)),
+            _ => Err(None),
+        }
     }
-    let Ok(mut stream) = TcpStream::connect(("127.0.0.1", port)) else {
-        return false;
-    };
-    let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
-    if stream.write_all(&packet).is_err() {
-        return false;
+
+    /// SUBSCRIBE to one filter; whether the SUBACK granted it.
+    pub fn subscribe(&mut self, filter: &str, qos: QoS) -> bool {
+        let mut subscribe = rumqttc::Subscribe::new(filter, qos);
+        subscribe.pkid = 1;
+        self.send(Packet::Subscribe(subscribe));
+        match self.next(ANSWER) {
+            Incoming::Packet(Packet::SubAck(ack)) => ack
+                .return_codes
+                .iter()
+                .all(|code| *code != rumqttc::SubscribeReasonCode::Failure),
+            _ => false,
+        }
     }
-    let mut connack = [0u8; 4];
-    let accepted = stream.read_exact(&mut connack).is_ok() && connack[0] == 0x20 && connack[3] == 0;
-    let _ = stream.write_all(&[0xE0, 0x00]); // DISCONNECT
-    accepted
+
+    /// PUBLISH at QoS 0.
+    pub fn publish(&mut self, topic: &str, payload: &str) {
+        self.send(Packet::Publish(rumqttc::Publish::new(
+            topic,
+            QoS::AtMostOnce,
+            payload,
+        )));
+    }
+
+    /// The payload of the next PUBLISH within `wait`, skipping other packets.
+    pub fn next_publish(&mut self, wait: Duration) -> Option<String> {
+        let deadline = Instant::now() + wait;
+        loop {
+            match self.next(deadline.saturating_duration_since(Instant::now())) {
+                Incoming::Packet(Packet::Publish(publish)) => {
+                    return Some(String::from_utf8_lossy(&publish.payload).into_owned());
+                }
+                Incoming::Packet(_) => {}
+                Incoming::Nothing | Incoming::Closed => return None,
+            }
+        }
+    }
+
+    /// Whether the broker still serves the connection: a PINGREQ answered within `wait`
+    /// (anything the broker sent before the PINGRESP is dropped).
+    pub fn is_served(&mut self, wait: Duration) -> bool {
+        // A write to a connection the broker closed may succeed; the read tells.
+        let _ = self.stream.write_all(&[0xC0, 0x00]);
+        let deadline = Instant::now() + wait;
+        loop {
+            match self.next(deadline.saturating_duration_since(Instant::now())) {
+                Incoming::Packet(Packet::PingResp) => return true,
+                Incoming::Packet(_) => {}
+                Incoming::Nothing | Incoming::Closed => return false,
+            }
+        }
+    }
+
+    /// Everything the broker sends within `wait`: the packets, and whether it then closed the
+    /// connection.
+    pub fn drain(&mut self, wait: Duration) -> (Vec<Packet>, bool) {
+        let deadline = Instant::now() + wait;
+        let mut packets = Vec::new();
+        loop {
+            match self.next(deadline.saturating_duration_since(Instant::now())) {
+                Incoming::Packet(packet) => packets.push(packet),
+                Incoming::Nothing => return (packets, false),
+                Incoming::Closed => return (packets, true),
+            }
+        }
+    }
+
+    /// DISCONNECT, then close.
+    pub fn disconnect(mut self) {
+        let _ = self.stream.write_all(&[0xE0, 0x00]);
+    }
+
+    fn send(&mut self, packet: Packet) {
+        let mut bytes = BytesMut::new();
+        packet.write(&mut bytes, usize::MAX).unwrap();
+        let _ = self.stream.write_all(&bytes);
+    }
+
+    /// The next packet within `wait`.
+    pub fn next(&mut self, wait: Duration) -> Incoming {
+        let deadline = Instant::now() + wait;
+        loop {
+            match Packet::read(&mut self.unread, 1 << 20) {
+                Ok(packet) => return Incoming::Packet(packet),
+                Err(rumqttc::Error::InsufficientBytes(_)) => {}
+                Err(e) => panic!("the broker sent a malformed packet: {e}"),
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Incoming::Nothing;
+            }
+            self.stream.set_read_timeout(Some(left)).unwrap();
+            let mut buffer = [0u8; 4096];
+            match self.stream.read(&mut buffer) {
+                Ok(0) => return Incoming::Closed,
+                Ok(n) => self.unread.extend_from_slice(&buffer[..n]),
+                Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
+                    return Incoming::Nothing;
+                }
+                Err(_) => return Incoming::Closed,
+            }
+        }
+    }
 }
