@@ -12,9 +12,14 @@
 //! plugin_opt_max_skew_secs 900     # optional: a timestamp window for logins
 //! plugin_opt_issuance once         # or redeliver-until-first-login
 //! plugin_opt_cache_ttl_secs 5      # reuse a device read this long (0: off)
+//! plugin_opt_topic_template devices/{pk}/{dn}/#   # repeatable; replaces Alibaba's topics
 //! plugin_opt_sessions_file /var/lib/mosquitto/iotauth-sessions  # with `persistence true`
 //! plugin_opt_max_sessions 100000   # persistent sessions whose owner is kept
 //! ```
+//!
+//! `max_skew_secs`, `issuance`, `cache_ttl_secs` and `topic_template` are parsed by
+//! `iotauth::server::ServerConfig::set`, as `iotauth serve`'s flags are, so both front ends read
+//! them the same way.
 //!
 //! A CONNECT with `authType=register` (MQTT dynamic registration, PROTOCOL.md §c) is verified
 //! against the ProductSecret and accepted; the secret is then published on `/ext/register` to
@@ -51,11 +56,11 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
 use std::time::{Duration, Instant};
 
+use iotauth::server::{ConfigError, ServerConfig};
 use iotauth::service::{Authenticator, Registrar};
-use iotauth::store::{CachedStore, Store};
+use iotauth::store::Store;
 use iotauth::{
-    ConnectKind, ConnectRequest, DeviceIdentity, DeviceName, Freshness, IssuancePolicy, ProductKey,
-    TopicRule, parse_username,
+    ConnectKind, ConnectRequest, DeviceIdentity, DeviceName, ProductKey, TopicRule, parse_username,
 };
 
 /// How long a device read is reused (`plugin_opt_cache_ttl_secs`; 0 turns the cache off).
@@ -621,8 +626,11 @@ fn guarded(denied: c_int, body: impl FnOnce() -> c_int) -> c_int {
 }
 
 fn plugin_options(options: *const MosquittoOpt, count: c_int) -> Result<Plugin, String> {
-    let (mut store, mut max_skew_secs, mut issuance) = (None, None, IssuancePolicy::Once);
-    let mut cache_ttl = DEFAULT_CACHE_TTL;
+    // The settings every front end shares are parsed by the library, as `iotauth serve`'s
+    // flags are; only the cache's default differs (on here: Mosquitto asks on every connect).
+    let mut config = ServerConfig::default();
+    config.cache_ttl = DEFAULT_CACHE_TTL;
+    let mut store = None;
     let (mut sessions_file, mut max_sessions) = (None, DEFAULT_MAX_SESSIONS);
     for i in 0..usize::try_from(count).unwrap_or_default() {
         // SAFETY: the broker passes `count` valid options.
@@ -631,27 +639,6 @@ fn plugin_options(options: *const MosquittoOpt, count: c_int) -> Result<Plugin, 
         let (key, value) = unsafe { (text(option.key), text(option.value)) };
         match (key, value) {
             (Some("store"), Some(value)) => store = Some(value.to_owned()),
-            (Some("max_skew_secs"), Some(value)) => {
-                let secs = value
-                    .parse()
-                    .map_err(|_| "plugin_opt_max_skew_secs must be a number of seconds")?;
-                max_skew_secs = Some(secs);
-            }
-            (Some("cache_ttl_secs"), Some(value)) => {
-                let secs = value
-                    .parse()
-                    .map_err(|_| "plugin_opt_cache_ttl_secs must be a number of seconds")?;
-                cache_ttl = Duration::from_secs(secs);
-            }
-            (Some("issuance"), Some("once")) => issuance = IssuancePolicy::Once,
-            (Some("issuance"), Some("redeliver-until-first-login")) => {
-                issuance = IssuancePolicy::RedeliverUntilFirstLogin;
-            }
-            (Some("issuance"), _) => {
-                return Err(
-                    "plugin_opt_issuance must be once or redeliver-until-first-login".into(),
-                );
-            }
             (Some("sessions_file"), Some(value)) if !value.is_empty() => {
                 sessions_file = Some(PathBuf::from(value));
             }
@@ -660,7 +647,13 @@ fn plugin_options(options: *const MosquittoOpt, count: c_int) -> Result<Plugin, 
                     .parse()
                     .map_err(|_| "plugin_opt_max_sessions must be a number of sessions")?;
             }
-            (Some(key), _) => return Err(format!("unknown option plugin_opt_{key}")),
+            (Some(key), Some(value)) => match config.set(key, value) {
+                Ok(()) => {}
+                Err(ConfigError::Unknown) => {
+                    return Err(format!("unknown option plugin_opt_{key}"));
+                }
+                Err(e) => return Err(format!("plugin_opt_{key}: {e}")),
+            },
             _ => return Err("an option is not valid UTF-8".into()),
         }
     }
@@ -685,21 +678,13 @@ fn plugin_options(options: *const MosquittoOpt, count: c_int) -> Result<Plugin, 
         .build()
         .map_err(|e| format!("cannot start the runtime: {e}"))?;
     let store = runtime
-        .block_on(iotauth::store::open(&store_url))
+        .block_on(config.open_store(&store_url))
         .map_err(|e| format!("cannot open the store: {e}"))?;
-    let store: Arc<dyn Store> = if cache_ttl.is_zero() {
-        store
-    } else {
-        Arc::new(CachedStore::new(store, cache_ttl))
-    };
-    let freshness = max_skew_secs.map_or(Freshness::Unchecked, |max_skew_secs| Freshness::Window {
-        max_skew_secs,
-    });
     Ok(Plugin {
         runtime,
-        authenticator: Authenticator::new(store.clone()).with_freshness(freshness),
-        registrar: Registrar::new(store).with_policy(issuance),
-        topics: TopicRule::alibaba(),
+        authenticator: Authenticator::new(store.clone()).with_freshness(config.freshness),
+        registrar: Registrar::new(store).with_policy(config.issuance),
+        topics: config.topics,
         deliveries: Mutex::new(Vec::new()),
         sessions: Mutex::new(Sessions::new(max_sessions, journal)),
     })

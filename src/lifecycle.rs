@@ -119,6 +119,31 @@ pub enum IssuancePolicy {
     RedeliverUntilFirstLogin,
 }
 
+impl IssuancePolicy {
+    /// The policy's name in configuration: `once`, `redeliver-until-first-login`.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Self::Once => "once",
+            Self::RedeliverUntilFirstLogin => "redeliver-until-first-login",
+        }
+    }
+}
+
+impl std::str::FromStr for IssuancePolicy {
+    type Err = crate::error::ParseError;
+
+    /// Parses [`IssuancePolicy::name`].
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        [Self::Once, Self::RedeliverUntilFirstLogin]
+            .into_iter()
+            .find(|policy| policy.name() == text)
+            .ok_or(crate::error::ParseError::Malformed {
+                field: "issuance",
+                expected: "once or redeliver-until-first-login",
+            })
+    }
+}
+
 /// What the secret does in a transition.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum SecretEffect {

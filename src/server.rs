@@ -17,7 +17,7 @@
 use std::fmt::Write as _;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use axum::extract::{DefaultBodyLimit, State};
 use axum::http::{HeaderMap, StatusCode, header};
@@ -28,6 +28,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use crate::acl::TopicRule;
+use crate::error::ParseError;
 use crate::id::{DeviceName, ProductKey};
 use crate::lifecycle::{DeviceStatus, Event, IssuancePolicy};
 use crate::mqtt::{ConnectKind, ConnectRequest, parse_username};
@@ -36,30 +37,118 @@ use crate::register::RefusalCode;
 use crate::service::{
     Admin, AdminError, AuthError, Authenticator, IssuedSecret, RegisterError, Registrar,
 };
-use crate::store::Store;
+use crate::store::{CachedStore, Store, StoreError};
 use crate::verified::{DeviceIdentity, Verified};
 
 /// Cap on any request body, in bytes (a registration form is at most 4096).
 pub const MAX_BODY_LEN: usize = 16 * 1024;
 
-/// How the server decides.
+/// How the server decides: the settings every front end shares (`iotauth serve`'s flags, the
+/// embedded broker, the Mosquitto plugin's `plugin_opt_*`), each parsed in one place
+/// ([`ServerConfig::set`]).
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct ServerConfig {
-    /// How often a secret may be delivered.
+    /// How often a secret may be delivered (`issuance`).
     pub issuance: IssuancePolicy,
-    /// The timestamp window of logins.
+    /// The timestamp window of logins (`max_skew_secs`).
     pub freshness: Freshness,
-    /// The topics each device may use.
+    /// The topics each device may use (`topic_template`).
     pub topics: TopicRule,
+    /// How long a device read is reused ([`CachedStore`]); zero: never (`cache_ttl_secs`).
+    pub cache_ttl: Duration,
 }
 
 impl Default for ServerConfig {
+    /// Issue once, no timestamp window, Alibaba's topics, no cache.
     fn default() -> Self {
         Self {
             issuance: IssuancePolicy::Once,
             freshness: Freshness::Unchecked,
             topics: TopicRule::alibaba(),
+            cache_ttl: Duration::ZERO,
         }
+    }
+}
+
+/// A setting that [`ServerConfig::set`] refused.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// No such setting.
+    #[error("unknown setting")]
+    Unknown,
+    /// The value does not parse.
+    #[error("expected {expected}")]
+    Invalid {
+        /// The setting.
+        key: &'static str,
+        /// What it takes.
+        expected: &'static str,
+    },
+    /// A topic template is not a valid MQTT filter.
+    #[error(transparent)]
+    Topic(#[from] ParseError),
+}
+
+impl ServerConfig {
+    /// Applies one setting by name:
+    ///
+    /// | key | value |
+    /// |---|---|
+    /// | `issuance` | `once` or `redeliver-until-first-login` ([`IssuancePolicy`]) |
+    /// | `max_skew_secs` | seconds: refuse logins whose timestamp is further from now |
+    /// | `cache_ttl_secs` | seconds a device read is reused; 0 turns the cache off |
+    /// | `topic_template` | an MQTT filter with `{pk}`/`{dn}` levels; the first replaces Alibaba's defaults, later ones add to it |
+    ///
+    /// # Errors
+    /// [`ConfigError`]: an unknown key, or a value that does not parse.
+    pub fn set(&mut self, key: &str, value: &str) -> Result<(), ConfigError> {
+        let seconds = |key: &'static str| {
+            value.parse::<u64>().map_err(|_| ConfigError::Invalid {
+                key,
+                expected: "a number of seconds",
+            })
+        };
+        match key {
+            "issuance" => {
+                self.issuance = value.parse().map_err(|_| ConfigError::Invalid {
+                    key: "issuance",
+                    expected: "once or redeliver-until-first-login",
+                })?;
+            }
+            "max_skew_secs" => {
+                self.freshness = Freshness::Window {
+                    max_skew_secs: seconds("max_skew_secs")?,
+                };
+            }
+            "cache_ttl_secs" => self.cache_ttl = Duration::from_secs(seconds("cache_ttl_secs")?),
+            "topic_template" => {
+                let current = if self.topics == TopicRule::alibaba() {
+                    &[][..]
+                } else {
+                    self.topics.templates()
+                };
+                let templates = current.iter().map(String::as_str).chain([value]);
+                self.topics = TopicRule::new(templates)?;
+            }
+            _ => return Err(ConfigError::Unknown),
+        }
+        Ok(())
+    }
+
+    /// The store at `url` ([`crate::store::open`]), behind a cache when [`ServerConfig::cache_ttl`]
+    /// is not zero.
+    ///
+    /// # Errors
+    /// As [`crate::store::open`].
+    pub async fn open_store(&self, url: &str) -> Result<Arc<dyn Store>, StoreError> {
+        let store = crate::store::open(url).await?;
+        Ok(if self.cache_ttl.is_zero() {
+            store
+        } else {
+            Arc::new(CachedStore::new(store, self.cache_ttl))
+        })
     }
 }
 

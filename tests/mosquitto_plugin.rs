@@ -233,6 +233,45 @@ fn a_device_cannot_use_another_devices_topics() {
 }
 
 #[test]
+fn plugin_opt_topic_template_replaces_the_default_topics_as_serve_does() {
+    let Some(plugin) = plugin() else { return };
+    let (broker, pk, secrets) = broker_with_config(
+        "template",
+        &plugin,
+        &["meter-01"],
+        "plugin_opt_topic_template devices/{pk}/{dn}/+\n",
+    );
+    let login = sign_login(&pk, "meter-01", &secrets[0], "tpl");
+    let topic = format!("devices/{pk}/meter-01/telemetry");
+    let round_trip = broker.client(
+        "mosquitto_rr",
+        &login,
+        &["-t", &topic, "-e", &topic, "-m", "templated", "-W", "5"],
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&round_trip.stdout).trim(),
+        "templated",
+        "{round_trip:?}"
+    );
+    let default = broker.client(
+        "mosquitto_sub",
+        &login,
+        &[
+            "-t",
+            &format!("/{pk}/meter-01/user/get"),
+            "-C",
+            "1",
+            "-W",
+            "2",
+        ],
+    );
+    assert!(
+        String::from_utf8_lossy(&default.stderr).contains("denied"),
+        "the defaults no longer apply: {default:?}"
+    );
+}
+
+#[test]
 fn a_missing_store_option_stops_the_broker_with_a_clear_line() {
     let Some(plugin) = plugin() else { return };
     let dir = std::env::temp_dir().join(format!("iotauth-mosquitto-noopt-{}", std::process::id()));

@@ -6,11 +6,11 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use clap::{Args, ValueEnum};
+use clap::Args;
+use iotauth::IssuancePolicy;
 use iotauth::broker::{Broker, BrokerConfig, TlsFiles, Transport};
 use iotauth::server::{ServerConfig, Services, router};
-use iotauth::store::{CachedStore, Store};
-use iotauth::{Freshness, IssuancePolicy, TopicRule};
+use iotauth::store::Store;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 use tokio_rustls::TlsAcceptor;
@@ -43,16 +43,20 @@ pub(crate) struct Serve {
     #[arg(long, default_value_t = 1200)]
     max_keepalive_secs: u16,
     /// How often a device's secret may be delivered.
-    #[arg(long, value_enum, default_value = "once")]
-    issuance: Issuance,
-    /// Refuse logins whose timestamp is further than this from now (no window by default).
+    #[arg(long, default_value = "once", value_parser = [
+        IssuancePolicy::Once.name(),
+        IssuancePolicy::RedeliverUntilFirstLogin.name(),
+    ])]
+    issuance: String,
+    /// Refuse logins whose timestamp is further than this from now, in seconds (no window by
+    /// default).
     #[arg(long)]
-    max_skew_secs: Option<u64>,
-    /// Reuse a device read for this long (0: off). This server's own writes drop the entry at
-    /// once; a change made elsewhere (an admin command, another server on the same
-    /// PostgreSQL) is seen within the period.
-    #[arg(long, default_value_t = 0)]
-    cache_ttl_secs: u64,
+    max_skew_secs: Option<String>,
+    /// Reuse a device read for this long, in seconds (0: off). This server's own writes drop
+    /// the entry at once; a change made elsewhere (an admin command, another server on the
+    /// same PostgreSQL) is seen within the period.
+    #[arg(long, default_value = "0")]
+    cache_ttl_secs: String,
     /// A topic template devices may use ({pk} and {dn} are whole levels); repeat for several.
     /// [default: Alibaba's /{pk}/{dn}/#, /sys/{pk}/{dn}/#, /ext/+/{pk}/{dn}/#,
     /// /shadow/+/{pk}/{dn}, /ota/device/+/{pk}/{dn}]
@@ -66,37 +70,12 @@ pub(crate) struct Serve {
     tls_key: Option<PathBuf>,
 }
 
-#[derive(Clone, Copy, ValueEnum)]
-enum Issuance {
-    Once,
-    RedeliverUntilFirstLogin,
-}
-
 /// How long a client may take for its TLS handshake.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 pub(crate) async fn serve(store_url: &str, args: Serve) -> Result<(), Failure> {
-    let store = iotauth::store::open(store_url).await?;
-    let store: Arc<dyn Store> = match args.cache_ttl_secs {
-        0 => store,
-        secs => Arc::new(CachedStore::new(store, Duration::from_secs(secs))),
-    };
-    let config = ServerConfig {
-        issuance: match args.issuance {
-            Issuance::Once => IssuancePolicy::Once,
-            Issuance::RedeliverUntilFirstLogin => IssuancePolicy::RedeliverUntilFirstLogin,
-        },
-        freshness: args
-            .max_skew_secs
-            .map_or(Freshness::Unchecked, |max_skew_secs| Freshness::Window {
-                max_skew_secs,
-            }),
-        topics: if args.topic_templates.is_empty() {
-            TopicRule::alibaba()
-        } else {
-            TopicRule::new(args.topic_templates.iter().cloned())?
-        },
-    };
+    let config = server_config(&args)?;
+    let store = config.open_store(store_url).await?;
     let services = Arc::new(Services::new(store.clone(), config));
     hint_when_empty(&store, store_url).await?;
     let tls = match (&args.tls_cert, &args.tls_key) {
@@ -239,6 +218,26 @@ impl axum::serve::Listener for TlsListener {
     fn local_addr(&self) -> std::io::Result<Self::Addr> {
         Ok(self.local)
     }
+}
+
+/// The settings every front end shares, from the command line, parsed by the library (as the
+/// Mosquitto plugin's `plugin_opt_*` are).
+fn server_config(args: &Serve) -> Result<ServerConfig, Failure> {
+    let mut config = ServerConfig::default();
+    let settings = [
+        ("issuance", Some(&args.issuance)),
+        ("max_skew_secs", args.max_skew_secs.as_ref()),
+        ("cache_ttl_secs", Some(&args.cache_ttl_secs)),
+    ]
+    .into_iter()
+    .filter_map(|(key, value)| Some((key, value?)))
+    .chain(args.topic_templates.iter().map(|t| ("topic_template", t)));
+    for (key, value) in settings {
+        config
+            .set(key, value)
+            .map_err(|e| Failure::Usage(format!("--{}: {e}", key.replace('_', "-"))))?;
+    }
+    Ok(config)
 }
 
 /// The broker's listeners from the command line; `None` when no MQTT port is asked for.
