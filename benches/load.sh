@@ -85,4 +85,4 @@ stop
 echo
 echo "broker connects/s (benches/connect_rate.rs):"
 IOTAUTH_CONNECT_SECONDS=$SECONDS_EACH cargo bench --all-features --bench connect_rate --quiet 2>/dev/null \
-  | grep -E 'connect_rate/|concurrent'
+  | grep -E 'connect_rate/|publish_rate/|concurrent|publishing'

@@ -98,6 +98,18 @@ fn broker_with(name: &str, plugin: &str, names: &[&str]) -> (Broker, String, Vec
     broker_with_config(name, plugin, names, "")
 }
 
+/// Turns dynamic registration on for product `pk`; its ProductSecret.
+fn registration_on(broker: &Broker, pk: &str) -> String {
+    cli(
+        &broker.store(),
+        &["product", "dynamic-registration", pk, "on"],
+    );
+    cli(&broker.store(), &["product", "show", pk, "--show-secret"])["productSecret"]
+        .as_str()
+        .unwrap()
+        .to_owned()
+}
+
 /// As [`broker_with`], with more config `lines`.
 fn broker_with_config(
     name: &str,
@@ -295,15 +307,7 @@ fn linkkit_registers_over_mqtt_through_the_broker_then_logs_in_and_only_once() {
         return;
     };
     let (broker, pk, secrets) = broker_with("linkkit", &plugin, &["lk-reg-01"]);
-    cli(
-        &broker.store(),
-        &["product", "dynamic-registration", &pk, "on"],
-    );
-    let product_secret =
-        cli(&broker.store(), &["product", "show", &pk, "--show-secret"])["productSecret"]
-            .as_str()
-            .unwrap()
-            .to_owned();
+    let product_secret = registration_on(&broker, &pk);
     let port = broker.port.to_string();
     let out = Command::new(python)
         .arg(concat!(
@@ -611,15 +615,7 @@ fn beyond_max_sessions_a_new_persistent_session_is_refused_but_a_clean_one_is_no
 fn a_registration_cannot_take_over_another_devices_registration_connection() {
     let Some(plugin) = plugin() else { return };
     let (broker, pk, secrets) = broker_with("registration-id", &plugin, &["reg-01", "reg-02"]);
-    cli(
-        &broker.store(),
-        &["product", "dynamic-registration", &pk, "on"],
-    );
-    let product_secret =
-        cli(&broker.store(), &["product", "show", &pk, "--show-secret"])["productSecret"]
-            .as_str()
-            .unwrap()
-            .to_owned();
+    let product_secret = registration_on(&broker, &pk);
     let product = ProductCertificate::new(
         ProductKey::new(&pk).unwrap(),
         ProductSecret::new(&product_secret).unwrap(),

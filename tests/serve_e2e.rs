@@ -1262,6 +1262,38 @@ fn idle_connections_do_not_hold_up_a_tls_login() {
 }
 
 #[test]
+fn an_idle_connection_that_never_sends_its_connect_is_closed() {
+    let dir = Dir::new("idle-connect");
+    let fleet = Fleet::new(format!("sqlite://{}", dir.0.join("fleet.db").display()));
+    let server = Server::start(
+        &fleet.store,
+        dir.0.join("serve.log"),
+        &["--handshake-timeout-secs", "2"],
+    );
+    // Nothing at all, and the first bytes of a CONNECT (fixed header, start of "MQTT").
+    for sent in [&b""[..], &[0x10, 0x20, 0x00, 0x04, b'M']] {
+        let mut idle = TcpStream::connect(("127.0.0.1", server.mqtt)).unwrap();
+        idle.write_all(sent).unwrap();
+        idle.set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        let started = Instant::now();
+        let mut buffer = [0u8; 16];
+        let closed = match idle.read(&mut buffer) {
+            Ok(n) => n == 0,
+            Err(e) => !matches!(
+                e.kind(),
+                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+            ),
+        };
+        assert!(
+            closed,
+            "after {sent:?}, still open at {:?}",
+            started.elapsed()
+        );
+    }
+}
+
+#[test]
 fn under_a_256_descriptor_limit_idle_connections_do_not_take_the_broker_down() {
     let dir = Dir::new("fd-limit");
     let fleet = Fleet::new(format!("sqlite://{}", dir.0.join("fleet.db").display()));

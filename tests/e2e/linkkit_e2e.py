@@ -80,7 +80,7 @@ def http_registration(dn):
 
 
 def mqtt_registration(dn):
-    """MQTT dynamic registration (authType=register) against --mqtt-register; the secret or None."""
+    """MQTT dynamic registration (authType=register) on IOTAUTH_MQTT_REGISTER (the broker's port); the secret or None."""
     lk = linkkit.LinkKit(host_name="127.0.0.1", product_key=env["PK"], device_name=dn,
                          device_secret="", product_secret=env["PS"], auth_type="register")
     return await_registration(lk, int(env["IOTAUTH_MQTT_REGISTER"]))

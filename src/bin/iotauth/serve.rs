@@ -42,6 +42,10 @@ pub(crate) struct Serve {
     /// The longest keep-alive a device may ask for, in seconds (Alibaba: 1200).
     #[arg(long, default_value_t = 1200)]
     max_keepalive_secs: u16,
+    /// The time an MQTT client has for its TLS or WebSocket handshake and for its CONNECT, in
+    /// seconds.
+    #[arg(long, default_value_t = 10)]
+    handshake_timeout_secs: u64,
     /// How often a device's secret may be delivered.
     #[arg(long, default_value = "once", value_parser = [
         IssuancePolicy::Once.name(),
@@ -256,6 +260,7 @@ fn broker_config(args: &Serve) -> Option<BrokerConfig> {
         return None;
     }
     config.keepalive_secs = args.min_keepalive_secs..=args.max_keepalive_secs;
+    config.handshake_timeout = Duration::from_secs(args.handshake_timeout_secs);
     if let (Some(cert), Some(key)) = (&args.tls_cert, &args.tls_key) {
         config = config.tls(TlsFiles {
             cert: cert.clone(),
