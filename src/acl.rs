@@ -74,17 +74,20 @@ impl TopicRule {
 
     /// Whether `device` may publish to `topic` (a topic name: no wildcards).
     pub fn may_publish(&self, device: &DeviceIdentity, topic: &str) -> bool {
-        check_topic(topic).is_ok() && self.may_subscribe(device, topic)
+        check_topic(topic).is_ok() && self.covered(device, topic)
     }
 
     /// Whether `device` may subscribe to `filter`: everything it matches lies inside one of the
     /// device's templates.
     pub fn may_subscribe(&self, device: &DeviceIdentity, filter: &str) -> bool {
-        check_filter(filter, "topic filter").is_ok()
-            && self
-                .templates
-                .iter()
-                .any(|template| covers(template, device, filter))
+        check_filter(filter, "topic filter").is_ok() && self.covered(device, filter)
+    }
+
+    /// Whether one of the device's templates covers a valid filter.
+    fn covered(&self, device: &DeviceIdentity, filter: &str) -> bool {
+        self.templates
+            .iter()
+            .any(|template| covers(template, device, filter))
     }
 }
 
@@ -118,11 +121,10 @@ fn check_filter(filter: &str, field: &'static str) -> Result<(), ParseError> {
     if filter.contains('\0') {
         return Err(ParseError::InvalidCharacter { field });
     }
-    let segments: Vec<&str> = filter.split('/').collect();
-    let last = segments.len() - 1;
-    for (i, segment) in segments.iter().enumerate() {
+    let mut segments = filter.split('/').peekable();
+    while let Some(segment) = segments.next() {
         let wildcard_inside = segment.len() > 1 && segment.contains(['+', '#']);
-        if wildcard_inside || (*segment == "#" && i != last) {
+        if wildcard_inside || (segment == "#" && segments.peek().is_some()) {
             return Err(ParseError::Malformed {
                 field,
                 expected: "'+' and '#' as whole levels, '#' last",
