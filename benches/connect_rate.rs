@@ -16,12 +16,11 @@
 //! ```sh
 //! cargo build --example mosquitto_plugin --features mosquitto   # for the Mosquitto rows
 //! IOTAUTH_MOSQUITTO_PLUGIN=$PWD/target/debug/examples/libmosquitto_plugin.so \
-//!   cargo bench --features cli --bench connect_rate     # IOTAUTH_CONNECT_SECONDS (default 10)
-//! cargo bench --features cli --bench connect_rate -- --test   # 1 s each: a smoke run
+//!   cargo bench --features cli,danger-unauthenticated-broker --bench connect_rate     # IOTAUTH_CONNECT_SECONDS (default 10)
+//! cargo bench --features cli,danger-unauthenticated-broker --bench connect_rate -- --test   # 1 s each: a smoke run
 //! ```
 
 #[path = "../tests/support/mosquitto.rs"]
-#[allow(dead_code)]
 mod mosquitto;
 #[path = "support/run_size.rs"]
 mod run_size;

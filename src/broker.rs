@@ -36,13 +36,12 @@
 //!
 //! [rmqtt]: https://docs.rs/rmqtt
 
-use std::collections::HashMap;
-use std::collections::hash_map::Entry;
+use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::ops::RangeInclusive;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use rmqtt::codec::types::{Publish as PublishPacket, QoS};
@@ -57,7 +56,7 @@ use rmqtt::types::{
     Reason, SubscribeAclResult,
 };
 
-use crate::mqtt::MAX_CLIENT_ID_LEN;
+use crate::mqtt::{ConnectRequest, MAX_CLIENT_ID_LEN};
 use crate::server::{Admission, ConnectRefusal, REGISTER_TOPIC, Services};
 use crate::verified::DeviceIdentity;
 
@@ -119,7 +118,9 @@ impl BrokerConfig {
 }
 
 /// A listener of [`BrokerConfig`].
+/// A listener of [`BrokerConfig`] ([`BrokerConfig::listener`] adds one).
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct ListenerConfig {
     /// The address to bind (port 0: any free port, see [`Broker::local_addrs`]).
     pub address: SocketAddr,
@@ -133,18 +134,29 @@ pub struct ListenerConfig {
 pub enum Transport {
     /// MQTT over TCP (`mqtt://`, or `mqtts://` with TLS).
     Mqtt,
-    /// MQTT over WebSocket (`ws://`, or `wss://` with TLS), the SDKs' browser and
-    /// mini-program builds.
+    /// MQTT over WebSocket (`ws://`, or `wss://` with TLS; subprotocol `mqtt`), the SDKs'
+    /// browser and mini-program builds.
     WebSocket,
 }
 
 /// PEM files of a TLS listener.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct TlsFiles {
     /// The certificate chain.
     pub cert: PathBuf,
     /// The private key.
     pub key: PathBuf,
+}
+
+impl TlsFiles {
+    /// The certificate chain and private key, PEM files.
+    pub fn new(cert: impl Into<PathBuf>, key: impl Into<PathBuf>) -> Self {
+        Self {
+            cert: cert.into(),
+            key: key.into(),
+        }
+    }
 }
 
 /// A broker could not start.
@@ -173,9 +185,22 @@ pub struct Broker {
     scx: ServerContext,
 }
 
+impl std::fmt::Debug for Broker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Broker")
+            .field("local_addrs", &self.local_addrs)
+            .finish_non_exhaustive()
+    }
+}
+
 impl Broker {
     /// Starts the broker on the current tokio runtime (multi-threaded), every decision taken by
-    /// `services`, and disconnects devices that [`Services::revocations`] names.
+    /// `services`, and ends the sessions of devices that [`Services::revocations`] names.
+    ///
+    /// The broker library logs through the `log` crate under the targets `rmqtt`,
+    /// `rmqtt_net` and `rmqtt_codec`; at debug level and below it prints whole packets, a
+    /// `connwl` password (a DeviceToken) and a registration's secret among them: keep those
+    /// targets at `info` or above (`iotauth serve` caps them so, whatever `RUST_LOG` says).
     ///
     /// # Errors
     /// [`BrokerError`] when a listener cannot be set up.
@@ -191,15 +216,19 @@ impl Broker {
             loop {
                 match revocations.recv().await {
                     Ok(device) => {
-                        if let Some(id) = sessions.live(&device) {
-                            tracing::info!(product_key = %device.product_key(), device_name = %device.device_name(), "revoked: disconnecting");
-                            close(&scx, id, Reason::ConnectKicked(true)).await;
+                        if let Some(id) = sessions.revoked(device, Instant::now()) {
+                            tracing::info!(product_key = %device.product_key(), device_name = %device.device_name(), "revoked: ending the device's session");
+                            end_session(&scx, id).await;
                         }
                     }
                     Err(RecvError::Lagged(missed)) => {
-                        tracing::error!(missed, "revocations missed: disconnecting every device");
-                        for id in sessions.all_live() {
-                            close(&scx, id, Reason::ConnectKicked(true)).await;
+                        // Which devices were revoked is lost: every session is suspect.
+                        tracing::error!(
+                            missed,
+                            "revocations missed: ending every device's session"
+                        );
+                        for id in sessions.all() {
+                            end_session(&scx, id).await;
                         }
                     }
                     Err(RecvError::Closed) => return,
@@ -209,12 +238,13 @@ impl Broker {
         Ok(broker)
     }
 
-    /// The same broker with **no authentication and no topic rule**: every CONNECT is accepted.
-    /// Only for measuring what authentication costs (the connect-rate benchmark's baseline).
+    /// The same broker with **no authentication and no topic rule**: every CONNECT is accepted
+    /// and every device may use every topic. Only for measuring what authentication costs
+    /// (the connect-rate benchmark's baseline), hence the feature's name.
     ///
     /// # Errors
     /// As [`Broker::start`].
-    #[doc(hidden)]
+    #[cfg(feature = "danger-unauthenticated-broker")]
     pub async fn start_without_authentication(config: &BrokerConfig) -> Result<Self, BrokerError> {
         Self::launch(config, None).await
     }
@@ -228,9 +258,13 @@ impl Broker {
         }
         let scx = ServerContextBuilder::new()
             .mqtt_max_sessions(isize::try_from(config.max_sessions).unwrap_or(isize::MAX))
+            // rmqtt otherwise refuses every CONNECT (code 3) while the machine's CPU is above
+            // 90 % or its load above 80: a reconnect storm, or any other process, would lock
+            // every device out. The session cap and the handshake limits bound the work.
+            .busy_check_enable(false)
             .build()
             .await;
-        let sessions = Arc::new(DeviceSessions::default());
+        let sessions = Arc::new(DeviceSessions::new(config.handshake_timeout));
         if let Some(services) = services.clone() {
             let hooks = Hooks {
                 services,
@@ -241,7 +275,6 @@ impl Broker {
             for typ in [
                 Type::ClientAuthenticate,
                 Type::ClientConnected,
-                Type::ClientDisconnected,
                 Type::SessionTerminated,
                 Type::ClientSubscribeCheckAcl,
                 Type::MessagePublishCheckAcl,
@@ -253,16 +286,14 @@ impl Broker {
         let mut server = MqttServer::new(scx.clone());
         let mut local_addrs = Vec::new();
         for (index, listener) in config.listeners.iter().enumerate() {
-            let bound = bind(config, listener, services.is_some()).map_err(|source| {
-                BrokerError::Listen {
+            let listen_error =
+                |source: Box<dyn std::error::Error + Send + Sync>| BrokerError::Listen {
                     address: listener.address,
-                    source: source.into(),
-                }
-            })?;
-            let local = bound.local_addr().map_err(|source| BrokerError::Listen {
-                address: listener.address,
-                source: source.into(),
-            })?;
+                    source,
+                };
+            let bound =
+                bind(config, listener, services.is_some()).map_err(|e| listen_error(e.into()))?;
+            let local = bound.local_addr().map_err(|e| listen_error(e.into()))?;
             local_addrs.push((listener.transport, local));
             let id = u16::try_from(index + 1).unwrap_or(u16::MAX);
             server = server.listener_by_id(bound, id);
@@ -280,17 +311,22 @@ impl Broker {
         &self.local_addrs
     }
 
-    /// Closes `device`'s connection, if it has one here; whether it had.
+    /// Ends `device`'s session (its connection, and what a non-clean session kept), if it has
+    /// one here; whether it had.
     pub async fn disconnect(&self, device: &DeviceIdentity) -> bool {
-        match self.sessions.live(device) {
+        match self.sessions.of(device) {
             Some(id) => {
-                close(&self.scx, id, Reason::ConnectKicked(true)).await;
+                end_session(&self.scx, id).await;
                 true
             }
             None => false,
         }
     }
 }
+
+/// The longest a session outlives its connection (MQTT 5 clients asking for more get this):
+/// rmqtt's default for MQTT 3.1.1 non-clean sessions.
+const MAX_SESSION_EXPIRY: Duration = Duration::from_secs(2 * 60 * 60);
 
 fn bind(
     config: &BrokerConfig,
@@ -312,6 +348,8 @@ fn bind(
         .handshake_timeout(config.handshake_timeout)
         .max_clientid_len(MAX_CLIENT_ID_LEN)
         .max_packet_size(256 * 1024)
+        .session_expiry_interval(MAX_SESSION_EXPIRY)
+        .max_session_expiry_interval(MAX_SESSION_EXPIRY)
         .tls_cert(tls.map(|files| files.cert.display().to_string()))
         .tls_key(tls.map(|files| files.key.display().to_string()))
         .bind()?;
@@ -323,76 +361,176 @@ fn bind(
     }
 }
 
-/// Ends the connection `id` names (its session stays if it was not clean).
-async fn close(scx: &ServerContext, id: Id, reason: Reason) {
+/// Ends the session `id` names for good: its connection is closed and nothing it kept
+/// (subscriptions, queued messages) survives. Nothing happens when the client id has moved on
+/// to a newer session meanwhile.
+async fn end_session(scx: &ServerContext, id: Id) {
     let entry = scx.extends.shared().await.entry(id);
-    if let Some(tx) = entry.tx() {
-        let _ = tx.unbounded_send(Message::Closed(reason));
+    if entry.id_same() != Some(true) {
+        return;
+    }
+    match entry.try_lock().await {
+        Ok(mut entry) => {
+            if let Err(e) = entry.kick(true, true, true).await {
+                tracing::warn!(error = %e, "a session could not be ended");
+            }
+        }
+        // A handshake with the same client id holds it: that one replaces the session anyway.
+        Err(e) => tracing::debug!(error = %e, "a session being replaced was not ended"),
     }
 }
 
-/// Which device owns each session and which connection is each device's live one.
-#[derive(Default)]
+/// Which device owns each session, and each device's one session.
+///
+/// rmqtt keys sessions by MQTT client id, and a device signs whatever client-id CORE it
+/// likes, so ownership is kept here:
+/// * a client id is *claimed* for a device when its CONNECT is admitted, before rmqtt may
+///   hand an existing session over; a claim that no connection confirms within the handshake
+///   limit (rmqtt refused the CONNECT after authentication) lapses;
+/// * it is *held* from the connection on, until that very session terminates;
+/// * each device has one session: a newer one under another client id ends the older one.
 struct DeviceSessions {
     inner: Mutex<SessionTable>,
+    /// How long an unconfirmed claim, or a revocation, is remembered.
+    window: Duration,
 }
 
 #[derive(Default)]
 struct SessionTable {
-    /// MQTT client id → the device whose session (live or kept) it names.
-    owners: HashMap<String, DeviceIdentity>,
-    /// Device → its live connection.
-    live: HashMap<DeviceIdentity, Id>,
+    /// MQTT client id → the device its session belongs to.
+    owners: HashMap<String, Owner>,
+    /// Claims not yet confirmed, oldest first.
+    claims: VecDeque<(String, Instant)>,
+    /// Device → its session (live, or kept after a non-clean connection).
+    sessions: HashMap<DeviceIdentity, Id>,
+    /// Devices revoked within the window, oldest first.
+    revoked: VecDeque<(DeviceIdentity, Instant)>,
+}
+
+struct Owner {
+    device: DeviceIdentity,
+    hold: Hold,
+}
+
+#[derive(PartialEq)]
+enum Hold {
+    /// Admitted at that time; no connection yet.
+    Claimed(Instant),
+    /// The session of this connection.
+    Session(Id),
 }
 
 impl DeviceSessions {
+    fn new(window: Duration) -> Self {
+        Self {
+            inner: Mutex::default(),
+            window,
+        }
+    }
+
     fn table(&self) -> MutexGuard<'_, SessionTable> {
-        // A panic while holding the lock leaves the maps consistent (single inserts/removes).
+        // Every update below is a few inserts and removes that cannot panic half-way.
         self.inner.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Reserves `client_id` for `device`; false when another device's session holds it.
-    fn claim(&self, client_id: &str, device: DeviceIdentity) -> bool {
-        match self.table().owners.entry(client_id.to_owned()) {
-            Entry::Occupied(owner) => *owner.get() == device,
-            Entry::Vacant(slot) => {
-                slot.insert(device);
+    /// Claims `client_id` for `device`; false when another device's session or claim holds it.
+    fn claim(&self, client_id: &str, device: DeviceIdentity, now: Instant) -> bool {
+        let mut table = self.table();
+        table.forget_before(now.checked_sub(self.window));
+        match table.owners.get(client_id) {
+            Some(owner) => owner.device == device,
+            None => {
+                table.owners.insert(
+                    client_id.to_owned(),
+                    Owner {
+                        device,
+                        hold: Hold::Claimed(now),
+                    },
+                );
+                table.claims.push_back((client_id.to_owned(), now));
                 true
             }
         }
     }
 
-    /// Records `id` as `device`'s live connection; the older one, if under another client id.
-    fn connected(&self, device: DeviceIdentity, id: Id) -> Option<Id> {
+    /// Records `id` as `device`'s session. Returns the sessions to end: the device's older
+    /// session under another client id, and, for a `login`, this one if the device was
+    /// revoked within the window (its CONNECT may have been admitted before the revocation).
+    fn connected(&self, device: DeviceIdentity, id: &Id, login: bool, now: Instant) -> Vec<Id> {
         let mut table = self.table();
-        table.owners.insert(id.client_id.to_string(), device);
-        table
-            .live
+        table.forget_before(now.checked_sub(self.window));
+        table.owners.insert(
+            id.client_id.to_string(),
+            Owner {
+                device,
+                hold: Hold::Session(id.clone()),
+            },
+        );
+        let mut ended: Vec<Id> = table
+            .sessions
             .insert(device, id.clone())
             .filter(|older| older.client_id != id.client_id)
-    }
-
-    fn disconnected(&self, device: DeviceIdentity, id: &Id) {
-        let mut table = self.table();
-        if table.live.get(&device).is_some_and(|live| live == id) {
-            table.live.remove(&device);
+            .into_iter()
+            .collect();
+        if login && table.revoked.iter().any(|(revoked, _)| *revoked == device) {
+            ended.push(id.clone());
         }
+        ended
     }
 
-    /// The session `client_id` names is gone: the client id is free again.
-    fn terminated(&self, device: DeviceIdentity, client_id: &str) {
+    /// The session `id` is gone: its client id is free, and the device has no session.
+    fn terminated(&self, device: DeviceIdentity, id: &Id) {
         let mut table = self.table();
-        if table.owners.get(client_id) == Some(&device) {
+        let client_id: &str = &id.client_id;
+        if table
+            .owners
+            .get(client_id)
+            .is_some_and(|owner| owner.hold == Hold::Session(id.clone()))
+        {
             table.owners.remove(client_id);
         }
+        if table.sessions.get(&device) == Some(id) {
+            table.sessions.remove(&device);
+        }
     }
 
-    fn live(&self, device: &DeviceIdentity) -> Option<Id> {
-        self.table().live.get(device).cloned()
+    /// Remembers that `device` was revoked; its session, to end.
+    fn revoked(&self, device: DeviceIdentity, now: Instant) -> Option<Id> {
+        let mut table = self.table();
+        table.forget_before(now.checked_sub(self.window));
+        table.revoked.push_back((device, now));
+        table.sessions.get(&device).cloned()
     }
 
-    fn all_live(&self) -> Vec<Id> {
-        self.table().live.values().cloned().collect()
+    fn of(&self, device: &DeviceIdentity) -> Option<Id> {
+        self.table().sessions.get(device).cloned()
+    }
+
+    fn all(&self) -> Vec<Id> {
+        self.table().sessions.values().cloned().collect()
+    }
+}
+
+impl SessionTable {
+    /// Drops the claims and revocations made before `horizon`.
+    fn forget_before(&mut self, horizon: Option<Instant>) {
+        let Some(horizon) = horizon else { return };
+        while let Some((client_id, at)) = self.claims.front() {
+            if *at >= horizon {
+                break;
+            }
+            if self
+                .owners
+                .get(client_id)
+                .is_some_and(|owner| owner.hold == Hold::Claimed(*at))
+            {
+                self.owners.remove(client_id);
+            }
+            self.claims.pop_front();
+        }
+        while self.revoked.front().is_some_and(|(_, at)| *at < horizon) {
+            self.revoked.pop_front();
+        }
     }
 }
 
@@ -419,16 +557,9 @@ impl Handler for Hooks {
                 self.connected(session).await;
                 (true, acc)
             }
-            Parameter::ClientDisconnected(session, _) => {
-                if let Some(admission) = admission(session).await {
-                    self.sessions.disconnected(admission.device(), &session.id);
-                }
-                (true, acc)
-            }
             Parameter::SessionTerminated(session, _) => {
                 if let Some(admission) = admission(session).await {
-                    self.sessions
-                        .terminated(admission.device(), &session.id.client_id);
+                    self.sessions.terminated(admission.device(), &session.id);
                 }
                 (true, acc)
             }
@@ -463,11 +594,19 @@ impl Handler for Hooks {
     }
 }
 
+/// The three CONNECT strings of a connection (a non-UTF-8 password reads as `None`).
+fn credentials(info: &ConnectInfo) -> (&str, &str, Option<&str>) {
+    (
+        &info.id().client_id,
+        info.username().map_or("", |name| name),
+        info.password().and_then(|p| std::str::from_utf8(p).ok()),
+    )
+}
+
 impl Hooks {
     async fn authenticate(&self, info: &ConnectInfo) -> AuthResult {
-        let client_id: &str = &info.id().client_id;
-        let username = info.username().map_or("", |name| name);
-        let Some(password) = info.password().and_then(|p| std::str::from_utf8(p).ok()) else {
+        let (client_id, username, password) = credentials(info);
+        let Some(password) = password else {
             tracing::warn!("login refused: missing or non-UTF-8 password");
             return AuthResult::BadUsernameOrPassword;
         };
@@ -482,13 +621,12 @@ impl Hooks {
                 LastWill::V3(will) => &will.topic,
                 LastWill::V5(will) => &will.topic,
             };
-            let allowed = self.services.may_publish(&admission, topic);
-            if !allowed {
+            if !self.services.may_publish(&admission, topic) {
                 tracing::warn!(product_key = %device.product_key(), device_name = %device.device_name(), topic = %capped(topic), "CONNECT refused: will topic not allowed");
                 return AuthResult::NotAuthorized;
             }
         }
-        if !self.sessions.claim(client_id, device) {
+        if !self.sessions.claim(client_id, device, Instant::now()) {
             tracing::warn!(product_key = %device.product_key(), device_name = %device.device_name(), "CONNECT refused: the client id names another device's session");
             return AuthResult::NotAuthorized;
         }
@@ -499,30 +637,36 @@ impl Hooks {
         let Ok(info) = session.connect_info().await else {
             return;
         };
-        let client_id: &str = &info.id().client_id;
-        let username = info.username().map_or("", |name| name);
-        let password = info
-            .password()
-            .and_then(|p| std::str::from_utf8(p).ok())
-            .unwrap_or_default();
-        // The CONNECT was admitted moments ago; classify it again without a store call.
-        let registration = crate::mqtt::ConnectRequest::parse(client_id, username, password)
-            .map(|request| (request.kind(), request.claimed_identity()));
-        let Ok((kind, device)) = registration else {
+        let (client_id, username, password) = credentials(&info);
+        let password = password.unwrap_or_default();
+        // The CONNECT was admitted moments ago: classify it again, by the same rule, without
+        // a store call.
+        let Some(admission) = ConnectRequest::parse(client_id, username, password)
+            .ok()
+            .as_ref()
+            .and_then(Admission::requested)
+        else {
             return;
-        };
-        let admission = match kind {
-            crate::mqtt::ConnectKind::Register => Admission::Registration(device),
-            _ => Admission::Login(device),
         };
         session
             .extra_attrs
             .write()
             .await
             .insert(ADMISSION.into(), admission);
-        if let Some(older) = self.sessions.connected(device, session.id.clone()) {
-            tracing::info!(product_key = %device.product_key(), device_name = %device.device_name(), "a newer login of the device: closing the older connection");
-            close(&self.scx, older, Reason::ConnectKicked(false)).await;
+        let device = admission.device();
+        let login = matches!(admission, Admission::Login(_));
+        let now = Instant::now();
+        for ended in self.sessions.connected(device, &session.id, login, now) {
+            tracing::info!(product_key = %device.product_key(), device_name = %device.device_name(), "ending a session of the device (a newer login, or a revocation)");
+            if ended == session.id {
+                // This connection's own handshake holds its entry: close it from inside.
+                let entry = self.scx.extends.shared().await.entry(ended);
+                if let Some(tx) = entry.tx() {
+                    let _ = tx.unbounded_send(Message::Closed(Reason::ConnectKicked(true)));
+                }
+            } else {
+                end_session(&self.scx, ended).await;
+            }
         }
         if let Admission::Registration(_) = admission {
             let services = self.services.clone();
@@ -537,29 +681,35 @@ impl Hooks {
                     .register_connect(&client_id, &username, &password)
                     .await;
                 if let Ok(issued) = issued {
-                    let packet = PublishPacket {
-                        dup: false,
-                        retain: false,
-                        qos: QoS::AtMostOnce,
-                        topic: REGISTER_TOPIC.into(),
-                        packet_id: None,
-                        payload: issued.to_ext_register_payload().into(),
-                        properties: None,
-                    };
-                    let entry = scx.extends.shared().await.entry(id.clone());
-                    if let Some(tx) = entry.tx() {
-                        let message = Message::Forward(
-                            Origin::from_system(id.clone()),
-                            Publish::from(packet),
-                        );
-                        let _ = tx.unbounded_send(message);
-                    }
+                    deliver(&scx, &id, issued.to_ext_register_payload()).await;
                     tokio::time::sleep(REGISTRATION_LINGER).await;
                 }
-                close(&scx, id, Reason::from_static("registration served")).await;
+                end_session(&scx, id).await;
             });
         }
     }
+}
+
+/// Sends `payload` on [`REGISTER_TOPIC`] to the session `id`, and to no other: not through the
+/// router (nobody else can subscribe to it), and not if the client id has moved on to another
+/// session meanwhile.
+async fn deliver(scx: &ServerContext, id: &Id, payload: String) {
+    let entry = scx.extends.shared().await.entry(id.clone());
+    if entry.id_same() != Some(true) {
+        return;
+    }
+    let Some(tx) = entry.tx() else { return };
+    let packet = PublishPacket {
+        dup: false,
+        retain: false,
+        qos: QoS::AtMostOnce,
+        topic: REGISTER_TOPIC.into(),
+        packet_id: None,
+        payload: payload.into(),
+        properties: None,
+    };
+    let origin = Origin::from_system(id.clone());
+    let _ = tx.unbounded_send(Message::Forward(origin, Publish::from(packet)));
 }
 
 async fn admission(session: &Session) -> Option<Admission> {
@@ -581,7 +731,8 @@ async fn refused_topic(session: &Session, action: &'static str, topic: &str) {
     }
 }
 
-/// A network-supplied string for a log line: at most 128 bytes, then an ellipsis.
+/// A network-supplied string for a log line: its first 128 bytes at most (cut at a
+/// character boundary).
 fn capped(text: &str) -> &str {
     const MAX: usize = 128;
     if text.len() <= MAX {

@@ -57,6 +57,8 @@ pub struct ServerConfig {
     pub topics: TopicRule,
     /// How long a device read is reused ([`CachedStore`]); zero: never (`cache_ttl_secs`).
     pub cache_ttl: Duration,
+    /// Whether `topic_template` was set: the first one replaces the defaults.
+    templates_set: bool,
 }
 
 impl Default for ServerConfig {
@@ -67,6 +69,7 @@ impl Default for ServerConfig {
             freshness: Freshness::Unchecked,
             topics: TopicRule::alibaba(),
             cache_ttl: Duration::ZERO,
+            templates_set: false,
         }
     }
 }
@@ -124,13 +127,14 @@ impl ServerConfig {
             }
             "cache_ttl_secs" => self.cache_ttl = Duration::from_secs(seconds("cache_ttl_secs")?),
             "topic_template" => {
-                let current = if self.topics == TopicRule::alibaba() {
-                    &[][..]
-                } else {
+                let current = if self.templates_set {
                     self.topics.templates()
+                } else {
+                    &[][..]
                 };
                 let templates = current.iter().map(String::as_str).chain([value]);
                 self.topics = TopicRule::new(templates)?;
+                self.templates_set = true;
             }
             _ => return Err(ConfigError::Unknown),
         }
@@ -152,6 +156,24 @@ impl ServerConfig {
     }
 }
 
+/// The longest a decision waits for the store; then it is an outage ("unavailable"), never a
+/// hung connection or hook.
+pub const STORE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// `decision`, or `outage` of a timeout error once [`STORE_TIMEOUT`] has passed.
+async fn bounded<T, E>(
+    decision: impl Future<Output = Result<T, E>>,
+    outage: impl FnOnce(StoreError) -> E,
+) -> Result<T, E> {
+    match tokio::time::timeout(STORE_TIMEOUT, decision).await {
+        Ok(outcome) => outcome,
+        Err(_) => Err(outage(StoreError::unavailable(std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            "the store did not answer in time",
+        )))),
+    }
+}
+
 /// Where MQTT dynamic registration delivers a DeviceSecret (PROTOCOL.md §c.2).
 pub const REGISTER_TOPIC: &str = "/ext/register";
 
@@ -166,8 +188,9 @@ pub struct Services {
     pub registrar: Registrar<Arc<dyn Store>>,
     /// The topic rule.
     pub topics: TopicRule,
-    /// Operators' changes to devices.
-    pub admin: Admin<Arc<dyn Store>>,
+    /// Operators' changes to devices: through [`Services::apply_operator_event`] only, which
+    /// also tells the brokers.
+    admin: Admin<Arc<dyn Store>>,
     /// Counters for `/metrics`.
     pub metrics: Metrics,
     revocations: tokio::sync::broadcast::Sender<DeviceIdentity>,
@@ -185,6 +208,17 @@ pub enum Admission {
 }
 
 impl Admission {
+    /// What a CONNECT asks to be admitted as, before any check; `None` for a kind no front
+    /// end serves yet (`regnwl`, `connwl`). The one classification every front end uses.
+    pub fn requested(request: &ConnectRequest<'_>) -> Option<Self> {
+        let who = request.claimed_identity();
+        match request.kind() {
+            ConnectKind::Login => Some(Self::Login(who)),
+            ConnectKind::Register => Some(Self::Registration(who)),
+            ConnectKind::RegisterNoPreregistration | ConnectKind::TokenLogin => None,
+        }
+    }
+
     /// The device the CONNECT is for.
     pub fn device(&self) -> DeviceIdentity {
         match *self {
@@ -202,7 +236,9 @@ pub enum ConnectRefusal {
     BadCredentials,
     /// A disabled device or a refused registration: 3.1.1 code 5, MQTT 5 reason 0x87.
     NotAuthorized,
-    /// The store failed: 3.1.1 code 3, MQTT 5 reason 0x88; the device should retry later.
+    /// The store failed or did not answer within [`STORE_TIMEOUT`]: 3.1.1 code 3, MQTT 5
+    /// reason 0x88; the device should retry later. (The embedded broker can only send 5 /
+    /// 0x87 for it: rmqtt 0.24's authentication hook has no "unavailable" answer.)
     Unavailable,
 }
 
@@ -259,26 +295,36 @@ impl Services {
                 return Err(ConnectRefusal::BadCredentials);
             }
         };
-        match request.kind() {
-            ConnectKind::Login => {
-                let outcome = self.authenticator.authenticate_request(&request).await;
+        let Some(requested) = Admission::requested(&request) else {
+            let e = RegisterError::Unsupported {
+                got: request.kind(),
+            };
+            self.record_registration(&Err(e));
+            return Err(ConnectRefusal::NotAuthorized);
+        };
+        match requested {
+            Admission::Login(_) => {
+                let outcome = bounded(
+                    self.authenticator.authenticate_request(&request),
+                    AuthError::Store,
+                )
+                .await;
                 self.record_login(&outcome);
                 outcome
                     .map(|who| Admission::Login(who.into_inner()))
                     .map_err(|e| ConnectRefusal::from_login(&e))
             }
-            ConnectKind::Register => match self.registrar.check_request(&request).await {
-                Ok(who) => Ok(Admission::Registration(who.into_inner())),
-                Err(e) => {
-                    let refusal = ConnectRefusal::from_registration(&e);
-                    self.record_registration(&Err(e));
-                    Err(refusal)
+            Admission::Registration(_) => {
+                let checked =
+                    bounded(self.registrar.check_request(&request), RegisterError::Store).await;
+                match checked {
+                    Ok(who) => Ok(Admission::Registration(who.into_inner())),
+                    Err(e) => {
+                        let refusal = ConnectRefusal::from_registration(&e);
+                        self.record_registration(&Err(e));
+                        Err(refusal)
+                    }
                 }
-            },
-            kind @ (ConnectKind::RegisterNoPreregistration | ConnectKind::TokenLogin) => {
-                let e = RegisterError::Unsupported { got: kind };
-                self.record_registration(&Err(e));
-                Err(ConnectRefusal::NotAuthorized)
             }
         }
     }
@@ -312,10 +358,12 @@ impl Services {
         username: &str,
         password: &str,
     ) -> Result<Verified<DeviceIdentity>, AuthError> {
-        let outcome = self
-            .authenticator
-            .authenticate(client_id, username, password)
-            .await;
+        let outcome = bounded(
+            self.authenticator
+                .authenticate(client_id, username, password),
+            AuthError::Store,
+        )
+        .await;
         self.record_login(&outcome);
         outcome
     }
@@ -344,10 +392,12 @@ impl Services {
         username: &str,
         password: &str,
     ) -> Result<IssuedSecret, RegisterError> {
-        let outcome = self
-            .registrar
-            .register_connect(client_id, username, password)
-            .await;
+        let outcome = bounded(
+            self.registrar
+                .register_connect(client_id, username, password),
+            RegisterError::Store,
+        )
+        .await;
         self.record_registration(&outcome);
         outcome
     }

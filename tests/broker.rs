@@ -34,6 +34,10 @@ struct Fleet {
 
 impl Fleet {
     async fn new() -> Self {
+        Self::with_config(&BrokerConfig::new(SocketAddr::from(([127, 0, 0, 1], 0)))).await
+    }
+
+    async fn with_config(config: &BrokerConfig) -> Self {
         let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
         let admin = Admin::new(store.clone());
         let product = admin
@@ -41,8 +45,7 @@ impl Fleet {
             .await
             .unwrap();
         let services = Arc::new(Services::new(store.clone(), ServerConfig::default()));
-        let config = BrokerConfig::new(SocketAddr::from(([127, 0, 0, 1], 0)));
-        let broker = Broker::start(&config, services.clone()).await.unwrap();
+        let broker = Broker::start(config, services.clone()).await.unwrap();
         let address = broker.local_addrs()[0].1;
         Self {
             store,
@@ -340,5 +343,68 @@ async fn a_will_on_another_devices_topic_is_refused_and_one_on_its_own_accepted(
     assert_eq!(connack, NOT_AUTHORIZED);
     let own = format!("/{pk}/meter-01/user/update");
     let (_, connack) = fleet.connect(&connect_packet(&creds, Some(&own))).await;
+    assert_eq!(connack, ACCEPTED);
+}
+
+/// A CONNECT packet of `creds` without clean session (the broker keeps its session).
+fn kept_session_packet(creds: &Creds) -> Vec<u8> {
+    let mut connect = rumqttc::Connect::new(&creds.client_id);
+    connect.keep_alive = 60;
+    connect.clean_session = false;
+    connect.set_login(&creds.username, &creds.password);
+    let mut bytes = BytesMut::new();
+    connect.write(&mut bytes).unwrap();
+    bytes.to_vec()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_device_keeps_one_session_so_it_cannot_fill_the_session_cap() {
+    let mut config = BrokerConfig::new(SocketAddr::from(([127, 0, 0, 1], 0)));
+    config.max_sessions = 3;
+    let fleet = Fleet::with_config(&config).await;
+    let hoarder = fleet.device("hoarder").await;
+    // Ten kept sessions under ten client ids, one after the other.
+    for i in 0..10 {
+        let creds = login(&hoarder, "hoarder", &format!("_conn=tcp_{i}"));
+        let (mut stream, connack) = fleet.connect(&kept_session_packet(&creds)).await;
+        assert_eq!(connack, ACCEPTED, "kept session {i}");
+        stream.write_all(&[0xe0, 0x00]).await.unwrap();
+        stream.shutdown().await.unwrap();
+        assert!(closed_within(&mut stream, Duration::from_secs(5)).await);
+    }
+    // Each newer one ended the older: there is room for two more devices.
+    for name in ["meter-01", "meter-02"] {
+        let cert = fleet.device(name).await;
+        let (_stream, connack) = fleet
+            .connect(&kept_session_packet(&login(&cert, name, "")))
+            .await;
+        assert_eq!(connack, ACCEPTED, "{name} found a free session slot");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_claim_that_the_broker_refuses_later_lapses_after_the_handshake_limit() {
+    let mut config = BrokerConfig::new(SocketAddr::from(([127, 0, 0, 1], 0)));
+    config.handshake_timeout = Duration::from_secs(1);
+    let fleet = Fleet::with_config(&config).await;
+    let squatter = fleet.device("meter-a").await;
+    let owner = fleet.device("meter-b").await;
+    let (a, b) = (
+        login(&squatter, "meter-b", ""),
+        login(&owner, "meter-b", ""),
+    );
+    assert_eq!(a.client_id, b.client_id);
+    // A presents B's client id with a keep-alive outside 30..1200 s: authenticated (the client
+    // id is claimed for A), then refused by the broker (code 3): no session ever holds it.
+    let mut short = rumqttc::Connect::new(&a.client_id);
+    short.keep_alive = 10;
+    short.set_login(&a.username, &a.password);
+    let mut packet = BytesMut::new();
+    short.write(&mut packet).unwrap();
+    let (_, connack) = fleet.connect(&packet).await;
+    assert_eq!(connack, [0x20, 0x02, 0x00, 0x03]);
+    // Once the claim has lapsed, B logs in with its client id.
+    tokio::time::sleep(Duration::from_millis(1_200)).await;
+    let (_stream, connack) = fleet.connect(&connect_packet(&b, None)).await;
     assert_eq!(connack, ACCEPTED);
 }

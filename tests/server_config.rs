@@ -50,6 +50,17 @@ fn the_first_topic_template_replaces_the_defaults_and_later_ones_add() {
 }
 
 #[test]
+fn alibabas_templates_given_explicitly_are_kept_when_more_are_added() {
+    let mut config = ServerConfig::default();
+    for template in TopicRule::alibaba().templates() {
+        config.set("topic_template", template).unwrap();
+    }
+    config.set("topic_template", "devices/{pk}/{dn}/+").unwrap();
+    assert!(config.topics.may_publish(&me(), "/a1pk/dev-1/user/update"));
+    assert!(config.topics.may_publish(&me(), "devices/a1pk/dev-1/up"));
+}
+
+#[test]
 fn reject_an_unknown_setting() {
     let mut config = ServerConfig::default();
     assert!(matches!(

@@ -517,3 +517,83 @@ async fn hooks_answer_an_outage_with_undecided_not_deny() {
         "{reply}"
     );
 }
+
+/// A store that never answers.
+struct Stuck;
+
+#[async_trait]
+impl ProductStore for Stuck {
+    async fn insert_product(&self, _: ProductRecord) -> Result<(), StoreError> {
+        std::future::pending().await
+    }
+    async fn product(&self, _: &ProductKey) -> Result<Option<ProductRecord>, StoreError> {
+        std::future::pending().await
+    }
+    async fn products(&self) -> Result<Vec<ProductRecord>, StoreError> {
+        std::future::pending().await
+    }
+    async fn set_dynamic_registration(
+        &self,
+        _: &ProductKey,
+        _: DynamicRegistration,
+    ) -> Result<(), StoreError> {
+        std::future::pending().await
+    }
+}
+
+#[async_trait]
+impl DeviceStore for Stuck {
+    async fn insert_device(&self, _: DeviceRecord) -> Result<(), StoreError> {
+        std::future::pending().await
+    }
+    async fn device(
+        &self,
+        _: &ProductKey,
+        _: &DeviceName,
+    ) -> Result<Option<DeviceRecord>, StoreError> {
+        std::future::pending().await
+    }
+    async fn devices(&self, _: &ProductKey) -> Result<Vec<DeviceRecord>, StoreError> {
+        std::future::pending().await
+    }
+    async fn compare_and_set(
+        &self,
+        _: &ProductKey,
+        _: &DeviceName,
+        _: u64,
+        _: DeviceUpdate,
+    ) -> Result<(), StoreError> {
+        std::future::pending().await
+    }
+}
+
+/// Every front end decides through `Services`, which gives up on a store that does not answer
+/// after `STORE_TIMEOUT` and calls it an outage: no connection or hook hangs with it.
+#[cfg(feature = "server")]
+#[tokio::test]
+async fn a_store_that_never_answers_is_an_outage_after_the_store_timeout() {
+    use iotauth::server::{Admission, ConnectRefusal, STORE_TIMEOUT, ServerConfig, Services};
+
+    let services = Services::new(Arc::new(Stuck), ServerConfig::default());
+    let cert = DeviceCertificate::new(
+        ProductKey::new("a1pk").unwrap(),
+        DeviceName::new("dev-1").unwrap(),
+        DeviceSecret::new("s").unwrap(),
+    );
+    let creds = build_login(&cert, &LoginOptions::default()).unwrap();
+    let password = creds.expose_password();
+    let started = std::time::Instant::now();
+    let admitted: Result<Admission, ConnectRefusal> = services
+        .admit(creds.client_id(), creds.username(), &password)
+        .await;
+    assert_eq!(admitted, Err(ConnectRefusal::Unavailable));
+    let login = services
+        .login(creds.client_id(), creds.username(), &password)
+        .await
+        .unwrap_err();
+    assert!(login.is_outage(), "{login}");
+    assert!(
+        started.elapsed() >= STORE_TIMEOUT * 2,
+        "each call waited its limit"
+    );
+}

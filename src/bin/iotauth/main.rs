@@ -348,24 +348,28 @@ fn verify_register(args: VerifyRegister) -> Result<(), Failure> {
 
 /// Runs the server on a multi-threaded runtime, logging to stderr (`RUST_LOG`, default info).
 ///
-/// The broker library's own records stop at warnings whatever `RUST_LOG` says (at debug level
-/// it prints whole CONNECT packets, and a `connwl` password is a DeviceToken, a secret), except
-/// its listener loop's, at info: accept errors such as EMFILE, once per 1 s pause.
+/// The broker library's records are capped at warnings whatever `RUST_LOG` says (at debug level
+/// it prints whole packets: a `connwl` password, which is a DeviceToken, and a registration's
+/// secret), except its listener loop's, capped at info: accept errors such as EMFILE, once per
+/// 1 s pause, and a line per failed connection.
 fn serve_until_stopped(url: &str, args: serve::Serve) -> Result<(), Failure> {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+    use tracing_subscriber::filter::{LevelFilter, Targets};
+    use tracing_subscriber::prelude::*;
+    let requested = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let filter = [
-        "rmqtt=warn",
-        "rmqtt::server=info",
-        "rmqtt_net=warn",
-        "rmqtt_codec=warn",
-    ]
-    .into_iter()
-    .filter_map(|directive| directive.parse().ok())
-    .fold(filter, tracing_subscriber::EnvFilter::add_directive);
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
+    let cap = Targets::new()
+        .with_default(LevelFilter::TRACE)
+        .with_target("rmqtt", LevelFilter::WARN)
+        .with_target("rmqtt::server", LevelFilter::INFO)
+        .with_target("rmqtt_net", LevelFilter::WARN)
+        .with_target("rmqtt_codec", LevelFilter::WARN);
+    tracing_subscriber::registry()
+        .with(
+            tracing_subscriber::fmt::layer()
+                .with_writer(std::io::stderr)
+                .with_filter(requested)
+                .with_filter(cap),
+        )
         .init();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

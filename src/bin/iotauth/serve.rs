@@ -42,9 +42,9 @@ pub(crate) struct Serve {
     /// The longest keep-alive a device may ask for, in seconds (Alibaba: 1200).
     #[arg(long, default_value_t = 1200)]
     max_keepalive_secs: u16,
-    /// The time an MQTT client has for its TLS or WebSocket handshake and for its CONNECT, in
-    /// seconds.
-    #[arg(long, default_value_t = 10)]
+    /// The time a client has for its TLS handshake (HTTP and MQTT), WebSocket handshake and
+    /// MQTT CONNECT, in seconds.
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=600))]
     handshake_timeout_secs: u64,
     /// How often a device's secret may be delivered.
     #[arg(long, default_value = "once", value_parser = [
@@ -74,10 +74,13 @@ pub(crate) struct Serve {
     tls_key: Option<PathBuf>,
 }
 
-/// How long a client may take for its TLS handshake.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-
 pub(crate) async fn serve(store_url: &str, args: Serve) -> Result<(), Failure> {
+    if args.min_keepalive_secs > args.max_keepalive_secs {
+        return Err(Failure::Usage(
+            "--min-keepalive-secs is above --max-keepalive-secs".into(),
+        ));
+    }
+    let handshake_timeout = Duration::from_secs(args.handshake_timeout_secs);
     let config = server_config(&args)?;
     let store = config.open_store(store_url).await?;
     let services = Arc::new(Services::new(store.clone(), config));
@@ -108,7 +111,7 @@ pub(crate) async fn serve(store_url: &str, args: Serve) -> Result<(), Failure> {
     let app = router(services);
     let served = match tls {
         Some(acceptor) => {
-            axum::serve(TlsListener::spawn(http, acceptor)?, app)
+            axum::serve(TlsListener::spawn(http, acceptor, handshake_timeout)?, app)
                 .with_graceful_shutdown(shutdown_signal())
                 .await
         }
@@ -182,7 +185,11 @@ struct TlsListener {
 }
 
 impl TlsListener {
-    fn spawn(listener: TcpListener, acceptor: TlsAcceptor) -> Result<Self, Failure> {
+    fn spawn(
+        listener: TcpListener,
+        acceptor: TlsAcceptor,
+        handshake_timeout: Duration,
+    ) -> Result<Self, Failure> {
         let local = listener
             .local_addr()
             .map_err(|e| Failure::Rejected(format!("HTTP listener: {e}")))?;
@@ -194,7 +201,7 @@ impl TlsListener {
                 };
                 let (acceptor, tx) = (acceptor.clone(), tx.clone());
                 tokio::spawn(async move {
-                    match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+                    match tokio::time::timeout(handshake_timeout, acceptor.accept(stream)).await {
                         Ok(Ok(tls)) => {
                             let _ = tx.send((tls, peer)).await;
                         }
@@ -262,10 +269,7 @@ fn broker_config(args: &Serve) -> Option<BrokerConfig> {
     config.keepalive_secs = args.min_keepalive_secs..=args.max_keepalive_secs;
     config.handshake_timeout = Duration::from_secs(args.handshake_timeout_secs);
     if let (Some(cert), Some(key)) = (&args.tls_cert, &args.tls_key) {
-        config = config.tls(TlsFiles {
-            cert: cert.clone(),
-            key: key.clone(),
-        });
+        config = config.tls(TlsFiles::new(cert, key));
     }
     Some(config)
 }
