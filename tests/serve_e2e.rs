@@ -1162,9 +1162,20 @@ fn a_kept_session_belongs_to_its_device() {
     let dir = Dir::new("kept-session");
     let fleet = Fleet::new(format!("sqlite://{}", dir.0.join("fleet.db").display()));
     let (a_secret, b_secret) = (fleet.device("meter-a"), fleet.device("meter-b"));
-    let server = Server::start(&fleet.store, dir.0.join("serve.log"), &[]);
-    let topic = format!("/{}/meter-b/user/get", fleet.pk);
-    // Both sign the CORE "shared": their MQTT client ids are identical.
+    let c_secret = fleet.device("meter-c");
+    // A product-wide topic every device may use, so that a message can wait for B.
+    let server = Server::start(
+        &fleet.store,
+        dir.0.join("serve.log"),
+        &[
+            "--topic-template",
+            "/{pk}/{dn}/#",
+            "--topic-template",
+            "/broadcast/{pk}/#",
+        ],
+    );
+    let topic = format!("/broadcast/{}/news", fleet.pk);
+    // A and B both sign the CORE "shared": their MQTT client ids are identical.
     let b = fleet.login("meter-b", &b_secret, "shared");
     let a = fleet.login("meter-a", &a_secret, "shared");
     assert_eq!(a[0], b[0]);
@@ -1178,44 +1189,37 @@ fn a_kept_session_belongs_to_its_device() {
         String::from_utf8_lossy(&kept.stderr).contains("Timed out"),
         "{kept:?}"
     );
-    // A message for B is queued in that session (published by B from another client id).
+    // C publishes: the message waits in B's session.
     let queued = mosquitto_client(
         "mosquitto_pub",
         server.mqtt,
-        &fleet.login("meter-b", &b_secret, "b-pub"),
+        &fleet.login("meter-c", &c_secret, "c"),
     )
-    .args(["-q", "1", "-t", &topic, "-m", "for B only"])
+    .args(["-q", "1", "-t", &topic, "-m", "for B's session"])
     .output()
     .unwrap();
     assert_eq!(queued.status.code(), Some(0), "{queued:?}");
 
-    // A, presenting B's client id, is refused ("not authorised"): no takeover, no B messages.
+    // A, presenting B's client id, is refused ("not authorised"): no takeover, no queued
+    // message.
     let taken = mosquitto_client("mosquitto_sub", server.mqtt, &a)
-        .args([
-            "-c",
-            "-q",
-            "1",
-            "-t",
-            &format!("/{}/meter-a/user/get", fleet.pk),
-            "-W",
-            "2",
-        ])
+        .args(["-c", "-q", "1", "-t", &topic, "-W", "2"])
         .output()
         .unwrap();
     assert_eq!(taken.status.code(), Some(5), "{taken:?}");
     assert!(taken.stdout.is_empty());
 
-    // B comes back to its session and gets the queued message.
+    // B comes back to its session and gets the message.
     let back = mosquitto_client("mosquitto_sub", server.mqtt, &b)
         .args(["-c", "-q", "1", "-t", &topic, "-C", "1", "-W", "5"])
         .output()
         .unwrap();
     assert_eq!(
         String::from_utf8_lossy(&back.stdout).trim(),
-        "for B only",
+        "for B's session",
         "{back:?}"
     );
-    server.assert_log_clean(&[a_secret, b_secret]);
+    server.assert_log_clean(&[a_secret, b_secret, c_secret]);
 }
 
 #[test]
