@@ -1351,30 +1351,51 @@ fn under_a_256_descriptor_limit_idle_connections_do_not_take_the_broker_down() {
 
 #[test]
 fn paho_over_websocket_logs_in_and_uses_its_own_topics_only() {
+    paho_over_websocket("websocket", false);
+}
+
+#[test]
+fn paho_over_websocket_with_tls_logs_in_and_uses_its_own_topics_only() {
+    paho_over_websocket("websocket-tls", true);
+}
+
+/// paho (the client linkkit is built on) over ws:// or, with `tls`, wss://: login, its own
+/// topic granted and delivered, `#` refused.
+fn paho_over_websocket(name: &str, tls: bool) {
     let Some(python) = required_env("IOTAUTH_LINKKIT_PYTHON") else {
         return;
     };
-    let dir = Dir::new("websocket");
+    let dir = Dir::new(name);
+    let (cert, key) = (dir.0.join("cert.pem"), dir.0.join("key.pem"));
     let fleet = Fleet::new(format!("sqlite://{}", dir.0.join("fleet.db").display()));
     let secret = fleet.device("meter-ws");
     let ws = free_port();
-    let server = Server::start(
-        &fleet.store,
-        dir.0.join("serve.log"),
-        &["--mqtt-ws", &format!("127.0.0.1:{ws}")],
-    );
+    let ws_arg = format!("127.0.0.1:{ws}");
+    let mut args = vec!["--mqtt-ws", &ws_arg];
+    if tls {
+        self_signed(&cert, &key);
+        args.extend([
+            "--tls-cert",
+            cert.to_str().unwrap(),
+            "--tls-key",
+            key.to_str().unwrap(),
+        ]);
+    }
+    let server = Server::start(&fleet.store, dir.0.join("serve.log"), &args);
     let [id, user, password] = fleet.login("meter-ws", &secret, "ws");
-    let out = Command::new(python)
+    let mut script = Command::new(python);
+    script
         .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/e2e/paho_ws.py"))
         .env("PORT", ws.to_string())
         .env("CLIENT_ID", &id)
         .env("USERNAME", &user)
         .env("PASSWORD", &password)
         .env("TOPIC", format!("/{}/meter-ws/user/update", fleet.pk))
-        .env("FORBIDDEN", "#")
-        .output()
-        .unwrap();
-    let result = last_line_json(&out);
+        .env("FORBIDDEN", "#");
+    if tls {
+        script.env("CAFILE", &cert);
+    }
+    let result = last_line_json(&script.output().unwrap());
     assert_eq!(result["connack"], 0, "{result}");
     assert_eq!(
         result["granted"]["TOPIC"],

@@ -6,7 +6,8 @@ transport of the SDKs' browser and mini-program builds), subscribes to TOPIC, pu
 message to it, and also tries a FORBIDDEN filter. Prints one JSON line: the CONNACK code, the
 SUBACK codes of TOPIC and FORBIDDEN, and the payload received on TOPIC (or null).
 
-Environment: PORT, CLIENT_ID, USERNAME, PASSWORD, TOPIC, FORBIDDEN.
+Environment: PORT, CLIENT_ID, USERNAME, PASSWORD, TOPIC, FORBIDDEN; with CAFILE, over wss://
+to `localhost`, the server's certificate checked against CAFILE.
 """
 import json
 import os
@@ -39,8 +40,12 @@ def on_message(client, userdata, message):
 
 client = mqtt.Client(client_id=env["CLIENT_ID"], transport="websockets", protocol=mqtt.MQTTv311)
 client.username_pw_set(env["USERNAME"], env["PASSWORD"])
+host = "127.0.0.1"
+if env.get("CAFILE"):
+    client.tls_set(ca_certs=env["CAFILE"])
+    host = "localhost"
 client.on_connect, client.on_subscribe, client.on_message = on_connect, on_subscribe, on_message
-client.connect("127.0.0.1", int(env["PORT"]), keepalive=60)
+client.connect(host, int(env["PORT"]), keepalive=60)
 client.loop_start()
 try:
     if connected.wait(TIMEOUT) and result["connack"] == 0:
