@@ -218,7 +218,7 @@ impl Broker {
                     Ok(device) => {
                         if let Some(id) = sessions.revoked(device, Instant::now()) {
                             tracing::info!(product_key = %device.product_key(), device_name = %device.device_name(), "revoked: ending the device's session");
-                            end_session(&scx, id).await;
+                            end_session(&scx, &sessions, device, id).await;
                         }
                     }
                     Err(RecvError::Lagged(missed)) => {
@@ -227,8 +227,8 @@ impl Broker {
                             missed,
                             "revocations missed: ending every device's session"
                         );
-                        for id in sessions.all() {
-                            end_session(&scx, id).await;
+                        for (device, id) in sessions.all() {
+                            end_session(&scx, &sessions, device, id).await;
                         }
                     }
                     Err(RecvError::Closed) => return,
@@ -316,13 +316,17 @@ impl Broker {
     pub async fn disconnect(&self, device: &DeviceIdentity) -> bool {
         match self.sessions.of(device) {
             Some(id) => {
-                end_session(&self.scx, id).await;
+                end_session(&self.scx, &self.sessions, *device, id).await;
                 true
             }
             None => false,
         }
     }
 }
+
+/// Subscriptions one session may hold; beyond, a SUBSCRIBE is refused. Bounds what one
+/// device's filters cost the broker's memory.
+pub const MAX_SUBSCRIPTIONS: usize = 100;
 
 /// The longest a session outlives its connection (MQTT 5 clients asking for more get this):
 /// rmqtt's default for MQTT 3.1.1 non-clean sessions.
@@ -340,6 +344,8 @@ fn bind(
             Transport::WebSocket => "iotauth-ws",
         })
         .laddr(listener.address)
+        // A restarted server binds at once, even while its old connections are in TIME_WAIT.
+        .reuseaddr(Some(true))
         .nodelay(true)
         .allow_anonymous(!authenticated)
         .min_keepalive(*config.keepalive_secs.start())
@@ -348,6 +354,7 @@ fn bind(
         .handshake_timeout(config.handshake_timeout)
         .max_clientid_len(MAX_CLIENT_ID_LEN)
         .max_packet_size(256 * 1024)
+        .max_subscriptions(MAX_SUBSCRIPTIONS)
         .session_expiry_interval(MAX_SESSION_EXPIRY)
         .max_session_expiry_interval(MAX_SESSION_EXPIRY)
         .tls_cert(tls.map(|files| files.cert.display().to_string()))
@@ -361,20 +368,26 @@ fn bind(
     }
 }
 
-/// Ends the session `id` names for good: its connection is closed and nothing it kept
-/// (subscriptions, queued messages) survives. Nothing happens when the client id has moved on
-/// to a newer session meanwhile.
-async fn end_session(scx: &ServerContext, id: Id) {
-    let entry = scx.extends.shared().await.entry(id);
+/// Ends `device`'s session `id` for good: its connection is closed and nothing it kept
+/// (subscriptions, queued messages) survives; nothing happens when the client id has moved on
+/// to a newer session meanwhile. The table forgets the session here: rmqtt runs no
+/// SessionTerminated hook for a session it was told to end.
+async fn end_session(
+    scx: &ServerContext,
+    sessions: &DeviceSessions,
+    device: DeviceIdentity,
+    id: Id,
+) {
+    let entry = scx.extends.shared().await.entry(id.clone());
     if entry.id_same() != Some(true) {
+        sessions.terminated(device, &id);
         return;
     }
     match entry.try_lock().await {
-        Ok(mut entry) => {
-            if let Err(e) = entry.kick(true, true, true).await {
-                tracing::warn!(error = %e, "a session could not be ended");
-            }
-        }
+        Ok(mut entry) => match entry.kick(true, true, true).await {
+            Ok(_) => sessions.terminated(device, &id),
+            Err(e) => tracing::warn!(error = %e, "a session could not be ended"),
+        },
         // A handshake with the same client id holds it: that one replaces the session anyway.
         Err(e) => tracing::debug!(error = %e, "a session being replaced was not ended"),
     }
@@ -506,8 +519,12 @@ impl DeviceSessions {
         self.table().sessions.get(device).cloned()
     }
 
-    fn all(&self) -> Vec<Id> {
-        self.table().sessions.values().cloned().collect()
+    fn all(&self) -> Vec<(DeviceIdentity, Id)> {
+        self.table()
+            .sessions
+            .iter()
+            .map(|(device, id)| (*device, id.clone()))
+            .collect()
     }
 }
 
@@ -622,7 +639,7 @@ impl Hooks {
                 LastWill::V5(will) => &will.topic,
             };
             if !self.services.may_publish(&admission, topic) {
-                tracing::warn!(product_key = %device.product_key(), device_name = %device.device_name(), topic = %capped(topic), "CONNECT refused: will topic not allowed");
+                tracing::warn!(product_key = %device.product_key(), device_name = %device.device_name(), topic = ?capped(topic), "CONNECT refused: will topic not allowed");
                 return AuthResult::NotAuthorized;
             }
         }
@@ -665,11 +682,11 @@ impl Hooks {
                     let _ = tx.unbounded_send(Message::Closed(Reason::ConnectKicked(true)));
                 }
             } else {
-                end_session(&self.scx, ended).await;
+                end_session(&self.scx, &self.sessions, device, ended).await;
             }
         }
         if let Admission::Registration(_) = admission {
-            let services = self.services.clone();
+            let (services, sessions) = (self.services.clone(), self.sessions.clone());
             let (scx, id) = (self.scx.clone(), session.id.clone());
             let (client_id, username, password) = (
                 client_id.to_owned(),
@@ -684,7 +701,7 @@ impl Hooks {
                     deliver(&scx, &id, issued.to_ext_register_payload()).await;
                     tokio::time::sleep(REGISTRATION_LINGER).await;
                 }
-                end_session(&scx, id).await;
+                end_session(&scx, &sessions, device, id).await;
             });
         }
     }
@@ -721,18 +738,64 @@ async fn admission(session: &Session) -> Option<Admission> {
         .copied()
 }
 
+/// Logs a refused SUBSCRIBE filter or PUBLISH topic, with the device and the topic (escaped,
+/// capped), never the payload, at most [`REFUSAL_LINES_PER_SECOND`] lines a second: one
+/// SUBSCRIBE may carry thousands of filters.
 async fn refused_topic(session: &Session, action: &'static str, topic: &str) {
+    let Some(suppressed) = REFUSAL_LOG.admit(Instant::now()) else {
+        return;
+    };
+    if suppressed > 0 {
+        tracing::warn!(
+            suppressed,
+            "topic refusals not logged (over the rate limit)"
+        );
+    }
     match admission(session).await {
         Some(admission) => {
             let device = admission.device();
-            tracing::warn!(product_key = %device.product_key(), device_name = %device.device_name(), action, topic = %capped(topic), "topic refused");
+            tracing::warn!(product_key = %device.product_key(), device_name = %device.device_name(), action, topic = ?capped(topic), "topic refused");
         }
-        None => tracing::warn!(action, topic = %capped(topic), "topic refused"),
+        None => tracing::warn!(action, topic = ?capped(topic), "topic refused"),
     }
 }
 
-/// A network-supplied string for a log line: its first 128 bytes at most (cut at a
-/// character boundary).
+/// Topic refusals logged per second at most, over all devices.
+pub const REFUSAL_LINES_PER_SECOND: u32 = 20;
+
+static REFUSAL_LOG: RateLimitedLog = RateLimitedLog::new();
+
+/// A log line budget per one-second window.
+struct RateLimitedLog {
+    /// (window start, lines in it, lines suppressed since the last logged one).
+    window: Mutex<Option<(Instant, u32, u64)>>,
+}
+
+impl RateLimitedLog {
+    const fn new() -> Self {
+        Self {
+            window: Mutex::new(None),
+        }
+    }
+
+    /// `Some(lines suppressed before this one)` when a line may be logged now.
+    fn admit(&self, now: Instant) -> Option<u64> {
+        let mut window = self.window.lock().unwrap_or_else(PoisonError::into_inner);
+        let (start, lines, suppressed) = window.get_or_insert((now, 0, 0));
+        if now.duration_since(*start) >= Duration::from_secs(1) {
+            (*start, *lines) = (now, 0);
+        }
+        if *lines >= REFUSAL_LINES_PER_SECOND {
+            *suppressed += 1;
+            return None;
+        }
+        *lines += 1;
+        Some(std::mem::take(suppressed))
+    }
+}
+
+/// A network-supplied string for a log line: its first 128 bytes at most (cut at a character
+/// boundary); logged with `?`, so that control characters are escaped, never written.
 fn capped(text: &str) -> &str {
     const MAX: usize = 128;
     if text.len() <= MAX {

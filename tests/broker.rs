@@ -408,3 +408,30 @@ async fn a_claim_that_the_broker_refuses_later_lapses_after_the_handshake_limit(
     let (_stream, connack) = fleet.connect(&connect_packet(&b, None)).await;
     assert_eq!(connack, ACCEPTED);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kept_session_ended_by_a_newer_login_frees_its_client_id() {
+    let fleet = Fleet::new().await;
+    let squatter = fleet.device("meter-e").await;
+    let owner = fleet.device("meter-a").await;
+    // E keeps a session under the client id A's SDK uses, then logs in under another one,
+    // which ends that kept session.
+    let taken = login(&squatter, "meter-a", "");
+    let (mut stream, connack) = fleet.connect(&kept_session_packet(&taken)).await;
+    assert_eq!(connack, ACCEPTED);
+    stream.write_all(&[0xe0, 0x00]).await.unwrap();
+    stream.shutdown().await.unwrap();
+    assert!(closed_within(&mut stream, Duration::from_secs(5)).await);
+    let (_elsewhere, connack) = fleet
+        .connect(&connect_packet(&login(&squatter, "meter-e", ""), None))
+        .await;
+    assert_eq!(connack, ACCEPTED);
+    // The client id is free again: A gets it.
+    let (_stream, connack) = fleet
+        .connect(&connect_packet(&login(&owner, "meter-a", ""), None))
+        .await;
+    assert_eq!(
+        connack, ACCEPTED,
+        "the ended session still held A's client id"
+    );
+}

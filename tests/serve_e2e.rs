@@ -1,7 +1,7 @@
 //! `iotauth serve` end to end: the real binary on loopback ports and a temporary SQLite file
 //! (PostgreSQL for two servers), driven by real clients: `mosquitto_pub`/`mosquitto_sub`
 //! (Debian's mosquitto-clients) and plain HTTP. Every test also checks that the server's log,
-//! at debug level, contains none of the secrets it handled.
+//! at trace level, contains none of the secrets it handled.
 #![cfg(feature = "cli")]
 
 use std::io::{Read, Write};
@@ -63,7 +63,7 @@ impl Server {
             .args(["--mqtt", &format!("127.0.0.1:{mqtt}")])
             .args(["--mqtt-register", &format!("127.0.0.1:{register}")])
             .args(extra)
-            .env("RUST_LOG", "debug")
+            .env("RUST_LOG", "trace")
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).unwrap())
             .spawn()
@@ -1149,8 +1149,50 @@ fn a_device_can_neither_read_nor_write_another_devices_topics() {
         .unwrap();
     assert_eq!(String::from_utf8_lossy(&round_trip.stdout).trim(), "mine");
 
+    // A topic cannot forge log lines: it is logged escaped. (Raw packets: mosquitto_pub checks
+    // topics itself.)
+    let mut raw = TcpStream::connect(("127.0.0.1", server.mqtt)).unwrap();
+    let mut packets = bytes::BytesMut::new();
+    let mut connect = rumqttc::Connect::new(&a[0]);
+    connect.keep_alive = 60;
+    connect.set_login(&a[1], &a[2]);
+    connect.write(&mut packets).unwrap();
+    rumqttc::Publish::new("/x\nFORGED login accepted", rumqttc::QoS::AtMostOnce, "m")
+        .write(&mut packets)
+        .unwrap();
+    raw.write_all(&packets).unwrap();
+    let mut connack = [0u8; 4];
+    raw.read_exact(&mut connack).unwrap();
+    assert_eq!(connack, [0x20, 0x02, 0x00, 0x00]);
+    std::thread::sleep(Duration::from_millis(300));
+    drop(raw);
+    // One SUBSCRIBE of 300 refused filters logs at most 20 lines a second, and says how many
+    // it left out.
+    let mut flood = mosquitto_client("mosquitto_sub", server.mqtt, &a);
+    for i in 0..300 {
+        flood.args(["-t", &format!("/{pk}/meter-b/{i}")]);
+    }
+    let flood = flood.args(["-W", "2"]).output().unwrap();
+    assert!(
+        String::from_utf8_lossy(&flood.stderr).contains("denied"),
+        "{flood:?}"
+    );
+    std::thread::sleep(Duration::from_millis(1_200));
     // Each refusal is logged with device and topic, never with the payload.
     let log = std::fs::read_to_string(&server.log).unwrap();
+    assert!(
+        !log.lines().any(|line| line.starts_with("FORGED")),
+        "a topic wrote a line of its own"
+    );
+    let refusals = log.lines().filter(|l| l.contains("topic refused")).count();
+    assert!(
+        refusals < 150,
+        "{refusals} refusal lines for 300 refused filters"
+    );
+    assert!(
+        log.contains("topic refusals not logged"),
+        "the left-out count is logged"
+    );
     assert!(log.contains("topic refused"), "{log}");
     assert!(log.contains(&b_topic));
     assert!(!log.contains("planted"), "a payload reached the log");

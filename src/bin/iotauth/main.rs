@@ -348,17 +348,19 @@ fn verify_register(args: VerifyRegister) -> Result<(), Failure> {
 
 /// Runs the server on a multi-threaded runtime, logging to stderr (`RUST_LOG`, default info).
 ///
-/// The broker library's records are capped at warnings whatever `RUST_LOG` says (at debug level
-/// it prints whole packets: a `connwl` password, which is a DeviceToken, and a registration's
-/// secret), except its listener loop's, capped at info: accept errors such as EMFILE, once per
-/// 1 s pause, and a line per failed connection.
+/// Only this crate's own records go below info, whatever `RUST_LOG` asks: below it, the
+/// libraries print whole packets and frames (the broker library, its WebSocket layer), among
+/// them a `connwl` password (a DeviceToken) and a registration's secret. The broker library is
+/// held at warnings, but for its listener loop (accept errors such as EMFILE, once per 1 s
+/// pause, and a line per failed connection).
 fn serve_until_stopped(url: &str, args: serve::Serve) -> Result<(), Failure> {
     use tracing_subscriber::filter::{LevelFilter, Targets};
     use tracing_subscriber::prelude::*;
     let requested = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let cap = Targets::new()
-        .with_default(LevelFilter::TRACE)
+        .with_default(LevelFilter::INFO)
+        .with_target("iotauth", LevelFilter::TRACE)
         .with_target("rmqtt", LevelFilter::WARN)
         .with_target("rmqtt::server", LevelFilter::INFO)
         .with_target("rmqtt_net", LevelFilter::WARN)
