@@ -194,6 +194,7 @@ pub struct Services {
     /// Counters for `/metrics`.
     pub metrics: Metrics,
     revocations: tokio::sync::broadcast::Sender<DeviceIdentity>,
+    store: Arc<dyn Store>,
 }
 
 /// What a CONNECT was admitted as ([`Services::admit`]).
@@ -268,7 +269,8 @@ impl Services {
         Self {
             authenticator: Authenticator::new(store.clone()).with_freshness(config.freshness),
             registrar: Registrar::new(store.clone()).with_policy(config.issuance),
-            admin: Admin::new(store),
+            admin: Admin::new(store.clone()),
+            store,
             topics: config.topics,
             metrics: Metrics::default(),
             revocations: tokio::sync::broadcast::channel(REVOCATION_BACKLOG).0,
@@ -295,6 +297,10 @@ impl Services {
                 return Err(ConnectRefusal::BadCredentials);
             }
         };
+        if let Some(named) = self.client_id_names_another_device(&request).await {
+            tracing::warn!(product_key = %request.product_key(), device_name = %request.device_name(), named_product_key = %named.product_key(), named_device_name = %named.device_name(), "CONNECT refused: the client id is another device's");
+            return Err(ConnectRefusal::NotAuthorized);
+        }
         let Some(requested) = Admission::requested(&request) else {
             let e = RegisterError::Unsupported {
                 got: request.kind(),
@@ -327,6 +333,44 @@ impl Services {
                 }
             }
         }
+    }
+
+    /// The registered device, other than the one logging in, that the client id's CORE names
+    /// the way Alibaba's SDKs build it (`{pk}.{dn}`, `{pk}&{dn}`, `{dn}.{pk}`, the Node SDK's
+    /// `{pk}&{dn}_aliyun-iot-device-sdk-js`): that client id is reserved to that device, so
+    /// that no other device can hold its session while it is offline and lock it out. Reads
+    /// the store only for a CORE of that shape that does not name the device itself.
+    async fn client_id_names_another_device(
+        &self,
+        request: &ConnectRequest<'_>,
+    ) -> Option<DeviceIdentity> {
+        let me = request.claimed_identity();
+        let core = request.client_id().core();
+        let core = core
+            .strip_suffix("_aliyun-iot-device-sdk-js")
+            .unwrap_or(core);
+        let identity = |pk: &str, dn: &str| {
+            Some(DeviceIdentity::new(
+                ProductKey::new(pk).ok()?,
+                DeviceName::new(dn).ok()?,
+            ))
+        };
+        let candidates = [
+            core.split_once('.').and_then(|(pk, dn)| identity(pk, dn)),
+            core.split_once('&').and_then(|(pk, dn)| identity(pk, dn)),
+            core.rsplit_once('.').and_then(|(dn, pk)| identity(pk, dn)),
+        ];
+        for named in candidates.into_iter().flatten() {
+            if named == me {
+                continue;
+            }
+            let (pk, dn) = (named.product_key(), named.device_name());
+            let lookup = self.store.device(&pk, &dn);
+            if let Ok(Ok(Some(_))) = tokio::time::timeout(STORE_TIMEOUT, lookup).await {
+                return Some(named);
+            }
+        }
+        None
     }
 
     /// Whether a connection admitted as `admission` may subscribe to `filter`: a login, inside

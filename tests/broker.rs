@@ -435,3 +435,31 @@ async fn a_kept_session_ended_by_a_newer_login_frees_its_client_id() {
         "the ended session still held A's client id"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_id_that_names_another_registered_device_is_refused_even_while_it_is_offline() {
+    let fleet = Fleet::new().await;
+    let squatter = fleet.device("meter-e").await;
+    fleet.device("meter-a").await;
+    let pk = fleet.product.product_key;
+    // The cores Alibaba's SDKs build for meter-a: C SDKs `{pk}.{dn}`, Python `{pk}&{dn}`,
+    // registration `{dn}.{pk}`, Node 1.0 `{pk}&{dn}_aliyun-iot-device-sdk-js`.
+    for core in [
+        format!("{pk}.meter-a"),
+        format!("{pk}&meter-a"),
+        format!("meter-a.{pk}"),
+        format!("{pk}&meter-a_aliyun-iot-device-sdk-js"),
+    ] {
+        let (_, connack) = fleet
+            .connect(&connect_packet(&login(&squatter, &core, ""), None))
+            .await;
+        assert_eq!(connack, NOT_AUTHORIZED, "{core}");
+    }
+    // Its own, and a CORE that names no registered device, are fine.
+    for core in [format!("{pk}.meter-e"), "SN.1928339".to_owned()] {
+        let (_stream, connack) = fleet
+            .connect(&connect_packet(&login(&squatter, &core, ""), None))
+            .await;
+        assert_eq!(connack, ACCEPTED, "{core}");
+    }
+}
