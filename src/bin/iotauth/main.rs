@@ -346,32 +346,58 @@ fn verify_register(args: VerifyRegister) -> Result<(), Failure> {
     })
 }
 
-/// Runs the server on a multi-threaded runtime, logging to stderr (`RUST_LOG`, default info).
-///
-/// Only this crate's own records go below info, whatever `RUST_LOG` asks: below it, the
-/// libraries print whole packets and frames (the broker library, its WebSocket layer), among
-/// them a `connwl` password (a DeviceToken) and a registration's secret. The broker library is
-/// held at warnings, but for its listener loop (accept errors such as EMFILE, once per 1 s
-/// pause, and a line per failed connection).
+/// The log filter for `RUST_LOG`: only this crate's own records go below info, whatever is
+/// asked (below it the libraries print whole packets and frames: the broker library, its
+/// WebSocket layer; among them a `connwl` password, which is a DeviceToken, and a
+/// registration's secret); a global `debug` or `trace` applies to this crate alone. The
+/// broker library is held at warnings but for its listener loop (accept errors such as
+/// EMFILE, once per 1 s pause, and a line per failed connection).
+fn log_filter(requested: &str) -> tracing_subscriber::EnvFilter {
+    const VERBOSE: [&str; 2] = ["debug", "trace"];
+    let mut directives = vec!["info".to_owned()];
+    for directive in requested
+        .split(',')
+        .map(str::trim)
+        .filter(|d| !d.is_empty())
+    {
+        let (target, level) = match directive.rsplit_once('=') {
+            Some((target, level)) => (Some(target), level),
+            None if directive
+                .parse::<tracing_subscriber::filter::LevelFilter>()
+                .is_ok() =>
+            {
+                (None, directive)
+            }
+            None => (Some(directive), "trace"),
+        };
+        let verbose = VERBOSE.contains(&level.to_ascii_lowercase().as_str());
+        match target {
+            Some(target) if target.starts_with("iotauth") => directives.push(directive.to_owned()),
+            Some(target) if verbose => directives.push(format!("{target}=info")),
+            Some(_) => directives.push(directive.to_owned()),
+            None if verbose => directives.extend(["info".to_owned(), format!("iotauth={level}")]),
+            None => directives.push(directive.to_owned()),
+        }
+    }
+    directives.extend(
+        [
+            "rmqtt=warn",
+            "rmqtt::server=info",
+            "rmqtt_net=warn",
+            "rmqtt_codec=warn",
+        ]
+        .map(String::from),
+    );
+    tracing_subscriber::EnvFilter::new(directives.join(","))
+}
+
+/// Runs the server on a multi-threaded runtime, logging to stderr (`RUST_LOG`, default info,
+/// see [`log_filter`]).
 fn serve_until_stopped(url: &str, args: serve::Serve) -> Result<(), Failure> {
-    use tracing_subscriber::filter::{LevelFilter, Targets};
-    use tracing_subscriber::prelude::*;
-    let requested = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let cap = Targets::new()
-        .with_default(LevelFilter::INFO)
-        .with_target("iotauth", LevelFilter::TRACE)
-        .with_target("rmqtt", LevelFilter::WARN)
-        .with_target("rmqtt::server", LevelFilter::INFO)
-        .with_target("rmqtt_net", LevelFilter::WARN)
-        .with_target("rmqtt_codec", LevelFilter::WARN);
-    tracing_subscriber::registry()
-        .with(
-            tracing_subscriber::fmt::layer()
-                .with_writer(std::io::stderr)
-                .with_filter(requested)
-                .with_filter(cap),
-        )
+    let requested = std::env::var("RUST_LOG").unwrap_or_default();
+    tracing_subscriber::fmt()
+        .with_env_filter(log_filter(&requested))
+        .with_writer(std::io::stderr)
         .init();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -432,6 +458,40 @@ fn main() -> ExitCode {
         Err(Failure::Usage(message)) => {
             eprintln!("error: {message}");
             ExitCode::from(2)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::log_filter;
+
+    /// The directives `log_filter` builds, as `EnvFilter` prints them.
+    fn directives(requested: &str) -> Vec<String> {
+        log_filter(requested)
+            .to_string()
+            .split(',')
+            .map(str::to_owned)
+            .collect()
+    }
+
+    #[test]
+    fn only_iotauth_goes_below_info() {
+        let trace = directives("trace");
+        assert!(trace.contains(&"iotauth=trace".to_owned()), "{trace:?}");
+        assert!(!trace.contains(&"trace".to_owned()), "{trace:?}");
+        let libraries = directives("rmqtt::session=debug,tungstenite=trace,sqlx=warn");
+        for expected in ["rmqtt::session=info", "tungstenite=info", "sqlx=warn"] {
+            assert!(libraries.contains(&expected.to_owned()), "{libraries:?}");
+        }
+        assert!(directives("iotauth::broker=trace").contains(&"iotauth::broker=trace".to_owned()));
+    }
+
+    #[test]
+    fn the_broker_library_stays_at_warnings_but_for_its_listener_loop() {
+        let default = directives("");
+        for expected in ["info", "rmqtt=warn", "rmqtt::server=info"] {
+            assert!(default.contains(&expected.to_owned()), "{default:?}");
         }
     }
 }
