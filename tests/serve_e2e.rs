@@ -649,7 +649,9 @@ fn kill_9_during_a_burst_loses_no_issued_secret() {
 
     let restarted = Server::start(&fleet.store, dir.0.join("serve2.log"), &[]);
     for (name, secret) in &received {
-        let login = fleet.login(name, secret, "after-restart");
+        // A client id of its own per device: two devices presenting one client id are refused
+        // while the first one's session lasts, and a clean session ends just after its client.
+        let login = fleet.login(name, secret, &format!("{name}-after-restart"));
         assert_eq!(
             mosquitto_pub(restarted.mqtt, &login, "/x", "m")
                 .status
