@@ -115,22 +115,23 @@ fn login(cert: &DeviceCertificate, core: &str, extra: &str) -> Creds {
     creds
 }
 
-/// The CONNECT packet of `creds`, keep-alive 60 s, optionally with a will on `will_topic`.
-fn connect_packet(creds: &Creds, will_topic: Option<&str>) -> Vec<u8> {
+/// The CONNECT packet of `creds`, keep-alive 60 s, clean session, after `adjust`.
+fn connect_packet_with(creds: &Creds, adjust: impl FnOnce(&mut rumqttc::Connect)) -> Vec<u8> {
     let mut connect = rumqttc::Connect::new(&creds.client_id);
     connect.keep_alive = 60;
     connect.set_login(&creds.username, &creds.password);
-    if let Some(topic) = will_topic {
-        connect.last_will = Some(rumqttc::LastWill::new(
-            topic,
-            "gone",
-            rumqttc::QoS::AtMostOnce,
-            false,
-        ));
-    }
+    adjust(&mut connect);
     let mut bytes = BytesMut::new();
     connect.write(&mut bytes).unwrap();
     bytes.to_vec()
+}
+
+/// The CONNECT packet of `creds`, optionally with a will on `will_topic`.
+fn connect_packet(creds: &Creds, will_topic: Option<&str>) -> Vec<u8> {
+    connect_packet_with(creds, |connect| {
+        connect.last_will = will_topic
+            .map(|topic| rumqttc::LastWill::new(topic, "gone", rumqttc::QoS::AtMostOnce, false));
+    })
 }
 
 /// Whether the broker closes `stream` within `within` (bytes it sends first are skipped).
@@ -348,13 +349,7 @@ async fn a_will_on_another_devices_topic_is_refused_and_one_on_its_own_accepted(
 
 /// A CONNECT packet of `creds` without clean session (the broker keeps its session).
 fn kept_session_packet(creds: &Creds) -> Vec<u8> {
-    let mut connect = rumqttc::Connect::new(&creds.client_id);
-    connect.keep_alive = 60;
-    connect.clean_session = false;
-    connect.set_login(&creds.username, &creds.password);
-    let mut bytes = BytesMut::new();
-    connect.write(&mut bytes).unwrap();
-    bytes.to_vec()
+    connect_packet_with(creds, |connect| connect.clean_session = false)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -396,12 +391,8 @@ async fn a_claim_that_the_broker_refuses_later_lapses_after_the_handshake_limit(
     assert_eq!(a.client_id, b.client_id);
     // A presents B's client id with a keep-alive outside 30..1200 s: authenticated (the client
     // id is claimed for A), then refused by the broker (code 3): no session ever holds it.
-    let mut short = rumqttc::Connect::new(&a.client_id);
-    short.keep_alive = 10;
-    short.set_login(&a.username, &a.password);
-    let mut packet = BytesMut::new();
-    short.write(&mut packet).unwrap();
-    let (_, connack) = fleet.connect(&packet).await;
+    let short = connect_packet_with(&a, |connect| connect.keep_alive = 10);
+    let (_, connack) = fleet.connect(&short).await;
     assert_eq!(connack, [0x20, 0x02, 0x00, 0x03]);
     // Once the claim has lapsed, B logs in with its client id.
     tokio::time::sleep(Duration::from_millis(1_200)).await;
