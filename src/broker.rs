@@ -29,7 +29,7 @@
 //!   10 s limit on each TLS, WebSocket and CONNECT handshake, run off the accept loop, a cap on
 //!   sessions, client ids of at most [`MAX_CLIENT_ID_LEN`] bytes, packets of at most 256 KiB.
 //!   Accept errors (EMFILE) are retried after a 1 s pause, logged once per pause.
-//! * MQTT 3.1, 3.1.1 and 5 on every listener; TCP, TLS (rustls), WebSocket and WebSocket over
+//! * MQTT 3.1, 3.1.1 and 5 on every listener; TCP, TLS (OpenSSL), WebSocket and WebSocket over
 //!   TLS listeners.
 //! * **Revocation on this node**: a device disabled, reset or deleted through
 //!   [`Services::apply_operator_event`] is disconnected at once.
@@ -39,7 +39,6 @@
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::ops::RangeInclusive;
-use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -56,6 +55,8 @@ use rmqtt::types::{
     Reason, SubscribeAclResult,
 };
 
+pub use crate::listener::TlsFiles;
+use crate::listener::{Gate, TlsAcceptor};
 use crate::mqtt::{ConnectRequest, MAX_CLIENT_ID_LEN};
 use crate::server::{Admission, ConnectRefusal, REGISTER_TOPIC, Services};
 use crate::verified::DeviceIdentity;
@@ -73,13 +74,15 @@ pub const REGISTRATION_LINGER: Duration = Duration::from_millis(500);
 pub struct BrokerConfig {
     /// The listeners; at least one.
     pub listeners: Vec<ListenerConfig>,
-    /// TLS for every listener: PEM certificate chain and private key (rustls).
+    /// TLS for every listener (OpenSSL, see [`crate::listener`]): PEM certificate chain,
+    /// private key, and whether the legacy suites of Alibaba's C SDKs are offered.
     pub tls: Option<TlsFiles>,
     /// Keep-alive values a client may ask for, in seconds (PROTOCOL.md §a.1: 30–1200).
     pub keepalive_secs: RangeInclusive<u16>,
     /// The time a client has for its TLS and WebSocket handshakes and for its CONNECT.
     pub handshake_timeout: Duration,
-    /// Sessions this broker holds at most (live and kept), over all listeners.
+    /// Sessions this broker holds at most (live and kept), over all listeners; also the most
+    /// connections one TLS listener holds (beyond, new ones wait in the kernel's backlog).
     pub max_sessions: usize,
 }
 
@@ -137,26 +140,6 @@ pub enum Transport {
     /// MQTT over WebSocket (`ws://`, or `wss://` with TLS; subprotocol `mqtt`), the SDKs'
     /// browser and mini-program builds.
     WebSocket,
-}
-
-/// PEM files of a TLS listener.
-#[derive(Debug, Clone, PartialEq, Eq)]
-#[non_exhaustive]
-pub struct TlsFiles {
-    /// The certificate chain.
-    pub cert: PathBuf,
-    /// The private key.
-    pub key: PathBuf,
-}
-
-impl TlsFiles {
-    /// The certificate chain and private key, PEM files.
-    pub fn new(cert: impl Into<PathBuf>, key: impl Into<PathBuf>) -> Self {
-        Self {
-            cert: cert.into(),
-            key: key.into(),
-        }
-    }
 }
 
 /// A broker could not start.
@@ -283,6 +266,15 @@ impl Broker {
             }
             register.start().await;
         }
+        let tls = match (&config.tls, config.listeners.first()) {
+            (Some(files), Some(first)) => {
+                Some(files.acceptor().map_err(|e| BrokerError::Listen {
+                    address: first.address,
+                    source: e.into(),
+                })?)
+            }
+            _ => None,
+        };
         let mut server = MqttServer::new(scx.clone());
         let mut local_addrs = Vec::new();
         for (index, listener) in config.listeners.iter().enumerate() {
@@ -293,7 +285,25 @@ impl Broker {
                 };
             let bound =
                 bind(config, listener, services.is_some()).map_err(|e| listen_error(e.into()))?;
-            let local = bound.local_addr().map_err(|e| listen_error(e.into()))?;
+            let mut local = bound.local_addr().map_err(|e| listen_error(e.into()))?;
+            if let Some(tls) = &tls {
+                let public = tokio::net::TcpListener::bind(listener.address)
+                    .await
+                    .map_err(|e| listen_error(e.into()))?;
+                let inner = local;
+                local = public.local_addr().map_err(|e| listen_error(e.into()))?;
+                let name = match listener.transport {
+                    Transport::Mqtt => "mqtts",
+                    Transport::WebSocket => "wss",
+                };
+                let gate = Gate::new(public, name, config.max_sessions);
+                tokio::spawn(terminate_tls(
+                    gate,
+                    tls.clone(),
+                    inner,
+                    config.handshake_timeout,
+                ));
+            }
             local_addrs.push((listener.transport, local));
             let id = u16::try_from(index + 1).unwrap_or(u16::MAX);
             server = server.listener_by_id(bound, id);
@@ -332,21 +342,29 @@ pub const MAX_SUBSCRIPTIONS: usize = 100;
 /// rmqtt's default for MQTT 3.1.1 non-clean sessions.
 const MAX_SESSION_EXPIRY: Duration = Duration::from_secs(2 * 60 * 60);
 
+/// An rmqtt listener for `listener`. With TLS, it is a plain one on a loopback port that
+/// [`terminate_tls`] feeds, which expects a PROXY protocol header first.
 fn bind(
     config: &BrokerConfig,
     listener: &ListenerConfig,
     authenticated: bool,
 ) -> rmqtt::Result<rmqtt::net::Listener> {
-    let tls = config.tls.as_ref();
+    let behind_tls = config.tls.is_some();
+    let address = if behind_tls {
+        SocketAddr::from(([127, 0, 0, 1], 0))
+    } else {
+        listener.address
+    };
     let builder = Builder::new()
         .name(match listener.transport {
             Transport::Mqtt => "iotauth-mqtt",
             Transport::WebSocket => "iotauth-ws",
         })
-        .laddr(listener.address)
+        .laddr(address)
         // A restarted server binds at once, even while its old connections are in TIME_WAIT.
         .reuseaddr(Some(true))
         .nodelay(true)
+        .proxy_protocol(behind_tls)
         .allow_anonymous(!authenticated)
         .min_keepalive(*config.keepalive_secs.start())
         .max_keepalive(*config.keepalive_secs.end())
@@ -357,15 +375,78 @@ fn bind(
         .max_subscriptions(MAX_SUBSCRIPTIONS)
         .session_expiry_interval(MAX_SESSION_EXPIRY)
         .max_session_expiry_interval(MAX_SESSION_EXPIRY)
-        .tls_cert(tls.map(|files| files.cert.display().to_string()))
-        .tls_key(tls.map(|files| files.key.display().to_string()))
         .bind()?;
-    match (listener.transport, tls.is_some()) {
-        (Transport::Mqtt, false) => builder.tcp(),
-        (Transport::Mqtt, true) => builder.tls(),
-        (Transport::WebSocket, false) => builder.ws(),
-        (Transport::WebSocket, true) => builder.wss(),
+    match listener.transport {
+        Transport::Mqtt => builder.tcp(),
+        Transport::WebSocket => builder.ws(),
     }
+}
+
+/// A TLS listener in front of a plain rmqtt one on loopback (`inner`): OpenSSL terminates
+/// TLS (rmqtt's own TLS is rustls, which has none of the suites Alibaba's C SDKs offer), and
+/// the plain stream goes on behind a PROXY protocol v1 header, so that the broker sees the
+/// device's address. When either side closes, both connections end.
+async fn terminate_tls(
+    gate: Gate,
+    tls: TlsAcceptor,
+    inner: SocketAddr,
+    handshake_timeout: Duration,
+) {
+    use tokio::io::AsyncWriteExt;
+    loop {
+        let (stream, peer, slot) = gate.accept().await;
+        let tls = tls.clone();
+        tokio::spawn(async move {
+            let _slot = slot;
+            let Ok(local) = stream.local_addr() else {
+                return;
+            };
+            let device = match tls.accept(stream, handshake_timeout).await {
+                Ok(device) => device,
+                Err(e) => {
+                    tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                    return;
+                }
+            };
+            let mut broker = match tokio::net::TcpStream::connect(inner).await {
+                Ok(broker) => broker,
+                Err(e) => {
+                    tracing::error!(%peer, error = %e, "the broker's loopback listener is unreachable");
+                    return;
+                }
+            };
+            let _ = broker.set_nodelay(true);
+            if broker
+                .write_all(proxy_header(peer, local).as_bytes())
+                .await
+                .is_err()
+            {
+                return;
+            }
+            let (mut from_device, mut to_device) = tokio::io::split(device);
+            let (mut from_broker, mut to_broker) = broker.split();
+            let closed_by_broker = tokio::select! {
+                _ = tokio::io::copy(&mut from_device, &mut to_broker) => false,
+                _ = tokio::io::copy(&mut from_broker, &mut to_device) => true,
+            };
+            if closed_by_broker {
+                // TLS close_notify, then FIN; a device that does not read is not waited for.
+                let _ = tokio::time::timeout(Duration::from_secs(1), to_device.shutdown()).await;
+            }
+        });
+    }
+}
+
+/// A PROXY protocol v1 header: the connection came from `peer` to `local`.
+fn proxy_header(peer: SocketAddr, local: SocketAddr) -> String {
+    let family = if peer.is_ipv4() { "TCP4" } else { "TCP6" };
+    format!(
+        "PROXY {family} {} {} {} {}\r\n",
+        peer.ip(),
+        local.ip(),
+        peer.port(),
+        local.port()
+    )
 }
 
 /// Ends `device`'s session `id` for good: its connection is closed and nothing it kept

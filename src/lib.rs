@@ -13,6 +13,8 @@ mod error;
 pub mod fuzzing;
 mod id;
 mod lifecycle;
+#[cfg(feature = "server")]
+pub mod listener;
 mod mqtt;
 mod policy;
 mod random;

@@ -2,20 +2,17 @@
 //! (`iotauth::broker`) that decides logins, registrations and topics, on one store.
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
 use clap::Args;
 use iotauth::IssuancePolicy;
-use iotauth::broker::{Broker, BrokerConfig, TlsFiles, Transport};
+use iotauth::broker::{Broker, BrokerConfig, Transport};
+use iotauth::listener::{ListenerLimits, TlsFiles, serve_http};
 use iotauth::server::{ServerConfig, Services, router};
 use iotauth::store::Store;
-use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::mpsc;
-use tokio_rustls::TlsAcceptor;
-use tokio_rustls::rustls;
-use tokio_rustls::server::TlsStream;
+use tokio::net::TcpListener;
 
 use crate::Failure;
 
@@ -43,9 +40,14 @@ pub(crate) struct Serve {
     #[arg(long, default_value_t = 1200)]
     max_keepalive_secs: u16,
     /// The time a client has for its TLS handshake (HTTP and MQTT), WebSocket handshake and
-    /// MQTT CONNECT, in seconds.
+    /// MQTT CONNECT, and for each HTTP request head and body, in seconds. An HTTP keep-alive
+    /// connection idle this long is closed.
     #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=600))]
     handshake_timeout_secs: u64,
+    /// Connections the HTTP listener holds at most; beyond, new ones wait in the kernel's
+    /// backlog. (The broker's cap is its 10,000 sessions.)
+    #[arg(long, default_value_t = 1024, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    max_http_connections: u64,
     /// How often a device's secret may be delivered.
     #[arg(long, default_value = "once", value_parser = [
         IssuancePolicy::Once.name(),
@@ -72,6 +74,11 @@ pub(crate) struct Serve {
     /// TLS: the private key (PEM).
     #[arg(long, requires = "tls_cert")]
     tls_key: Option<PathBuf>,
+    /// TLS: also offer the TLS 1.2 RSA-key-exchange AES-CBC suites (AES128-SHA, AES256-SHA,
+    /// AES128-SHA256, AES256-SHA256), the only ones Alibaba's C SDKs (Link SDK 4.x,
+    /// iotkit-embedded 3.x) speak. Weaker: no forward secrecy. Needs an RSA certificate.
+    #[arg(long, requires = "tls_cert")]
+    tls_legacy_suites: bool,
 }
 
 pub(crate) async fn serve(store_url: &str, args: Serve) -> Result<(), Failure> {
@@ -85,16 +92,12 @@ pub(crate) async fn serve(store_url: &str, args: Serve) -> Result<(), Failure> {
     let store = config.open_store(store_url).await?;
     let services = Arc::new(Services::new(store.clone(), config));
     hint_when_empty(&store, store_url).await?;
-    let tls = match (&args.tls_cert, &args.tls_key) {
-        (Some(cert), Some(key)) => Some(tls_acceptor(cert, key)?),
-        _ => None,
-    };
+    let tls = tls_files(&args);
     let scheme = if tls.is_some() { "TLS" } else { "plain TCP" };
 
     let http = TcpListener::bind(args.http)
         .await
         .map_err(|e| Failure::Rejected(format!("cannot listen on {}: {e}", args.http)))?;
-    tracing::info!(address = %args.http, scheme, "HTTP: registration, hooks, /healthz, /metrics");
     let broker = broker_config(&args);
     if let Some(config) = broker {
         let broker = Broker::start(&config, services.clone())
@@ -108,20 +111,15 @@ pub(crate) async fn serve(store_url: &str, args: Serve) -> Result<(), Failure> {
             tracing::info!(%address, transport, scheme, "MQTT broker: logins, registration, topics");
         }
     }
+    let mut limits = ListenerLimits::default();
+    limits.handshake_timeout = handshake_timeout;
+    limits.max_connections = usize::try_from(args.max_http_connections).unwrap_or(usize::MAX);
     let app = router(services);
-    let served = match tls {
-        Some(acceptor) => {
-            axum::serve(TlsListener::spawn(http, acceptor, handshake_timeout)?, app)
-                .with_graceful_shutdown(shutdown_signal())
-                .await
-        }
-        None => {
-            axum::serve(http, app)
-                .with_graceful_shutdown(shutdown_signal())
-                .await
-        }
-    };
-    served.map_err(|e| Failure::Rejected(format!("HTTP server: {e}")))?;
+    let served = serve_http(http, app, limits, tls.as_ref(), async {
+        tracing::info!(address = %args.http, scheme, "HTTP: registration, hooks, /healthz, /metrics");
+        shutdown_signal().await;
+    });
+    served.await.map_err(|e| Failure::Rejected(e.to_string()))?;
     tracing::info!("stopped");
     Ok(())
 }
@@ -157,77 +155,13 @@ async fn shutdown_signal() {
     tracing::info!("shutting down: finishing requests in flight");
 }
 
-/// The server's TLS configuration from PEM files.
-fn tls_acceptor(cert: &Path, key: &Path) -> Result<TlsAcceptor, Failure> {
-    let open = |path: &Path| {
-        std::fs::File::open(path)
-            .map(std::io::BufReader::new)
-            .map_err(|e| Failure::Rejected(format!("{}: {e}", path.display())))
-    };
-    let chain = rustls_pemfile::certs(&mut open(cert)?)
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| Failure::Rejected(format!("{}: {e}", cert.display())))?;
-    let key = rustls_pemfile::private_key(&mut open(key)?)
-        .map_err(|e| Failure::Rejected(format!("{}: {e}", key.display())))?
-        .ok_or_else(|| Failure::Rejected(format!("{}: no private key", key.display())))?;
-    let config = rustls::ServerConfig::builder()
-        .with_no_client_auth()
-        .with_single_cert(chain, key)
-        .map_err(|e| Failure::Rejected(format!("TLS configuration: {e}")))?;
-    Ok(TlsAcceptor::from(Arc::new(config)))
-}
-
-/// HTTPS for axum: TCP connections are accepted and their handshakes run concurrently (each
-/// with a time limit), so that one slow client cannot hold up the others.
-struct TlsListener {
-    ready: mpsc::Receiver<(TlsStream<TcpStream>, SocketAddr)>,
-    local: SocketAddr,
-}
-
-impl TlsListener {
-    fn spawn(
-        listener: TcpListener,
-        acceptor: TlsAcceptor,
-        handshake_timeout: Duration,
-    ) -> Result<Self, Failure> {
-        let local = listener
-            .local_addr()
-            .map_err(|e| Failure::Rejected(format!("HTTP listener: {e}")))?;
-        let (tx, ready) = mpsc::channel(64);
-        tokio::spawn(async move {
-            loop {
-                let Ok((stream, peer)) = listener.accept().await else {
-                    continue;
-                };
-                let (acceptor, tx) = (acceptor.clone(), tx.clone());
-                tokio::spawn(async move {
-                    match tokio::time::timeout(handshake_timeout, acceptor.accept(stream)).await {
-                        Ok(Ok(tls)) => {
-                            let _ = tx.send((tls, peer)).await;
-                        }
-                        _ => tracing::debug!(%peer, "TLS handshake failed"),
-                    }
-                });
-            }
-        });
-        Ok(Self { ready, local })
-    }
-}
-
-impl axum::serve::Listener for TlsListener {
-    type Io = TlsStream<TcpStream>;
-    type Addr = SocketAddr;
-
-    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
-        match self.ready.recv().await {
-            Some(accepted) => accepted,
-            // The acceptor task never ends while the listener lives.
-            None => std::future::pending().await,
+/// The TLS settings every listener shares, from the command line.
+fn tls_files(args: &Serve) -> Option<TlsFiles> {
+    match (&args.tls_cert, &args.tls_key) {
+        (Some(cert), Some(key)) => {
+            Some(TlsFiles::new(cert, key).legacy_suites(args.tls_legacy_suites))
         }
-    }
-
-    fn local_addr(&self) -> std::io::Result<Self::Addr> {
-        Ok(self.local)
+        _ => None,
     }
 }
 
@@ -268,8 +202,8 @@ fn broker_config(args: &Serve) -> Option<BrokerConfig> {
     }
     config.keepalive_secs = args.min_keepalive_secs..=args.max_keepalive_secs;
     config.handshake_timeout = Duration::from_secs(args.handshake_timeout_secs);
-    if let (Some(cert), Some(key)) = (&args.tls_cert, &args.tls_key) {
-        config = config.tls(TlsFiles::new(cert, key));
+    if let Some(tls) = tls_files(args) {
+        config = config.tls(tls);
     }
     Some(config)
 }

@@ -1,0 +1,389 @@
+//! Listeners that real devices can reach and slow, idle or numerous clients cannot take down
+//! (feature `server`): TLS through OpenSSL with the suites Alibaba's C SDKs speak, HTTP/1.1
+//! replies spelled the way those SDKs read them, and time limits and caps on every connection.
+//!
+//! * **TLS** ([`TlsFiles`]), on every listener that has it (HTTP, and the embedded broker's
+//!   MQTT and WebSocket listeners): TLS 1.2 and 1.3 with forward-secret AEAD suites (Mozilla's
+//!   "intermediate" profile). With [`TlsFiles::legacy_suites`], also the four TLS 1.2
+//!   RSA-key-exchange AES-CBC suites, the only ones the mbedtls bundled with Link SDK 4.x and
+//!   iotkit-embedded 3.x offers (PROTOCOL.md §a.1): weaker (no forward secrecy, CBC), opt-in.
+//!   Any SNI is accepted, an IP address included (OpenSSL-based clients such as
+//!   `mosquitto_pub` send one when they connect by address).
+//! * **HTTP/1.1** ([`serve_http`]): header names in canonical Title-Case (`Content-Length`,
+//!   `Content-Type`): Link SDK 4.x finds the body length by comparing each header line with
+//!   `"Content-Length: "` byte for byte, iotkit 3.x searches for `"Content-Length"`
+//!   (PROTOCOL.md §b). Replies with a known length carry it and are never chunked.
+//! * **Limits** ([`ListenerLimits`]): a time limit on the TLS handshake, on each request head
+//!   (which also closes a keep-alive connection idle that long) and on each request body; a cap on
+//!   connections, beyond which new ones wait in the kernel's backlog (holding no file
+//!   descriptor) and the log says so at most once per [`LOG_INTERVAL`]; accept errors such as
+//!   "too many open files" retried with a back-off, logged at most once per interval.
+
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::Request;
+use axum::http::{StatusCode, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::service::TowerToHyperService;
+use openssl::error::ErrorStack;
+use openssl::pkey::Id;
+use openssl::ssl::{Ssl, SslAcceptor, SslFiletype, SslMethod};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio_openssl::SslStream;
+
+/// The TLS 1.2 suites of Mozilla's "intermediate" profile (ECDHE and DHE key exchange, AEAD).
+/// TLS 1.3 suites are OpenSSL's defaults.
+const MODERN_SUITES: &str = "ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-RSA-AES128-GCM-SHA256:\
+ECDHE-ECDSA-AES256-GCM-SHA384:ECDHE-RSA-AES256-GCM-SHA384:ECDHE-ECDSA-CHACHA20-POLY1305:\
+ECDHE-RSA-CHACHA20-POLY1305:DHE-RSA-AES128-GCM-SHA256:DHE-RSA-AES256-GCM-SHA384";
+
+/// `TLS_RSA_WITH_AES_128_CBC_SHA`, `TLS_RSA_WITH_AES_256_CBC_SHA`,
+/// `TLS_RSA_WITH_AES_128_CBC_SHA256`, `TLS_RSA_WITH_AES_256_CBC_SHA256` in OpenSSL's names:
+/// what Alibaba's C SDKs offer (PROTOCOL.md §a.1), after the modern suites.
+const LEGACY_SUITES: &str = "AES128-SHA256:AES256-SHA256:AES128-SHA:AES256-SHA";
+
+/// A request body larger than this is refused (413); registration forms and hook requests
+/// are a few hundred bytes.
+pub const MAX_REQUEST_BODY: usize = 64 * 1024;
+
+/// The most one listener logs about its connection cap or its accept errors: one line per
+/// kind per interval, so that a flood cannot inflate the log.
+pub const LOG_INTERVAL: Duration = Duration::from_secs(10);
+
+/// PEM files of a TLS listener, and which suites it offers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct TlsFiles {
+    /// The certificate chain, leaf first.
+    pub cert: PathBuf,
+    /// The private key.
+    pub key: PathBuf,
+    /// Whether the TLS 1.2 RSA-key-exchange AES-CBC suites of Alibaba's C SDKs are offered too.
+    pub legacy_suites: bool,
+}
+
+impl TlsFiles {
+    /// The certificate chain and private key, PEM files; modern suites only.
+    pub fn new(cert: impl Into<PathBuf>, key: impl Into<PathBuf>) -> Self {
+        Self {
+            cert: cert.into(),
+            key: key.into(),
+            legacy_suites: false,
+        }
+    }
+
+    /// Also offers `TLS_RSA_WITH_AES_{128,256}_CBC_SHA{,256}` in TLS 1.2: the only suites the
+    /// mbedtls bundled with Link SDK 4.x and iotkit-embedded 3.x speaks (PROTOCOL.md §a.1).
+    /// They have no forward secrecy (a stolen key decrypts recorded sessions) and use CBC;
+    /// turn them on only for such devices. They need an RSA certificate.
+    #[must_use]
+    pub fn legacy_suites(mut self, on: bool) -> Self {
+        self.legacy_suites = on;
+        self
+    }
+
+    /// Reads the files and sets up OpenSSL.
+    pub(crate) fn acceptor(&self) -> Result<TlsAcceptor, TlsError> {
+        let setup = |e: ErrorStack| TlsError::Setup(e.to_string());
+        let file = |path: &Path| {
+            let path = path.to_path_buf();
+            move |e: ErrorStack| TlsError::File {
+                path,
+                reason: e.to_string(),
+            }
+        };
+        let mut builder =
+            SslAcceptor::mozilla_intermediate_v5(SslMethod::tls_server()).map_err(setup)?;
+        let suites = if self.legacy_suites {
+            format!("{MODERN_SUITES}:{LEGACY_SUITES}")
+        } else {
+            MODERN_SUITES.to_owned()
+        };
+        builder.set_cipher_list(&suites).map_err(setup)?;
+        builder
+            .set_certificate_chain_file(&self.cert)
+            .map_err(file(&self.cert))?;
+        builder
+            .set_private_key_file(&self.key, SslFiletype::PEM)
+            .map_err(file(&self.key))?;
+        builder.check_private_key().map_err(file(&self.key))?;
+        let acceptor = builder.build();
+        let rsa = acceptor
+            .context()
+            .certificate()
+            .and_then(|cert| cert.public_key().ok())
+            .is_some_and(|key| key.id() == Id::RSA);
+        if self.legacy_suites && !rsa {
+            return Err(TlsError::LegacySuitesNeedRsa {
+                path: self.cert.clone(),
+            });
+        }
+        Ok(TlsAcceptor(acceptor))
+    }
+}
+
+/// TLS could not be set up.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum TlsError {
+    /// A PEM file is missing, unreadable, or does not hold what it should (or the key does
+    /// not match the certificate).
+    #[error("{}: {reason}", path.display())]
+    File {
+        /// The file.
+        path: PathBuf,
+        /// OpenSSL's reason (never key material).
+        reason: String,
+    },
+    /// The legacy suites use RSA key exchange, so they need an RSA certificate.
+    #[error(
+        "{}: the legacy TLS suites (RSA key exchange) need an RSA certificate",
+        path.display()
+    )]
+    LegacySuitesNeedRsa {
+        /// The certificate file.
+        path: PathBuf,
+    },
+    /// OpenSSL refused the configuration.
+    #[error("TLS set-up: {0}")]
+    Setup(String),
+}
+
+/// A TLS server configuration, ready to accept connections.
+#[derive(Clone)]
+pub(crate) struct TlsAcceptor(SslAcceptor);
+
+impl TlsAcceptor {
+    /// The server side of a TLS handshake on `stream`, within `timeout`.
+    pub(crate) async fn accept<S>(&self, stream: S, timeout: Duration) -> io::Result<SslStream<S>>
+    where
+        S: AsyncRead + AsyncWrite + Unpin,
+    {
+        let ssl = Ssl::new(self.0.context()).map_err(io::Error::other)?;
+        let mut tls = SslStream::new(ssl, stream).map_err(io::Error::other)?;
+        match tokio::time::timeout(timeout, Pin::new(&mut tls).accept()).await {
+            Ok(Ok(())) => Ok(tls),
+            Ok(Err(e)) => Err(io::Error::other(e)),
+            Err(_) => Err(io::ErrorKind::TimedOut.into()),
+        }
+    }
+}
+
+/// What every listener allows one connection and all of them together.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ListenerLimits {
+    /// The time a client has for its TLS handshake, then for each HTTP request head and for
+    /// each request body. A keep-alive connection that sends no new request head within it
+    /// is closed, so this is also the longest an HTTP connection stays idle.
+    pub handshake_timeout: Duration,
+    /// Connections one listener holds at most (handshaking, in a request, or idle). Beyond,
+    /// new connections wait in the kernel's backlog until one closes.
+    pub max_connections: usize,
+}
+
+impl Default for ListenerLimits {
+    /// 10 s handshakes, 1,024 connections.
+    fn default() -> Self {
+        Self {
+            handshake_timeout: Duration::from_secs(10),
+            max_connections: 1024,
+        }
+    }
+}
+
+/// A TCP listener that holds at most `max_connections` connections and survives accept
+/// errors.
+pub(crate) struct Gate {
+    listener: TcpListener,
+    name: &'static str,
+    slots: Arc<Semaphore>,
+    max_connections: usize,
+    full_log: LogGate,
+    error_log: LogGate,
+}
+
+/// The back-off after an accept error, doubled after each until [`MAX_ACCEPT_BACKOFF`].
+const MIN_ACCEPT_BACKOFF: Duration = Duration::from_millis(10);
+const MAX_ACCEPT_BACKOFF: Duration = Duration::from_secs(1);
+
+impl Gate {
+    pub(crate) fn new(listener: TcpListener, name: &'static str, max_connections: usize) -> Self {
+        Self {
+            listener,
+            name,
+            slots: Arc::new(Semaphore::new(max_connections)),
+            max_connections,
+            full_log: LogGate::default(),
+            error_log: LogGate::default(),
+        }
+    }
+
+    /// The next connection, and its slot (the connection counts until the slot is dropped).
+    pub(crate) async fn accept(&self) -> (TcpStream, SocketAddr, OwnedSemaphorePermit) {
+        let slot = match self.slots.clone().try_acquire_owned() {
+            Ok(slot) => slot,
+            Err(_) => {
+                if self.full_log.due() {
+                    tracing::warn!(
+                        listener = self.name,
+                        max_connections = self.max_connections,
+                        "connection limit reached: new connections wait until one closes"
+                    );
+                }
+                match self.slots.clone().acquire_owned().await {
+                    Ok(slot) => slot,
+                    // The semaphore is never closed.
+                    Err(_) => std::future::pending().await,
+                }
+            }
+        };
+        let mut backoff = MIN_ACCEPT_BACKOFF;
+        loop {
+            match self.listener.accept().await {
+                Ok((stream, peer)) => {
+                    let _ = stream.set_nodelay(true);
+                    return (stream, peer, slot);
+                }
+                // The peer gave up before the accept: nothing is wrong here.
+                Err(e) if e.kind() == io::ErrorKind::ConnectionAborted => {}
+                Err(e) => {
+                    if self.error_log.due() {
+                        tracing::error!(
+                            listener = self.name,
+                            error = %e,
+                            "cannot accept connections (retrying with a back-off)"
+                        );
+                    }
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(MAX_ACCEPT_BACKOFF);
+                }
+            }
+        }
+    }
+}
+
+/// At most one log line per [`LOG_INTERVAL`].
+#[derive(Default)]
+struct LogGate(Mutex<Option<Instant>>);
+
+impl LogGate {
+    fn due(&self) -> bool {
+        let mut last = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        let now = Instant::now();
+        if last.is_some_and(|last| now.duration_since(last) < LOG_INTERVAL) {
+            return false;
+        }
+        *last = Some(now);
+        true
+    }
+}
+
+/// Serves `app` on `listener` over HTTP/1.1, or HTTPS with `tls`, within `limits`, until
+/// `shutdown` completes; then stops accepting and gives the requests in flight
+/// `limits.handshake_timeout` to finish.
+///
+/// Replies spell header names in Title-Case, as Alibaba's C SDKs read them. A request body
+/// must arrive within `limits.handshake_timeout` of its head (else 408) and be at most
+/// [`MAX_REQUEST_BODY`] bytes (else 413); both replies close the connection.
+///
+/// # Errors
+/// [`TlsError`] when `tls` cannot be set up; nothing is served then.
+pub async fn serve_http(
+    listener: TcpListener,
+    app: Router,
+    limits: ListenerLimits,
+    tls: Option<&TlsFiles>,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), TlsError> {
+    let tls = tls.map(TlsFiles::acceptor).transpose()?;
+    let timeout = limits.handshake_timeout;
+    let app = app.layer(axum::middleware::from_fn(
+        move |request: Request, next: Next| read_body_within(timeout, request, next),
+    ));
+    let service = TowerToHyperService::new(app);
+    let mut http = hyper::server::conn::http1::Builder::new();
+    http.timer(TokioTimer::new())
+        .header_read_timeout(timeout)
+        .title_case_headers(true)
+        .keep_alive(true);
+    let gate = Gate::new(listener, "http", limits.max_connections);
+    let graceful = GracefulShutdown::new();
+    let mut shutdown = std::pin::pin!(shutdown);
+    loop {
+        let (stream, peer, slot) = tokio::select! {
+            accepted = gate.accept() => accepted,
+            () = &mut shutdown => break,
+        };
+        let (http, service, tls, watcher) = (
+            http.clone(),
+            service.clone(),
+            tls.clone(),
+            graceful.watcher(),
+        );
+        tokio::spawn(async move {
+            let _slot = slot;
+            let served = match tls {
+                Some(tls) => match tls.accept(stream, timeout).await {
+                    Ok(stream) => {
+                        let connection = http.serve_connection(TokioIo::new(stream), service);
+                        watcher.watch(connection).await
+                    }
+                    Err(e) => {
+                        tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                        return;
+                    }
+                },
+                None => {
+                    let connection = http.serve_connection(TokioIo::new(stream), service);
+                    watcher.watch(connection).await
+                }
+            };
+            if let Err(e) = served {
+                tracing::debug!(%peer, error = %e, "HTTP connection ended");
+            }
+        });
+    }
+    drop(gate);
+    if tokio::time::timeout(timeout, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!("HTTP requests still in flight at shutdown were cut off");
+    }
+    Ok(())
+}
+
+/// Reads the whole request body within `timeout` and at most [`MAX_REQUEST_BODY`] bytes, so
+/// that a client sending its body slowly holds its connection no longer than that.
+async fn read_body_within(timeout: Duration, request: Request, next: Next) -> Response {
+    let (parts, body) = request.into_parts();
+    match tokio::time::timeout(timeout, axum::body::to_bytes(body, MAX_REQUEST_BODY)).await {
+        Ok(Ok(body)) => next.run(Request::from_parts(parts, Body::from(body))).await,
+        Ok(Err(_)) => closing(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "the request body is over 64 KiB or was cut short\n",
+        ),
+        Err(_) => closing(
+            StatusCode::REQUEST_TIMEOUT,
+            "the request body did not arrive in time\n",
+        ),
+    }
+}
+
+fn closing(status: StatusCode, message: &'static str) -> Response {
+    (status, [(header::CONNECTION, "close")], message).into_response()
+}
