@@ -5,9 +5,8 @@
 #![cfg(feature = "cli")]
 
 use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
-use std::path::PathBuf;
-use std::process::{Child, Command, Output, Stdio};
+use std::net::TcpStream;
+use std::process::{Command, Output};
 use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
 
@@ -15,283 +14,13 @@ use serde_json::Value;
 
 #[path = "support/iotauth.rs"]
 mod cli_support;
+#[path = "support/serve.rs"]
+mod serve_support;
 
-use cli_support::{
-    BIN, cli, last_line_json, mosquitto_client, required_env, sign_login, spawn_subscriber,
+use cli_support::{BIN, cli, last_line_json, mosquitto_client, required_env, spawn_subscriber};
+use serve_support::{
+    Dir, Fleet, Server, free_port, http_request, mosquitto_pub, mqtt_register, self_signed, text,
 };
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-struct Dir(PathBuf);
-
-impl Dir {
-    fn new(name: &str) -> Self {
-        let dir = std::env::temp_dir().join(format!("iotauth-e2e-{name}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        Self(dir)
-    }
-}
-
-impl Drop for Dir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-/// A running `iotauth serve`.
-struct Server {
-    child: Child,
-    http: u16,
-    mqtt: u16,
-    register: u16,
-    log: PathBuf,
-}
-
-impl Server {
-    fn start(store: &str, log: PathBuf, extra: &[&str]) -> Self {
-        let (http, mqtt, register) = (free_port(), free_port(), free_port());
-        let child = Command::new(BIN)
-            .args(["--store", store, "serve"])
-            .args(["--http", &format!("127.0.0.1:{http}")])
-            .args(["--mqtt", &format!("127.0.0.1:{mqtt}")])
-            .args(["--mqtt-register", &format!("127.0.0.1:{register}")])
-            .args(extra)
-            .env("RUST_LOG", "trace")
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .spawn()
-            .expect("start iotauth serve");
-        let server = Self {
-            child,
-            http,
-            mqtt,
-            register,
-            log,
-        };
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while http_request(server.http, "GET", "/healthz", "", &[]).is_err() {
-            assert!(Instant::now() < deadline, "server did not come up");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        server
-    }
-
-    fn post(&self, path: &str, body: &str, headers: &[(&str, &str)]) -> (u16, String) {
-        http_request(self.http, "POST", path, body, headers).expect("HTTP request")
-    }
-
-    fn register(&self, form: &str) -> Value {
-        let (status, body) = self.post(
-            "/auth/register/device",
-            form,
-            &[("content-type", "application/x-www-form-urlencoded")],
-        );
-        assert_eq!(status, 200);
-        serde_json::from_str(&body).unwrap()
-    }
-
-    /// Asserts that the log contains none of `secrets`.
-    fn assert_log_clean(&self, secrets: &[String]) {
-        let log = std::fs::read_to_string(&self.log).unwrap();
-        assert!(
-            log.contains("HTTP: registration, hooks"),
-            "the log was captured: {log}"
-        );
-        for secret in secrets {
-            assert!(!log.contains(secret.as_str()), "the log contains a secret");
-        }
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// One HTTP/1.1 request with `Connection: close`; the status and body.
-fn http_request(
-    port: u16,
-    method: &str,
-    path: &str,
-    body: &str,
-    headers: &[(&str, &str)],
-) -> std::io::Result<(u16, String)> {
-    let mut stream = TcpStream::connect(("127.0.0.1", port))?;
-    stream.set_read_timeout(Some(Duration::from_secs(30)))?;
-    let mut request = format!(
-        "{method} {path} HTTP/1.1\r\nhost: 127.0.0.1\r\nconnection: close\r\ncontent-length: {}\r\n",
-        body.len()
-    );
-    for (name, value) in headers {
-        request.push_str(&format!("{name}: {value}\r\n"));
-    }
-    request.push_str("\r\n");
-    request.push_str(body);
-    stream.write_all(request.as_bytes())?;
-    let mut response = String::new();
-    stream.read_to_string(&mut response)?;
-    let status = response
-        .split(' ')
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
-    let body = response
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_owned())
-        .unwrap_or_default();
-    Ok((status, body))
-}
-
-fn text(value: &Value, field: &str) -> String {
-    value[field]
-        .as_str()
-        .unwrap_or_else(|| panic!("no {field} in {value}"))
-        .to_owned()
-}
-
-struct Fleet {
-    store: String,
-    pk: String,
-    ps: String,
-}
-
-impl Fleet {
-    fn new(store: String) -> Self {
-        let product = cli(&store, &["product", "create", "--dynamic-registration"]);
-        Self {
-            pk: text(&product, "productKey"),
-            ps: text(&product, "productSecret"),
-            store,
-        }
-    }
-
-    /// Registers a device; its secret.
-    fn device(&self, name: &str) -> String {
-        text(
-            &cli(&self.store, &["device", "register", &self.pk, name]),
-            "deviceSecret",
-        )
-    }
-
-    fn form(&self, name: &str) -> String {
-        text(
-            &cli(
-                &self.store,
-                &[
-                    "sign",
-                    "register",
-                    "--product-key",
-                    &self.pk,
-                    "--device-name",
-                    name,
-                    "--product-secret",
-                    &self.ps,
-                ],
-            ),
-            "form",
-        )
-    }
-
-    fn product_cert(&self) -> iotauth::ProductCertificate {
-        iotauth::ProductCertificate::new(
-            iotauth::ProductKey::new(&self.pk).unwrap(),
-            iotauth::ProductSecret::new(&self.ps).unwrap(),
-        )
-    }
-
-    /// A registration CONNECT (`authType=register`) as Alibaba's SDKs build it.
-    fn registration_connect(&self, name: &str) -> iotauth::ConnectCredentials {
-        let options = iotauth::RegistrationOptions {
-            kind: iotauth::ConnectKind::Register,
-            random: "Z1TcKNepl0J8PQ1",
-            sign_method: iotauth::SignMethod::HmacSha256,
-            secure_mode: iotauth::SecureMode::TLS,
-            instance_id: None,
-        };
-        let name = iotauth::DeviceName::new(name).unwrap();
-        iotauth::build_registration_connect(&self.product_cert(), name, &options).unwrap()
-    }
-
-    /// Client id, user name, password of a login.
-    fn login(&self, name: &str, secret: &str, core: &str) -> [String; 3] {
-        sign_login(&self.pk, name, secret, core)
-    }
-}
-
-/// A self-signed certificate for `localhost` and 127.0.0.1, and its key (openssl).
-fn self_signed(cert: &std::path::Path, key: &std::path::Path) {
-    let made = Command::new("openssl")
-        .args([
-            "req",
-            "-x509",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-days",
-            "1",
-            "-subj",
-            "/CN=localhost",
-        ])
-        .args(["-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"])
-        .arg("-keyout")
-        .arg(key)
-        .arg("-out")
-        .arg(cert)
-        .output()
-        .expect("openssl");
-    assert!(
-        made.status.success(),
-        "{}",
-        String::from_utf8_lossy(&made.stderr)
-    );
-}
-
-fn mosquitto_pub(port: u16, login: &[String; 3], topic: &str, message: &str) -> Output {
-    mosquitto_client("mosquitto_pub", port, login)
-        .args(["-t", topic, "-m", message])
-        .output()
-        .expect("mosquitto_pub (Debian's mosquitto-clients) must be installed")
-}
-
-/// MQTT dynamic registration with `mosquitto_sub`: it prints what arrives on `/ext/register`.
-/// With `cafile`, over TLS (to `localhost`: rustls refuses an IP address as SNI).
-fn mqtt_register(port: u16, creds: &iotauth::ConnectCredentials, cafile: Option<&str>) -> Output {
-    let mut command = Command::new("mosquitto_sub");
-    match cafile {
-        Some(cafile) => command.args(["--cafile", cafile, "-h", "localhost"]),
-        None => command.args(["-h", "127.0.0.1"]),
-    };
-    command
-        .args([
-            "-p",
-            &port.to_string(),
-            "-i",
-            creds.client_id(),
-            "-u",
-            creds.username(),
-        ])
-        .args([
-            "-P",
-            &creds.expose_password(),
-            "-t",
-            "/ext/register",
-            "-C",
-            "1",
-            "-W",
-            "10",
-        ])
-        .output()
-        .unwrap()
-}
 
 #[test]
 fn http_registration_then_login_and_delivery_through_the_embedded_broker() {
@@ -952,7 +681,7 @@ fn tls_on_http_and_the_mqtt_broker() {
         "plain HTTP is refused"
     );
 
-    // MQTT over TLS (a host name: rustls refuses an IP address as SNI, as devices never send one).
+    // MQTT over TLS, connecting by IP address: OpenSSL's clients send it as SNI.
     let [id, user, password] = fleet.login("tls-01", &secret, "tls");
     let topic = format!("/{}/tls-01/user/update", fleet.pk);
     let round_trip = Command::new("mosquitto_rr")
@@ -960,7 +689,7 @@ fn tls_on_http_and_the_mqtt_broker() {
             "--cafile",
             cert_arg,
             "-h",
-            "localhost",
+            "127.0.0.1",
             "-p",
             &server.mqtt.to_string(),
             "-i",
@@ -1349,24 +1078,8 @@ fn under_a_256_descriptor_limit_idle_connections_do_not_take_the_broker_down() {
     let dir = Dir::new("fd-limit");
     let fleet = Fleet::new(format!("sqlite://{}", dir.0.join("fleet.db").display()));
     let secret = fleet.device("meter-01");
-    let (http, mqtt) = (free_port(), free_port());
-    let log = dir.0.join("serve.log");
-    let mut child = Command::new("sh")
-        .arg("-c")
-        .arg(r#"ulimit -n 256 && exec "$0" "$@""#)
-        .arg(BIN)
-        .args(["--store", &fleet.store, "serve"])
-        .args(["--http", &format!("127.0.0.1:{http}")])
-        .args(["--mqtt", &format!("127.0.0.1:{mqtt}")])
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&log).unwrap())
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while http_request(http, "GET", "/healthz", "", &[]).is_err() {
-        assert!(Instant::now() < deadline, "server did not come up");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let server = Server::start_limited(&fleet.store, dir.0.join("serve.log"), &[], Some(256));
+    let (mqtt, log) = (server.mqtt, server.log.clone());
     let login = fleet.login("meter-01", &secret, "fd");
     let log_before = std::fs::metadata(&log).unwrap().len();
     let idle: Vec<TcpStream> = (0..300)
@@ -1383,8 +1096,6 @@ fn under_a_256_descriptor_limit_idle_connections_do_not_take_the_broker_down() {
         }
         std::thread::sleep(Duration::from_millis(500));
     }
-    let _ = child.kill();
-    let _ = child.wait();
     let grown = std::fs::metadata(&log).unwrap().len() - log_before;
     println!("log growth over 300 idle connections, held and closed: {grown} bytes");
     let text = std::fs::read_to_string(&log).unwrap();
