@@ -28,7 +28,15 @@
 //!   3.1.1 CONNECT is refused with code 3 and an MQTT 5 one is told the server's value), a
 //!   10 s limit on each TLS, WebSocket and CONNECT handshake, run off the accept loop, a cap on
 //!   sessions, client ids of at most [`MAX_CLIENT_ID_LEN`] bytes, packets of at most 256 KiB.
-//!   Accept errors (EMFILE) are retried after a 1 s pause, logged once per pause.
+//!   On a plain listener, accept errors (EMFILE) are retried after a 1 s pause, logged once per
+//!   pause; a TLS listener holds at most [`BrokerConfig::max_sessions`] connections and backs
+//!   off and logs as [`crate::listener`] says.
+//! * **TLS** ([`BrokerConfig::tls`]) is OpenSSL's, terminated in this process, which relays
+//!   the plain stream to rmqtt on a loopback port behind a PROXY protocol header (rmqtt's own
+//!   TLS is rustls, without the suites Alibaba's C SDKs need). Any local process can connect to
+//!   that port: it reaches the same authentication without TLS, may claim any source address
+//!   in the header (used in logs only), and can delay the TLS listeners' hand-over by 1 s per
+//!   silent connection.
 //! * MQTT 3.1, 3.1.1 and 5 on every listener; TCP, TLS (OpenSSL), WebSocket and WebSocket over
 //!   TLS listeners.
 //! * **Revocation on this node**: a device disabled, reset or deleted through
@@ -56,7 +64,7 @@ use rmqtt::types::{
 };
 
 pub use crate::listener::TlsFiles;
-use crate::listener::{Gate, TlsAcceptor};
+use crate::listener::{Gate, LogGate, SEND_TIMEOUT, TlsAcceptor};
 use crate::mqtt::{ConnectRequest, MAX_CLIENT_ID_LEN};
 use crate::server::{Admission, ConnectRefusal, REGISTER_TOPIC, Services};
 use crate::verified::DeviceIdentity;
@@ -365,6 +373,9 @@ fn bind(
         .reuseaddr(Some(true))
         .nodelay(true)
         .proxy_protocol(behind_tls)
+        // Only this process's relay connects there, and it sends the header at once; a local
+        // process that connects and says nothing stalls rmqtt's accept loop this long.
+        .proxy_protocol_timeout(Duration::from_secs(1))
         .allow_anonymous(!authenticated)
         .min_keepalive(*config.keepalive_secs.start())
         .max_keepalive(*config.keepalive_secs.end())
@@ -385,17 +396,20 @@ fn bind(
 /// A TLS listener in front of a plain rmqtt one on loopback (`inner`): OpenSSL terminates
 /// TLS (rmqtt's own TLS is rustls, which has none of the suites Alibaba's C SDKs offer), and
 /// the plain stream goes on behind a PROXY protocol v1 header, so that the broker sees the
-/// device's address. When either side closes, both connections end.
+/// device's address. The device's side stays bounded: its TLS handshake by
+/// `handshake_timeout`, then rmqtt's own limits on the CONNECT and the keep-alive; a write to
+/// a device that stops reading by [`SEND_TIMEOUT`]. When either side closes or stalls, both
+/// connections end.
 async fn terminate_tls(
     gate: Gate,
     tls: TlsAcceptor,
     inner: SocketAddr,
     handshake_timeout: Duration,
 ) {
-    use tokio::io::AsyncWriteExt;
+    let unreachable_log = Arc::new(LogGate::default());
     loop {
         let (stream, peer, slot) = gate.accept().await;
-        let tls = tls.clone();
+        let (tls, unreachable_log) = (tls.clone(), unreachable_log.clone());
         tokio::spawn(async move {
             let _slot = slot;
             let Ok(local) = stream.local_addr() else {
@@ -408,32 +422,44 @@ async fn terminate_tls(
                     return;
                 }
             };
-            let mut broker = match tokio::net::TcpStream::connect(inner).await {
-                Ok(broker) => broker,
-                Err(e) => {
-                    tracing::error!(%peer, error = %e, "the broker's loopback listener is unreachable");
+            let connected =
+                tokio::time::timeout(handshake_timeout, tokio::net::TcpStream::connect(inner));
+            let broker = match connected.await {
+                Ok(Ok(broker)) => broker,
+                Ok(Err(_)) | Err(_) => {
+                    if unreachable_log.due() {
+                        tracing::error!(%peer, "the broker's loopback listener is unreachable");
+                    }
                     return;
                 }
             };
-            let _ = broker.set_nodelay(true);
-            if broker
-                .write_all(proxy_header(peer, local).as_bytes())
-                .await
-                .is_err()
-            {
-                return;
-            }
-            let (mut from_device, mut to_device) = tokio::io::split(device);
-            let (mut from_broker, mut to_broker) = broker.split();
-            let closed_by_broker = tokio::select! {
-                _ = tokio::io::copy(&mut from_device, &mut to_broker) => false,
-                _ = tokio::io::copy(&mut from_broker, &mut to_device) => true,
-            };
-            if closed_by_broker {
-                // TLS close_notify, then FIN; a device that does not read is not waited for.
-                let _ = tokio::time::timeout(Duration::from_secs(1), to_device.shutdown()).await;
-            }
+            relay(device, broker, proxy_header(peer, local)).await;
         });
+    }
+}
+
+/// Copies between a device and the broker, after sending `header` to the broker, until either
+/// side closes or a write to the device stalls for [`SEND_TIMEOUT`].
+async fn relay<D>(device: D, mut broker: tokio::net::TcpStream, header: String)
+where
+    D: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send,
+{
+    use tokio::io::AsyncWriteExt;
+    let _ = broker.set_nodelay(true);
+    if broker.write_all(header.as_bytes()).await.is_err() {
+        return;
+    }
+    let mut device = tokio_io_timeout::TimeoutStream::new(device);
+    device.set_write_timeout(Some(SEND_TIMEOUT));
+    let (mut from_device, mut to_device) = tokio::io::split(Box::pin(device));
+    let (mut from_broker, mut to_broker) = broker.split();
+    let closed_by_broker = tokio::select! {
+        _ = tokio::io::copy(&mut from_device, &mut to_broker) => false,
+        copied = tokio::io::copy(&mut from_broker, &mut to_device) => copied.is_ok(),
+    };
+    if closed_by_broker {
+        // TLS close_notify, then FIN; a device that does not read is not waited for.
+        let _ = tokio::time::timeout(Duration::from_secs(1), to_device.shutdown()).await;
     }
 }
 

@@ -13,7 +13,7 @@ mod error;
 pub mod fuzzing;
 mod id;
 mod lifecycle;
-#[cfg(feature = "server")]
+#[cfg(feature = "listener")]
 pub mod listener;
 mod mqtt;
 mod policy;

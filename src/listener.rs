@@ -9,21 +9,25 @@
 //!   iotkit-embedded 3.x offers (PROTOCOL.md §a.1): weaker (no forward secrecy, CBC), opt-in.
 //!   Any SNI is accepted, an IP address included (OpenSSL-based clients such as
 //!   `mosquitto_pub` send one when they connect by address).
-//! * **HTTP/1.1** ([`serve_http`]): header names in canonical Title-Case (`Content-Length`,
+//! * **HTTP/1.1** ([`HttpListener`]): header names in canonical Title-Case (`Content-Length`,
 //!   `Content-Type`): Link SDK 4.x finds the body length by comparing each header line with
 //!   `"Content-Length: "` byte for byte, iotkit 3.x searches for `"Content-Length"`
 //!   (PROTOCOL.md §b). Replies with a known length carry it and are never chunked.
-//! * **Limits** ([`ListenerLimits`]): a time limit on the TLS handshake, on each request head
-//!   (which also closes a keep-alive connection idle that long) and on each request body; a cap on
+//! * **Limits** ([`ListenerLimits`]): a time limit on the TLS handshake, on the first request
+//!   head and on each request body; a longer one on a keep-alive connection's wait for its next
+//!   request head; a write that makes no progress for [`SEND_TIMEOUT`] closes the connection
+//!   (a client that stops reading); request heads in at most 16 KiB of buffer. A cap on
 //!   connections, beyond which new ones wait in the kernel's backlog (holding no file
 //!   descriptor) and the log says so at most once per [`LOG_INTERVAL`]; accept errors such as
 //!   "too many open files" retried with a back-off, logged at most once per interval.
+//!   Accepted sockets get TCP keep-alive, so that the kernel finds peers that vanished.
 
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -33,16 +37,21 @@ use axum::extract::Request;
 use axum::http::{StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
+use hyper::service::Service as _;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
 use openssl::error::ErrorStack;
-use openssl::pkey::Id;
-use openssl::ssl::{Ssl, SslAcceptor, SslFiletype, SslMethod};
+use openssl::pkey::{Id, PKey};
+use openssl::ssl::{Ssl, SslAcceptor, SslMethod, SslOptions};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio_io_timeout::TimeoutStream;
 use tokio_openssl::SslStream;
+use zeroize::Zeroizing;
+
+use crate::server::MAX_BODY_LEN;
 
 /// The TLS 1.2 suites of Mozilla's "intermediate" profile (ECDHE and DHE key exchange, AEAD).
 /// TLS 1.3 suites are OpenSSL's defaults.
@@ -55,9 +64,9 @@ ECDHE-RSA-CHACHA20-POLY1305:DHE-RSA-AES128-GCM-SHA256:DHE-RSA-AES256-GCM-SHA384"
 /// what Alibaba's C SDKs offer (PROTOCOL.md §a.1), after the modern suites.
 const LEGACY_SUITES: &str = "AES128-SHA256:AES256-SHA256:AES128-SHA:AES256-SHA";
 
-/// A request body larger than this is refused (413); registration forms and hook requests
-/// are a few hundred bytes.
-pub const MAX_REQUEST_BODY: usize = 64 * 1024;
+/// A write that makes no progress for this long closes the connection: a client that stops
+/// reading (a zero TCP window) cannot hold it, its buffers and its descriptor.
+pub const SEND_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// The most one listener logs about its connection cap or its accept errors: one line per
 /// kind per interval, so that a flood cannot inflate the log.
@@ -95,30 +104,38 @@ impl TlsFiles {
         self
     }
 
-    /// Reads the files and sets up OpenSSL.
+    /// Reads the files and sets up OpenSSL: TLS 1.2 and 1.3, the server's suite order, no
+    /// renegotiation (with RSA key exchange, each would cost the server an RSA decryption
+    /// before any authentication).
     pub(crate) fn acceptor(&self) -> Result<TlsAcceptor, TlsError> {
-        let setup = |e: ErrorStack| TlsError::Setup(e.to_string());
         let file = |path: &Path| {
             let path = path.to_path_buf();
-            move |e: ErrorStack| TlsError::File {
+            move |source: ErrorStack| TlsError::File {
                 path,
-                reason: e.to_string(),
+                source: source.into(),
             }
         };
-        let mut builder =
-            SslAcceptor::mozilla_intermediate_v5(SslMethod::tls_server()).map_err(setup)?;
-        let suites = if self.legacy_suites {
-            format!("{MODERN_SUITES}:{LEGACY_SUITES}")
-        } else {
-            MODERN_SUITES.to_owned()
-        };
-        builder.set_cipher_list(&suites).map_err(setup)?;
+        let mut builder = SslAcceptor::mozilla_intermediate_v5(SslMethod::tls_server())
+            .map_err(TlsError::Setup)?;
+        builder.set_options(SslOptions::NO_RENEGOTIATION | SslOptions::CIPHER_SERVER_PREFERENCE);
+        if self.legacy_suites {
+            builder
+                .set_cipher_list(&format!("{MODERN_SUITES}:{LEGACY_SUITES}"))
+                .map_err(TlsError::Setup)?;
+        }
         builder
             .set_certificate_chain_file(&self.cert)
             .map_err(file(&self.cert))?;
-        builder
-            .set_private_key_file(&self.key, SslFiletype::PEM)
-            .map_err(file(&self.key))?;
+        // Read here rather than by OpenSSL, whose default for an encrypted key is to prompt on
+        // the terminal: an encrypted key fails at once.
+        let pem = std::fs::read(&self.key)
+            .map(Zeroizing::new)
+            .map_err(|e| TlsError::File {
+                path: self.key.clone(),
+                source: e.into(),
+            })?;
+        let key = PKey::private_key_from_pem_passphrase(&pem, b"").map_err(file(&self.key))?;
+        builder.set_private_key(&key).map_err(file(&self.key))?;
         builder.check_private_key().map_err(file(&self.key))?;
         let acceptor = builder.build();
         let rsa = acceptor
@@ -139,14 +156,15 @@ impl TlsFiles {
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum TlsError {
-    /// A PEM file is missing, unreadable, or does not hold what it should (or the key does
-    /// not match the certificate).
-    #[error("{}: {reason}", path.display())]
+    /// A PEM file is missing, unreadable, encrypted, or does not hold what it should (or the
+    /// key does not match the certificate).
+    #[error("{}: {source}", path.display())]
     File {
         /// The file.
         path: PathBuf,
-        /// OpenSSL's reason (never key material).
-        reason: String,
+        /// Why (OpenSSL's or the file system's reason; never key material).
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
     },
     /// The legacy suites use RSA key exchange, so they need an RSA certificate.
     #[error(
@@ -159,7 +177,7 @@ pub enum TlsError {
     },
     /// OpenSSL refused the configuration.
     #[error("TLS set-up: {0}")]
-    Setup(String),
+    Setup(#[source] ErrorStack),
 }
 
 /// A TLS server configuration, ready to accept connections.
@@ -186,20 +204,23 @@ impl TlsAcceptor {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct ListenerLimits {
-    /// The time a client has for its TLS handshake, then for each HTTP request head and for
-    /// each request body. A keep-alive connection that sends no new request head within it
-    /// is closed, so this is also the longest an HTTP connection stays idle.
+    /// The time a client has for its TLS handshake, then for its first HTTP request head, and
+    /// for each request body once its head has arrived.
     pub handshake_timeout: Duration,
+    /// The time a keep-alive HTTP connection may wait for its next request head (idle, or
+    /// sending it): brokers' hook clients keep pooled connections this long.
+    pub idle_timeout: Duration,
     /// Connections one listener holds at most (handshaking, in a request, or idle). Beyond,
     /// new connections wait in the kernel's backlog until one closes.
     pub max_connections: usize,
 }
 
 impl Default for ListenerLimits {
-    /// 10 s handshakes, 1,024 connections.
+    /// 10 s handshakes, 60 s idle keep-alive, 1,024 connections.
     fn default() -> Self {
         Self {
             handshake_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(60),
             max_connections: 1024,
         }
     }
@@ -225,7 +246,7 @@ impl Gate {
         Self {
             listener,
             name,
-            slots: Arc::new(Semaphore::new(max_connections)),
+            slots: Arc::new(Semaphore::new(max_connections.min(Semaphore::MAX_PERMITS))),
             max_connections,
             full_log: LogGate::default(),
             error_log: LogGate::default(),
@@ -256,6 +277,7 @@ impl Gate {
             match self.listener.accept().await {
                 Ok((stream, peer)) => {
                     let _ = stream.set_nodelay(true);
+                    let _ = socket2::SockRef::from(&stream).set_keepalive(true);
                     return (stream, peer, slot);
                 }
                 // The peer gave up before the accept: nothing is wrong here.
@@ -278,10 +300,10 @@ impl Gate {
 
 /// At most one log line per [`LOG_INTERVAL`].
 #[derive(Default)]
-struct LogGate(Mutex<Option<Instant>>);
+pub(crate) struct LogGate(Mutex<Option<Instant>>);
 
 impl LogGate {
-    fn due(&self) -> bool {
+    pub(crate) fn due(&self) -> bool {
         let mut last = self.0.lock().unwrap_or_else(PoisonError::into_inner);
         let now = Instant::now();
         if last.is_some_and(|last| now.duration_since(last) < LOG_INTERVAL) {
@@ -292,96 +314,175 @@ impl LogGate {
     }
 }
 
-/// Serves `app` on `listener` over HTTP/1.1, or HTTPS with `tls`, within `limits`, until
-/// `shutdown` completes; then stops accepting and gives the requests in flight
-/// `limits.handshake_timeout` to finish.
-///
-/// Replies spell header names in Title-Case, as Alibaba's C SDKs read them. A request body
-/// must arrive within `limits.handshake_timeout` of its head (else 408) and be at most
-/// [`MAX_REQUEST_BODY`] bytes (else 413); both replies close the connection.
-///
-/// # Errors
-/// [`TlsError`] when `tls` cannot be set up; nothing is served then.
-pub async fn serve_http(
-    listener: TcpListener,
-    app: Router,
+/// An HTTP/1.1 listener (HTTPS with TLS), ready to serve a router within its limits.
+pub struct HttpListener {
+    gate: Gate,
+    tls: Option<TlsAcceptor>,
     limits: ListenerLimits,
-    tls: Option<&TlsFiles>,
-    shutdown: impl Future<Output = ()>,
-) -> Result<(), TlsError> {
-    let tls = tls.map(TlsFiles::acceptor).transpose()?;
-    let timeout = limits.handshake_timeout;
-    let app = app.layer(axum::middleware::from_fn(
-        move |request: Request, next: Next| read_body_within(timeout, request, next),
-    ));
-    let service = TowerToHyperService::new(app);
-    let mut http = hyper::server::conn::http1::Builder::new();
-    http.timer(TokioTimer::new())
-        .header_read_timeout(timeout)
-        .title_case_headers(true)
-        .keep_alive(true);
-    let gate = Gate::new(listener, "http", limits.max_connections);
-    let graceful = GracefulShutdown::new();
-    let mut shutdown = std::pin::pin!(shutdown);
-    loop {
-        let (stream, peer, slot) = tokio::select! {
-            accepted = gate.accept() => accepted,
-            () = &mut shutdown => break,
-        };
-        let (http, service, tls, watcher) = (
-            http.clone(),
-            service.clone(),
-            tls.clone(),
-            graceful.watcher(),
-        );
-        tokio::spawn(async move {
-            let _slot = slot;
-            let served = match tls {
-                Some(tls) => match tls.accept(stream, timeout).await {
-                    Ok(stream) => {
-                        let connection = http.serve_connection(TokioIo::new(stream), service);
-                        watcher.watch(connection).await
-                    }
-                    Err(e) => {
-                        tracing::debug!(%peer, error = %e, "TLS handshake failed");
-                        return;
-                    }
-                },
-                None => {
-                    let connection = http.serve_connection(TokioIo::new(stream), service);
-                    watcher.watch(connection).await
-                }
-            };
-            if let Err(e) = served {
-                tracing::debug!(%peer, error = %e, "HTTP connection ended");
-            }
-        });
-    }
-    drop(gate);
-    if tokio::time::timeout(timeout, graceful.shutdown())
-        .await
-        .is_err()
-    {
-        tracing::warn!("HTTP requests still in flight at shutdown were cut off");
-    }
-    Ok(())
 }
 
-/// Reads the whole request body within `timeout` and at most [`MAX_REQUEST_BODY`] bytes, so
-/// that a client sending its body slowly holds its connection no longer than that.
+impl std::fmt::Debug for HttpListener {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HttpListener")
+            .field("tls", &self.tls.is_some())
+            .field("limits", &self.limits)
+            .finish_non_exhaustive()
+    }
+}
+
+impl HttpListener {
+    /// Serves on `listener`, over TLS with `tls`.
+    ///
+    /// # Errors
+    /// [`TlsError`] when `tls` cannot be set up.
+    pub fn new(
+        listener: TcpListener,
+        limits: ListenerLimits,
+        tls: Option<&TlsFiles>,
+    ) -> Result<Self, TlsError> {
+        Ok(Self {
+            gate: Gate::new(listener, "http", limits.max_connections),
+            tls: tls.map(TlsFiles::acceptor).transpose()?,
+            limits,
+        })
+    }
+
+    /// Serves `app` until `shutdown` completes; then stops accepting and gives the requests in
+    /// flight `limits.handshake_timeout` to finish.
+    ///
+    /// Replies spell header names in Title-Case, as Alibaba's C SDKs read them. A request body
+    /// must arrive within `limits.handshake_timeout` of its head (else 408) and be at most
+    /// [`MAX_BODY_LEN`] bytes (else 413); both replies close the connection.
+    pub async fn serve(self, app: Router, shutdown: impl Future<Output = ()>) {
+        let Self { gate, tls, limits } = self;
+        let timeout = limits.handshake_timeout;
+        let app = app.layer(axum::middleware::from_fn(
+            move |request: Request, next: Next| read_body_within(timeout, request, next),
+        ));
+        let service = TowerToHyperService::new(app);
+        let mut http = hyper::server::conn::http1::Builder::new();
+        http.timer(TokioTimer::new())
+            .header_read_timeout(limits.idle_timeout)
+            .max_buf_size(16 * 1024)
+            .title_case_headers(true)
+            .keep_alive(true);
+        let graceful = GracefulShutdown::new();
+        let mut shutdown = std::pin::pin!(shutdown);
+        loop {
+            let (stream, peer, slot) = tokio::select! {
+                accepted = gate.accept() => accepted,
+                () = &mut shutdown => break,
+            };
+            let (http, service, tls, watcher) = (
+                http.clone(),
+                service.clone(),
+                tls.clone(),
+                graceful.watcher(),
+            );
+            tokio::spawn(async move {
+                let _slot = slot;
+                let served = match tls {
+                    Some(tls) => match tls.accept(stream, timeout).await {
+                        Ok(stream) => {
+                            serve_connection(stream, &http, service, watcher, timeout).await
+                        }
+                        Err(e) => {
+                            tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                            return;
+                        }
+                    },
+                    None => serve_connection(stream, &http, service, watcher, timeout).await,
+                };
+                if let Err(e) = served {
+                    tracing::debug!(%peer, error = %e, "HTTP connection ended");
+                }
+            });
+        }
+        drop(gate);
+        if tokio::time::timeout(timeout, graceful.shutdown())
+            .await
+            .is_err()
+        {
+            tracing::warn!("HTTP requests still in flight at shutdown were cut off");
+        }
+    }
+}
+
+type HyperService = TowerToHyperService<Router>;
+
+/// One HTTP connection: closed when its first request head has not arrived within
+/// `first_head` (later heads have the idle limit), or when a write stalls for
+/// [`SEND_TIMEOUT`].
+async fn serve_connection<S>(
+    stream: S,
+    http: &hyper::server::conn::http1::Builder,
+    service: HyperService,
+    watcher: hyper_util::server::graceful::Watcher,
+    first_head: Duration,
+) -> Result<(), String>
+where
+    S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
+{
+    let mut stream = TimeoutStream::new(stream);
+    stream.set_write_timeout(Some(SEND_TIMEOUT));
+    let started = Arc::new(AtomicBool::new(false));
+    let seen = started.clone();
+    let service = hyper::service::service_fn(move |request| {
+        seen.store(true, Ordering::Relaxed);
+        service.call(request)
+    });
+    let connection = watcher.watch(http.serve_connection(TokioIo::new(Box::pin(stream)), service));
+    let no_first_head = async {
+        tokio::time::sleep(first_head).await;
+        if started.load(Ordering::Relaxed) {
+            std::future::pending::<()>().await;
+        }
+    };
+    tokio::select! {
+        served = connection => served.map_err(|e| with_sources(&e)),
+        () = no_first_head => Err("no request head within the handshake limit".to_owned()),
+    }
+}
+
+/// Reads the whole request body within `timeout` and at most [`MAX_BODY_LEN`] bytes, so that
+/// a client sending its body slowly holds its connection no longer than that.
 async fn read_body_within(timeout: Duration, request: Request, next: Next) -> Response {
     let (parts, body) = request.into_parts();
-    match tokio::time::timeout(timeout, axum::body::to_bytes(body, MAX_REQUEST_BODY)).await {
+    match tokio::time::timeout(timeout, axum::body::to_bytes(body, MAX_BODY_LEN)).await {
         Ok(Ok(body)) => next.run(Request::from_parts(parts, Body::from(body))).await,
-        Ok(Err(_)) => closing(
+        Ok(Err(e)) if is_length_limit(&e) => closing(
             StatusCode::PAYLOAD_TOO_LARGE,
-            "the request body is over 64 KiB or was cut short\n",
+            "the request body is over 16 KiB\n",
         ),
+        Ok(Err(_)) => closing(StatusCode::BAD_REQUEST, "the request body was cut short\n"),
         Err(_) => closing(
             StatusCode::REQUEST_TIMEOUT,
             "the request body did not arrive in time\n",
         ),
     }
+}
+
+/// `error: its source: …`, for a log line.
+fn with_sources(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(error) = source {
+        text.push_str(": ");
+        text.push_str(&error.to_string());
+        source = error.source();
+    }
+    text
+}
+
+fn is_length_limit(error: &axum::Error) -> bool {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(error);
+    while let Some(error) = source {
+        if error.is::<http_body_util::LengthLimitError>() {
+            return true;
+        }
+        source = error.source();
+    }
+    false
 }
 
 fn closing(status: StatusCode, message: &'static str) -> Response {

@@ -95,19 +95,24 @@ struct Session {
     stderr: String,
 }
 
-/// `openssl s_client` to 127.0.0.1:`port` offering only the C SDKs' suites in TLS 1.2, the
-/// certificate checked against `cafile`. Without `request`, the handshake alone. With it,
-/// `request` is sent over the session and what the server sends is read until it closes or
-/// `enough` bytes came (the broker keeps a connection open after DISCONNECT until the client
-/// closes it, as MQTT allows), 20 s at most.
-fn s_client_with_c_sdk_suites(
+/// `openssl s_client` to 127.0.0.1:`port`, the certificate checked against `cafile`,
+/// offering only `suites` in TLS 1.2 when given (else its defaults). Without `request`, the
+/// handshake alone. With it, `request` is sent over the session and what the server sends is
+/// read until it closes or `enough` bytes came (the broker keeps a connection open after
+/// DISCONNECT until the client closes it, as MQTT allows), 20 s at most.
+fn s_client(
     port: u16,
     cafile: &str,
+    suites: Option<&str>,
     request: Option<&[u8]>,
     enough: usize,
 ) -> Session {
-    let mut child = Command::new("openssl")
-        .args(["s_client", "-tls1_2", "-cipher", C_SDK_SUITES])
+    let mut command = Command::new("openssl");
+    command.arg("s_client");
+    if let Some(suites) = suites {
+        command.args(["-tls1_2", "-cipher", suites]);
+    }
+    let mut child = command
         .args(["-CAfile", cafile, "-verify_return_error"])
         .args(["-connect", &format!("127.0.0.1:{port}")])
         .args(if request.is_some() {
@@ -147,6 +152,15 @@ fn s_client_with_c_sdk_suites(
     }
 }
 
+fn s_client_with_c_sdk_suites(
+    port: u16,
+    cafile: &str,
+    request: Option<&[u8]>,
+    enough: usize,
+) -> Session {
+    s_client(port, cafile, Some(C_SDK_SUITES), request, enough)
+}
+
 /// An MQTT 3.1.1 CONNECT (clean session, keep-alive 60 s) with `[client id, user name, password]`.
 fn connect_packet([id, user, password]: &[String; 3]) -> Vec<u8> {
     let mut body = vec![0x00, 0x04, b'M', b'Q', b'T', b'T', 0x04, 0xc2, 0x00, 60];
@@ -169,19 +183,17 @@ fn connect_packet([id, user, password]: &[String; 3]) -> Vec<u8> {
     packet
 }
 
-/// The suite `s_client` reported, or `None` when the handshake failed.
-fn negotiated(out: &Session) -> Option<String> {
-    let stdout = String::from_utf8_lossy(&out.stdout);
+/// The protocol version and suite `s_client` reported, or `None` when the handshake failed.
+fn negotiated(out: &Session) -> Option<(String, String)> {
     // "New, TLSv1.2, Cipher is AES256-SHA256", "New, SSLv3, Cipher is AES128-SHA" (the
-    // version that defined the suite), "New, (NONE), Cipher is (NONE)".
-    let suite = stdout
+    // version that defined the suite), "New, TLSv1.3, Cipher is TLS_AES_256_GCM_SHA384",
+    // "New, (NONE), Cipher is (NONE)".
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let (version, suite) = stdout
         .lines()
-        .filter(|line| line.starts_with("New, "))
-        .find_map(|line| {
-            line.split_once(", Cipher is ")
-                .map(|(_, suite)| suite.trim())
-        })?;
-    (suite != "(NONE)").then(|| suite.to_owned())
+        .filter_map(|line| line.strip_prefix("New, "))
+        .find_map(|line| line.split_once(", Cipher is "))?;
+    (suite.trim() != "(NONE)").then(|| (version.to_owned(), suite.trim().to_owned()))
 }
 
 #[test]
@@ -247,20 +259,42 @@ fn the_c_sdks_tls_suites_reach_every_tls_listener_with_legacy_suites_only() {
         (server, ws)
     };
 
+    // Without --tls-legacy-suites: a default client gets TLS 1.3, the C SDKs' suites nothing.
     let (modern, modern_ws) = start("modern.log", false);
-    for port in [modern.http, modern.mqtt, modern_ws] {
+    for port in [modern.http, modern.mqtt, modern.register, modern_ws] {
+        let default = s_client(port, cert, None, None, usize::MAX);
+        assert_eq!(
+            negotiated(&default).map(|(version, _)| version).as_deref(),
+            Some("TLSv1.3"),
+            "port {port}: {}",
+            default.stderr
+        );
         let out = s_client_with_c_sdk_suites(port, cert, None, usize::MAX);
-        assert_eq!(negotiated(&out), None, "port {port}: {}", out.stderr);
+        assert_eq!(negotiated(&out), None, "port {port}");
+        assert!(
+            out.stderr.contains("handshake failure"),
+            "port {port}: {}",
+            out.stderr
+        );
     }
 
+    // With it: those suites too, and still TLS 1.3 for a client that offers it.
     let (legacy, legacy_ws) = start("legacy.log", true);
     for port in [legacy.http, legacy.mqtt, legacy.register, legacy_ws] {
         let out = s_client_with_c_sdk_suites(port, cert, None, usize::MAX);
-        let suite = negotiated(&out);
+        let suite = negotiated(&out).map(|(_, suite)| suite);
         assert!(
-            suite.as_deref().is_some_and(|s| C_SDK_SUITES.contains(s)),
+            suite
+                .as_deref()
+                .is_some_and(|s| C_SDK_SUITES.split(':').any(|c| c == s)),
             "port {port}: {suite:?} {}",
             out.stderr
+        );
+        let default = s_client(port, cert, None, None, usize::MAX);
+        assert_eq!(
+            negotiated(&default).map(|(version, _)| version).as_deref(),
+            Some("TLSv1.3"),
+            "port {port}"
         );
     }
 
@@ -350,7 +384,7 @@ fn slow_and_idle_clients_are_closed_within_their_timeouts() {
     let (cert, key) = (dir.0.join("cert.pem"), dir.0.join("key.pem"));
     self_signed(&cert, &key);
     let fleet = Fleet::new(format!("sqlite://{}", dir.0.join("fleet.db").display()));
-    let timeout = ["--handshake-timeout-secs", "2"];
+    let timeout = ["--handshake-timeout-secs", "2", "--idle-timeout-secs", "4"];
     let plain = Server::start(&fleet.store, dir.0.join("plain.log"), &timeout);
     let (cert, key) = (cert.to_str().unwrap(), key.to_str().unwrap());
     let tls_args = [&timeout[..], &["--tls-cert", cert, "--tls-key", key]].concat();
@@ -383,20 +417,54 @@ fn slow_and_idle_clients_are_closed_within_their_timeouts() {
             open.push((kind, stream));
         }
     }
-    // 2 s limits: every connection must be gone well before 3 times that.
-    let limit = Duration::from_secs(6);
+    // A TLS session that completes and then says nothing: rmqtt's CONNECT limit applies.
+    let silent_tls: Vec<_> = (0..20)
+        .map(|_| {
+            Command::new("openssl")
+                .args(["s_client", "-CAfile", cert, "-connect"])
+                .arg(format!("127.0.0.1:{}", tls.mqtt))
+                .stdin(Stdio::piped())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    // 2 s limits (4 s idle): every connection must be gone well before twice that.
+    let limit = Duration::from_secs(8);
     for (kind, stream) in open {
         let (after, received) = closed_within(stream, started, limit)
             .unwrap_or_else(|| panic!("{kind}: still open after {limit:?}"));
         let reply = String::from_utf8_lossy(&received);
-        match kind {
-            "partial body" => assert!(reply.starts_with("HTTP/1.1 408"), "{kind}: {reply}"),
-            "idle keep-alive" => assert!(reply.starts_with("HTTP/1.1 200"), "{kind}: {reply}"),
-            _ => assert_eq!(reply, "", "{kind}"),
+        let (earliest, reply_starts) = match kind {
+            "partial body" => (2, "HTTP/1.1 408"),
+            // Kept open past the 2 s handshake limit: pooled hook connections live on.
+            "idle keep-alive" => (3, "HTTP/1.1 200"),
+            _ => (1, ""),
+        };
+        assert!(reply.starts_with(reply_starts), "{kind}: {reply}");
+        if reply_starts.is_empty() {
+            assert_eq!(reply, "", "{kind}");
         }
         assert!(
-            after >= Duration::from_secs(1),
-            "{kind}: closed at once ({after:?})"
+            after >= Duration::from_secs(earliest),
+            "{kind}: closed too early ({after:?})"
+        );
+    }
+    for mut client in silent_tls {
+        let ended = loop {
+            if client.try_wait().unwrap().is_some() {
+                break true;
+            }
+            if started.elapsed() > limit {
+                let _ = client.kill();
+                break false;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        assert!(
+            ended,
+            "a silent TLS session on MQTT still open after {limit:?}"
         );
     }
     // And the listeners still serve.
@@ -447,6 +515,13 @@ fn under_a_256_descriptor_limit_idle_http_connections_do_not_take_the_listeners_
         "the descriptors ran out (else this test proves nothing)"
     );
     assert!(answered.is_some(), "/healthz never answered again");
+    let lines = text.matches("cannot accept connections").count();
+    let allowed = 1 + started.elapsed().as_secs() / 10;
+    assert!(
+        (1..=allowed as usize).contains(&lines),
+        "{lines} accept-error lines in {:?}",
+        started.elapsed()
+    );
     assert_eq!(mqtt.status.code(), Some(0), "{mqtt:?}");
     assert!(grown < 1 << 20, "the log grew by {grown} bytes");
     drop(idle);
@@ -599,4 +674,33 @@ fn alibabas_node_sdks_log_in_and_register_over_tcp_and_tls() {
     }
     plain.assert_log_clean(&secrets);
     tls.assert_log_clean(&secrets);
+}
+
+#[test]
+fn an_http_client_that_stops_reading_is_closed_after_the_send_timeout() {
+    let dir = Dir::new("slow-reader");
+    let fleet = Fleet::new(format!("sqlite://{}", dir.0.join("fleet.db").display()));
+    let server = Server::start(&fleet.store, dir.0.join("serve.log"), &[]);
+    // Pipelined requests whose replies fill both sides' socket buffers; never read.
+    let mut stream = TcpStream::connect(("127.0.0.1", server.http)).unwrap();
+    let request = "GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n".repeat(20_000);
+    stream.write_all(request.as_bytes()).unwrap();
+    // The server's write stalls; after 30 s without progress it gives the connection up.
+    let started = Instant::now();
+    let mut closed = false;
+    while started.elapsed() < Duration::from_secs(60) && !closed {
+        std::thread::sleep(Duration::from_secs(1));
+        let log = std::fs::read_to_string(&server.log).unwrap();
+        closed = log
+            .lines()
+            .any(|line| line.contains("HTTP connection ended") && line.contains("timed out"));
+    }
+    println!("closed after {:?}", started.elapsed());
+    assert!(closed, "the stalled connection is still served");
+    assert!(
+        started.elapsed() >= Duration::from_secs(25),
+        "closed before the send limit: {:?}",
+        started.elapsed()
+    );
+    drop(stream);
 }

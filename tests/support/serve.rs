@@ -84,14 +84,17 @@ impl Server {
             register,
             log,
         };
-        // Over TLS, the listener being up is all a plain client can see.
+        // Every listener is up (over TLS, a TCP connection is all a plain client can see; the
+        // HTTP listener is bound before the broker's).
         let tls = extra.contains(&"--tls-cert");
-        let up = |port| match tls {
-            true => TcpStream::connect(("127.0.0.1", port)).is_ok(),
-            false => http_request(port, "GET", "/healthz", "", &[]).is_ok(),
+        let accepts = |port| TcpStream::connect(("127.0.0.1", port)).is_ok();
+        let up = || {
+            (tls && accepts(http) || http_request(http, "GET", "/healthz", "", &[]).is_ok())
+                && accepts(mqtt)
+                && accepts(register)
         };
         let deadline = Instant::now() + Duration::from_secs(30);
-        while !up(server.http) {
+        while !up() {
             assert!(Instant::now() < deadline, "server did not come up");
             std::thread::sleep(Duration::from_millis(50));
         }

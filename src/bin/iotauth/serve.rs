@@ -9,7 +9,7 @@ use std::time::Duration;
 use clap::Args;
 use iotauth::IssuancePolicy;
 use iotauth::broker::{Broker, BrokerConfig, Transport};
-use iotauth::listener::{ListenerLimits, TlsFiles, serve_http};
+use iotauth::listener::{HttpListener, ListenerLimits, TlsFiles};
 use iotauth::server::{ServerConfig, Services, router};
 use iotauth::store::Store;
 use tokio::net::TcpListener;
@@ -40,10 +40,12 @@ pub(crate) struct Serve {
     #[arg(long, default_value_t = 1200)]
     max_keepalive_secs: u16,
     /// The time a client has for its TLS handshake (HTTP and MQTT), WebSocket handshake and
-    /// MQTT CONNECT, and for each HTTP request head and body, in seconds. An HTTP keep-alive
-    /// connection idle this long is closed.
+    /// MQTT CONNECT, and for its first HTTP request head and each request body, in seconds.
     #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=600))]
     handshake_timeout_secs: u64,
+    /// The time an HTTP keep-alive connection may wait for its next request head, in seconds.
+    #[arg(long, default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    idle_timeout_secs: u64,
     /// Connections the HTTP listener holds at most; beyond, new ones wait in the kernel's
     /// backlog. (The broker's cap is its 10,000 sessions.)
     #[arg(long, default_value_t = 1024, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
@@ -113,13 +115,12 @@ pub(crate) async fn serve(store_url: &str, args: Serve) -> Result<(), Failure> {
     }
     let mut limits = ListenerLimits::default();
     limits.handshake_timeout = handshake_timeout;
+    limits.idle_timeout = Duration::from_secs(args.idle_timeout_secs);
     limits.max_connections = usize::try_from(args.max_http_connections).unwrap_or(usize::MAX);
-    let app = router(services);
-    let served = serve_http(http, app, limits, tls.as_ref(), async {
-        tracing::info!(address = %args.http, scheme, "HTTP: registration, hooks, /healthz, /metrics");
-        shutdown_signal().await;
-    });
-    served.await.map_err(|e| Failure::Rejected(e.to_string()))?;
+    let http = HttpListener::new(http, limits, tls.as_ref())
+        .map_err(|e| Failure::Rejected(e.to_string()))?;
+    tracing::info!(address = %args.http, scheme, "HTTP: registration, hooks, /healthz, /metrics");
+    http.serve(router(services), shutdown_signal()).await;
     tracing::info!("stopped");
     Ok(())
 }
