@@ -12,7 +12,9 @@ mod run_size;
 
 use std::time::Instant;
 
-use iotauth::store::{DeviceRecord, DeviceStore, MemoryStore, ProductRecord, ProductStore};
+use iotauth::store::{
+    DeviceRecord, DeviceStore, MemoryStore, PreRegistrationFree, ProductRecord, ProductStore,
+};
 use iotauth::*;
 use run_size::run_size;
 
@@ -52,6 +54,7 @@ fn main() {
                 device_secret: DeviceSecret::generate(&entropy).expect("a secret"),
                 status: DeviceStatus::NEW,
                 revision: 0,
+                client_ids: Vec::new(),
             })
             .collect();
         string_bytes = records
@@ -65,6 +68,7 @@ fn main() {
                     product_secret: ProductSecret::generate(&entropy).expect("a secret"),
                     dynamic_registration: DynamicRegistration::On,
                     name: None,
+                    pre_registration_free: PreRegistrationFree::OFF,
                 })
                 .await
                 .expect("the product");

@@ -157,3 +157,30 @@ impl ProductKey {
         InlineAscii::random_alphanumeric(entropy, Self::GENERATED_LEN).map(Self)
     }
 }
+
+identifier!(
+    /// A ClientID issued by registration without pre-registration (`regnwl`, PROTOCOL.md §c):
+    /// the client-id CORE of the device's later `connwl` logins, each paired with a
+    /// DeviceToken. Not a secret (it travels in every CONNECT); the token is.
+    ///
+    /// # Constraints
+    /// 20–32 ASCII letters or digits (Alibaba's are IotId-like); generated ones have 24.
+    IssuedClientId,
+    field = "clientId",
+    min = 20,
+    max = 32,
+    allowed = byte_set!(|b| b.is_ascii_alphanumeric())
+);
+
+impl IssuedClientId {
+    /// The length of a generated ClientID.
+    pub const GENERATED_LEN: usize = 24;
+
+    /// A fresh random ClientID of [`Self::GENERATED_LEN`] letters and digits.
+    ///
+    /// # Errors
+    /// [`EntropyError`] when the random source fails.
+    pub fn generate(entropy: &dyn Entropy) -> Result<Self, EntropyError> {
+        InlineAscii::random_alphanumeric(entropy, Self::GENERATED_LEN).map(Self)
+    }
+}

@@ -30,10 +30,10 @@ mod verified;
 pub use acl::{MAX_TOPIC_LEN, TopicRule};
 pub use cert::{DeviceCertificate, ProductCertificate};
 pub use error::ParseError;
-pub use id::{DeviceName, ProductKey};
+pub use id::{DeviceName, IssuedClientId, ProductKey};
 pub use lifecycle::{
-    DeviceState, DeviceStatus, DynamicRegistration, Event, Expected, IssuancePolicy, SecretEffect,
-    Transition, TransitionError, transition,
+    DeviceState, DeviceStatus, DynamicRegistration, Event, Expected, IssuancePolicy,
+    MAX_CLIENT_IDS, SecretEffect, Transition, TransitionError, transition,
 };
 pub use mqtt::{
     ClientId, ConnectCredentials, ConnectKind, ConnectRequest, LoginOptions, MAX_CLIENT_ID_LEN,
@@ -46,6 +46,6 @@ pub use register::{
     GENERATED_RANDOM_LEN, MAX_FORM_LEN, MAX_FORM_PAIRS, MAX_REPLY_LEN, RefusalCode, RegisterForm,
     RegisterFormBody, RegisterReply, build_register_form, registration_random,
 };
-pub use secret::{DeviceSecret, DeviceToken, ProductSecret};
+pub use secret::{DeviceSecret, DeviceToken, ProductSecret, TokenDigest};
 pub use sign::{SignContent, SignMethod, Signature, SigningKey, VerifyError, sign, verify};
 pub use verified::{DeviceIdentity, Verified};

@@ -1,14 +1,16 @@
 //! The device lifecycle: states, events, and the one transition function.
 //!
-//! | state \ event | Issue | LoginOk | Disable / Enable | Reset | Delete |
-//! |---|---|---|---|---|---|
-//! | Inactive | → Issued, deliver | → Active | flag | stays, new secret | removed |
-//! | Issued | refused (`Once`) / same secret again (`RedeliverUntilFirstLogin`) | → Active | flag | → Inactive, new secret | removed |
-//! | Active | refused | stays | flag | → Inactive, new secret | removed |
+//! | state \ event | Issue | IssueClientId | LoginOk | Disable / Enable | Reset | Delete |
+//! |---|---|---|---|---|---|---|
+//! | Inactive | → Issued, deliver | → Issued, new ClientID | → Active | flag | stays, new secret | removed |
+//! | Issued | refused (`Once`) / same secret again (`RedeliverUntilFirstLogin`) | stays, new ClientID | → Active | flag | → Inactive, new secret | removed |
+//! | Active | refused | stays, new ClientID | stays | flag | → Inactive, new secret | removed |
 //!
-//! A disabled device can neither register (Issue) nor log in (LoginOk); the product's
-//! dynamic-registration switch gates Issue and nothing else. Reset always rotates the secret,
-//! also from Inactive: a secret handed out by an operator may have leaked before first use.
+//! A disabled device can neither register (Issue, IssueClientId) nor log in (LoginOk); the
+//! product's switches gate Issue and IssueClientId and nothing else. A device holds at most
+//! [`MAX_CLIENT_IDS`] ClientIDs (PROTOCOL.md §c). Reset always rotates the secret and revokes
+//! every ClientID, also from Inactive: a secret handed out by an operator may have leaked
+//! before first use.
 
 use core::fmt;
 
@@ -76,11 +78,24 @@ pub enum DynamicRegistration {
     Off,
 }
 
+/// The most ClientIDs (with their DeviceTokens) one device holds: Alibaba's limit for
+/// registration without pre-registration.
+pub const MAX_CLIENT_IDS: usize = 5;
+
 /// What happens to a device.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Event {
     /// Dynamic registration asks for the device's secret.
     Issue(DynamicRegistration),
+    /// Registration without pre-registration (`regnwl`) asks for a new ClientID and
+    /// DeviceToken.
+    IssueClientId {
+        /// On only while the product allows both dynamic registration and registration
+        /// without pre-registration.
+        registration: DynamicRegistration,
+        /// How many ClientIDs the device holds already.
+        held: usize,
+    },
     /// The device logged in with a good signature.
     LoginOk,
     /// An operator disables the device.
@@ -98,6 +113,7 @@ impl Event {
     pub const fn name(self) -> &'static str {
         match self {
             Self::Issue(_) => "issue",
+            Self::IssueClientId { .. } => "issue-client-id",
             Self::LoginOk => "login",
             Self::Disable => "disable",
             Self::Enable => "enable",
@@ -153,8 +169,10 @@ pub enum SecretEffect {
     Deliver,
     /// It is delivered again, unchanged (policy `RedeliverUntilFirstLogin`).
     Redeliver,
-    /// It is replaced by a new one.
+    /// It is replaced by a new one, and every ClientID is revoked.
     Rotate,
+    /// It is kept; a new ClientID and DeviceToken are issued beside it.
+    AddClientId,
 }
 
 /// The outcome of an allowed event.
@@ -189,6 +207,9 @@ pub enum TransitionError {
         /// The device's state.
         got: DeviceState,
     },
+    /// The device holds [`MAX_CLIENT_IDS`] ClientIDs already.
+    #[error("issue-client-id refused: the device holds the most ClientIDs it may")]
+    TooManyClientIds,
     /// The event is the device's own (issue, login), not one an operator may apply.
     #[error("{event} is not an operator's event")]
     NotAnOperatorEvent {
@@ -248,10 +269,23 @@ pub fn transition(
         secret,
     };
     match event {
-        Event::Issue(_) | Event::LoginOk if !from.enabled => Err(TransitionError::Disabled {
-            event: event.name(),
+        Event::Issue(_) | Event::IssueClientId { .. } | Event::LoginOk if !from.enabled => {
+            Err(TransitionError::Disabled {
+                event: event.name(),
+            })
+        }
+        Event::Issue(DynamicRegistration::Off)
+        | Event::IssueClientId {
+            registration: DynamicRegistration::Off,
+            ..
+        } => Err(TransitionError::DynamicRegistrationOff),
+        Event::IssueClientId { held, .. } if held >= MAX_CLIENT_IDS => {
+            Err(TransitionError::TooManyClientIds)
+        }
+        Event::IssueClientId { .. } => Ok(match from.state {
+            Inactive => become_(Issued, SecretEffect::AddClientId),
+            Issued | Active => stay(SecretEffect::AddClientId),
         }),
-        Event::Issue(DynamicRegistration::Off) => Err(TransitionError::DynamicRegistrationOff),
         Event::Issue(DynamicRegistration::On) => match (from.state, policy) {
             (Inactive, _) => Ok(become_(Issued, SecretEffect::Deliver)),
             (Issued, IssuancePolicy::RedeliverUntilFirstLogin) => Ok(stay(SecretEffect::Redeliver)),

@@ -7,7 +7,15 @@ use crate::cert::{DeviceCertificate, ProductCertificate};
 use crate::error::ParseError;
 use crate::id::{DeviceName, ProductKey};
 use crate::policy::{Freshness, UnixMillis};
-use crate::secret::{DeviceSecret, DeviceToken, ProductSecret};
+use crate::secret::{DeviceSecret, DeviceToken, ProductSecret, TokenDigest};
+
+/// Compared with a `connwl` password whose ClientID the device does not hold, so that a
+/// refusal costs what a check does.
+static UNMATCHED_TOKEN_DIGEST: std::sync::LazyLock<TokenDigest> = std::sync::LazyLock::new(|| {
+    TokenDigest::of(
+        &DeviceToken::new("iotauth-unmatched-client-id").unwrap_or_else(|_| unreachable!()),
+    )
+});
 use crate::sign::{
     OfferedDigest, SignContent, SignMethod, Signature, SigningKey, VerifyError, sign,
     verify_offered,
@@ -686,6 +694,30 @@ impl<'a> ConnectRequest<'a> {
     ) -> Result<Verified<DeviceIdentity>, VerifyError> {
         self.expect_kind(&[ConnectKind::TokenLogin], ConnectKind::TokenLogin)?;
         if token.matches(self.password) {
+            Ok(Verified::new(self.claimed_identity()))
+        } else {
+            Err(VerifyError::BadToken)
+        }
+    }
+
+    /// Verifies a token login (`authType=connwl`) against the ClientIDs a device holds: its
+    /// client-id CORE must be one of them and its password that ClientID's token, whose
+    /// digest is compared in constant time (a digest is computed and compared also when no
+    /// ClientID matches).
+    ///
+    /// # Errors
+    /// [`VerifyError::WrongKind`] unless this is a token login; [`VerifyError::BadToken`].
+    pub fn verify_issued_token(
+        &self,
+        client_ids: &[crate::store::ClientIdRecord],
+    ) -> Result<Verified<DeviceIdentity>, VerifyError> {
+        self.expect_kind(&[ConnectKind::TokenLogin], ConnectKind::TokenLogin)?;
+        let core = self.client_id.core();
+        let held = client_ids
+            .iter()
+            .find(|held| held.client_id.as_str() == core);
+        let digest = held.map_or(*UNMATCHED_TOKEN_DIGEST, |held| held.token_digest);
+        if digest.matches(self.password) && held.is_some() {
             Ok(Verified::new(self.claimed_identity()))
         } else {
             Err(VerifyError::BadToken)

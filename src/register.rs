@@ -285,7 +285,7 @@ pub fn registration_random(entropy: &dyn Entropy) -> Result<String, EntropyError
 
 /// Why a registration was refused, with the code the reply carries.
 ///
-/// Codes 460, 6100, 6204 and 6250 are the platform's documented device-side codes; 6601–6603
+/// Codes 460, 6100, 6204 and 6250 are the platform's documented device-side codes; 6601–6605
 /// are this crate's own (the platform's are not public). Devices only test `code == 200`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[non_exhaustive]
@@ -304,13 +304,18 @@ pub enum RefusalCode {
     AlreadyIssued,
     /// 6603: the signature does not match.
     SignatureMismatch,
+    /// 6604: registration without pre-registration would create a device beyond the
+    /// product's device quota.
+    DeviceQuotaReached,
+    /// 6605: the device holds the most ClientIDs it may ([`crate::MAX_CLIENT_IDS`]).
+    TooManyClientIds,
     /// 500: the service cannot answer now (e.g. its store is down); try again later.
     Unavailable,
 }
 
 impl RefusalCode {
     /// Every code, in a fixed order.
-    pub const ALL: [Self; 8] = [
+    pub const ALL: [Self; 10] = [
         Self::InvalidRequest,
         Self::ProductNotFound,
         Self::DeviceNotFound,
@@ -318,6 +323,8 @@ impl RefusalCode {
         Self::DynamicRegistrationDisabled,
         Self::AlreadyIssued,
         Self::SignatureMismatch,
+        Self::DeviceQuotaReached,
+        Self::TooManyClientIds,
         Self::Unavailable,
     ];
 
@@ -331,6 +338,8 @@ impl RefusalCode {
             Self::DynamicRegistrationDisabled => 6601,
             Self::AlreadyIssued => 6602,
             Self::SignatureMismatch => 6603,
+            Self::DeviceQuotaReached => 6604,
+            Self::TooManyClientIds => 6605,
             Self::Unavailable => 500,
         }
     }
@@ -347,6 +356,8 @@ impl RefusalCode {
             }
             Self::AlreadyIssued => "device secret already issued",
             Self::SignatureMismatch => "signature mismatch",
+            Self::DeviceQuotaReached => "the product's device quota is reached",
+            Self::TooManyClientIds => "the device holds the most ClientIDs it may",
             Self::Unavailable => "service unavailable, try again later",
         }
     }

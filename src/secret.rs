@@ -163,3 +163,51 @@ impl DeviceToken {
         bool::from(self.0.text.as_bytes().ct_eq(offered.as_bytes()))
     }
 }
+
+/// What a store keeps of a [`DeviceToken`]: its SHA-256. A token is random (32 letters and
+/// digits, about 190 bits), so its digest cannot be reversed, and the server never needs the
+/// token back: a `connwl` password is hashed and compared with this, in constant time.
+#[derive(Clone, Copy)]
+pub struct TokenDigest([u8; 32]);
+
+impl TokenDigest {
+    /// The digest of `token`.
+    pub fn of(token: &DeviceToken) -> Self {
+        Self::of_bytes(token.expose_secret().as_bytes())
+    }
+
+    fn of_bytes(bytes: &[u8]) -> Self {
+        use sha2::Digest;
+        Self(sha2::Sha256::digest(bytes).into())
+    }
+
+    /// Whether `offered` (a `connwl` password) is the token this digest was made of, in
+    /// constant time.
+    pub fn matches(&self, offered: &str) -> bool {
+        Self::of_bytes(offered.as_bytes()).0.ct_eq(&self.0).into()
+    }
+
+    /// The digest in lowercase hex (64 characters), as stores keep it.
+    pub fn to_hex(&self) -> String {
+        hex::encode(self.0)
+    }
+
+    /// A digest from [`Self::to_hex`]'s form.
+    ///
+    /// # Errors
+    /// [`ParseError::Malformed`] unless `text` is 64 hex digits.
+    pub fn from_hex(text: &str) -> Result<Self, ParseError> {
+        let mut digest = [0u8; 32];
+        hex::decode_to_slice(text, &mut digest).map_err(|_| ParseError::Malformed {
+            field: "tokenDigest",
+            expected: "64 hex digits",
+        })?;
+        Ok(Self(digest))
+    }
+}
+
+impl fmt::Debug for TokenDigest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TokenDigest").finish_non_exhaustive()
+    }
+}

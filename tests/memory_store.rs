@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use iotauth::IssuancePolicy;
-use iotauth::store::{MemoryStore, conformance};
+use iotauth::store::{ClientIdChange, MemoryStore, conformance};
 
 fn store() -> Arc<MemoryStore> {
     Arc::new(MemoryStore::new())
@@ -54,12 +54,26 @@ mod broken {
         ) -> Result<(), StoreError> {
             self.0.set_dynamic_registration(pk, switch).await
         }
+        async fn set_pre_registration_free(
+            &self,
+            pk: &ProductKey,
+            setting: PreRegistrationFree,
+        ) -> Result<(), StoreError> {
+            self.0.set_pre_registration_free(pk, setting).await
+        }
     }
 
     #[async_trait]
     impl DeviceStore for IgnoresRevision {
         async fn insert_device(&self, d: DeviceRecord) -> Result<(), StoreError> {
             self.0.insert_device(d).await
+        }
+        async fn insert_device_within_quota(
+            &self,
+            d: DeviceRecord,
+            quota: u32,
+        ) -> Result<(), StoreError> {
+            self.0.insert_device_within_quota(d, quota).await
         }
         async fn device(
             &self,
@@ -91,6 +105,16 @@ mod broken {
                 .await
         }
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn client_id_race_catches_a_store_whose_compare_and_set_is_not_atomic() {
+    let store = Arc::new(broken::IgnoresRevision::default());
+    let race = tokio::spawn(conformance::race_client_ids(store));
+    assert!(
+        race.await.is_err(),
+        "the ClientID race must fail on a store that ignores the revision"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -155,6 +179,7 @@ async fn the_cache_serves_a_snapshot_for_its_ttl_and_writes_through_it_drop_it()
             DeviceUpdate::Set {
                 status: disabled,
                 device_secret: None,
+                client_ids: ClientIdChange::Keep,
             },
         )
         .await

@@ -2,7 +2,9 @@
 //! carries an offered value. Plus compile-time `Send`/`Sync` guarantees.
 
 use iotauth::service::{AdminError, AuthError, RegisterError};
-use iotauth::store::{DeviceRecord, ProductRecord, StoreError};
+use iotauth::store::{
+    ClientIdRecord, DeviceRecord, PreRegistrationFree, ProductRecord, StoreError,
+};
 use iotauth::*;
 
 const SECRET: &str = "TopS3cretValueThatMustNeverShow1";
@@ -79,13 +81,23 @@ fn debug_of_every_type_holding_a_secret_is_redacted() {
         device_secret: DeviceSecret::new(SECRET).unwrap(),
         status: DeviceStatus::NEW,
         revision: 0,
+        client_ids: vec![ClientIdRecord {
+            client_id: IssuedClientId::new("ABCDEFGHIJ0123456789xyz").unwrap(),
+            token_digest: TokenDigest::of(&DeviceToken::new(SECRET).unwrap()),
+        }],
     };
     assert_hidden("DeviceRecord", format!("{record:?}"));
+    let digest = record.client_ids[0].token_digest.to_hex();
+    assert!(
+        !format!("{record:?}").contains(&digest),
+        "a token digest in Debug"
+    );
     let product = ProductRecord {
         product_key: pk,
         product_secret: ProductSecret::new(SECRET).unwrap(),
         dynamic_registration: DynamicRegistration::On,
         name: None,
+        pre_registration_free: PreRegistrationFree::OFF,
     };
     assert_hidden("ProductRecord", format!("{product:?}"));
     let reply = RegisterReply::Issued {

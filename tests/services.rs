@@ -396,11 +396,21 @@ impl ProductStore for Down {
     ) -> Result<(), StoreError> {
         Err(down())
     }
+    async fn set_pre_registration_free(
+        &self,
+        _: &ProductKey,
+        _: PreRegistrationFree,
+    ) -> Result<(), StoreError> {
+        Err(down())
+    }
 }
 
 #[async_trait]
 impl DeviceStore for Down {
     async fn insert_device(&self, _: DeviceRecord) -> Result<(), StoreError> {
+        Err(down())
+    }
+    async fn insert_device_within_quota(&self, _: DeviceRecord, _: u32) -> Result<(), StoreError> {
         Err(down())
     }
     async fn device(
@@ -539,11 +549,21 @@ impl ProductStore for Stuck {
     ) -> Result<(), StoreError> {
         std::future::pending().await
     }
+    async fn set_pre_registration_free(
+        &self,
+        _: &ProductKey,
+        _: PreRegistrationFree,
+    ) -> Result<(), StoreError> {
+        std::future::pending().await
+    }
 }
 
 #[async_trait]
 impl DeviceStore for Stuck {
     async fn insert_device(&self, _: DeviceRecord) -> Result<(), StoreError> {
+        std::future::pending().await
+    }
+    async fn insert_device_within_quota(&self, _: DeviceRecord, _: u32) -> Result<(), StoreError> {
         std::future::pending().await
     }
     async fn device(

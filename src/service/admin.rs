@@ -4,7 +4,9 @@ use crate::id::{DeviceName, ProductKey};
 use crate::lifecycle::{DeviceStatus, DynamicRegistration, Event, IssuancePolicy, TransitionError};
 use crate::random::{Entropy, EntropyError, OsEntropy};
 use crate::secret::{DeviceSecret, ProductSecret};
-use crate::store::{DeviceRecord, DeviceStore, ProductRecord, ProductStore, StoreError};
+use crate::store::{
+    DeviceRecord, DeviceStore, PreRegistrationFree, ProductRecord, ProductStore, StoreError,
+};
 
 use super::{MAX_ATTEMPTS, apply_event};
 
@@ -77,6 +79,7 @@ impl<S: ProductStore + DeviceStore> Admin<S> {
                 product_secret: product_secret.clone_secret(),
                 dynamic_registration,
                 name: name.clone(),
+                pre_registration_free: PreRegistrationFree::OFF,
             };
             match self.store.insert_product(record).await {
                 Ok(()) => {
@@ -85,6 +88,7 @@ impl<S: ProductStore + DeviceStore> Admin<S> {
                         product_secret,
                         dynamic_registration,
                         name,
+                        pre_registration_free: PreRegistrationFree::OFF,
                     });
                 }
                 Err(StoreError::AlreadyExists { .. }) if attempts < MAX_ATTEMPTS => continue,
@@ -109,6 +113,22 @@ impl<S: ProductStore + DeviceStore> Admin<S> {
             .await?)
     }
 
+    /// Sets a product's registration without pre-registration: the switch (in effect only
+    /// while dynamic registration is on) and the device quota.
+    ///
+    /// # Errors
+    /// [`StoreError::NotFound`] for an unknown product; an outage.
+    pub async fn set_pre_registration_free(
+        &self,
+        product_key: &ProductKey,
+        setting: PreRegistrationFree,
+    ) -> Result<(), AdminError> {
+        Ok(self
+            .store
+            .set_pre_registration_free(product_key, setting)
+            .await?)
+    }
+
     /// Registers a device (Inactive, enabled) with a generated DeviceSecret.
     ///
     /// # Errors
@@ -127,6 +147,7 @@ impl<S: ProductStore + DeviceStore> Admin<S> {
                 device_secret: device_secret.clone_secret(),
                 status: DeviceStatus::NEW,
                 revision: 0,
+                client_ids: Vec::new(),
             })
             .await?;
         Ok(DeviceRecord {
@@ -135,6 +156,7 @@ impl<S: ProductStore + DeviceStore> Admin<S> {
             device_secret,
             status: DeviceStatus::NEW,
             revision: 0,
+            client_ids: Vec::new(),
         })
     }
 

@@ -132,7 +132,8 @@ impl<S: DeviceStore> Authenticator<S> {
         self.authenticate_request(&request).await
     }
 
-    /// Authenticates an already parsed login.
+    /// Authenticates an already parsed login: a signed one (`authType` absent), or a token
+    /// login (`authType=connwl`) with a ClientID the device holds.
     ///
     /// The signature is checked before the disabled flag, so that only a holder of the
     /// device's secret learns that the device is disabled.
@@ -144,10 +145,11 @@ impl<S: DeviceStore> Authenticator<S> {
         &self,
         request: &ConnectRequest<'_>,
     ) -> Result<Verified<DeviceIdentity>, AuthError> {
-        if request.kind() != ConnectKind::Login {
+        let kind = request.kind();
+        if !matches!(kind, ConnectKind::Login | ConnectKind::TokenLogin) {
             return Err(VerifyError::WrongKind {
                 expected: ConnectKind::Login,
-                got: request.kind(),
+                got: kind,
             }
             .into());
         }
@@ -166,9 +168,11 @@ impl<S: DeviceStore> Authenticator<S> {
             IssuancePolicy::default(),
             &OsEntropy,
             |device| {
-                request
-                    .verify_login(&device.device_secret, self.freshness, now)
-                    .map_err(AuthError::from)
+                match kind {
+                    ConnectKind::TokenLogin => request.verify_issued_token(&device.client_ids),
+                    _ => request.verify_login(&device.device_secret, self.freshness, now),
+                }
+                .map_err(AuthError::from)
             },
         )
         .await;
@@ -176,7 +180,10 @@ impl<S: DeviceStore> Authenticator<S> {
             Ok(applied) => Ok(applied.checked),
             Err(AuthError::UnknownDevice) => {
                 // Same work as for a known device, then the refusal.
-                let _ = request.verify_login(&DUMMY_DEVICE_SECRET, self.freshness, now);
+                let _ = match kind {
+                    ConnectKind::TokenLogin => request.verify_issued_token(&[]),
+                    _ => request.verify_login(&DUMMY_DEVICE_SECRET, self.freshness, now),
+                };
                 Err(AuthError::UnknownDevice)
             }
             Err(e) => Err(e),

@@ -6,15 +6,17 @@ mod registrar;
 
 pub use admin::{Admin, AdminError};
 pub use authenticator::{AuthError, Authenticator};
-pub use registrar::{IssuedSecret, RegisterError, Registrar};
+pub use registrar::{IssuedClientIdToken, IssuedSecret, RegisterError, Registrar};
 
-use crate::id::{DeviceName, ProductKey};
+use crate::id::{DeviceName, IssuedClientId, ProductKey};
 use crate::lifecycle::{
     Event, IssuancePolicy, SecretEffect, Transition, TransitionError, transition,
 };
 use crate::random::{Entropy, EntropyError};
-use crate::secret::DeviceSecret;
-use crate::store::{DeviceRecord, DeviceStore, DeviceUpdate, StoreError};
+use crate::secret::{DeviceSecret, DeviceToken, TokenDigest};
+use crate::store::{
+    ClientIdChange, ClientIdRecord, DeviceRecord, DeviceStore, DeviceUpdate, StoreError,
+};
 
 /// How often a lost compare-and-set is retried before the contention is reported.
 const MAX_ATTEMPTS: usize = 16;
@@ -25,6 +27,9 @@ pub(crate) struct Applied<T> {
     pub(crate) before: DeviceRecord,
     pub(crate) transition: Transition,
     pub(crate) checked: T,
+    /// The ClientID and DeviceToken issued ([`SecretEffect::AddClientId`]); the store keeps
+    /// only the token's digest, so this is the one copy of the token.
+    pub(crate) issued_client_id: Option<(IssuedClientId, DeviceToken)>,
 }
 
 /// Reads the device, runs `check` on it (e.g. verifies a signature against its secret),
@@ -54,7 +59,16 @@ where
             .await?
             .ok_or(StoreError::NotFound { what: "device" })?;
         let checked = check(&before)?;
+        // The ClientIDs held are the record's, as read here.
+        let event = match event {
+            Event::IssueClientId { registration, .. } => Event::IssueClientId {
+                registration,
+                held: before.client_ids.len(),
+            },
+            other => other,
+        };
         let transition = transition(before.status, event, policy)?;
+        let mut issued_client_id = None;
         let update = match (transition.to, transition.secret) {
             (None, _) => DeviceUpdate::Delete,
             (Some(status), SecretEffect::Keep | SecretEffect::Redeliver)
@@ -64,15 +78,32 @@ where
                     before,
                     transition,
                     checked,
+                    issued_client_id,
                 });
             }
             (Some(status), SecretEffect::Rotate) => DeviceUpdate::Set {
                 status,
                 device_secret: Some(DeviceSecret::generate(entropy)?),
+                client_ids: ClientIdChange::RevokeAll,
             },
+            (Some(status), SecretEffect::AddClientId) => {
+                let client_id = IssuedClientId::generate(entropy)?;
+                let token = DeviceToken::generate(entropy)?;
+                let record = ClientIdRecord {
+                    client_id,
+                    token_digest: TokenDigest::of(&token),
+                };
+                issued_client_id = Some((client_id, token));
+                DeviceUpdate::Set {
+                    status,
+                    device_secret: None,
+                    client_ids: ClientIdChange::Add(record),
+                }
+            }
             (Some(status), _) => DeviceUpdate::Set {
                 status,
                 device_secret: None,
+                client_ids: ClientIdChange::Keep,
             },
         };
         match store
@@ -84,6 +115,7 @@ where
                     before,
                     transition,
                     checked,
+                    issued_client_id,
                 });
             }
             Err(StoreError::Precondition { .. }) if attempts < MAX_ATTEMPTS => continue,

@@ -2,16 +2,17 @@ use std::fmt;
 use std::sync::LazyLock;
 
 use crate::error::ParseError;
-use crate::id::{DeviceName, ProductKey};
+use crate::id::{DeviceName, IssuedClientId, ProductKey};
 use crate::lifecycle::{
-    DynamicRegistration, Event, IssuancePolicy, SecretEffect, TransitionError, transition,
+    DeviceStatus, DynamicRegistration, Event, IssuancePolicy, SecretEffect, TransitionError,
+    transition,
 };
 use crate::mqtt::{ConnectKind, ConnectRequest};
 use crate::random::{EntropyError, OsEntropy};
 use crate::register::{RefusalCode, RegisterForm, RegisterReply};
-use crate::secret::{DeviceSecret, ProductSecret};
+use crate::secret::{DeviceSecret, DeviceToken, ProductSecret};
 use crate::sign::VerifyError;
-use crate::store::{DeviceStore, ProductStore, StoreError};
+use crate::store::{DeviceRecord, DeviceStore, PreRegistrationFree, ProductStore, StoreError};
 use crate::verified::{DeviceIdentity, Verified};
 
 use super::apply_event;
@@ -78,6 +79,53 @@ impl fmt::Debug for IssuedSecret {
     }
 }
 
+/// A ClientID and DeviceToken issued by [`Registrar::register_client_id`]: what the device
+/// is sent on `/ext/regnwl`. The token exists only here; the store keeps its digest.
+pub struct IssuedClientIdToken {
+    identity: Verified<DeviceIdentity>,
+    client_id: IssuedClientId,
+    token: DeviceToken,
+}
+
+impl IssuedClientIdToken {
+    /// The device it was issued to.
+    pub fn identity(&self) -> &Verified<DeviceIdentity> {
+        &self.identity
+    }
+
+    /// The ClientID: the client-id CORE of the device's `connwl` logins.
+    pub fn client_id(&self) -> IssuedClientId {
+        self.client_id
+    }
+
+    /// The DeviceToken: the password of the device's `connwl` logins.
+    pub fn token(&self) -> &DeviceToken {
+        &self.token
+    }
+
+    /// The `/ext/regnwl` payload, `{"productKey","deviceName","clientId","deviceToken"}`.
+    ///
+    /// **Warning:** it contains the token in clear; send it to the device alone.
+    pub fn to_ext_regnwl_payload(&self) -> String {
+        serde_json::json!({
+            "productKey": self.identity.product_key().as_str(),
+            "deviceName": self.identity.device_name().as_str(),
+            "clientId": self.client_id.as_str(),
+            "deviceToken": self.token.expose_secret(),
+        })
+        .to_string()
+    }
+}
+
+impl fmt::Debug for IssuedClientIdToken {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("IssuedClientIdToken")
+            .field("identity", &self.identity)
+            .field("client_id", &self.client_id)
+            .finish_non_exhaustive()
+    }
+}
+
 /// Why a registration was refused. Precise, for the operator's log; [`RegisterError::code`]
 /// gives the code the device is sent.
 #[derive(Debug, thiserror::Error)]
@@ -133,6 +181,8 @@ impl RegisterError {
             Self::Refused(TransitionError::DynamicRegistrationOff) => {
                 RefusalCode::DynamicRegistrationDisabled
             }
+            Self::Refused(TransitionError::TooManyClientIds) => RefusalCode::TooManyClientIds,
+            Self::Store(StoreError::QuotaReached) => RefusalCode::DeviceQuotaReached,
             Self::Refused(_) => RefusalCode::AlreadyIssued,
             Self::Store(_) | Self::Entropy(_) => RefusalCode::Unavailable,
         }
@@ -230,9 +280,10 @@ impl<S: ProductStore + DeviceStore> Registrar<S> {
     ) -> Result<Verified<DeviceIdentity>, RegisterError> {
         expect_registration(request)?;
         let (product_key, device_name) = (request.product_key(), request.device_name());
-        let (identity, switch) = self
+        let (identity, product) = self
             .verified_product(product_key, |secret| request.verify_registration(secret))
             .await?;
+        let switch = product.dynamic_registration;
         let device = self
             .store
             .device(&product_key, &device_name)
@@ -242,21 +293,98 @@ impl<S: ProductStore + DeviceStore> Registrar<S> {
         Ok(identity)
     }
 
+    /// Serves a registration without pre-registration (`authType=regnwl`, PROTOCOL.md §c):
+    /// checks as [`Registrar::register_request`] does, with the product's
+    /// [`PreRegistrationFree`] switch on too; creates the device (a fresh secret, Inactive)
+    /// when it does not exist, within the product's device quota; then issues a new ClientID
+    /// and DeviceToken by compare-and-set (at most [`crate::MAX_CLIENT_IDS`] per device, so
+    /// of racing requests no more than that win).
+    ///
+    /// # Errors
+    /// [`RegisterError`]: also for a connect of another `authType`
+    /// ([`RegisterError::Unsupported`]), a full quota ([`RefusalCode::DeviceQuotaReached`])
+    /// and a device that holds the most ClientIDs ([`RefusalCode::TooManyClientIds`]).
+    pub async fn register_client_id(
+        &self,
+        request: &ConnectRequest<'_>,
+    ) -> Result<IssuedClientIdToken, RegisterError> {
+        if request.kind() != ConnectKind::RegisterNoPreregistration {
+            return Err(RegisterError::Unsupported {
+                got: request.kind(),
+            });
+        }
+        let (product_key, device_name) = (request.product_key(), request.device_name());
+        let (identity, product) = self
+            .verified_product(product_key, |secret| request.verify_registration(secret))
+            .await?;
+        let registration = match (product.dynamic_registration, product.pre_registration_free) {
+            (DynamicRegistration::On, PreRegistrationFree { on: true, .. }) => {
+                DynamicRegistration::On
+            }
+            _ => return Err(TransitionError::DynamicRegistrationOff.into()),
+        };
+        let exists = self
+            .store
+            .device(&product_key, &device_name)
+            .await?
+            .is_some();
+        let created = if exists {
+            Ok(())
+        } else {
+            self.store
+                .insert_device_within_quota(
+                    DeviceRecord {
+                        product_key,
+                        device_name,
+                        device_secret: DeviceSecret::generate(&OsEntropy)?,
+                        status: DeviceStatus::NEW,
+                        revision: 0,
+                        client_ids: Vec::new(),
+                    },
+                    product.pre_registration_free.device_quota,
+                )
+                .await
+        };
+        match created {
+            // Registered in advance, or by a concurrent request: both are served alike.
+            Ok(()) | Err(StoreError::AlreadyExists { .. }) => {}
+            Err(e) => return Err(RegisterError::Store(e)),
+        }
+        let applied = apply_event(
+            &self.store,
+            &product_key,
+            &device_name,
+            Event::IssueClientId {
+                registration,
+                held: 0,
+            },
+            self.policy,
+            &OsEntropy,
+            |_| Ok::<(), RegisterError>(()),
+        )
+        .await?;
+        let (client_id, token) = applied
+            .issued_client_id
+            .ok_or(RegisterError::Refused(TransitionError::TooManyClientIds))?;
+        Ok(IssuedClientIdToken {
+            identity,
+            client_id,
+            token,
+        })
+    }
+
     /// Looks the product up and verifies the request against its secret (against a dummy
     /// secret when the product is unknown, so that both cost the same).
     async fn verified_product(
         &self,
         product_key: ProductKey,
         verify: impl Fn(&ProductSecret) -> Result<Verified<DeviceIdentity>, VerifyError>,
-    ) -> Result<(Verified<DeviceIdentity>, DynamicRegistration), RegisterError> {
+    ) -> Result<(Verified<DeviceIdentity>, crate::store::ProductRecord), RegisterError> {
         let Some(product) = self.store.product(&product_key).await? else {
             let _ = verify(&DUMMY_PRODUCT_SECRET);
             return Err(RegisterError::UnknownProduct);
         };
-        Ok((
-            verify(&product.product_secret)?,
-            product.dynamic_registration,
-        ))
+        Ok((verify(&product.product_secret)?, product))
     }
 
     async fn issue(
@@ -265,7 +393,8 @@ impl<S: ProductStore + DeviceStore> Registrar<S> {
         device_name: DeviceName,
         verify: impl Fn(&ProductSecret) -> Result<Verified<DeviceIdentity>, VerifyError>,
     ) -> Result<IssuedSecret, RegisterError> {
-        let (identity, switch) = self.verified_product(product_key, verify).await?;
+        let (identity, product) = self.verified_product(product_key, verify).await?;
+        let switch = product.dynamic_registration;
         let applied = apply_event(
             &self.store,
             &product_key,

@@ -7,7 +7,10 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 
-use super::{DeviceRecord, DeviceStore, DeviceUpdate, ProductRecord, ProductStore, StoreError};
+use super::{
+    DeviceRecord, DeviceStore, DeviceUpdate, PreRegistrationFree, ProductRecord, ProductStore,
+    StoreError,
+};
 use crate::id::{DeviceName, ProductKey};
 use crate::lifecycle::DynamicRegistration;
 
@@ -82,6 +85,16 @@ impl<S: ProductStore> ProductStore for CachedStore<S> {
             .set_dynamic_registration(product_key, switch)
             .await
     }
+
+    async fn set_pre_registration_free(
+        &self,
+        product_key: &ProductKey,
+        setting: PreRegistrationFree,
+    ) -> Result<(), StoreError> {
+        self.inner
+            .set_pre_registration_free(product_key, setting)
+            .await
+    }
 }
 
 #[async_trait]
@@ -89,6 +102,20 @@ impl<S: DeviceStore> DeviceStore for CachedStore<S> {
     async fn insert_device(&self, device: DeviceRecord) -> Result<(), StoreError> {
         let key = (device.product_key, device.device_name);
         let result = self.inner.insert_device(device).await;
+        self.forget(&key.0, &key.1);
+        result
+    }
+
+    async fn insert_device_within_quota(
+        &self,
+        device: DeviceRecord,
+        device_quota: u32,
+    ) -> Result<(), StoreError> {
+        let key = (device.product_key, device.device_name);
+        let result = self
+            .inner
+            .insert_device_within_quota(device, device_quota)
+            .await;
         self.forget(&key.0, &key.1);
         result
     }

@@ -18,13 +18,22 @@ use std::sync::Arc;
 
 use tokio::sync::Barrier;
 
-use super::{DeviceRecord, DeviceStore, DeviceUpdate, ProductRecord, ProductStore, StoreError};
+use super::{
+    ClientIdChange, DeviceRecord, DeviceStore, DeviceUpdate, PreRegistrationFree, ProductRecord,
+    ProductStore, StoreError,
+};
 use crate::id::{DeviceName, ProductKey};
 use crate::lifecycle::{DeviceState, DeviceStatus, DynamicRegistration, Event, IssuancePolicy};
-use crate::mqtt::{LoginOptions, build_login};
+use crate::mqtt::{
+    ConnectKind, ConnectRequest, LoginOptions, RegistrationOptions, SecureMode, build_login,
+    build_registration_connect,
+};
+use crate::register::RefusalCode;
 use crate::register::build_register_form;
 use crate::secret::{DeviceSecret, ProductSecret};
-use crate::service::{Admin, AuthError, Authenticator, RegisterError, Registrar};
+use crate::service::{
+    Admin, AuthError, Authenticator, IssuedClientIdToken, RegisterError, Registrar,
+};
 use crate::sign::SignMethod;
 use crate::{DeviceCertificate, ProductCertificate};
 
@@ -47,6 +56,8 @@ where
     reset_and_reregister_give_new_secrets(new_store()).await;
     race_issue_once(new_store(), IssuancePolicy::Once).await;
     race_issue_once(new_store(), IssuancePolicy::RedeliverUntilFirstLogin).await;
+    registration_without_pre_registration(new_store()).await;
+    race_client_ids(new_store()).await;
 }
 
 fn name(text: &str) -> DeviceName {
@@ -95,6 +106,7 @@ pub async fn products<S: ProductStore + DeviceStore>(store: S) {
             product_secret: ProductSecret::new("another-secret").unwrap(),
             dynamic_registration: DynamicRegistration::On,
             name: None,
+            pre_registration_free: PreRegistrationFree::OFF,
         })
         .await;
     assert!(matches!(
@@ -182,6 +194,7 @@ pub async fn compare_and_set<S: ProductStore + DeviceStore>(store: S) {
     let set = |status| DeviceUpdate::Set {
         status,
         device_secret: None,
+        client_ids: ClientIdChange::Keep,
     };
     store
         .compare_and_set(&pk, &dn, 0, set(issued))
@@ -209,6 +222,7 @@ pub async fn compare_and_set<S: ProductStore + DeviceStore>(store: S) {
             DeviceUpdate::Set {
                 status: DeviceStatus::NEW,
                 device_secret: Some(rotated.clone_secret()),
+                client_ids: ClientIdChange::Keep,
             },
         )
         .await
@@ -343,6 +357,7 @@ pub async fn registration_lifecycle<S: ProductStore + DeviceStore + Clone>(store
         product_key: pk,
         dynamic_registration: DynamicRegistration::On,
         name: None,
+        pre_registration_free: PreRegistrationFree::OFF,
     };
     let other = admin.register_device(pk, name("reg-dev-2")).await.unwrap();
     assert!(matches!(
@@ -538,4 +553,275 @@ where
         .unwrap()
         .unwrap();
     assert_eq!(stored.status.state, DeviceState::Issued);
+}
+
+/// A product with dynamic registration and registration without pre-registration on, and a
+/// device quota.
+async fn pre_registration_free_product<S: ProductStore + DeviceStore>(
+    store: &S,
+    device_quota: u32,
+) -> (Admin<&S>, ProductRecord) {
+    let (admin, product) = new_product(store, DynamicRegistration::On).await;
+    let setting = PreRegistrationFree {
+        on: true,
+        device_quota,
+    };
+    admin
+        .set_pre_registration_free(&product.product_key, setting)
+        .await
+        .unwrap_or_else(|e| panic!("pre-registration-free: {e}"));
+    (admin, product)
+}
+
+/// A `regnwl` CONNECT as Link SDK 4.x builds it, and the registrar's answer.
+async fn regnwl<S: ProductStore + DeviceStore>(
+    registrar: &Registrar<S>,
+    product: &ProductRecord,
+    device_name: &str,
+) -> Result<IssuedClientIdToken, RegisterError> {
+    let cert = ProductCertificate::new(product.product_key, product.product_secret.clone_secret());
+    let options = RegistrationOptions {
+        kind: ConnectKind::RegisterNoPreregistration,
+        random: "3154792371",
+        sign_method: SignMethod::HmacSha256,
+        secure_mode: SecureMode::TLS,
+        instance_id: None,
+    };
+    let connect = build_registration_connect(&cert, name(device_name), &options)
+        .unwrap_or_else(|e| panic!("regnwl connect: {e}"));
+    let password = connect.expose_password();
+    let request = ConnectRequest::parse(connect.client_id(), connect.username(), &password)
+        .unwrap_or_else(|e| panic!("regnwl parse: {e}"));
+    registrar.register_client_id(&request).await
+}
+
+/// A `connwl` login with `client_id` and `token`, as Link SDK 4.x sends it.
+async fn connwl<S: DeviceStore>(
+    store: &S,
+    product: &ProductRecord,
+    device_name: &str,
+    client_id: &str,
+    token: &str,
+) -> Result<(), AuthError> {
+    let client_id =
+        format!("{client_id}|authType=connwl,securemode=-2,_ss=1,ext=3,_v=sdk-c-4.2.0|");
+    let username = format!("{device_name}&{}", product.product_key);
+    Authenticator::new(store)
+        .authenticate(&client_id, &username, token)
+        .await
+        .map(|_| ())
+}
+
+fn refusal<T>(result: Result<T, RegisterError>) -> RefusalCode {
+    match result {
+        Ok(_) => panic!("expected a refusal"),
+        Err(e) => e.code(),
+    }
+}
+
+/// `regnwl` creates a device that was not registered, within the quota, and issues ClientIDs
+/// (at most five) whose tokens log in with `connwl` (a first login like any other); the store
+/// keeps no token; reset revokes them; the switches and disabled devices refuse.
+pub async fn registration_without_pre_registration<S: ProductStore + DeviceStore>(store: S) {
+    let (admin, product) = pre_registration_free_product(&store, 3).await;
+    let registrar = Registrar::new(&store);
+    let issued = regnwl(&registrar, &product, "nwl-dev-1")
+        .await
+        .unwrap_or_else(|e| panic!("regnwl: {e}"));
+    let token = issued.token().expose_secret().to_owned();
+    let client_id = issued.client_id();
+    assert_eq!(issued.identity().device_name().as_str(), "nwl-dev-1");
+    let payload: serde_json::Value = serde_json::from_str(&issued.to_ext_regnwl_payload()).unwrap();
+    assert_eq!(payload["clientId"], client_id.as_str());
+    assert_eq!(payload["deviceToken"], token.as_str());
+    let stored = store
+        .device(&product.product_key, &name("nwl-dev-1"))
+        .await
+        .unwrap()
+        .expect("the device was created");
+    assert_eq!(stored.status.state, DeviceState::Issued);
+    assert_eq!(stored.client_ids.len(), 1);
+    assert_eq!(stored.client_ids[0].client_id, client_id);
+    assert!(stored.client_ids[0].token_digest.matches(&token));
+    assert!(!stored.client_ids[0].token_digest.to_hex().contains(&token));
+
+    // connwl: the token logs in (Issued → Active); another token, another ClientID do not.
+    connwl(&store, &product, "nwl-dev-1", client_id.as_str(), &token)
+        .await
+        .unwrap_or_else(|e| panic!("connwl: {e}"));
+    let state = store
+        .device(&product.product_key, &name("nwl-dev-1"))
+        .await
+        .unwrap()
+        .map(|d| d.status.state);
+    assert_eq!(state, Some(DeviceState::Active));
+    let other_id = "A".repeat(24);
+    for (id, password) in [
+        (client_id.as_str(), "0".repeat(32)),
+        (other_id.as_str(), token.clone()),
+    ] {
+        assert!(matches!(
+            connwl(&store, &product, "nwl-dev-1", id, &password).await,
+            Err(AuthError::Verify(_))
+        ));
+    }
+
+    // Up to five ClientIDs per device; the sixth is refused. Each one's token logs in.
+    let mut tokens = vec![(client_id, token)];
+    for _ in 1..crate::MAX_CLIENT_IDS {
+        let more = regnwl(&registrar, &product, "nwl-dev-1").await.unwrap();
+        tokens.push((more.client_id(), more.token().expose_secret().to_owned()));
+    }
+    assert_eq!(
+        refusal(regnwl(&registrar, &product, "nwl-dev-1").await),
+        RefusalCode::TooManyClientIds
+    );
+    for (id, token) in &tokens {
+        connwl(&store, &product, "nwl-dev-1", id.as_str(), token)
+            .await
+            .unwrap_or_else(|e| panic!("connwl with each ClientID: {e}"));
+    }
+
+    // A device registered in advance may use regnwl too; the quota (3) counts every device.
+    admin
+        .register_device(product.product_key, name("nwl-dev-2"))
+        .await
+        .unwrap();
+    regnwl(&registrar, &product, "nwl-dev-2").await.unwrap();
+    regnwl(&registrar, &product, "nwl-dev-3").await.unwrap();
+    assert_eq!(
+        refusal(regnwl(&registrar, &product, "nwl-dev-4").await),
+        RefusalCode::DeviceQuotaReached
+    );
+    assert!(
+        store
+            .device(&product.product_key, &name("nwl-dev-4"))
+            .await
+            .unwrap()
+            .is_none()
+    );
+
+    // Reset revokes every ClientID; disable refuses connwl and regnwl.
+    admin
+        .apply(&product.product_key, &name("nwl-dev-1"), Event::Reset)
+        .await
+        .unwrap();
+    for (id, token) in &tokens {
+        assert!(
+            connwl(&store, &product, "nwl-dev-1", id.as_str(), token)
+                .await
+                .is_err()
+        );
+    }
+    let fresh = regnwl(&registrar, &product, "nwl-dev-1").await.unwrap();
+    admin
+        .apply(&product.product_key, &name("nwl-dev-1"), Event::Disable)
+        .await
+        .unwrap();
+    assert!(matches!(
+        connwl(
+            &store,
+            &product,
+            "nwl-dev-1",
+            fresh.client_id().as_str(),
+            fresh.token().expose_secret()
+        )
+        .await,
+        Err(AuthError::Disabled)
+    ));
+    assert_eq!(
+        refusal(regnwl(&registrar, &product, "nwl-dev-1").await),
+        RefusalCode::DeviceDisabled
+    );
+
+    // Without the pre-registration-free switch, or with dynamic registration off: refused,
+    // and no device is created.
+    let (admin, plain) = new_product(&store, DynamicRegistration::On).await;
+    assert_eq!(
+        refusal(regnwl(&registrar, &plain, "nwl-dev-5").await),
+        RefusalCode::DynamicRegistrationDisabled
+    );
+    let (_, off) = pre_registration_free_product(&store, 10).await;
+    admin
+        .set_dynamic_registration(&off.product_key, DynamicRegistration::Off)
+        .await
+        .unwrap();
+    assert_eq!(
+        refusal(regnwl(&registrar, &off, "nwl-dev-5").await),
+        RefusalCode::DynamicRegistrationDisabled
+    );
+    for product in [&plain, &off] {
+        assert!(
+            store
+                .devices(&product.product_key)
+                .await
+                .unwrap()
+                .is_empty()
+        );
+    }
+}
+
+/// [`RACERS`] concurrent `regnwl` for one device that does not exist yet: one device is
+/// created, at most five ClientIDs are issued, every issued token logs in and is stored (none
+/// lost), and after a reset none does.
+pub async fn race_client_ids<S: ProductStore + DeviceStore + Clone + 'static>(store: S) {
+    let (admin, product) = pre_registration_free_product(&store, 10).await;
+    let product = Arc::new(product);
+    let barrier = Arc::new(Barrier::new(RACERS));
+    let racers: Vec<_> = (0..RACERS)
+        .map(|_| {
+            let (store, product, barrier) = (store.clone(), product.clone(), barrier.clone());
+            tokio::spawn(async move {
+                let registrar = Registrar::new(store);
+                barrier.wait().await;
+                regnwl(&registrar, &product, "nwl-race")
+                    .await
+                    .map(|issued| {
+                        (
+                            issued.client_id(),
+                            issued.token().expose_secret().to_owned(),
+                        )
+                    })
+            })
+        })
+        .collect();
+    let mut issued = Vec::new();
+    for racer in racers {
+        match racer.await.expect("racer task panicked") {
+            Ok(token) => issued.push(token),
+            Err(
+                RegisterError::Refused(_) | RegisterError::Store(StoreError::Precondition { .. }),
+            ) => {}
+            Err(other) => panic!("unexpected refusal in the race: {other}"),
+        }
+    }
+    println!("ClientID race: {RACERS} racers, {} issued", issued.len());
+    assert!(
+        (1..=crate::MAX_CLIENT_IDS).contains(&issued.len()),
+        "{} ClientIDs issued",
+        issued.len()
+    );
+    let stored = store
+        .device(&product.product_key, &name("nwl-race"))
+        .await
+        .unwrap()
+        .expect("one device created");
+    assert_eq!(stored.client_ids.len(), issued.len(), "no token lost");
+    assert_eq!(store.devices(&product.product_key).await.unwrap().len(), 1);
+    for (id, token) in &issued {
+        connwl(&store, &product, "nwl-race", id.as_str(), token)
+            .await
+            .unwrap_or_else(|e| panic!("an issued token logs in: {e}"));
+    }
+    admin
+        .apply(&product.product_key, &name("nwl-race"), Event::Reset)
+        .await
+        .unwrap();
+    for (id, token) in &issued {
+        assert!(
+            connwl(&store, &product, "nwl-race", id.as_str(), token)
+                .await
+                .is_err()
+        );
+    }
 }

@@ -6,7 +6,10 @@ use std::sync::{PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use async_trait::async_trait;
 
-use super::{DeviceRecord, DeviceStore, DeviceUpdate, ProductRecord, ProductStore, StoreError};
+use super::{
+    ClientIdChange, ClientIdRecord, DeviceRecord, DeviceStore, DeviceUpdate, PreRegistrationFree,
+    ProductRecord, ProductStore, StoreError,
+};
 use crate::id::{DeviceName, ProductKey};
 use crate::lifecycle::{DeviceStatus, DynamicRegistration};
 use crate::secret::DeviceSecret;
@@ -27,6 +30,7 @@ use crate::secret::DeviceSecret;
 ///     product_secret: ProductSecret::new("Yr0iF3HIgNkwiaPj")?,
 ///     dynamic_registration: DynamicRegistration::On,
 ///     name: None,
+///     pre_registration_free: PreRegistrationFree::OFF,
 /// }).await?;
 /// assert!(store.product(&pk).await?.is_some());
 /// # Ok::<(), Box<dyn std::error::Error>>(())
@@ -52,6 +56,7 @@ struct StoredDevice {
     device_secret: DeviceSecret,
     status: DeviceStatus,
     revision: u64,
+    client_ids: Vec<ClientIdRecord>,
 }
 
 impl StoredDevice {
@@ -62,6 +67,7 @@ impl StoredDevice {
             device_secret: self.device_secret.clone_secret(),
             status: self.status,
             revision: self.revision,
+            client_ids: self.client_ids.clone(),
         }
     }
 }
@@ -80,6 +86,36 @@ impl MemoryStore {
 
     fn write(&self) -> RwLockWriteGuard<'_, Maps> {
         self.inner.write().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+impl Maps {
+    /// Inserts `device`, within `device_quota` devices of its product when given.
+    fn insert_device(
+        &mut self,
+        device: DeviceRecord,
+        device_quota: Option<u32>,
+    ) -> Result<(), StoreError> {
+        if !self.products.contains_key(&device.product_key) {
+            return Err(StoreError::NotFound { what: "product" });
+        }
+        let devices = self.devices.entry(device.product_key).or_default();
+        if devices.contains_key(&device.device_name) {
+            return Err(StoreError::AlreadyExists { what: "device" });
+        }
+        if device_quota.is_some_and(|quota| devices.len() >= quota as usize) {
+            return Err(StoreError::QuotaReached);
+        }
+        devices.insert(
+            device.device_name,
+            StoredDevice {
+                device_secret: device.device_secret,
+                status: device.status,
+                revision: device.revision,
+                client_ids: device.client_ids,
+            },
+        );
+        Ok(())
     }
 }
 
@@ -124,28 +160,34 @@ impl ProductStore for MemoryStore {
         product.dynamic_registration = switch;
         Ok(())
     }
+
+    async fn set_pre_registration_free(
+        &self,
+        product_key: &ProductKey,
+        setting: PreRegistrationFree,
+    ) -> Result<(), StoreError> {
+        let mut maps = self.write();
+        let product = maps
+            .products
+            .get_mut(product_key)
+            .ok_or(StoreError::NotFound { what: "product" })?;
+        product.pre_registration_free = setting;
+        Ok(())
+    }
 }
 
 #[async_trait]
 impl DeviceStore for MemoryStore {
     async fn insert_device(&self, device: DeviceRecord) -> Result<(), StoreError> {
-        let mut maps = self.write();
-        if !maps.products.contains_key(&device.product_key) {
-            return Err(StoreError::NotFound { what: "product" });
-        }
-        let devices = maps.devices.entry(device.product_key).or_default();
-        if devices.contains_key(&device.device_name) {
-            return Err(StoreError::AlreadyExists { what: "device" });
-        }
-        devices.insert(
-            device.device_name,
-            StoredDevice {
-                device_secret: device.device_secret,
-                status: device.status,
-                revision: device.revision,
-            },
-        );
-        Ok(())
+        self.write().insert_device(device, None)
+    }
+
+    async fn insert_device_within_quota(
+        &self,
+        device: DeviceRecord,
+        device_quota: u32,
+    ) -> Result<(), StoreError> {
+        self.write().insert_device(device, Some(device_quota))
     }
 
     async fn device(
@@ -198,10 +240,16 @@ impl DeviceStore for MemoryStore {
             DeviceUpdate::Set {
                 status,
                 device_secret,
+                client_ids,
             } => {
                 device.status = status;
                 if let Some(secret) = device_secret {
                     device.device_secret = secret;
+                }
+                match client_ids {
+                    ClientIdChange::Keep => {}
+                    ClientIdChange::Add(record) => device.client_ids.push(record),
+                    ClientIdChange::RevokeAll => device.client_ids.clear(),
                 }
                 device.revision = device.revision.wrapping_add(1);
             }

@@ -14,9 +14,9 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 
-use crate::id::{DeviceName, ProductKey};
+use crate::id::{DeviceName, IssuedClientId, ProductKey};
 use crate::lifecycle::{DeviceStatus, DynamicRegistration};
-use crate::secret::{DeviceSecret, ProductSecret};
+use crate::secret::{DeviceSecret, ProductSecret, TokenDigest};
 
 mod cache;
 #[cfg(feature = "conformance")]
@@ -42,6 +42,39 @@ pub struct ProductRecord {
     pub dynamic_registration: DynamicRegistration,
     /// An operator's label (see [`crate::service::Admin::create_product`] for its rules).
     pub name: Option<String>,
+    /// Registration without pre-registration (`regnwl`).
+    pub pre_registration_free: PreRegistrationFree,
+}
+
+/// A product's settings for registration without pre-registration (`regnwl`, PROTOCOL.md §c):
+/// devices that are not registered in advance are created by their first registration.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct PreRegistrationFree {
+    /// Whether the product allows it; in effect only while dynamic registration is on.
+    pub on: bool,
+    /// The most devices the product may have for a `regnwl` to create another: a leaked
+    /// ProductSecret cannot create devices without bound.
+    pub device_quota: u32,
+}
+
+impl PreRegistrationFree {
+    /// A product's default quota.
+    pub const DEFAULT_DEVICE_QUOTA: u32 = 10_000;
+
+    /// Off, with the default quota: a new product's setting.
+    pub const OFF: Self = Self {
+        on: false,
+        device_quota: Self::DEFAULT_DEVICE_QUOTA,
+    };
+}
+
+/// A ClientID a device holds, and the digest of its DeviceToken.
+#[derive(Debug, Clone, Copy)]
+pub struct ClientIdRecord {
+    /// The ClientID (the client-id CORE of `connwl` logins).
+    pub client_id: IssuedClientId,
+    /// The SHA-256 of its token.
+    pub token_digest: TokenDigest,
 }
 
 impl ProductRecord {
@@ -52,6 +85,7 @@ impl ProductRecord {
             product_secret: self.product_secret.clone_secret(),
             dynamic_registration: self.dynamic_registration,
             name: self.name.clone(),
+            pre_registration_free: self.pre_registration_free,
         }
     }
 }
@@ -69,6 +103,9 @@ pub struct DeviceRecord {
     pub status: DeviceStatus,
     /// Incremented by every successful [`DeviceStore::compare_and_set`]; 0 on insertion.
     pub revision: u64,
+    /// The ClientIDs issued by registration without pre-registration, oldest first; at most
+    /// [`crate::MAX_CLIENT_IDS`].
+    pub client_ids: Vec<ClientIdRecord>,
 }
 
 impl DeviceRecord {
@@ -80,6 +117,7 @@ impl DeviceRecord {
             device_secret: self.device_secret.clone_secret(),
             status: self.status,
             revision: self.revision,
+            client_ids: self.client_ids.clone(),
         }
     }
 }
@@ -93,9 +131,22 @@ pub enum DeviceUpdate {
         status: DeviceStatus,
         /// The new secret (on reset), or `None` to keep the current one.
         device_secret: Option<DeviceSecret>,
+        /// What happens to the device's ClientIDs.
+        client_ids: ClientIdChange,
     },
     /// Remove the device.
     Delete,
+}
+
+/// A change to a device's ClientIDs.
+#[derive(Debug, Clone, Copy)]
+pub enum ClientIdChange {
+    /// They stay as they are.
+    Keep,
+    /// One more is added after them.
+    Add(ClientIdRecord),
+    /// All are revoked (on reset).
+    RevokeAll,
 }
 
 /// Why a store operation failed. The source of an outage is kept, never flattened to a string.
@@ -114,6 +165,10 @@ pub enum StoreError {
         /// `"product"` or `"device"`.
         what: &'static str,
     },
+    /// The product has as many devices as its quota allows
+    /// ([`PreRegistrationFree::device_quota`]).
+    #[error("the product's device quota is reached")]
+    QuotaReached,
     /// The record changed since it was read (a compare-and-set lost).
     #[error("{what} was changed concurrently")]
     Precondition {
@@ -168,6 +223,16 @@ pub trait ProductStore: Send + Sync {
         product_key: &ProductKey,
         switch: DynamicRegistration,
     ) -> Result<(), StoreError>;
+
+    /// Sets registration without pre-registration (switch and quota).
+    ///
+    /// # Errors
+    /// [`StoreError::NotFound`]; [`StoreError::Unavailable`].
+    async fn set_pre_registration_free(
+        &self,
+        product_key: &ProductKey,
+        setting: PreRegistrationFree,
+    ) -> Result<(), StoreError>;
 }
 
 /// Devices.
@@ -180,6 +245,18 @@ pub trait DeviceStore: Send + Sync {
     /// [`StoreError::AlreadyExists`] when the name is taken in the product;
     /// [`StoreError::Unavailable`].
     async fn insert_device(&self, device: DeviceRecord) -> Result<(), StoreError>;
+
+    /// Inserts a new device unless its product has `device_quota` devices or more already;
+    /// atomically: of concurrent calls, no more succeed than the quota leaves room for.
+    ///
+    /// # Errors
+    /// [`StoreError::AlreadyExists`] when the name is taken (also at the quota);
+    /// [`StoreError::QuotaReached`]; otherwise as [`DeviceStore::insert_device`].
+    async fn insert_device_within_quota(
+        &self,
+        device: DeviceRecord,
+        device_quota: u32,
+    ) -> Result<(), StoreError>;
 
     /// The device, if any, read as one consistent snapshot.
     ///
@@ -264,12 +341,26 @@ macro_rules! forward_store {
             ) -> Result<(), StoreError> {
                 (**self).set_dynamic_registration(product_key, switch).await
             }
+            async fn set_pre_registration_free(
+                &self,
+                product_key: &ProductKey,
+                setting: PreRegistrationFree,
+            ) -> Result<(), StoreError> {
+                (**self).set_pre_registration_free(product_key, setting).await
+            }
         }
 
         #[async_trait]
         impl<T: DeviceStore + ?Sized> DeviceStore for $pointer {
             async fn insert_device(&self, device: DeviceRecord) -> Result<(), StoreError> {
                 (**self).insert_device(device).await
+            }
+            async fn insert_device_within_quota(
+                &self,
+                device: DeviceRecord,
+                device_quota: u32,
+            ) -> Result<(), StoreError> {
+                (**self).insert_device_within_quota(device, device_quota).await
             }
             async fn device(
                 &self,

@@ -8,7 +8,9 @@
 //!     product_key TEXT PRIMARY KEY,
 //!     product_secret TEXT NOT NULL,
 //!     dynamic_registration BIGINT NOT NULL,           -- 0 off, 1 on
-//!     name TEXT);
+//!     name TEXT,
+//!     pre_registration_free BIGINT NOT NULL DEFAULT 0, -- 0 off, 1 on (version 2)
+//!     device_quota BIGINT NOT NULL DEFAULT 10000);     -- (version 2)
 //! CREATE TABLE iotauth_devices (
 //!     product_key TEXT NOT NULL REFERENCES iotauth_products (product_key),
 //!     device_name TEXT NOT NULL,
@@ -16,7 +18,13 @@
 //!     state TEXT NOT NULL CHECK (state IN ('inactive', 'issued', 'active')),
 //!     enabled BIGINT NOT NULL,                        -- 0 disabled, 1 enabled
 //!     revision BIGINT NOT NULL,
+//!     client_ids TEXT NOT NULL DEFAULT '',            -- (version 2) see below
 //!     PRIMARY KEY (product_key, device_name));
+//! ```
+//! `client_ids` lists a device's ClientIDs and the SHA-256 of each one's DeviceToken as
+//! `CLIENTID:HEXDIGEST` separated by commas, oldest first (at most five): in the device's row,
+//! so that compare-and-set changes them atomically with the rest. No token is stored.
+//! ```text
 //! ```
 //! Only `TEXT` and `BIGINT` columns, which both databases and the `Any` driver map alike.
 //! Migrations are embedded and applied on [`SqlStore::connect`] (and by [`SqlStore::migrate`]);
@@ -34,21 +42,25 @@ use async_trait::async_trait;
 use sqlx::any::{AnyConnectOptions, AnyPoolOptions, AnyRow};
 use sqlx::{AnyPool, Executor, Row};
 
-use super::{DeviceRecord, DeviceStore, DeviceUpdate, ProductRecord, ProductStore, StoreError};
-use crate::id::{DeviceName, ProductKey};
-use crate::lifecycle::{DeviceState, DeviceStatus, DynamicRegistration};
-use crate::secret::{DeviceSecret, ProductSecret};
+use super::{
+    ClientIdChange, ClientIdRecord, DeviceRecord, DeviceStore, DeviceUpdate, PreRegistrationFree,
+    ProductRecord, ProductStore, StoreError,
+};
+use crate::id::{DeviceName, IssuedClientId, ProductKey};
+use crate::lifecycle::{DeviceState, DeviceStatus, DynamicRegistration, MAX_CLIENT_IDS};
+use crate::secret::{DeviceSecret, ProductSecret, TokenDigest};
 
 /// Schema versions, applied in order, each once.
-const MIGRATIONS: &[(i64, &[&str])] = &[(
-    1,
-    &[
-        "CREATE TABLE IF NOT EXISTS iotauth_products (
+const MIGRATIONS: &[(i64, &[&str])] = &[
+    (
+        1,
+        &[
+            "CREATE TABLE IF NOT EXISTS iotauth_products (
             product_key TEXT PRIMARY KEY,
             product_secret TEXT NOT NULL,
             dynamic_registration BIGINT NOT NULL,
             name TEXT)",
-        "CREATE TABLE IF NOT EXISTS iotauth_devices (
+            "CREATE TABLE IF NOT EXISTS iotauth_devices (
             product_key TEXT NOT NULL REFERENCES iotauth_products (product_key),
             device_name TEXT NOT NULL,
             device_secret TEXT NOT NULL,
@@ -56,8 +68,17 @@ const MIGRATIONS: &[(i64, &[&str])] = &[(
             enabled BIGINT NOT NULL,
             revision BIGINT NOT NULL,
             PRIMARY KEY (product_key, device_name))",
-    ],
-)];
+        ],
+    ),
+    (
+        2,
+        &[
+            "ALTER TABLE iotauth_products ADD COLUMN pre_registration_free BIGINT NOT NULL DEFAULT 0",
+            "ALTER TABLE iotauth_products ADD COLUMN device_quota BIGINT NOT NULL DEFAULT 10000",
+            "ALTER TABLE iotauth_devices ADD COLUMN client_ids TEXT NOT NULL DEFAULT ''",
+        ],
+    ),
+];
 
 const SQLITE_PRAGMAS: &str = "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; \
      PRAGMA foreign_keys = ON; PRAGMA busy_timeout = 10000;";
@@ -213,7 +234,48 @@ fn product_from_row(row: &AnyRow) -> Result<ProductRecord, StoreError> {
             DynamicRegistration::Off
         },
         name: column(row, "name")?,
+        pre_registration_free: PreRegistrationFree {
+            on: flag(
+                column(row, "pre_registration_free")?,
+                "pre_registration_free",
+            )?,
+            device_quota: u32::try_from(column::<i64>(row, "device_quota")?).map_err(|_| {
+                StoreError::unavailable(Corrupt {
+                    column: "device_quota",
+                })
+            })?,
+        },
     })
+}
+
+/// `client_ids` as stored (see the module's schema).
+fn encode_client_id(record: &ClientIdRecord) -> String {
+    format!("{}:{}", record.client_id, record.token_digest.to_hex())
+}
+
+fn client_ids_from_column(text: &str) -> Result<Vec<ClientIdRecord>, StoreError> {
+    let corrupt = || {
+        StoreError::unavailable(Corrupt {
+            column: "client_ids",
+        })
+    };
+    if text.is_empty() {
+        return Ok(Vec::new());
+    }
+    let records = text
+        .split(',')
+        .map(|entry| {
+            let (client_id, digest) = entry.split_once(':').ok_or_else(corrupt)?;
+            Ok(ClientIdRecord {
+                client_id: IssuedClientId::new(client_id).map_err(|_| corrupt())?,
+                token_digest: TokenDigest::from_hex(digest).map_err(|_| corrupt())?,
+            })
+        })
+        .collect::<Result<Vec<_>, StoreError>>()?;
+    if records.len() > MAX_CLIENT_IDS {
+        return Err(corrupt());
+    }
+    Ok(records)
 }
 
 fn device_from_row(row: &AnyRow) -> Result<DeviceRecord, StoreError> {
@@ -233,6 +295,7 @@ fn device_from_row(row: &AnyRow) -> Result<DeviceRecord, StoreError> {
         },
         revision: u64::try_from(revision)
             .map_err(|_| StoreError::unavailable(Corrupt { column: "revision" }))?,
+        client_ids: client_ids_from_column(&column::<String>(row, "client_ids")?)?,
     })
 }
 
@@ -243,26 +306,29 @@ fn revision_value(revision: u64) -> Result<i64, StoreError> {
 /// The column lists, as macros so that every statement is a `&'static str`.
 macro_rules! product_columns {
     () => {
-        "product_key, product_secret, dynamic_registration, name"
+        "product_key, product_secret, dynamic_registration, name, pre_registration_free, device_quota"
     };
 }
 macro_rules! device_columns {
     () => {
-        "product_key, device_name, device_secret, state, enabled, revision"
+        "product_key, device_name, device_secret, state, enabled, revision, client_ids"
     };
 }
 
 #[async_trait]
 impl ProductStore for SqlStore {
     async fn insert_product(&self, product: ProductRecord) -> Result<(), StoreError> {
-        let result = sqlx::query(
-            "INSERT INTO iotauth_products (product_key, product_secret, dynamic_registration, name) \
-             VALUES ($1, $2, $3, $4)",
-        )
+        let result = sqlx::query(concat!(
+            "INSERT INTO iotauth_products (",
+            product_columns!(),
+            ") VALUES ($1, $2, $3, $4, $5, $6)"
+        ))
         .bind(product.product_key.as_str())
         .bind(product.product_secret.expose_secret())
         .bind(switch_value(product.dynamic_registration))
         .bind(product.name)
+        .bind(i64::from(product.pre_registration_free.on))
+        .bind(i64::from(product.pre_registration_free.device_quota))
         .execute(&self.pool)
         .await;
         match result {
@@ -318,30 +384,106 @@ impl ProductStore for SqlStore {
             Err(StoreError::NotFound { what: "product" })
         }
     }
+
+    async fn set_pre_registration_free(
+        &self,
+        product_key: &ProductKey,
+        setting: PreRegistrationFree,
+    ) -> Result<(), StoreError> {
+        let done = sqlx::query(
+            "UPDATE iotauth_products SET pre_registration_free = $1, device_quota = $2 \
+             WHERE product_key = $3",
+        )
+        .bind(i64::from(setting.on))
+        .bind(i64::from(setting.device_quota))
+        .bind(product_key.as_str())
+        .execute(&self.pool)
+        .await
+        .map_err(StoreError::unavailable)?;
+        if done.rows_affected() == 1 {
+            Ok(())
+        } else {
+            Err(StoreError::NotFound { what: "product" })
+        }
+    }
+}
+
+/// Inserts a device row through `executor` (the pool, or a transaction).
+async fn insert_device_row<'e, E>(executor: E, device: &DeviceRecord) -> Result<(), StoreError>
+where
+    E: sqlx::Executor<'e, Database = sqlx::Any>,
+{
+    let client_ids: Vec<String> = device.client_ids.iter().map(encode_client_id).collect();
+    let result = sqlx::query(concat!(
+        "INSERT INTO iotauth_devices (",
+        device_columns!(),
+        ") VALUES ($1, $2, $3, $4, $5, $6, $7)"
+    ))
+    .bind(device.product_key.as_str())
+    .bind(device.device_name.as_str())
+    .bind(device.device_secret.expose_secret())
+    .bind(device.status.state.name())
+    .bind(i64::from(device.status.enabled))
+    .bind(revision_value(device.revision)?)
+    .bind(client_ids.join(","))
+    .execute(executor)
+    .await;
+    match result {
+        Ok(_) => Ok(()),
+        Err(e) if is_unique_violation(&e) => Err(StoreError::AlreadyExists { what: "device" }),
+        Err(e) if is_foreign_key_violation(&e) => Err(StoreError::NotFound { what: "product" }),
+        Err(e) => Err(StoreError::unavailable(e)),
+    }
 }
 
 #[async_trait]
 impl DeviceStore for SqlStore {
     async fn insert_device(&self, device: DeviceRecord) -> Result<(), StoreError> {
-        let result = sqlx::query(concat!(
-            "INSERT INTO iotauth_devices (",
-            device_columns!(),
-            ") VALUES ($1, $2, $3, $4, $5, $6)"
-        ))
+        insert_device_row(&self.pool, &device).await
+    }
+
+    async fn insert_device_within_quota(
+        &self,
+        device: DeviceRecord,
+        device_quota: u32,
+    ) -> Result<(), StoreError> {
+        let fail = StoreError::unavailable;
+        let mut tx = self.pool.begin().await.map_err(fail)?;
+        // A no-op write to the product's row: PostgreSQL locks the row until commit, SQLite
+        // takes its one write lock, so concurrent calls count and insert one after another
+        // (and, in PostgreSQL's read-committed mode, each counts what the previous committed).
+        let locked = sqlx::query(
+            "UPDATE iotauth_products SET product_key = product_key WHERE product_key = $1",
+        )
+        .bind(device.product_key.as_str())
+        .execute(&mut *tx)
+        .await
+        .map_err(fail)?;
+        if locked.rows_affected() != 1 {
+            return Err(StoreError::NotFound { what: "product" });
+        }
+        let taken = sqlx::query(
+            "SELECT revision FROM iotauth_devices WHERE product_key = $1 AND device_name = $2",
+        )
         .bind(device.product_key.as_str())
         .bind(device.device_name.as_str())
-        .bind(device.device_secret.expose_secret())
-        .bind(device.status.state.name())
-        .bind(i64::from(device.status.enabled))
-        .bind(revision_value(device.revision)?)
-        .execute(&self.pool)
-        .await;
-        match result {
-            Ok(_) => Ok(()),
-            Err(e) if is_unique_violation(&e) => Err(StoreError::AlreadyExists { what: "device" }),
-            Err(e) if is_foreign_key_violation(&e) => Err(StoreError::NotFound { what: "product" }),
-            Err(e) => Err(StoreError::unavailable(e)),
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(fail)?;
+        if taken.is_some() {
+            return Err(StoreError::AlreadyExists { what: "device" });
         }
+        let count: i64 =
+            sqlx::query_scalar("SELECT COUNT(*) FROM iotauth_devices WHERE product_key = $1")
+                .bind(device.product_key.as_str())
+                .fetch_one(&mut *tx)
+                .await
+                .map_err(fail)?;
+        if count >= i64::from(device_quota) {
+            return Err(StoreError::QuotaReached);
+        }
+        insert_device_row(&mut *tx, &device).await?;
+        tx.commit().await.map_err(fail)
     }
 
     async fn device(
@@ -389,14 +531,25 @@ impl DeviceStore for SqlStore {
             DeviceUpdate::Set {
                 status,
                 device_secret,
+                client_ids,
             } => sqlx::query(
+                // $4: NULL keeps the ClientIDs, '' revokes them, an entry is appended.
                 "UPDATE iotauth_devices SET state = $1, enabled = $2, \
-                 device_secret = COALESCE($3, device_secret), revision = revision + 1 \
-                 WHERE product_key = $4 AND device_name = $5 AND revision = $6",
+                 device_secret = COALESCE($3, device_secret), \
+                 client_ids = CASE WHEN CAST($4 AS TEXT) IS NULL THEN client_ids \
+                   WHEN CAST($4 AS TEXT) = '' OR client_ids = '' THEN CAST($4 AS TEXT) \
+                   ELSE client_ids || ',' || CAST($4 AS TEXT) END, \
+                 revision = revision + 1 \
+                 WHERE product_key = $5 AND device_name = $6 AND revision = $7",
             )
             .bind(status.state.name())
             .bind(i64::from(status.enabled))
-            .bind(device_secret.as_ref().map(DeviceSecret::expose_secret)),
+            .bind(device_secret.as_ref().map(DeviceSecret::expose_secret))
+            .bind(match client_ids {
+                ClientIdChange::Keep => None,
+                ClientIdChange::RevokeAll => Some(String::new()),
+                ClientIdChange::Add(record) => Some(encode_client_id(record)),
+            }),
             DeviceUpdate::Delete => sqlx::query(
                 "DELETE FROM iotauth_devices \
                  WHERE product_key = $1 AND device_name = $2 AND revision = $3",
