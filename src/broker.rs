@@ -66,7 +66,7 @@ use rmqtt::types::{
 pub use crate::listener::TlsFiles;
 use crate::listener::{Gate, LogGate, SEND_TIMEOUT, TlsAcceptor};
 use crate::mqtt::{ConnectRequest, MAX_CLIENT_ID_LEN};
-use crate::server::{Admission, ConnectRefusal, REGISTER_TOPIC, Services};
+use crate::server::{Admission, ConnectRefusal, REGISTER_TOPIC, REGNWL_TOPIC, Services};
 use crate::verified::DeviceIdentity;
 
 #[cfg(doc)]
@@ -157,7 +157,10 @@ pub enum BrokerError {
     /// The configuration has no listener.
     #[error("the broker needs at least one listener")]
     NoListener,
-    /// A listener could not be bound or set up (address taken, unreadable TLS files).
+    /// TLS could not be set up (unreadable or mismatched PEM files).
+    #[error(transparent)]
+    Tls(crate::listener::TlsError),
+    /// A listener could not be bound or set up (address taken).
     #[error("cannot listen on {address}: {source}")]
     Listen {
         /// The listener's address.
@@ -274,15 +277,12 @@ impl Broker {
             }
             register.start().await;
         }
-        let tls = match (&config.tls, config.listeners.first()) {
-            (Some(files), Some(first)) => {
-                Some(files.acceptor().map_err(|e| BrokerError::Listen {
-                    address: first.address,
-                    source: e.into(),
-                })?)
-            }
-            _ => None,
-        };
+        let tls = config
+            .tls
+            .as_ref()
+            .map(TlsFiles::acceptor)
+            .transpose()
+            .map_err(BrokerError::Tls)?;
         let mut server = MqttServer::new(scx.clone());
         let mut local_addrs = Vec::new();
         for (index, listener) in config.listeners.iter().enumerate() {
@@ -768,7 +768,7 @@ impl Hooks {
         let Some(admission) = ConnectRequest::parse(client_id, username, password)
             .ok()
             .as_ref()
-            .and_then(Admission::requested)
+            .map(Admission::requested)
         else {
             return;
         };
@@ -792,7 +792,7 @@ impl Hooks {
                 end_session(&self.scx, &self.sessions, device, ended).await;
             }
         }
-        if let Admission::Registration(_) = admission {
+        if let Admission::Registration(_) | Admission::ClientIdRegistration(_) = admission {
             let (services, sessions) = (self.services.clone(), self.sessions.clone());
             let (scx, id) = (self.scx.clone(), session.id.clone());
             let (client_id, username, password) = (
@@ -801,11 +801,18 @@ impl Hooks {
                 zeroize::Zeroizing::new(password.to_owned()),
             );
             tokio::spawn(async move {
-                let issued = services
-                    .register_connect(&client_id, &username, &password)
-                    .await;
-                if let Ok(issued) = issued {
-                    deliver(&scx, &id, issued.to_ext_register_payload()).await;
+                let delivery = match admission {
+                    Admission::Registration(_) => services
+                        .register_connect(&client_id, &username, &password)
+                        .await
+                        .map(|issued| (REGISTER_TOPIC, issued.to_ext_register_payload())),
+                    _ => services
+                        .register_client_id_connect(&client_id, &username, &password)
+                        .await
+                        .map(|issued| (REGNWL_TOPIC, issued.to_ext_regnwl_payload())),
+                };
+                if let Ok((topic, payload)) = delivery {
+                    deliver(&scx, &id, topic, payload).await;
                     tokio::time::sleep(REGISTRATION_LINGER).await;
                 }
                 end_session(&scx, &sessions, device, id).await;
@@ -814,10 +821,10 @@ impl Hooks {
     }
 }
 
-/// Sends `payload` on [`REGISTER_TOPIC`] to the session `id`, and to no other: not through the
-/// router (nobody else can subscribe to it), and not if the client id has moved on to another
-/// session meanwhile.
-async fn deliver(scx: &ServerContext, id: &Id, payload: String) {
+/// Sends `payload` on `topic` ([`REGISTER_TOPIC`] or [`REGNWL_TOPIC`]) to the session `id`,
+/// and to no other: not through the router (nobody else can subscribe to it), and not if the
+/// client id has moved on to another session meanwhile.
+async fn deliver(scx: &ServerContext, id: &Id, topic: &str, payload: String) {
     let entry = scx.extends.shared().await.entry(id.clone());
     if entry.id_same() != Some(true) {
         return;
@@ -827,7 +834,7 @@ async fn deliver(scx: &ServerContext, id: &Id, payload: String) {
         dup: false,
         retain: false,
         qos: QoS::AtMostOnce,
-        topic: REGISTER_TOPIC.into(),
+        topic: topic.into(),
         packet_id: None,
         payload: payload.into(),
         properties: None,

@@ -35,7 +35,8 @@ use crate::mqtt::{ConnectKind, ConnectRequest, parse_username};
 use crate::policy::Freshness;
 use crate::register::RefusalCode;
 use crate::service::{
-    Admin, AdminError, AuthError, Authenticator, IssuedSecret, RegisterError, Registrar,
+    Admin, AdminError, AuthError, Authenticator, IssuedClientIdToken, IssuedSecret, RegisterError,
+    Registrar,
 };
 use crate::store::{CachedStore, Store, StoreError};
 use crate::verified::{DeviceIdentity, Verified};
@@ -177,6 +178,10 @@ async fn bounded<T, E>(
 /// Where MQTT dynamic registration delivers a DeviceSecret (PROTOCOL.md §c.2).
 pub const REGISTER_TOPIC: &str = "/ext/register";
 
+/// Where a registration without pre-registration (`regnwl`) receives its ClientID and
+/// DeviceToken (PROTOCOL.md §c).
+pub const REGNWL_TOPIC: &str = "/ext/regnwl";
+
 /// How many revocations a slow broker may lag behind before it must resynchronize.
 const REVOCATION_BACKLOG: usize = 1024;
 
@@ -206,24 +211,28 @@ pub enum Admission {
     /// A dynamic registration (`authType=register`) that may be served: the connection may
     /// receive its secret on `/ext/register` and do nothing else.
     Registration(DeviceIdentity),
+    /// A registration without pre-registration (`authType=regnwl`) that may be served: the
+    /// connection may receive a ClientID and DeviceToken on `/ext/regnwl` and do nothing else.
+    ClientIdRegistration(DeviceIdentity),
 }
 
 impl Admission {
-    /// What a CONNECT asks to be admitted as, before any check; `None` for a kind no front
-    /// end serves yet (`regnwl`, `connwl`). The one classification every front end uses.
-    pub fn requested(request: &ConnectRequest<'_>) -> Option<Self> {
+    /// What a CONNECT asks to be admitted as, before any check: a login (signed, or a
+    /// `connwl` token login) or one of the two registrations. The one classification every
+    /// front end uses.
+    pub fn requested(request: &ConnectRequest<'_>) -> Self {
         let who = request.claimed_identity();
         match request.kind() {
-            ConnectKind::Login => Some(Self::Login(who)),
-            ConnectKind::Register => Some(Self::Registration(who)),
-            ConnectKind::RegisterNoPreregistration | ConnectKind::TokenLogin => None,
+            ConnectKind::Login | ConnectKind::TokenLogin => Self::Login(who),
+            ConnectKind::Register => Self::Registration(who),
+            ConnectKind::RegisterNoPreregistration => Self::ClientIdRegistration(who),
         }
     }
 
     /// The device the CONNECT is for.
     pub fn device(&self) -> DeviceIdentity {
         match *self {
-            Self::Login(who) | Self::Registration(who) => who,
+            Self::Login(who) | Self::Registration(who) | Self::ClientIdRegistration(who) => who,
         }
     }
 }
@@ -301,14 +310,7 @@ impl Services {
             tracing::warn!(product_key = %request.product_key(), device_name = %request.device_name(), named_product_key = %named.product_key(), named_device_name = %named.device_name(), "CONNECT refused: the client id is another device's");
             return Err(ConnectRefusal::NotAuthorized);
         }
-        let Some(requested) = Admission::requested(&request) else {
-            let e = RegisterError::Unsupported {
-                got: request.kind(),
-            };
-            self.record_registration(&Err(e));
-            return Err(ConnectRefusal::NotAuthorized);
-        };
-        match requested {
+        match Admission::requested(&request) {
             Admission::Login(_) => {
                 let outcome = bounded(
                     self.authenticator.authenticate_request(&request),
@@ -323,14 +325,30 @@ impl Services {
             Admission::Registration(_) => {
                 let checked =
                     bounded(self.registrar.check_request(&request), RegisterError::Store).await;
-                match checked {
-                    Ok(who) => Ok(Admission::Registration(who.into_inner())),
-                    Err(e) => {
-                        let refusal = ConnectRefusal::from_registration(&e);
-                        self.record_registration(&Err(e));
-                        Err(refusal)
-                    }
-                }
+                self.admitted_registration(checked, Admission::Registration)
+            }
+            Admission::ClientIdRegistration(_) => {
+                let checked = bounded(
+                    self.registrar.check_client_id_request(&request),
+                    RegisterError::Store,
+                )
+                .await;
+                self.admitted_registration(checked, Admission::ClientIdRegistration)
+            }
+        }
+    }
+
+    fn admitted_registration(
+        &self,
+        checked: Result<Verified<DeviceIdentity>, RegisterError>,
+        admission: fn(DeviceIdentity) -> Admission,
+    ) -> Result<Admission, ConnectRefusal> {
+        match checked {
+            Ok(who) => Ok(admission(who.into_inner())),
+            Err(e) => {
+                let refusal = ConnectRefusal::from_registration(&e);
+                self.record_registration(&Err(e));
+                Err(refusal)
             }
         }
     }
@@ -380,6 +398,7 @@ impl Services {
         match admission {
             Admission::Login(device) => self.topics.may_subscribe(device, filter),
             Admission::Registration(_) => filter == REGISTER_TOPIC,
+            Admission::ClientIdRegistration(_) => filter == REGNWL_TOPIC,
         }
     }
 
@@ -388,7 +407,7 @@ impl Services {
     pub fn may_publish(&self, admission: &Admission, topic: &str) -> bool {
         match admission {
             Admission::Login(device) => self.topics.may_publish(device, topic),
-            Admission::Registration(_) => false,
+            Admission::Registration(_) | Admission::ClientIdRegistration(_) => false,
         }
     }
 
@@ -446,6 +465,45 @@ impl Services {
         outcome
     }
 
+    /// Serves an MQTT registration without pre-registration (`authType=regnwl`): creates the
+    /// device if need be and issues a ClientID and DeviceToken, counting and logging the
+    /// outcome (never the token).
+    ///
+    /// # Errors
+    /// The [`RegisterError`], already logged.
+    pub async fn register_client_id_connect(
+        &self,
+        client_id: &str,
+        username: &str,
+        password: &str,
+    ) -> Result<IssuedClientIdToken, RegisterError> {
+        let outcome = match ConnectRequest::parse(client_id, username, password) {
+            Ok(request) => {
+                bounded(
+                    self.registrar.register_client_id(&request),
+                    RegisterError::Store,
+                )
+                .await
+            }
+            Err(e) => Err(e.into()),
+        };
+        match &outcome {
+            Ok(issued) => {
+                self.metrics
+                    .registrations_issued
+                    .fetch_add(1, Ordering::Relaxed);
+                tracing::info!(
+                    product_key = %issued.identity().product_key(),
+                    device_name = %issued.identity().device_name(),
+                    client_id = %issued.client_id(),
+                    "ClientID and DeviceToken issued"
+                );
+            }
+            Err(e) => self.record_registration_refusal(e),
+        }
+        outcome
+    }
+
     /// Applies an operator's event ([`Event::Disable`], [`Event::Enable`], [`Event::Reset`],
     /// [`Event::Delete`]) and, when it takes a device's right to stay connected away
     /// (all but Enable), tells every broker of these services ([`Services::revocations`]),
@@ -489,11 +547,13 @@ impl Services {
                     "device secret issued"
                 );
             }
-            Err(e) => {
-                self.metrics.count_registration_refusal(e.code());
-                tracing::warn!(reason = %e, code = e.code().code(), "registration refused");
-            }
+            Err(e) => self.record_registration_refusal(e),
         }
+    }
+
+    fn record_registration_refusal(&self, e: &RegisterError) {
+        self.metrics.count_registration_refusal(e.code());
+        tracing::warn!(reason = %e, code = e.code().code(), "registration refused");
     }
 }
 

@@ -454,3 +454,120 @@ async fn a_client_id_that_names_another_registered_device_is_refused_even_while_
         assert_eq!(connack, ACCEPTED, "{core}");
     }
 }
+
+/// A `regnwl` CONNECT in Link SDK 4.x's exact shape (`components/dynreg-mqtt`), with
+/// `securemode` and an optional `instanceId` as given.
+fn regnwl_creds(product: &ProductRecord, name: &str, secure_mode: &str, instance: &str) -> Creds {
+    use hmac::{KeyInit, Mac};
+    let (pk, random) = (product.product_key.as_str(), "3154792371");
+    let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(
+        product.product_secret.expose_secret().as_bytes(),
+    )
+    .unwrap();
+    mac.update(format!("deviceName{name}productKey{pk}random{random}").as_bytes());
+    Creds {
+        client_id: format!(
+            "{name}.{pk}|random={random},authType=regnwl,securemode={secure_mode},signmethod=hmacsha256{instance}|"
+        ),
+        username: format!("{name}&{pk}"),
+        password: hex::encode(mac.finalize().into_bytes()),
+    }
+}
+
+/// Reads what the broker sends on a registration connection until it closes it; the JSON
+/// published on `topic`.
+async fn registration_payload(stream: &mut TcpStream, topic: &str) -> serde_json::Value {
+    let mut received = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut received))
+        .await
+        .expect("the broker closes the registration connection")
+        .unwrap();
+    let mut buffer = BytesMut::from(&received[..]);
+    while let Ok(packet) = rumqttc::Packet::read(&mut buffer, 4096) {
+        if let rumqttc::Packet::Publish(publish) = packet {
+            assert_eq!(publish.topic, topic);
+            return serde_json::from_slice(&publish.payload).unwrap();
+        }
+    }
+    panic!("nothing published on {topic}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn regnwl_on_the_broker_port_issues_a_client_id_and_token_that_log_in_with_connwl() {
+    let fleet = Fleet::new().await;
+    let setting = iotauth::store::PreRegistrationFree {
+        on: true,
+        device_quota: 10,
+    };
+    fleet
+        .admin
+        .set_pre_registration_free(&fleet.product.product_key, setting)
+        .await
+        .unwrap();
+    let pk = fleet.product.product_key;
+    for (name, secure_mode, instance) in [
+        ("nwl-01", "2", ""),
+        ("nwl-02", "-2", ""),
+        ("nwl-03", "2", ",instanceId=iot-06z00ab1cdefghi"),
+    ] {
+        let creds = regnwl_creds(&fleet.product, name, secure_mode, instance);
+        let (mut stream, connack) = fleet.connect(&connect_packet(&creds, None)).await;
+        assert_eq!(connack, ACCEPTED, "{name}");
+        let issued = registration_payload(&mut stream, "/ext/regnwl").await;
+        assert_eq!(issued["productKey"], pk.as_str());
+        assert_eq!(issued["deviceName"], name);
+        let (client_id, token) = (
+            issued["clientId"].as_str().unwrap().to_owned(),
+            issued["deviceToken"].as_str().unwrap().to_owned(),
+        );
+        let stored = fleet
+            .store
+            .device(&pk, &DeviceName::new(name).unwrap())
+            .await
+            .unwrap()
+            .expect("the device was created");
+        assert_eq!(stored.client_ids.len(), 1);
+        assert_eq!(stored.client_ids[0].client_id.as_str(), client_id);
+
+        // connwl, as Link SDK 4.x sends it: the ClientID is the CORE, the token the password.
+        let connwl = Creds {
+            client_id: format!(
+                "{client_id}|authType=connwl,securemode=-2,_ss=1,ext=3,_v=sdk-c-4.2.0|"
+            ),
+            username: format!("{name}&{pk}"),
+            password: token.clone(),
+        };
+        let (_stream, connack) = fleet.connect(&connect_packet(&connwl, None)).await;
+        assert_eq!(connack, ACCEPTED, "connwl of {name}");
+        let wrong = Creds {
+            password: "0".repeat(32),
+            ..connwl
+        };
+        let (_, connack) = fleet.connect(&connect_packet(&wrong, None)).await;
+        assert_eq!(connack, [0x20, 0x02, 0x00, 0x04], "a wrong token");
+    }
+
+    // Switched off: regnwl is "not authorized", and creates nothing.
+    fleet
+        .admin
+        .set_pre_registration_free(
+            &pk,
+            iotauth::store::PreRegistrationFree {
+                on: false,
+                device_quota: 10,
+            },
+        )
+        .await
+        .unwrap();
+    let creds = regnwl_creds(&fleet.product, "nwl-04", "2", "");
+    let (_, connack) = fleet.connect(&connect_packet(&creds, None)).await;
+    assert_eq!(connack, NOT_AUTHORIZED);
+    assert!(
+        fleet
+            .store
+            .device(&pk, &DeviceName::new("nwl-04").unwrap())
+            .await
+            .unwrap()
+            .is_none()
+    );
+}

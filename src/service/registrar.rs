@@ -308,21 +308,9 @@ impl<S: ProductStore + DeviceStore> Registrar<S> {
         &self,
         request: &ConnectRequest<'_>,
     ) -> Result<IssuedClientIdToken, RegisterError> {
-        if request.kind() != ConnectKind::RegisterNoPreregistration {
-            return Err(RegisterError::Unsupported {
-                got: request.kind(),
-            });
-        }
+        let (identity, registration, device_quota) =
+            self.verified_client_id_request(request).await?;
         let (product_key, device_name) = (request.product_key(), request.device_name());
-        let (identity, product) = self
-            .verified_product(product_key, |secret| request.verify_registration(secret))
-            .await?;
-        let registration = match (product.dynamic_registration, product.pre_registration_free) {
-            (DynamicRegistration::On, PreRegistrationFree { on: true, .. }) => {
-                DynamicRegistration::On
-            }
-            _ => return Err(TransitionError::DynamicRegistrationOff.into()),
-        };
         let exists = self
             .store
             .device(&product_key, &device_name)
@@ -341,7 +329,7 @@ impl<S: ProductStore + DeviceStore> Registrar<S> {
                         revision: 0,
                         client_ids: Vec::new(),
                     },
-                    product.pre_registration_free.device_quota,
+                    device_quota,
                 )
                 .await
         };
@@ -371,6 +359,58 @@ impl<S: ProductStore + DeviceStore> Registrar<S> {
             client_id,
             token,
         })
+    }
+
+    /// Whether [`Registrar::register_client_id`] would issue now, without creating or
+    /// issuing anything (see [`Registrar::check_request`] for why a broker asks first): the
+    /// signature, both switches, and for an existing device the lifecycle's answer. The
+    /// quota is checked when the device is created.
+    ///
+    /// # Errors
+    /// As [`Registrar::register_client_id`].
+    pub async fn check_client_id_request(
+        &self,
+        request: &ConnectRequest<'_>,
+    ) -> Result<Verified<DeviceIdentity>, RegisterError> {
+        let (identity, registration, _) = self.verified_client_id_request(request).await?;
+        let (product_key, device_name) = (request.product_key(), request.device_name());
+        if let Some(device) = self.store.device(&product_key, &device_name).await? {
+            let event = Event::IssueClientId {
+                registration,
+                held: device.client_ids.len(),
+            };
+            transition(device.status, event, self.policy)?;
+        }
+        Ok(identity)
+    }
+
+    /// A `regnwl` request's kind, signature and the product's switches: the identity, and the
+    /// switch in effect (on only while dynamic registration and registration without
+    /// pre-registration are both on); the product's device quota.
+    async fn verified_client_id_request(
+        &self,
+        request: &ConnectRequest<'_>,
+    ) -> Result<(Verified<DeviceIdentity>, DynamicRegistration, u32), RegisterError> {
+        if request.kind() != ConnectKind::RegisterNoPreregistration {
+            return Err(RegisterError::Unsupported {
+                got: request.kind(),
+            });
+        }
+        let (identity, product) = self
+            .verified_product(request.product_key(), |secret| {
+                request.verify_registration(secret)
+            })
+            .await?;
+        match (product.dynamic_registration, product.pre_registration_free) {
+            (
+                DynamicRegistration::On,
+                PreRegistrationFree {
+                    on: true,
+                    device_quota,
+                },
+            ) => Ok((identity, DynamicRegistration::On, device_quota)),
+            _ => Err(TransitionError::DynamicRegistrationOff.into()),
+        }
     }
 
     /// Looks the product up and verifies the request against its secret (against a dummy
