@@ -608,6 +608,70 @@ fn alibabas_linkkit_sdk_logs_in_and_registers_over_http_and_mqtt() {
 }
 
 #[test]
+fn alibabas_linkkit_sdk_registers_without_pre_registration_and_logs_in_with_its_token() {
+    let Some(python) = required_env("IOTAUTH_LINKKIT_PYTHON") else {
+        return;
+    };
+    let dir = Dir::new("linkkit-regnwl");
+    let store = format!("sqlite://{}", dir.0.join("fleet.db").display());
+    let product = cli(
+        &store,
+        &[
+            "product",
+            "create",
+            "--dynamic-registration",
+            "--pre-registration-free",
+        ],
+    );
+    assert_eq!(product["preRegistrationFree"], true);
+    let (pk, ps) = (
+        text(&product, "productKey"),
+        text(&product, "productSecret"),
+    );
+    let server = Server::start(&store, dir.0.join("serve.log"), &[]);
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/e2e/linkkit_e2e.py");
+    let out = Command::new(python)
+        .arg(script)
+        .env("IOTAUTH_HTTP", server.http.to_string())
+        .env("IOTAUTH_MQTT", server.mqtt.to_string())
+        .env("IOTAUTH_MQTT_REGISTER", server.mqtt.to_string())
+        .env("PK", &pk)
+        .env("PS", &ps)
+        .env("DN_NWL", "lk-nwl-01")
+        .env("SCENARIOS", "regnwl")
+        .output()
+        .unwrap();
+    let results = last_line_json(&out);
+    println!(
+        "linkkit {} regnwl: client id {}, connwl login {}",
+        results["linkkit_version"], results["regnwl_client_id"], results["connwl_login"]
+    );
+    let client_id = results["regnwl_client_id"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no ClientID: {results}"));
+    assert!(
+        client_id.contains("|authType=connwl,securemode=-2"),
+        "{client_id}"
+    );
+    assert_eq!(results["connwl_login"], true, "{results}");
+    // The device was created by its registration, is Active, and lists its ClientID.
+    let device = cli(&store, &["device", "show", &pk, "lk-nwl-01"]);
+    assert_eq!(device["state"], "active");
+    let core = client_id.split('|').next().unwrap_or_default();
+    assert_eq!(device["clientIds"], serde_json::json!([core]));
+    let token = text(&results, "regnwl_token");
+    // No token in the store's files (the database and its write-ahead log), nor in the log.
+    for file in ["fleet.db", "fleet.db-wal"] {
+        let raw = std::fs::read(dir.0.join(file)).unwrap_or_default();
+        assert!(
+            !raw.windows(token.len()).any(|w| w == token.as_bytes()),
+            "the token is in {file}"
+        );
+    }
+    server.assert_log_clean(&[token, ps]);
+}
+
+#[test]
 fn sigterm_shuts_the_server_down_gracefully() {
     let dir = Dir::new("sigterm");
     let fleet = Fleet::new(format!("sqlite://{}", dir.0.join("fleet.db").display()));

@@ -7,8 +7,8 @@ the SDK builds every request and parses every reply itself. Prints one JSON line
 
 Environment: IOTAUTH_HTTP, IOTAUTH_MQTT, IOTAUTH_MQTT_REGISTER (ports), PK, PS,
 DN_LOGIN + DS_LOGIN (a registered device with its secret), DN_HTTP and DN_MQTT (registered,
-never issued), SCENARIOS (comma-separated: login, http, mqtt, mqtt_again; default the first
-three).
+never issued), DN_NWL (for registration without pre-registration: not registered), SCENARIOS
+(comma-separated: login, http, mqtt, mqtt_again, regnwl; default the first three).
 """
 import importlib.metadata
 import json
@@ -31,9 +31,11 @@ def local_urlopen(url, data=None, context=None, **kwargs):
     return real_urlopen(local, data, **kwargs)
 
 
-def login_and_publish(dn, ds):
-    """Per-device login, then one publish on the device's own topic; True when acknowledged."""
-    lk = linkkit.LinkKit(host_name="127.0.0.1", product_key=env["PK"], device_name=dn, device_secret=ds)
+def login_and_publish(dn, ds="", **credentials):
+    """Per-device login (or, with client_id, username and password from a regnwl reply, a
+    connwl token login), then one publish on the device's own topic; True when acknowledged."""
+    lk = linkkit.LinkKit(host_name="127.0.0.1", product_key=env["PK"], device_name=dn, device_secret=ds,
+                         **credentials)
     lk.config_mqtt(port=int(env["IOTAUTH_MQTT"]), secure="", keep_alive=60)
     connected, published = threading.Event(), threading.Event()
     lk.on_connect = lambda session_flag, rc, userdata: rc == 0 and connected.set()
@@ -86,6 +88,29 @@ def mqtt_registration(dn):
     return await_registration(lk, int(env["IOTAUTH_MQTT_REGISTER"]))
 
 
+def regnwl_registration(dn):
+    """MQTT registration without pre-registration (authType=regnwl) on the broker's port; the
+    SDK's connwl credentials (client_id, username, password) or None."""
+    lk = linkkit.LinkKit(host_name="127.0.0.1", product_key=env["PK"], device_name=dn,
+                         device_secret="", product_secret=env["PS"], auth_type="regnwl")
+    got = {}
+    done = threading.Event()
+
+    def on_reply(rc, client_id, username, password):
+        got.update(rc=rc, client_id=client_id, username=username, password=password)
+        done.set()
+
+    lk.on_device_dynamic_register_nwl_reply = on_reply
+    lk.config_mqtt(port=int(env["IOTAUTH_MQTT_REGISTER"]), secure="")
+    lk.connect_async()
+    done.wait(TIMEOUT)
+    lk.disconnect()
+    lk.destruct()
+    if got.get("rc") != 0:
+        return None
+    return {k: got[k] for k in ("client_id", "username", "password")}
+
+
 scenarios = env.get("SCENARIOS", "login,http,mqtt").split(",")
 if "login" in scenarios:
     results["login_publish"] = login_and_publish(env["DN_LOGIN"], env["DS_LOGIN"])
@@ -97,6 +122,11 @@ if "mqtt" in scenarios:
     secret = mqtt_registration(env["DN_MQTT"])
     results["mqtt_registration_secret"] = secret
     results["mqtt_registered_login"] = bool(secret) and login_and_publish(env["DN_MQTT"], secret)
+if "regnwl" in scenarios:
+    credentials = regnwl_registration(env["DN_NWL"])
+    results["regnwl_client_id"] = credentials and credentials["client_id"]
+    results["regnwl_token"] = credentials and credentials["password"]
+    results["connwl_login"] = bool(credentials) and login_and_publish(env["DN_NWL"], **credentials)
 if "mqtt_again" in scenarios:
     results["mqtt_second_registration_secret"] = mqtt_registration(env["DN_MQTT"])
 print(json.dumps(results))

@@ -5,8 +5,10 @@ use std::sync::Arc;
 
 use clap::{Subcommand, ValueEnum};
 use iotauth::service::{Admin, AdminError};
-use iotauth::store::{DeviceRecord, DeviceStore, ProductRecord, ProductStore, Store, StoreError};
-use iotauth::{DeviceName, DeviceState, DynamicRegistration, Event, ProductKey};
+use iotauth::store::{
+    DeviceRecord, DeviceStore, PreRegistrationFree, ProductRecord, ProductStore, Store, StoreError,
+};
+use iotauth::{DeviceName, DeviceState, DynamicRegistration, Event, IssuedClientId, ProductKey};
 use serde::Serialize;
 
 use crate::{Failure, print_json};
@@ -21,6 +23,13 @@ pub(crate) enum ProductCommand {
         /// Turn dynamic registration on (off by default).
         #[arg(long)]
         dynamic_registration: bool,
+        /// Also allow registration without pre-registration (MQTT authType=regnwl): a device
+        /// not registered in advance is created by its first registration.
+        #[arg(long, requires = "dynamic_registration")]
+        pre_registration_free: bool,
+        /// The most devices the product may have for regnwl to create another.
+        #[arg(long, default_value_t = PreRegistrationFree::DEFAULT_DEVICE_QUOTA)]
+        device_quota: u32,
     },
     /// Show one product (without its secret unless --show-secret).
     Show {
@@ -35,6 +44,15 @@ pub(crate) enum ProductCommand {
     },
     /// Turn a product's dynamic registration on or off.
     DynamicRegistration { product_key: String, switch: Switch },
+    /// Turn a product's registration without pre-registration (regnwl) on or off; in effect
+    /// only while dynamic registration is on.
+    PreRegistrationFree {
+        product_key: String,
+        switch: Switch,
+        /// A new device quota (kept when not given).
+        #[arg(long)]
+        device_quota: Option<u32>,
+    },
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -91,6 +109,8 @@ struct ProductJson<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     product_secret: Option<&'a str>,
     dynamic_registration: bool,
+    pre_registration_free: bool,
+    device_quota: u32,
     #[serde(skip_serializing_if = "Option::is_none")]
     name: Option<&'a str>,
 }
@@ -101,6 +121,8 @@ impl<'a> ProductJson<'a> {
             product_key: product.product_key,
             product_secret: show_secret.then(|| product.product_secret.expose_secret()),
             dynamic_registration: product.dynamic_registration == DynamicRegistration::On,
+            pre_registration_free: product.pre_registration_free.on,
+            device_quota: product.pre_registration_free.device_quota,
             name: product.name.as_deref(),
         }
     }
@@ -134,6 +156,9 @@ struct DeviceJson {
     device_name: DeviceName,
     state: DeviceState,
     enabled: bool,
+    /// The ClientIDs issued by regnwl (never their tokens, which are not stored).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    client_ids: Vec<IssuedClientId>,
 }
 
 impl DeviceJson {
@@ -143,6 +168,11 @@ impl DeviceJson {
             device_name: device.device_name,
             state: device.status.state,
             enabled: device.status.enabled,
+            client_ids: device
+                .client_ids
+                .iter()
+                .map(|held| held.client_id)
+                .collect(),
         }
     }
 }
@@ -219,13 +249,25 @@ pub(crate) async fn product(store: Arc<dyn Store>, command: ProductCommand) -> R
         ProductCommand::Create {
             name,
             dynamic_registration,
+            pre_registration_free,
+            device_quota,
         } => {
             let switch = if dynamic_registration {
                 DynamicRegistration::On
             } else {
                 DynamicRegistration::Off
             };
-            let product = admin.create_product(name.as_deref(), switch).await?;
+            let mut product = admin.create_product(name.as_deref(), switch).await?;
+            let setting = PreRegistrationFree {
+                on: pre_registration_free,
+                device_quota,
+            };
+            if setting != product.pre_registration_free {
+                admin
+                    .set_pre_registration_free(&product.product_key, setting)
+                    .await?;
+                product.pre_registration_free = setting;
+            }
             print_json(&ProductJson {
                 name: None,
                 ..ProductJson::of(&product, true)
@@ -249,6 +291,27 @@ pub(crate) async fn product(store: Arc<dyn Store>, command: ProductCommand) -> R
                     .map(|p| ProductJson::of(p, show_secret))
                     .collect::<Vec<_>>(),
             )
+        }
+        ProductCommand::PreRegistrationFree {
+            product_key,
+            switch,
+            device_quota,
+        } => {
+            let product_key = ProductKey::new(&product_key)?;
+            let current = product_of(&store, &product_key)
+                .await?
+                .pre_registration_free;
+            let setting = PreRegistrationFree {
+                on: matches!(switch, Switch::On),
+                device_quota: device_quota.unwrap_or(current.device_quota),
+            };
+            admin
+                .set_pre_registration_free(&product_key, setting)
+                .await?;
+            print_json(&ProductJson::of(
+                &product_of(&store, &product_key).await?,
+                false,
+            ))
         }
         ProductCommand::DynamicRegistration {
             product_key,
