@@ -23,7 +23,10 @@
 //!
 //! A CONNECT with `authType=register` (MQTT dynamic registration, PROTOCOL.md §c) is verified
 //! against the ProductSecret and accepted; the secret is then published on `/ext/register` to
-//! that client alone, and the client is disconnected.
+//! that client alone, and the client is disconnected. `authType=regnwl` (registration without
+//! pre-registration, where the product allows it) is served alike: the device is created if
+//! need be, and a new ClientID and DeviceToken go to `/ext/regnwl`; the device's `connwl`
+//! logins then present them.
 //!
 //! Sessions belong to devices, not to client ids (PROTOCOL.md §a.1), and the plugin keeps two
 //! promises that Mosquitto, which keys sessions by client id, does not make by itself:
@@ -57,7 +60,7 @@ use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
 use std::time::{Duration, Instant};
 
 use iotauth::server::{ConfigError, ServerConfig};
-use iotauth::service::{Authenticator, Registrar};
+use iotauth::service::{Authenticator, RegisterError, Registrar};
 use iotauth::store::Store;
 use iotauth::{
     ConnectKind, ConnectRequest, DeviceIdentity, DeviceName, ProductKey, TopicRule, parse_username,
@@ -170,6 +173,8 @@ type Client = usize;
 struct Delivery {
     client: Client,
     client_id: CString,
+    /// `/ext/register` (a secret) or `/ext/regnwl` (a ClientID and DeviceToken).
+    topic: &'static CStr,
     payload: Vec<u8>,
     published: Option<Instant>,
     accepted: Instant,
@@ -179,7 +184,8 @@ struct Delivery {
 const KICK_AFTER: Duration = Duration::from_millis(500);
 /// How long a registration client may take to complete its connection.
 const DELIVERY_TIMEOUT: Duration = Duration::from_secs(10);
-const EXT_REGISTER: &str = "/ext/register";
+const EXT_REGISTER: &CStr = c"/ext/register";
+const EXT_REGNWL: &CStr = c"/ext/regnwl";
 
 struct Plugin {
     runtime: tokio::runtime::Runtime,
@@ -830,7 +836,9 @@ unsafe extern "C" fn basic_auth(
             persistent: !clean || version == 5,
         };
         match ConnectRequest::parse(client_id, username, password).map(|r| r.kind()) {
-            Ok(ConnectKind::Register) => register(plugin, &connect),
+            Ok(kind @ (ConnectKind::Register | ConnectKind::RegisterNoPreregistration)) => {
+                register(plugin, &connect, kind)
+            }
             _ => login(plugin, &connect),
         }
     })
@@ -905,8 +913,18 @@ fn close_older_login(plugin: &Plugin, older: Client, client_id: &str) {
     }
 }
 
-/// MQTT dynamic registration: the connection is accepted and its secret queued for delivery.
-fn register(plugin: &Plugin, connect: &Connect<'_>) -> c_int {
+/// What a registration issued: for whom, where it goes, and the payload.
+struct Issued {
+    device: DeviceIdentity,
+    topic: &'static CStr,
+    payload: Vec<u8>,
+    what: &'static str,
+}
+
+/// MQTT dynamic registration (`authType=register`: the device's secret; `regnwl`: a new
+/// ClientID and DeviceToken, the device created if need be): the connection is accepted and
+/// what was issued queued for delivery to it alone.
+fn register(plugin: &Plugin, connect: &Connect<'_>, kind: ConnectKind) -> c_int {
     // The session check comes first, on the identity claimed in the user name: a refusal
     // after the store issued the secret would lose it (issued once).
     if let Ok((dn, pk)) = parse_username(connect.username) {
@@ -919,12 +937,27 @@ fn register(plugin: &Plugin, connect: &Connect<'_>) -> c_int {
             return MOSQ_ERR_AUTH;
         }
     }
-    let issued = match bounded(
-        plugin,
-        plugin
-            .registrar
-            .register_connect(connect.client_id, connect.username, connect.password),
-    ) {
+    let issue = async {
+        let request = ConnectRequest::parse(connect.client_id, connect.username, connect.password)?;
+        if kind == ConnectKind::Register {
+            let issued = plugin.registrar.register_request(&request).await?;
+            Ok(Issued {
+                device: **issued.identity(),
+                topic: EXT_REGISTER,
+                payload: issued.to_ext_register_payload().into_bytes(),
+                what: "device secret issued",
+            })
+        } else {
+            let issued = plugin.registrar.register_client_id(&request).await?;
+            Ok::<_, RegisterError>(Issued {
+                device: **issued.identity(),
+                topic: EXT_REGNWL,
+                payload: issued.to_ext_regnwl_payload().into_bytes(),
+                what: "ClientID and DeviceToken issued",
+            })
+        }
+    };
+    let issued = match bounded(plugin, issue) {
         Some(Ok(issued)) => issued,
         Some(Err(e)) => {
             log(
@@ -944,7 +977,7 @@ fn register(plugin: &Plugin, connect: &Connect<'_>) -> c_int {
     let Ok(id) = CString::new(connect.client_id) else {
         return MOSQ_ERR_AUTH;
     };
-    let who = **issued.identity();
+    let who = issued.device;
     let admission = Admission {
         client: connect.client,
         client_id: connect.client_id,
@@ -959,7 +992,8 @@ fn register(plugin: &Plugin, connect: &Connect<'_>) -> c_int {
     log(
         MOSQ_LOG_INFO,
         &format!(
-            "device secret issued: {}/{}",
+            "{}: {}/{}",
+            issued.what,
             who.product_key(),
             who.device_name()
         ),
@@ -967,7 +1001,8 @@ fn register(plugin: &Plugin, connect: &Connect<'_>) -> c_int {
     lock(&plugin.deliveries).push(Delivery {
         client: connect.client,
         client_id: id,
-        payload: issued.to_ext_register_payload().into_bytes(),
+        topic: issued.topic,
+        payload: issued.payload,
         published: None,
         accepted: Instant::now(),
     });
@@ -1045,7 +1080,7 @@ fn publish(delivery: &Delivery) -> bool {
     let rc = unsafe {
         mosquitto_broker_publish(
             delivery.client_id.as_ptr(),
-            c"/ext/register".as_ptr(),
+            delivery.topic.as_ptr(),
             len,
             buffer,
             0,
@@ -1117,7 +1152,8 @@ unsafe extern "C" fn acl_check(
         if sessions(plugin, |s| s.registering(event.client as Client)) {
             // A registration connection receives its one message and does nothing else.
             let receiving = matches!(access, MOSQ_ACL_READ | MOSQ_ACL_SUBSCRIBE);
-            return if receiving && topic == Some(EXT_REGISTER) {
+            let ext = [EXT_REGISTER, EXT_REGNWL].map(|t| t.to_str().unwrap_or_default());
+            return if receiving && topic.is_some_and(|t| ext.contains(&t)) {
                 MOSQ_ERR_SUCCESS
             } else {
                 MOSQ_ERR_ACL_DENIED

@@ -347,6 +347,49 @@ fn linkkit_registers_over_mqtt_through_the_broker_then_logs_in_and_only_once() {
 }
 
 #[test]
+fn linkkit_registers_without_pre_registration_through_the_broker_then_logs_in_with_its_token() {
+    let (Some(plugin), Some(python)) = (plugin(), required_env("IOTAUTH_LINKKIT_PYTHON")) else {
+        return;
+    };
+    let (broker, pk, _) = broker_with("linkkit-regnwl", &plugin, &[]);
+    let product_secret = registration_on(&broker, &pk);
+    let product = cli(
+        &broker.store(),
+        &["product", "pre-registration-free", &pk, "on"],
+    );
+    assert_eq!(product["preRegistrationFree"], true);
+    let port = broker.port.to_string();
+    let out = Command::new(python)
+        .arg(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/e2e/linkkit_e2e.py"
+        ))
+        .envs([
+            ("IOTAUTH_MQTT", port.as_str()),
+            ("IOTAUTH_MQTT_REGISTER", port.as_str()),
+            ("IOTAUTH_HTTP", "0"),
+        ])
+        .envs([
+            ("PK", pk.as_str()),
+            ("PS", product_secret.as_str()),
+            ("DN_NWL", "lk-nwl-01"),
+        ])
+        .env("SCENARIOS", "regnwl")
+        .output()
+        .unwrap();
+    let results = last_line_json(&out);
+    assert_eq!(results["connwl_login"], true, "{results}");
+    let device = cli(&broker.store(), &["device", "show", &pk, "lk-nwl-01"]);
+    assert_eq!(device["state"], "active");
+    let client_id = results["regnwl_client_id"].as_str().unwrap_or_default();
+    let core = client_id.split('|').next().unwrap_or_default();
+    assert_eq!(device["clientIds"], serde_json::json!([core]));
+    let token = results["regnwl_token"].as_str().unwrap_or_default();
+    assert!(!token.is_empty());
+    assert!(!broker.log().contains(token) && !broker.log().contains(&product_secret));
+}
+
+#[test]
 fn the_broker_survives_10000_garbage_connects_and_still_serves_good_clients() {
     let Some(plugin) = plugin() else { return };
     let (mut broker, pk, secrets) = broker_with("garbage", &plugin, &["meter-01"]);
