@@ -617,3 +617,83 @@ async fn a_store_that_never_answers_is_an_outage_after_the_store_timeout() {
         "each call waited its limit"
     );
 }
+
+/// The hooks' login path serves `connwl` token logins (a ClientID and token issued by
+/// `regnwl`) and denies a `regnwl` CONNECT: a hook can only allow or deny, not publish the
+/// ClientID and token to the connection, so registration without pre-registration needs a
+/// front end that can (the embedded broker, the Mosquitto plugin).
+#[cfg(feature = "server")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hooks_allow_connwl_logins_and_deny_regnwl_which_they_cannot_deliver() {
+    use iotauth::server::{ServerConfig, Services, router};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let fleet = Fleet::new(DynamicRegistration::On).await;
+    let pk = fleet.product.product_key;
+    let setting = PreRegistrationFree {
+        on: true,
+        device_quota: 10,
+    };
+    fleet
+        .admin
+        .set_pre_registration_free(&pk, setting)
+        .await
+        .unwrap();
+    let options = RegistrationOptions {
+        kind: ConnectKind::RegisterNoPreregistration,
+        random: "3154792371",
+        sign_method: SignMethod::HmacSha256,
+        secure_mode: SecureMode::TLS,
+        instance_id: None,
+    };
+    let name = DeviceName::new("nwl-hook").unwrap();
+    let regnwl = build_registration_connect(&fleet.product_cert(), name, &options).unwrap();
+    let password = regnwl.expose_password();
+    let request = ConnectRequest::parse(regnwl.client_id(), regnwl.username(), &password).unwrap();
+    let issued = Registrar::new(fleet.store.clone())
+        .register_client_id(&request)
+        .await
+        .unwrap();
+
+    let store: Arc<dyn Store> = fleet.store.clone();
+    let services = Arc::new(Services::new(store, ServerConfig::default()));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move { axum::serve(listener, router(services)).await });
+    let emqx = |client_id: String, username: String, password: String| async move {
+        let body =
+            serde_json::json!({"clientid": client_id, "username": username, "password": password})
+                .to_string();
+        let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .unwrap();
+        let request = format!(
+            "POST /hooks/emqx/authn HTTP/1.1\r\nhost: x\r\nconnection: close\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        stream.write_all(request.as_bytes()).await.unwrap();
+        let mut response = String::new();
+        stream.read_to_string(&mut response).await.unwrap();
+        response
+    };
+    let connwl_id = format!(
+        "{}|authType=connwl,securemode=-2,_ss=1,ext=3,_v=sdk-c-4.2.0|",
+        issued.client_id()
+    );
+    let username = format!("nwl-hook&{pk}");
+    let token = issued.token().expose_secret().to_owned();
+    let allowed = emqx(connwl_id.clone(), username.clone(), token).await;
+    assert!(allowed.contains(r#""result":"allow""#), "{allowed}");
+    let wrong = emqx(connwl_id, username, "0".repeat(32)).await;
+    assert!(wrong.contains(r#""result":"deny""#), "{wrong}");
+    let registration = emqx(
+        regnwl.client_id().to_owned(),
+        regnwl.username().to_owned(),
+        password.to_string(),
+    )
+    .await;
+    assert!(
+        registration.contains(r#""result":"deny""#),
+        "{registration}"
+    );
+}
