@@ -31,6 +31,8 @@ pub const DEVICE_SECRETS: [&str; 2] = [
 pub const PRODUCT_SECRETS: [&str; 2] = ["Pr0dS3cr3tSh4rd1", "QwErTy1234567890"];
 /// See [`DEVICE_SECRETS`].
 pub const DEVICE_TOKEN: &str = "0f1e2d3c4b5a69788796a5b4c3d2e1f0";
+/// The ClientID that holds [`DEVICE_TOKEN`] in the `mqtt_connect` target.
+pub const TOKEN_CLIENT_ID: &str = "Fz7ClientIdHeldByTheTarget";
 
 /// A fuzz target's body.
 pub type Target = fn(&[u8]);
@@ -180,6 +182,16 @@ pub fn mqtt_connect(data: &[u8]) {
             if request.verify_token(&token).is_ok() {
                 assert_eq!(pass, DEVICE_TOKEN.as_bytes());
             }
+            // Against stored digests: only the held ClientID with its own token passes.
+            let held = crate::store::ClientIdRecord {
+                client_id: IssuedClientId::new(TOKEN_CLIENT_ID).unwrap_or_else(|e| panic!("{e}")),
+                token_digest: TokenDigest::of(&token),
+            };
+            if request.verify_issued_token(&[held]).is_ok() {
+                assert_eq!(pass, DEVICE_TOKEN.as_bytes());
+                assert_eq!(request.client_id().core(), TOKEN_CLIENT_ID);
+            }
+            assert!(request.verify_issued_token(&[]).is_err());
         }
     }
 }
@@ -471,7 +483,13 @@ fn run<F: Future>(future: F) -> F::Output {
 struct ModelDevice {
     state: DeviceState,
     enabled: bool,
+    /// ClientIDs held (registration without pre-registration).
+    client_ids: usize,
 }
+
+/// The device quota of the lifecycle target's product: below its three names, so that
+/// `regnwl` meets a full quota.
+const FUZZ_DEVICE_QUOTA: u32 = 2;
 
 /// Arbitrary event sequences against the services on the memory store and a reference model:
 /// every outcome and every stored state agree with the model; a secret is first delivered at
@@ -493,12 +511,22 @@ async fn try_lifecycle(u: &mut Unstructured<'_>) -> arbitrary::Result<()> {
         .await
         .unwrap_or_else(|e| panic!("{e}"));
     let pk = product.product_key;
+    let pre_registration_free = crate::store::PreRegistrationFree {
+        on: true,
+        device_quota: FUZZ_DEVICE_QUOTA,
+    };
+    admin
+        .set_pre_registration_free(&pk, pre_registration_free)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
     let registrar = Registrar::new(store.clone()).with_policy(policy);
     let auth = Authenticator::new(store.clone());
     let product_cert = ProductCertificate::new(pk, product.product_secret.clone_secret());
     let mut switch = DynamicRegistration::On;
     let mut model: [Option<ModelDevice>; 3] = [None; 3];
     let mut first_deliveries = [0u32; 3];
+    // The ClientIDs and tokens each device was issued since its last reset.
+    let mut tokens: [Vec<(IssuedClientId, String)>; 3] = Default::default();
 
     for _ in 0..u.int_in_range(0..=64)? {
         let which = u.int_in_range(0..=2)?;
@@ -509,7 +537,7 @@ async fn try_lifecycle(u: &mut Unstructured<'_>) -> arbitrary::Result<()> {
             .await
             .unwrap_or_else(|e| panic!("{e}"))
             .map(|d| d.device_secret);
-        match u.int_in_range(0..=8)? {
+        match u.int_in_range(0..=10)? {
             0 => {
                 let result = admin.register_device(pk, dn).await;
                 match current {
@@ -522,6 +550,7 @@ async fn try_lifecycle(u: &mut Unstructured<'_>) -> arbitrary::Result<()> {
                         model[which] = Some(ModelDevice {
                             state: DeviceState::Inactive,
                             enabled: true,
+                            client_ids: 0,
                         });
                         first_deliveries[which] = 0;
                     }
@@ -628,21 +657,20 @@ async fn try_lifecycle(u: &mut Unstructured<'_>) -> arbitrary::Result<()> {
                     Event::Enable => Some(ModelDevice { enabled: true, ..d }),
                     Event::Reset => Some(ModelDevice {
                         state: DeviceState::Inactive,
+                        client_ids: 0,
                         ..d
                     }),
                     _ => None,
                 };
                 let status = result.unwrap_or_else(|e| panic!("{event:?}: {e}"));
                 assert_eq!(
-                    status.map(|s| ModelDevice {
-                        state: s.state,
-                        enabled: s.enabled
-                    }),
-                    expected
+                    status.map(|s| (s.state, s.enabled)),
+                    expected.map(|d| (d.state, d.enabled))
                 );
                 model[which] = expected;
                 if matches!(event, Event::Reset | Event::Delete) {
                     first_deliveries[which] = 0;
+                    tokens[which].clear();
                 }
                 if event == Event::Reset {
                     let after = store
@@ -658,6 +686,95 @@ async fn try_lifecycle(u: &mut Unstructured<'_>) -> arbitrary::Result<()> {
                         after.map(DeviceSecret::expose_secret),
                         "reset kept the secret"
                     );
+                }
+            }
+            9 => {
+                let options = RegistrationOptions {
+                    kind: ConnectKind::RegisterNoPreregistration,
+                    random: "3154792371",
+                    sign_method: SignMethod::HmacSha256,
+                    secure_mode: SecureMode::TLS,
+                    instance_id: None,
+                };
+                let connect = build_registration_connect(&product_cert, dn, &options)
+                    .unwrap_or_else(|e| panic!("{e}"));
+                let password = connect.expose_password();
+                let request =
+                    ConnectRequest::parse(connect.client_id(), connect.username(), &password)
+                        .unwrap_or_else(|e| panic!("{e}"));
+                let result = registrar.register_client_id(&request).await;
+                let devices = model.iter().flatten().count();
+                match (current, result) {
+                    (_, Err(RegisterError::Refused(TransitionError::DynamicRegistrationOff)))
+                        if switch == DynamicRegistration::Off => {}
+                    (None, Err(RegisterError::Store(StoreError::QuotaReached)))
+                        if devices >= FUZZ_DEVICE_QUOTA as usize => {}
+                    (Some(d), Err(RegisterError::Refused(TransitionError::Disabled { .. })))
+                        if !d.enabled => {}
+                    (Some(d), Err(RegisterError::Refused(TransitionError::TooManyClientIds)))
+                        if d.enabled && d.client_ids >= crate::MAX_CLIENT_IDS => {}
+                    (d, Ok(issued))
+                        if switch == DynamicRegistration::On
+                            && d.map_or(devices < FUZZ_DEVICE_QUOTA as usize, |d| {
+                                d.enabled && d.client_ids < crate::MAX_CLIENT_IDS
+                            }) =>
+                    {
+                        let d = d.unwrap_or(ModelDevice {
+                            state: DeviceState::Inactive,
+                            enabled: true,
+                            client_ids: 0,
+                        });
+                        let state = match d.state {
+                            DeviceState::Inactive => DeviceState::Issued,
+                            other => other,
+                        };
+                        model[which] = Some(ModelDevice {
+                            state,
+                            client_ids: d.client_ids + 1,
+                            ..d
+                        });
+                        tokens[which].push((
+                            issued.client_id(),
+                            issued.token().expose_secret().to_owned(),
+                        ));
+                    }
+                    (d, other) => {
+                        panic!(
+                            "regnwl on {d:?} (switch {switch:?}, {devices} devices) gave {other:?}"
+                        )
+                    }
+                }
+            }
+            10 => {
+                let held = match tokens[which].len() {
+                    0 => None,
+                    n => Some(tokens[which][u.int_in_range(0..=n - 1)?].clone()),
+                };
+                let right = held.is_some() && u.arbitrary::<bool>()?;
+                let (client_id, token) = match (&held, right) {
+                    (Some((id, token)), true) => (id.as_str().to_owned(), token.clone()),
+                    (Some((id, _)), false) => (id.as_str().to_owned(), "a-wrong-token".to_owned()),
+                    (None, _) => ("A".repeat(24), "a-wrong-token".to_owned()),
+                };
+                let result = auth
+                    .authenticate(
+                        &format!("{client_id}|securemode=-2,authType=connwl|"),
+                        &format!("{dn}&{pk}"),
+                        &token,
+                    )
+                    .await;
+                match (current, result) {
+                    (None, Err(AuthError::UnknownDevice)) => {}
+                    (Some(_), Err(AuthError::Verify(VerifyError::BadToken))) if !right => {}
+                    (Some(d), Err(AuthError::Disabled)) if right && !d.enabled => {}
+                    (Some(d), Ok(who)) if right && d.enabled => {
+                        assert_eq!((who.product_key(), who.device_name()), (pk, dn));
+                        model[which] = Some(ModelDevice {
+                            state: DeviceState::Active,
+                            ..d
+                        });
+                    }
+                    (d, other) => panic!("connwl (right token: {right}) on {d:?} gave {other:?}"),
                 }
             }
             _ => {
@@ -677,6 +794,7 @@ async fn try_lifecycle(u: &mut Unstructured<'_>) -> arbitrary::Result<()> {
             let stored = stored.map(|d| ModelDevice {
                 state: d.status.state,
                 enabled: d.status.enabled,
+                client_ids: d.client_ids.len(),
             });
             assert_eq!(stored, expected, "store and model disagree on {name}");
         }
