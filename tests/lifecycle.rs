@@ -230,3 +230,60 @@ fn wrong_state_error_reads_expected_versus_got() {
         "issue refused: expected the device inactive or issued, got active"
     );
 }
+
+fn issue_client_id(held: usize) -> Event {
+    Event::IssueClientId {
+        registration: DynamicRegistration::On,
+        held,
+    }
+}
+
+#[test]
+fn inactive_issue_client_id_adds_one_and_becomes_issued() {
+    for policy in [Once, RedeliverUntilFirstLogin] {
+        assert_eq!(
+            run(Inactive, true, issue_client_id(0), policy),
+            to(Issued, true, SecretEffect::AddClientId)
+        );
+    }
+}
+
+#[test]
+fn issued_and_active_issue_client_id_adds_one_and_stays() {
+    for state in [Issued, Active] {
+        for policy in [Once, RedeliverUntilFirstLogin] {
+            assert_eq!(
+                run(state, true, issue_client_id(MAX_CLIENT_IDS - 1), policy),
+                to(state, true, SecretEffect::AddClientId),
+                "{state} {policy:?}"
+            );
+        }
+    }
+}
+
+#[test]
+fn a_sixth_client_id_is_refused_in_every_state() {
+    for state in DeviceState::ALL {
+        assert_eq!(
+            run(state, true, issue_client_id(MAX_CLIENT_IDS), Once),
+            Err(TransitionError::TooManyClientIds),
+            "{state}"
+        );
+    }
+}
+
+#[test]
+fn issue_client_id_is_refused_when_disabled_or_switched_off() {
+    for state in DeviceState::ALL {
+        refused_when_disabled(state, issue_client_id(0));
+        let off = Event::IssueClientId {
+            registration: DynamicRegistration::Off,
+            held: 0,
+        };
+        assert_eq!(
+            run(state, true, off, Once),
+            Err(TransitionError::DynamicRegistrationOff),
+            "{state}"
+        );
+    }
+}
