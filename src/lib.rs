@@ -38,7 +38,8 @@ pub use lifecycle::{
 pub use mqtt::{
     ClientId, ConnectCredentials, ConnectKind, ConnectRequest, LoginOptions, MAX_CLIENT_ID_LEN,
     MAX_PARAMS, MAX_PASSWORD_LEN, MAX_RANDOM_LEN, MAX_TIMESTAMP_DIGITS, MAX_USERNAME_LEN,
-    RegistrationOptions, SecureMode, build_login, build_registration_connect, parse_username,
+    RegistrationOptions, SecureMode, build_login, build_registration_connect, build_token_login,
+    parse_username,
 };
 pub use policy::{Clock, FixedClock, Freshness, SECONDS_BELOW, SystemClock, UnixMillis};
 pub use random::{Entropy, EntropyError, OsEntropy};

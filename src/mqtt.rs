@@ -5,7 +5,7 @@ use core::fmt;
 use crate::ascii::{VISIBLE_ASCII, find_either, validate};
 use crate::cert::{DeviceCertificate, ProductCertificate};
 use crate::error::ParseError;
-use crate::id::{DeviceName, ProductKey};
+use crate::id::{DeviceName, IssuedClientId, ProductKey};
 use crate::policy::{Freshness, UnixMillis};
 use crate::secret::{DeviceSecret, DeviceToken, ProductSecret, TokenDigest};
 
@@ -771,7 +771,13 @@ impl fmt::Debug for ConnectRequest<'_> {
 pub struct ConnectCredentials {
     client_id: String,
     username: String,
-    password: Signature,
+    password: Password,
+}
+
+/// A CONNECT's password: a signature, or a DeviceToken sent as it is (`connwl`).
+enum Password {
+    Signed(Signature),
+    Token(DeviceToken),
 }
 
 impl ConnectCredentials {
@@ -785,9 +791,13 @@ impl ConnectCredentials {
         &self.username
     }
 
-    /// The MQTT password: the signature in lowercase hex.
+    /// The MQTT password: the signature in lowercase hex, or for a token login the
+    /// DeviceToken.
     pub fn expose_password(&self) -> String {
-        self.password.to_hex()
+        match &self.password {
+            Password::Signed(signature) => signature.to_hex(),
+            Password::Token(token) => token.expose_secret().to_owned(),
+        }
     }
 }
 
@@ -876,7 +886,7 @@ pub fn build_login(
         return Err(ParseError::InvalidCharacter { field: CLIENT_ID });
     }
     let content = SignContent::login(core, &dn, &pk, options.timestamp);
-    let password = sign(cert.device_secret(), options.sign_method, &content);
+    let password = Password::Signed(sign(cert.device_secret(), options.sign_method, &content));
     Ok(ConnectCredentials {
         username: format!("{dn}&{pk}"),
         client_id,
@@ -931,10 +941,38 @@ pub fn build_registration_connect(
         return Err(ParseError::InvalidCharacter { field: CLIENT_ID });
     }
     let content = SignContent::registration(&device_name, &pk, random);
-    let password = sign(cert.product_secret(), options.sign_method, &content);
+    let password = Password::Signed(sign(cert.product_secret(), options.sign_method, &content));
     Ok(ConnectCredentials {
         username: format!("{device_name}&{pk}"),
         client_id,
         password,
     })
+}
+
+/// Builds a token login (`authType=connwl`, the device side of
+/// [`ConnectRequest::verify_issued_token`]) with a ClientID and DeviceToken that registration
+/// without pre-registration issued: the client id `{ClientID}|securemode=-2,authType=connwl|`,
+/// the user name `{deviceName}&{productKey}`, the token as password (PROTOCOL.md §c).
+///
+/// ```
+/// # use iotauth::*;
+/// let creds = build_token_login(
+///     ProductKey::new("a1BwAGV0001")?, DeviceName::new("meter-01")?,
+///     IssuedClientId::new("a1BwAGV0001meter01abcdef")?, &DeviceToken::new("t0k3n")?,
+/// );
+/// assert_eq!(creds.client_id(), "a1BwAGV0001meter01abcdef|securemode=-2,authType=connwl|");
+/// assert_eq!(creds.expose_password(), "t0k3n");
+/// # Ok::<(), iotauth::ParseError>(())
+/// ```
+pub fn build_token_login(
+    product_key: ProductKey,
+    device_name: DeviceName,
+    client_id: IssuedClientId,
+    token: &DeviceToken,
+) -> ConnectCredentials {
+    ConnectCredentials {
+        client_id: format!("{client_id}|securemode=-2,authType=connwl|"),
+        username: format!("{device_name}&{product_key}"),
+        password: Password::Token(token.clone_secret()),
+    }
 }

@@ -672,6 +672,101 @@ fn alibabas_linkkit_sdk_registers_without_pre_registration_and_logs_in_with_its_
 }
 
 #[test]
+fn regnwl_and_connwl_with_mosquitto_clients_and_the_cli() {
+    let dir = Dir::new("regnwl-cli");
+    let store = format!("sqlite://{}", dir.0.join("fleet.db").display());
+    let product = cli(
+        &store,
+        &[
+            "product",
+            "create",
+            "--dynamic-registration",
+            "--pre-registration-free",
+            "--device-quota",
+            "1",
+        ],
+    );
+    assert_eq!(product["deviceQuota"], 1);
+    let (pk, ps) = (
+        text(&product, "productKey"),
+        text(&product, "productSecret"),
+    );
+    let server = Server::start(&store, dir.0.join("serve.log"), &[]);
+    let regnwl = |name: &str, wait: &str| {
+        let signed = cli(
+            &store,
+            &[
+                "sign",
+                "mqtt",
+                "--auth-type",
+                "regnwl",
+                "--product-key",
+                &pk,
+                "--device-name",
+                name,
+                "--product-secret",
+                &ps,
+            ],
+        );
+        let login = ["clientId", "username", "password"].map(|k| text(&signed, k));
+        mosquitto_client("mosquitto_sub", server.mqtt, &login)
+            .args(["-t", "/ext/regnwl", "-C", "1", "-W", wait])
+            .output()
+            .unwrap()
+    };
+    let out = regnwl("nwl-cli-01", "10");
+    let issued: Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|_| panic!("{out:?}"));
+    let (client_id, token) = (text(&issued, "clientId"), text(&issued, "deviceToken"));
+    let connwl = |token: &str| {
+        let signed = cli(
+            &store,
+            &[
+                "sign",
+                "mqtt",
+                "--auth-type",
+                "connwl",
+                "--product-key",
+                &pk,
+                "--device-name",
+                "nwl-cli-01",
+                "--client-id",
+                &client_id,
+                "--device-token",
+                token,
+            ],
+        );
+        let login = ["clientId", "username", "password"].map(|k| text(&signed, k));
+        mosquitto_pub(
+            server.mqtt,
+            &login,
+            &format!("/{pk}/nwl-cli-01/user/update"),
+            "hi",
+        )
+    };
+    assert_eq!(connwl(&token).status.code(), Some(0));
+    assert_ne!(connwl(&"0".repeat(32)).status.code(), Some(0));
+    let device = cli(&store, &["device", "show", &pk, "nwl-cli-01"]);
+    assert_eq!(device["clientIds"], serde_json::json!([client_id]));
+    assert_eq!(device["state"], "active");
+
+    // The quota (one device) refuses a second device: nothing delivered, nothing created. (It
+    // is checked when the device would be created, after the CONNACK: the connection closes.)
+    let refused = regnwl("nwl-cli-02", "3");
+    assert_ne!(refused.status.code(), Some(0), "{refused:?}");
+    assert!(refused.stdout.is_empty(), "{refused:?}");
+    let second = Command::new(BIN)
+        .args(["--store", &store, "device", "show", &pk, "nwl-cli-02"])
+        .output()
+        .unwrap();
+    assert_eq!(second.status.code(), Some(1));
+
+    // A reset revokes the token.
+    cli(&store, &["device", "reset", &pk, "nwl-cli-01"]);
+    assert_ne!(connwl(&token).status.code(), Some(0));
+    server.assert_log_clean(&[token, ps]);
+}
+
+#[test]
 fn sigterm_shuts_the_server_down_gracefully() {
     let dir = Dir::new("sigterm");
     let fleet = Fleet::new(format!("sqlite://{}", dir.0.join("fleet.db").display()));

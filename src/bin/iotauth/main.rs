@@ -12,9 +12,10 @@ use std::process::ExitCode;
 use clap::{Args, Parser, Subcommand};
 use iotauth::{
     Clock, ConnectKind, ConnectRequest, DeviceCertificate, DeviceName, DeviceSecret, DeviceToken,
-    FixedClock, Freshness, LoginOptions, OsEntropy, ProductCertificate, ProductKey, ProductSecret,
-    RegisterForm, SecureMode, SignMethod, SystemClock, UnixMillis, build_login,
-    build_register_form, registration_random,
+    Entropy, FixedClock, Freshness, IssuedClientId, LoginOptions, OsEntropy, ProductCertificate,
+    ProductKey, ProductSecret, RegisterForm, RegistrationOptions, SecureMode, SignMethod,
+    SystemClock, UnixMillis, build_login, build_register_form, build_registration_connect,
+    build_token_login, registration_random,
 };
 use serde::Serialize;
 
@@ -78,10 +79,24 @@ struct SignMqtt {
     product_key: ProductKey,
     #[arg(long)]
     device_name: DeviceName,
+    /// What the CONNECT is: a per-device login (signed with the DeviceSecret), a registration
+    /// without pre-registration (regnwl: signed with the ProductSecret over --random), or a
+    /// token login (connwl: --client-id is the issued ClientID, the password the token).
+    #[arg(long, value_enum, default_value = "login")]
+    auth_type: AuthType,
     /// The DeviceSecret [env: IOTAUTH_DEVICE_SECRET, which keeps it out of `ps`].
     #[arg(long)]
     device_secret: Option<String>,
-    /// The client-id CORE, signed exactly as given [default: PK.DN].
+    /// regnwl: the ProductSecret [env: IOTAUTH_PRODUCT_SECRET].
+    #[arg(long)]
+    product_secret: Option<String>,
+    /// regnwl: `random` [default: a random decimal number, as Link SDK 4.x sends].
+    #[arg(long)]
+    random: Option<String>,
+    /// connwl: the DeviceToken [env: IOTAUTH_DEVICE_TOKEN].
+    #[arg(long)]
+    device_token: Option<String>,
+    /// The client-id CORE, signed exactly as given [default: PK.DN]; for connwl, the ClientID.
     #[arg(long)]
     client_id: Option<String>,
     /// `timestamp`, decimal digits (none by default).
@@ -93,6 +108,17 @@ struct SignMqtt {
     /// securemode: -2, -1, 0, 1, 2, 3, 4, 5, 7 or 8.
     #[arg(long, default_value_t = 2, allow_negative_numbers = true)]
     secure_mode: i8,
+}
+
+/// `sign mqtt --auth-type`.
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum AuthType {
+    /// A per-device login (no `authType`).
+    Login,
+    /// Registration without pre-registration.
+    Regnwl,
+    /// A token login.
+    Connwl,
 }
 
 #[derive(Args)]
@@ -233,21 +259,57 @@ pub(crate) fn print_json(value: &impl Serialize) -> Result<(), Failure> {
 }
 
 fn sign_mqtt(args: SignMqtt) -> Result<(), Failure> {
-    let secret = required(args.device_secret, DEVICE_SECRET_ENV, "--device-secret")?;
-    let cert = DeviceCertificate::new(
-        args.product_key,
-        args.device_name,
-        DeviceSecret::new(&secret)?,
-    );
-    let creds = build_login(
-        &cert,
-        &LoginOptions {
-            client_id: args.client_id.as_deref(),
-            timestamp: args.timestamp.as_deref(),
-            sign_method: args.sign_method,
-            secure_mode: SecureMode::new(args.secure_mode)?,
-        },
-    )?;
+    let creds = match args.auth_type {
+        AuthType::Login => {
+            let secret = required(args.device_secret, DEVICE_SECRET_ENV, "--device-secret")?;
+            let cert = DeviceCertificate::new(
+                args.product_key,
+                args.device_name,
+                DeviceSecret::new(&secret)?,
+            );
+            build_login(
+                &cert,
+                &LoginOptions {
+                    client_id: args.client_id.as_deref(),
+                    timestamp: args.timestamp.as_deref(),
+                    sign_method: args.sign_method,
+                    secure_mode: SecureMode::new(args.secure_mode)?,
+                },
+            )?
+        }
+        AuthType::Regnwl => {
+            let secret = required(args.product_secret, PRODUCT_SECRET_ENV, "--product-secret")?;
+            let cert = ProductCertificate::new(args.product_key, ProductSecret::new(&secret)?);
+            let random = match args.random {
+                Some(random) => random,
+                None => {
+                    let mut bytes = [0u8; 4];
+                    OsEntropy.fill(&mut bytes)?;
+                    u32::from_le_bytes(bytes).to_string()
+                }
+            };
+            let options = RegistrationOptions {
+                kind: ConnectKind::RegisterNoPreregistration,
+                random: &random,
+                sign_method: args.sign_method,
+                secure_mode: SecureMode::new(args.secure_mode)?,
+                instance_id: None,
+            };
+            build_registration_connect(&cert, args.device_name, &options)?
+        }
+        AuthType::Connwl => {
+            let token = required(args.device_token, DEVICE_TOKEN_ENV, "--device-token")?;
+            let client_id = args
+                .client_id
+                .ok_or_else(|| Failure::Usage("connwl needs --client-id (the ClientID)".into()))?;
+            build_token_login(
+                args.product_key,
+                args.device_name,
+                IssuedClientId::new(&client_id)?,
+                &DeviceToken::new(&token)?,
+            )
+        }
+    };
     print_json(&SignedMqtt {
         client_id: creds.client_id(),
         username: creds.username(),
