@@ -9,6 +9,10 @@
 //!   refused registration, a client id held by another device, or a store outage (rmqtt 0.24
 //!   lets an authentication hook answer only "bad credentials" or "not authorized", so the
 //!   outage cannot be told apart as code 3; the log says which).
+//! * **Registration without pre-registration** (`authType=regnwl`, where the product allows
+//!   it) the same way: checked at CONNECT, then the device created within the product's quota
+//!   and a new ClientID and DeviceToken sent on `/ext/regnwl` to that connection alone before
+//!   it closes; `connwl` logins present them.
 //! * **Dynamic registration on the same port**, as on Alibaba's endpoint: a CONNECT with
 //!   `authType=register` is checked, accepted, sent its DeviceSecret on `/ext/register`
 //!   (to that connection alone), and closed [`REGISTRATION_LINGER`] later. It may subscribe
