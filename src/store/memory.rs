@@ -87,6 +87,20 @@ impl MemoryStore {
     fn write(&self) -> RwLockWriteGuard<'_, Maps> {
         self.inner.write().unwrap_or_else(PoisonError::into_inner)
     }
+
+    fn update_product(
+        &self,
+        product_key: &ProductKey,
+        change: impl FnOnce(&mut ProductRecord),
+    ) -> Result<(), StoreError> {
+        let mut maps = self.write();
+        let product = maps
+            .products
+            .get_mut(product_key)
+            .ok_or(StoreError::NotFound { what: "product" })?;
+        change(product);
+        Ok(())
+    }
 }
 
 impl Maps {
@@ -152,13 +166,7 @@ impl ProductStore for MemoryStore {
         product_key: &ProductKey,
         switch: DynamicRegistration,
     ) -> Result<(), StoreError> {
-        let mut maps = self.write();
-        let product = maps
-            .products
-            .get_mut(product_key)
-            .ok_or(StoreError::NotFound { what: "product" })?;
-        product.dynamic_registration = switch;
-        Ok(())
+        self.update_product(product_key, |product| product.dynamic_registration = switch)
     }
 
     async fn set_pre_registration_free(
@@ -166,13 +174,9 @@ impl ProductStore for MemoryStore {
         product_key: &ProductKey,
         setting: PreRegistrationFree,
     ) -> Result<(), StoreError> {
-        let mut maps = self.write();
-        let product = maps
-            .products
-            .get_mut(product_key)
-            .ok_or(StoreError::NotFound { what: "product" })?;
-        product.pre_registration_free = setting;
-        Ok(())
+        self.update_product(product_key, |product| {
+            product.pre_registration_free = setting;
+        })
     }
 }
 

@@ -370,19 +370,11 @@ impl ProductStore for SqlStore {
         product_key: &ProductKey,
         switch: DynamicRegistration,
     ) -> Result<(), StoreError> {
-        let done = sqlx::query(
+        let query = sqlx::query(
             "UPDATE iotauth_products SET dynamic_registration = $1 WHERE product_key = $2",
         )
-        .bind(switch_value(switch))
-        .bind(product_key.as_str())
-        .execute(&self.pool)
-        .await
-        .map_err(StoreError::unavailable)?;
-        if done.rows_affected() == 1 {
-            Ok(())
-        } else {
-            Err(StoreError::NotFound { what: "product" })
-        }
+        .bind(switch_value(switch));
+        self.update_product(query, product_key).await
     }
 
     async fn set_pre_registration_free(
@@ -390,16 +382,28 @@ impl ProductStore for SqlStore {
         product_key: &ProductKey,
         setting: PreRegistrationFree,
     ) -> Result<(), StoreError> {
-        let done = sqlx::query(
+        let query = sqlx::query(
             "UPDATE iotauth_products SET pre_registration_free = $1, device_quota = $2 \
              WHERE product_key = $3",
         )
         .bind(i64::from(setting.on))
-        .bind(i64::from(setting.device_quota))
-        .bind(product_key.as_str())
-        .execute(&self.pool)
-        .await
-        .map_err(StoreError::unavailable)?;
+        .bind(i64::from(setting.device_quota));
+        self.update_product(query, product_key).await
+    }
+}
+
+impl SqlStore {
+    /// Runs `query` (an `UPDATE` of one product whose last parameter is the product key).
+    async fn update_product(
+        &self,
+        query: sqlx::query::Query<'_, sqlx::Any, sqlx::any::AnyArguments>,
+        product_key: &ProductKey,
+    ) -> Result<(), StoreError> {
+        let done = query
+            .bind(product_key.as_str())
+            .execute(&self.pool)
+            .await
+            .map_err(StoreError::unavailable)?;
         if done.rows_affected() == 1 {
             Ok(())
         } else {
