@@ -577,9 +577,11 @@ impl DeviceSessions {
         }
     }
 
-    /// Records `id` as `device`'s session. Returns the sessions to end: the device's older
-    /// session under another client id, and, for a `login`, this one if the device was
-    /// revoked within the window (its CONNECT may have been admitted before the revocation).
+    /// Records `id` as held by `device`, and for a `login` as the device's session. Returns
+    /// the sessions to end: for a login, the device's older session under another client id,
+    /// and this one if the device was revoked within the window (its CONNECT may have been
+    /// admitted before the revocation). A registration connection (closed moments later)
+    /// ends nothing: a `regnwl` for a device that is logged in must not take its connection.
     fn connected(&self, device: DeviceIdentity, id: &Id, login: bool, now: Instant) -> Vec<Id> {
         let mut table = self.table();
         table.forget_before(now.checked_sub(self.window));
@@ -590,13 +592,16 @@ impl DeviceSessions {
                 hold: Hold::Session(id.clone()),
             },
         );
+        if !login {
+            return Vec::new();
+        }
         let mut ended: Vec<Id> = table
             .sessions
             .insert(device, id.clone())
             .filter(|older| older.client_id != id.client_id)
             .into_iter()
             .collect();
-        if login && table.revoked.iter().any(|(revoked, _)| *revoked == device) {
+        if table.revoked.iter().any(|(revoked, _)| *revoked == device) {
             ended.push(id.clone());
         }
         ended

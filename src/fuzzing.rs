@@ -713,10 +713,14 @@ async fn try_lifecycle(u: &mut Unstructured<'_>) -> arbitrary::Result<()> {
                         if !d.enabled => {}
                     (Some(d), Err(RegisterError::Refused(TransitionError::TooManyClientIds)))
                         if d.enabled && d.client_ids >= crate::MAX_CLIENT_IDS => {}
+                    (Some(d), Err(RegisterError::Refused(TransitionError::WrongState { .. })))
+                        if d.enabled && d.state != DeviceState::Inactive && d.client_ids == 0 => {}
                     (d, Ok(issued))
                         if switch == DynamicRegistration::On
                             && d.map_or(devices < FUZZ_DEVICE_QUOTA as usize, |d| {
-                                d.enabled && d.client_ids < crate::MAX_CLIENT_IDS
+                                d.enabled
+                                    && d.client_ids < crate::MAX_CLIENT_IDS
+                                    && (d.state == DeviceState::Inactive || d.client_ids > 0)
                             }) =>
                     {
                         let d = d.unwrap_or(ModelDevice {

@@ -3,12 +3,14 @@
 //! | state \ event | Issue | IssueClientId | LoginOk | Disable / Enable | Reset | Delete |
 //! |---|---|---|---|---|---|---|
 //! | Inactive | → Issued, deliver | → Issued, new ClientID | → Active | flag | stays, new secret | removed |
-//! | Issued | refused (`Once`) / same secret again (`RedeliverUntilFirstLogin`) | stays, new ClientID | → Active | flag | → Inactive, new secret | removed |
-//! | Active | refused | stays, new ClientID | stays | flag | → Inactive, new secret | removed |
+//! | Issued | refused (`Once`) / same secret again (`RedeliverUntilFirstLogin`) | new ClientID if it holds one already, else refused | → Active | flag | → Inactive, new secret | removed |
+//! | Active | refused | new ClientID if it holds one already, else refused | stays | flag | → Inactive, new secret | removed |
 //!
 //! A disabled device can neither register (Issue, IssueClientId) nor log in (LoginOk); the
 //! product's switches gate Issue and IssueClientId and nothing else. A device holds at most
-//! [`MAX_CLIENT_IDS`] ClientIDs (PROTOCOL.md §c). Reset always rotates the secret and revokes
+//! [`MAX_CLIENT_IDS`] ClientIDs (PROTOCOL.md §c), and gets one only while it is Inactive or
+//! holds one already: a device whose DeviceSecret was delivered or used is not handed a
+//! second credential by whoever holds the ProductSecret. Reset always rotates the secret and revokes
 //! every ClientID, also from Inactive: a secret handed out by an operator may have leaked
 //! before first use.
 
@@ -282,10 +284,18 @@ pub fn transition(
         Event::IssueClientId { held, .. } if held >= MAX_CLIENT_IDS => {
             Err(TransitionError::TooManyClientIds)
         }
-        Event::IssueClientId { .. } => Ok(match from.state {
-            Inactive => become_(Issued, SecretEffect::AddClientId),
-            Issued | Active => stay(SecretEffect::AddClientId),
-        }),
+        Event::IssueClientId { held, .. } => match from.state {
+            Inactive => Ok(become_(Issued, SecretEffect::AddClientId)),
+            // It registered this way before (and, say, lost its flash): one more.
+            Issued | Active if held > 0 => Ok(stay(SecretEffect::AddClientId)),
+            // Its DeviceSecret was delivered or used: a ClientID now would give whoever holds
+            // the ProductSecret a second way in to a device that has its own credential.
+            got => Err(TransitionError::WrongState {
+                event: event.name(),
+                expected: Expected(&[Inactive]),
+                got,
+            }),
+        },
         Event::Issue(DynamicRegistration::On) => match (from.state, policy) {
             (Inactive, _) => Ok(become_(Issued, SecretEffect::Deliver)),
             (Issued, IssuancePolicy::RedeliverUntilFirstLogin) => Ok(stay(SecretEffect::Redeliver)),

@@ -287,3 +287,18 @@ fn issue_client_id_is_refused_when_disabled_or_switched_off() {
         );
     }
 }
+
+#[test]
+fn a_device_with_its_own_credential_gets_no_client_id() {
+    for state in [Issued, Active] {
+        for policy in [Once, RedeliverUntilFirstLogin] {
+            assert!(
+                matches!(
+                    run(state, true, issue_client_id(0), policy),
+                    Err(TransitionError::WrongState { event: "issue-client-id", got, .. }) if got == state
+                ),
+                "{state} {policy:?}"
+            );
+        }
+    }
+}

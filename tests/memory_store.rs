@@ -73,7 +73,13 @@ mod broken {
             d: DeviceRecord,
             quota: u32,
         ) -> Result<(), StoreError> {
-            self.0.insert_device_within_quota(d, quota).await
+            // Counts, then inserts: not atomic.
+            let count = self.0.devices(&d.product_key).await?.len();
+            tokio::task::yield_now().await;
+            if count >= quota as usize {
+                return Err(StoreError::QuotaReached);
+            }
+            self.0.insert_device(d).await
         }
         async fn device(
             &self,
@@ -100,6 +106,32 @@ mod broken {
                 .device(pk, dn)
                 .await?
                 .ok_or(StoreError::NotFound { what: "device" })?;
+            // And a ClientID replaces the list it was read with rather than joining the list
+            // as it is now: the lost update of a read-modify-write without the revision.
+            if let DeviceUpdate::Set {
+                status,
+                client_ids: ClientIdChange::Add(record),
+                ..
+            } = update
+            {
+                let revoke = DeviceUpdate::Set {
+                    status,
+                    device_secret: None,
+                    client_ids: ClientIdChange::RevokeAll,
+                };
+                self.0
+                    .compare_and_set(pk, dn, current.revision, revoke)
+                    .await?;
+                let add = DeviceUpdate::Set {
+                    status,
+                    device_secret: None,
+                    client_ids: ClientIdChange::Add(record),
+                };
+                return self
+                    .0
+                    .compare_and_set(pk, dn, current.revision + 1, add)
+                    .await;
+            }
             self.0
                 .compare_and_set(pk, dn, current.revision, update)
                 .await
@@ -108,12 +140,35 @@ mod broken {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn quota_race_catches_a_store_that_counts_then_inserts() {
+    let store = Arc::new(broken::IgnoresRevision::default());
+    let race = tokio::spawn(conformance::race_device_quota(store));
+    let failure = race
+        .await
+        .expect_err("the quota race must fail on a store that counts then inserts");
+    let message = failure
+        .into_panic()
+        .downcast::<String>()
+        .map(|m| *m)
+        .unwrap_or_default();
+    assert!(message.contains("devices stored"), "{message}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn client_id_race_catches_a_store_whose_compare_and_set_is_not_atomic() {
     let store = Arc::new(broken::IgnoresRevision::default());
     let race = tokio::spawn(conformance::race_client_ids(store));
+    let failure = race
+        .await
+        .expect_err("the ClientID race must fail on a store that ignores the revision");
+    let message = failure
+        .into_panic()
+        .downcast::<String>()
+        .map(|m| *m)
+        .unwrap_or_default();
     assert!(
-        race.await.is_err(),
-        "the ClientID race must fail on a store that ignores the revision"
+        message.contains("ClientIDs issued") || message.contains("no token lost"),
+        "{message}"
     );
 }
 

@@ -58,6 +58,7 @@ where
     race_issue_once(new_store(), IssuancePolicy::RedeliverUntilFirstLogin).await;
     registration_without_pre_registration(new_store()).await;
     race_client_ids(new_store()).await;
+    race_device_quota(new_store()).await;
 }
 
 fn name(text: &str) -> DeviceName {
@@ -643,7 +644,6 @@ pub async fn registration_without_pre_registration<S: ProductStore + DeviceStore
     assert_eq!(stored.client_ids.len(), 1);
     assert_eq!(stored.client_ids[0].client_id, client_id);
     assert!(stored.client_ids[0].token_digest.matches(&token));
-    assert!(!stored.client_ids[0].token_digest.to_hex().contains(&token));
 
     // connwl: the token logs in (Issued → Active); another token, another ClientID do not.
     connwl(&store, &product, "nwl-dev-1", client_id.as_str(), &token)
@@ -732,6 +732,19 @@ pub async fn registration_without_pre_registration<S: ProductStore + DeviceStore
     assert_eq!(
         refusal(regnwl(&registrar, &product, "nwl-dev-1").await),
         RefusalCode::DeviceDisabled
+    );
+
+    // A device that logged in with its DeviceSecret gets no ClientID: whoever holds the
+    // ProductSecret gets no second way in to it.
+    let (admin, own) = pre_registration_free_product(&store, 10).await;
+    let device = admin
+        .register_device(own.product_key, name("nwl-own-1"))
+        .await
+        .unwrap();
+    login(&store, &device).await.unwrap();
+    assert_eq!(
+        refusal(regnwl(&registrar, &own, "nwl-own-1").await),
+        RefusalCode::AlreadyIssued
     );
 
     // Without the pre-registration-free switch, or with dynamic registration off: refused,
@@ -824,4 +837,38 @@ pub async fn race_client_ids<S: ProductStore + DeviceStore + Clone + 'static>(st
                 .is_err()
         );
     }
+}
+
+/// [`RACERS`] concurrent `regnwl`, each for a device name of its own, against a quota of five
+/// devices: exactly five devices are created, every other racer is refused with the quota.
+pub async fn race_device_quota<S: ProductStore + DeviceStore + Clone + 'static>(store: S) {
+    const QUOTA: u32 = 5;
+    let (_, product) = pre_registration_free_product(&store, QUOTA).await;
+    let product = Arc::new(product);
+    let barrier = Arc::new(Barrier::new(RACERS));
+    let racers: Vec<_> = (0..RACERS)
+        .map(|i| {
+            let (store, product, barrier) = (store.clone(), product.clone(), barrier.clone());
+            tokio::spawn(async move {
+                let registrar = Registrar::new(store);
+                barrier.wait().await;
+                regnwl(&registrar, &product, &format!("nwl-quota-{i:02}")).await
+            })
+        })
+        .collect();
+    let (mut created, mut refused) = (0, 0);
+    for racer in racers {
+        match racer.await.expect("racer task panicked") {
+            Ok(_) => created += 1,
+            Err(e) if e.code() == RefusalCode::DeviceQuotaReached => refused += 1,
+            Err(other) => panic!("unexpected refusal in the quota race: {other}"),
+        }
+    }
+    println!("quota race: {RACERS} racers, {created} devices created, {refused} refused");
+    let devices = store.devices(&product.product_key).await.unwrap().len();
+    assert_eq!(devices, QUOTA as usize, "devices stored");
+    assert_eq!(
+        (created, refused),
+        (QUOTA as usize, RACERS - QUOTA as usize)
+    );
 }

@@ -11,7 +11,7 @@ use super::{
     ProductRecord, ProductStore, StoreError,
 };
 use crate::id::{DeviceName, ProductKey};
-use crate::lifecycle::{DeviceStatus, DynamicRegistration};
+use crate::lifecycle::{DeviceStatus, DynamicRegistration, MAX_CLIENT_IDS};
 use crate::secret::DeviceSecret;
 
 /// A store in lock-guarded maps. Every operation takes the lock once and never across an
@@ -252,6 +252,9 @@ impl DeviceStore for MemoryStore {
                 }
                 match client_ids {
                     ClientIdChange::Keep => {}
+                    ClientIdChange::Add(_) if device.client_ids.len() >= MAX_CLIENT_IDS => {
+                        return Err(StoreError::Precondition { what: "device" });
+                    }
                     ClientIdChange::Add(record) => device.client_ids.push(record),
                     ClientIdChange::RevokeAll => device.client_ids.clear(),
                 }

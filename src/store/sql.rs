@@ -24,8 +24,6 @@
 //! `client_ids` lists a device's ClientIDs and the SHA-256 of each one's DeviceToken as
 //! `CLIENTID:HEXDIGEST` separated by commas, oldest first (at most five): in the device's row,
 //! so that compare-and-set changes them atomically with the rest. No token is stored.
-//! ```text
-//! ```
 //! Only `TEXT` and `BIGINT` columns, which both databases and the `Any` driver map alike.
 //! Migrations are embedded and applied on [`SqlStore::connect`] (and by [`SqlStore::migrate`]);
 //! applied versions are recorded in `iotauth_schema`.
@@ -159,19 +157,33 @@ impl SqlStore {
             if applied.is_some() {
                 continue;
             }
-            for statement in *statements {
-                tx.execute(*statement).await.map_err(fail)?;
-            }
+            // The version is recorded first: a node migrating concurrently waits on this row
+            // and then finds it taken, instead of applying the statements a second time.
             let recorded = sqlx::query("INSERT INTO iotauth_schema (version) VALUES ($1)")
                 .bind(version)
                 .execute(&mut *tx)
                 .await;
             match recorded {
-                Ok(_) => tx.commit().await.map_err(fail)?,
+                Ok(_) => {}
                 // Another node applied the same version concurrently: theirs stands.
-                Err(e) if is_unique_violation(&e) => tx.rollback().await.map_err(fail)?,
+                Err(e) if is_unique_violation(&e) => {
+                    tx.rollback().await.map_err(fail)?;
+                    continue;
+                }
                 Err(e) => return Err(fail(e)),
             }
+            for statement in *statements {
+                tx.execute(*statement).await.map_err(fail)?;
+            }
+            tx.commit().await.map_err(fail)?;
+        }
+        let newest: Option<i64> = sqlx::query_scalar("SELECT MAX(version) FROM iotauth_schema")
+            .fetch_one(&self.pool)
+            .await
+            .map_err(fail)?;
+        let known = MIGRATIONS.last().map_or(0, |(version, _)| *version);
+        if newest.is_some_and(|newest| newest > known) {
+            return Err(StoreError::unavailable(NewerSchema { known }));
         }
         Ok(())
     }
@@ -188,6 +200,14 @@ fn is_unique_violation(e: &sqlx::Error) -> bool {
 
 fn is_foreign_key_violation(e: &sqlx::Error) -> bool {
     matches!(e, sqlx::Error::Database(db) if db.is_foreign_key_violation())
+}
+
+/// The database was migrated by a newer version of this crate, whose rules this one does not
+/// know (it might, say, leave revoked tokens valid).
+#[derive(Debug, thiserror::Error)]
+#[error("the store's schema is newer than this program knows (version {known}): upgrade it")]
+struct NewerSchema {
+    known: i64,
 }
 
 /// Stored data this crate would never write: reported as an outage, since no verdict can be
@@ -452,12 +472,29 @@ impl DeviceStore for SqlStore {
         device_quota: u32,
     ) -> Result<(), StoreError> {
         let fail = StoreError::unavailable;
+        let count_sql = "SELECT COUNT(*) FROM iotauth_devices WHERE product_key = $1";
+        // A full product is refused by a read, without the write lock below: a flood of
+        // registrations for new names must not stall every other write.
+        let count: i64 = sqlx::query_scalar(count_sql)
+            .bind(device.product_key.as_str())
+            .fetch_one(&self.pool)
+            .await
+            .map_err(fail)?;
+        if count >= i64::from(device_quota) {
+            return match self
+                .device(&device.product_key, &device.device_name)
+                .await?
+            {
+                Some(_) => Err(StoreError::AlreadyExists { what: "device" }),
+                None => Err(StoreError::QuotaReached),
+            };
+        }
         let mut tx = self.pool.begin().await.map_err(fail)?;
         // A no-op write to the product's row: PostgreSQL locks the row until commit, SQLite
         // takes its one write lock, so concurrent calls count and insert one after another
         // (and, in PostgreSQL's read-committed mode, each counts what the previous committed).
         let locked = sqlx::query(
-            "UPDATE iotauth_products SET product_key = product_key WHERE product_key = $1",
+            "UPDATE iotauth_products SET device_quota = device_quota WHERE product_key = $1",
         )
         .bind(device.product_key.as_str())
         .execute(&mut *tx)
@@ -477,12 +514,11 @@ impl DeviceStore for SqlStore {
         if taken.is_some() {
             return Err(StoreError::AlreadyExists { what: "device" });
         }
-        let count: i64 =
-            sqlx::query_scalar("SELECT COUNT(*) FROM iotauth_devices WHERE product_key = $1")
-                .bind(device.product_key.as_str())
-                .fetch_one(&mut *tx)
-                .await
-                .map_err(fail)?;
+        let count: i64 = sqlx::query_scalar(count_sql)
+            .bind(device.product_key.as_str())
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(fail)?;
         if count >= i64::from(device_quota) {
             return Err(StoreError::QuotaReached);
         }
@@ -537,14 +573,17 @@ impl DeviceStore for SqlStore {
                 device_secret,
                 client_ids,
             } => sqlx::query(
-                // $4: NULL keeps the ClientIDs, '' revokes them, an entry is appended.
+                // $4: NULL keeps the ClientIDs, '' revokes them, an entry is appended, unless
+                // the list holds MAX_CLIENT_IDS (5) already: four commas.
                 "UPDATE iotauth_devices SET state = $1, enabled = $2, \
                  device_secret = COALESCE($3, device_secret), \
                  client_ids = CASE WHEN CAST($4 AS TEXT) IS NULL THEN client_ids \
                    WHEN CAST($4 AS TEXT) = '' OR client_ids = '' THEN CAST($4 AS TEXT) \
                    ELSE client_ids || ',' || CAST($4 AS TEXT) END, \
                  revision = revision + 1 \
-                 WHERE product_key = $5 AND device_name = $6 AND revision = $7",
+                 WHERE product_key = $5 AND device_name = $6 AND revision = $7 \
+                 AND (CAST($4 AS TEXT) IS NULL OR CAST($4 AS TEXT) = '' OR client_ids = '' \
+                   OR LENGTH(client_ids) - LENGTH(REPLACE(client_ids, ',', '')) < 4)",
             )
             .bind(status.state.name())
             .bind(i64::from(status.enabled))
