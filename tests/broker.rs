@@ -547,6 +547,33 @@ async fn regnwl_on_the_broker_port_issues_a_client_id_and_token_that_log_in_with
         assert_eq!(connack, [0x20, 0x02, 0x00, 0x04], "a wrong token");
     }
 
+    // Five ClientIDs per device: four more for nwl-01, then a sixth is "not authorized".
+    for _ in 1..MAX_CLIENT_IDS {
+        let creds = regnwl_creds(&fleet.product, "nwl-01", "2", "");
+        let (mut stream, connack) = fleet.connect(&connect_packet(&creds, None)).await;
+        assert_eq!(connack, ACCEPTED);
+        registration_payload(&mut stream, "/ext/regnwl").await;
+    }
+    let creds = regnwl_creds(&fleet.product, "nwl-01", "2", "");
+    let (_, connack) = fleet.connect(&connect_packet(&creds, None)).await;
+    assert_eq!(connack, NOT_AUTHORIZED, "a sixth ClientID");
+
+    // A full quota: a new device is "not authorized", and is not created.
+    fleet
+        .admin
+        .set_pre_registration_free(
+            &pk,
+            iotauth::store::PreRegistrationFree {
+                on: true,
+                device_quota: 3,
+            },
+        )
+        .await
+        .unwrap();
+    let creds = regnwl_creds(&fleet.product, "nwl-05", "2", "");
+    let (_, connack) = fleet.connect(&connect_packet(&creds, None)).await;
+    assert_eq!(connack, NOT_AUTHORIZED, "over the quota");
+
     // Switched off: regnwl is "not authorized", and creates nothing.
     fleet
         .admin

@@ -749,10 +749,9 @@ fn regnwl_and_connwl_with_mosquitto_clients_and_the_cli() {
     assert_eq!(device["clientIds"], serde_json::json!([client_id]));
     assert_eq!(device["state"], "active");
 
-    // The quota (one device) refuses a second device: nothing delivered, nothing created. (It
-    // is checked when the device would be created, after the CONNACK: the connection closes.)
+    // The quota (one device) refuses a second device: "not authorized", nothing created.
     let refused = regnwl("nwl-cli-02", "3");
-    assert_ne!(refused.status.code(), Some(0), "{refused:?}");
+    assert_eq!(refused.status.code(), Some(5), "{refused:?}");
     assert!(refused.stdout.is_empty(), "{refused:?}");
     let second = Command::new(BIN)
         .args(["--store", &store, "device", "show", &pk, "nwl-cli-02"])

@@ -363,8 +363,8 @@ impl<S: ProductStore + DeviceStore> Registrar<S> {
 
     /// Whether [`Registrar::register_client_id`] would issue now, without creating or
     /// issuing anything (see [`Registrar::check_request`] for why a broker asks first): the
-    /// signature, both switches, and for an existing device the lifecycle's answer. The
-    /// quota is checked when the device is created.
+    /// signature, both switches, for an existing device the lifecycle's answer, for a new one
+    /// the product's quota (checked again, atomically, when the device is created).
     ///
     /// # Errors
     /// As [`Registrar::register_client_id`].
@@ -372,14 +372,21 @@ impl<S: ProductStore + DeviceStore> Registrar<S> {
         &self,
         request: &ConnectRequest<'_>,
     ) -> Result<Verified<DeviceIdentity>, RegisterError> {
-        let (identity, registration, _) = self.verified_client_id_request(request).await?;
+        let (identity, registration, device_quota) =
+            self.verified_client_id_request(request).await?;
         let (product_key, device_name) = (request.product_key(), request.device_name());
-        if let Some(device) = self.store.device(&product_key, &device_name).await? {
-            let event = Event::IssueClientId {
-                registration,
-                held: device.client_ids.len(),
-            };
-            transition(device.status, event, self.policy)?;
+        match self.store.device(&product_key, &device_name).await? {
+            Some(device) => {
+                let event = Event::IssueClientId {
+                    registration,
+                    held: device.client_ids.len(),
+                };
+                transition(device.status, event, self.policy)?;
+            }
+            None if self.store.device_count(&product_key).await? >= u64::from(device_quota) => {
+                return Err(RegisterError::Store(StoreError::QuotaReached));
+            }
+            None => {}
         }
         Ok(identity)
     }

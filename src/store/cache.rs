@@ -154,6 +154,10 @@ impl<S: DeviceStore> DeviceStore for CachedStore<S> {
         self.inner.devices(product_key).await
     }
 
+    async fn device_count(&self, product_key: &ProductKey) -> Result<u64, StoreError> {
+        self.inner.device_count(product_key).await
+    }
+
     async fn compare_and_set(
         &self,
         product_key: &ProductKey,

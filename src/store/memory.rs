@@ -222,6 +222,14 @@ impl DeviceStore for MemoryStore {
         devices.sort_unstable_by_key(|device| device.device_name);
         Ok(devices)
     }
+    async fn device_count(&self, product_key: &ProductKey) -> Result<u64, StoreError> {
+        Ok(self
+            .read()
+            .devices
+            .get(product_key)
+            .map_or(0, |devices| devices.len() as u64))
+    }
+
     async fn compare_and_set(
         &self,
         product_key: &ProductKey,

@@ -274,6 +274,15 @@ pub trait DeviceStore: Send + Sync {
     /// [`StoreError::Unavailable`].
     async fn devices(&self, product_key: &ProductKey) -> Result<Vec<DeviceRecord>, StoreError>;
 
+    /// How many devices a product has (what [`DeviceStore::insert_device_within_quota`]
+    /// counts). The default reads them all; adapters count in place.
+    ///
+    /// # Errors
+    /// [`StoreError::Unavailable`].
+    async fn device_count(&self, product_key: &ProductKey) -> Result<u64, StoreError> {
+        Ok(self.devices(product_key).await?.len() as u64)
+    }
+
     /// Applies `update` if and only if the device's revision is still `expected_revision`,
     /// and then increments the revision; atomically (see the module's promise).
     ///
@@ -371,6 +380,9 @@ macro_rules! forward_store {
             }
             async fn devices(&self, product_key: &ProductKey) -> Result<Vec<DeviceRecord>, StoreError> {
                 (**self).devices(product_key).await
+            }
+            async fn device_count(&self, product_key: &ProductKey) -> Result<u64, StoreError> {
+                (**self).device_count(product_key).await
             }
             async fn compare_and_set(
                 &self,

@@ -323,6 +323,9 @@ fn revision_value(revision: u64) -> Result<i64, StoreError> {
     i64::try_from(revision).map_err(|_| StoreError::Precondition { what: "device" })
 }
 
+/// A product's devices, counted (by the primary key's index).
+const DEVICE_COUNT: &str = "SELECT COUNT(*) FROM iotauth_devices WHERE product_key = $1";
+
 /// The column lists, as macros so that every statement is a `&'static str`.
 macro_rules! product_columns {
     () => {
@@ -472,15 +475,9 @@ impl DeviceStore for SqlStore {
         device_quota: u32,
     ) -> Result<(), StoreError> {
         let fail = StoreError::unavailable;
-        let count_sql = "SELECT COUNT(*) FROM iotauth_devices WHERE product_key = $1";
         // A full product is refused by a read, without the write lock below: a flood of
         // registrations for new names must not stall every other write.
-        let count: i64 = sqlx::query_scalar(count_sql)
-            .bind(device.product_key.as_str())
-            .fetch_one(&self.pool)
-            .await
-            .map_err(fail)?;
-        if count >= i64::from(device_quota) {
+        if self.device_count(&device.product_key).await? >= u64::from(device_quota) {
             return match self
                 .device(&device.product_key, &device.device_name)
                 .await?
@@ -514,7 +511,7 @@ impl DeviceStore for SqlStore {
         if taken.is_some() {
             return Err(StoreError::AlreadyExists { what: "device" });
         }
-        let count: i64 = sqlx::query_scalar(count_sql)
+        let count: i64 = sqlx::query_scalar(DEVICE_COUNT)
             .bind(device.product_key.as_str())
             .fetch_one(&mut *tx)
             .await
@@ -557,6 +554,15 @@ impl DeviceStore for SqlStore {
             .await
             .map_err(StoreError::unavailable)?;
         rows.iter().map(device_from_row).collect()
+    }
+
+    async fn device_count(&self, product_key: &ProductKey) -> Result<u64, StoreError> {
+        let count: i64 = sqlx::query_scalar(DEVICE_COUNT)
+            .bind(product_key.as_str())
+            .fetch_one(&self.pool)
+            .await
+            .map_err(StoreError::unavailable)?;
+        u64::try_from(count).map_err(|_| StoreError::unavailable(Corrupt { column: "count" }))
     }
 
     async fn compare_and_set(
