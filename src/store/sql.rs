@@ -143,10 +143,17 @@ impl SqlStore {
     /// [`StoreError::Unavailable`].
     pub async fn migrate(&self) -> Result<(), StoreError> {
         let fail = StoreError::unavailable;
-        self.pool
+        let created = self
+            .pool
             .execute("CREATE TABLE IF NOT EXISTS iotauth_schema (version BIGINT PRIMARY KEY)")
-            .await
-            .map_err(fail)?;
+            .await;
+        match created {
+            Ok(_) => {}
+            // Another node created it at the same moment (PostgreSQL's `IF NOT EXISTS` is not
+            // safe against a concurrent CREATE): it exists now.
+            Err(e) if is_unique_violation(&e) => {}
+            Err(e) => return Err(fail(e)),
+        }
         for (version, statements) in MIGRATIONS {
             let mut tx = self.pool.begin().await.map_err(fail)?;
             let applied = sqlx::query("SELECT version FROM iotauth_schema WHERE version = $1")
