@@ -72,3 +72,49 @@ impl ParseError {
         }
     }
 }
+
+/// Displays an error and the errors it was caused by, outermost first, as one line:
+/// `error: its source: …` (line breaks inside a message become spaces), for a log line or a
+/// command's error message that must keep the cause.
+///
+/// ```
+/// let io = std::io::Error::new(std::io::ErrorKind::PermissionDenied, "permission denied");
+/// let store = iotauth::store::StoreError::unavailable(io);
+/// assert_eq!(
+///     iotauth::ErrorChain(&store).to_string(),
+///     "the store failed (permission): permission denied"
+/// );
+/// ```
+#[derive(Clone, Copy)]
+pub struct ErrorChain<'a>(pub &'a (dyn std::error::Error + 'static));
+
+impl ErrorChain<'_> {
+    /// The error and its sources, outermost first.
+    pub fn iter(&self) -> impl Iterator<Item = &(dyn std::error::Error + 'static)> {
+        std::iter::successors(Some(self.0), |error| error.source())
+    }
+}
+
+impl std::fmt::Display for ErrorChain<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for (i, error) in self.iter().enumerate() {
+            if i > 0 {
+                f.write_str(": ")?;
+            }
+            let text = error.to_string();
+            for (j, line) in text.lines().enumerate() {
+                if j > 0 {
+                    f.write_str(" ")?;
+                }
+                f.write_str(line)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+impl std::fmt::Debug for ErrorChain<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Display::fmt(self, f)
+    }
+}

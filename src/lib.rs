@@ -29,7 +29,7 @@ mod verified;
 
 pub use acl::{MAX_TOPIC_LEN, TopicRule};
 pub use cert::{DeviceCertificate, ProductCertificate};
-pub use error::ParseError;
+pub use error::{ErrorChain, ParseError};
 pub use id::{DeviceName, IssuedClientId, ProductKey};
 pub use lifecycle::{
     DeviceState, DeviceStatus, DynamicRegistration, Event, Expected, IssuancePolicy,

@@ -51,6 +51,7 @@ use tokio_io_timeout::TimeoutStream;
 use tokio_openssl::SslStream;
 use zeroize::Zeroizing;
 
+use crate::error::ErrorChain;
 use crate::server::MAX_BODY_LEN;
 
 /// The TLS 1.2 suites of Mozilla's "intermediate" profile (ECDHE and DHE key exchange, AEAD).
@@ -439,7 +440,7 @@ where
         }
     };
     tokio::select! {
-        served = connection => served.map_err(|e| with_sources(&e)),
+        served = connection => served.map_err(|e| ErrorChain(&e).to_string()),
         () = no_first_head => Err("no request head within the handshake limit".to_owned()),
     }
 }
@@ -462,23 +463,10 @@ async fn read_body_within(timeout: Duration, request: Request, next: Next) -> Re
     }
 }
 
-/// `error` and the errors it was caused by, outermost first.
-fn chain<'a>(
-    error: &'a (dyn std::error::Error + 'static),
-) -> impl Iterator<Item = &'a (dyn std::error::Error + 'static)> {
-    std::iter::successors(Some(error), |error| error.source())
-}
-
-/// `error: its source: …`, for a log line.
-fn with_sources(error: &(dyn std::error::Error + 'static)) -> String {
-    chain(error)
-        .map(ToString::to_string)
-        .collect::<Vec<_>>()
-        .join(": ")
-}
-
 fn is_length_limit(error: &axum::Error) -> bool {
-    chain(error).any(|error| error.is::<http_body_util::LengthLimitError>())
+    ErrorChain(error)
+        .iter()
+        .any(|error| error.is::<http_body_util::LengthLimitError>())
 }
 
 fn closing(status: StatusCode, message: &'static str) -> Response {

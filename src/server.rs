@@ -8,7 +8,7 @@
 //! | `POST /hooks/emqx/authn`, `POST /hooks/emqx/authz` | EMQX 5 HTTP authenticator / authorizer |
 //! | `POST /hooks/vernemq` | VerneMQ webhooks (`vernemq-hook` header) |
 //! | `POST /hooks/go-auth/user`, `/superuser`, `/acl` | mosquitto-go-auth HTTP backend, JSON params |
-//! | `GET /healthz`, `GET /metrics` | liveness; Prometheus text |
+//! | `GET /healthz`, `GET /readyz`, `GET /metrics` | liveness (the process answers); readiness (the store answers a round trip within [`STORE_TIMEOUT`], else 503); Prometheus text |
 //!
 //! A device learns nothing from a refusal beyond its kind; the log (`tracing`) says why, never
 //! with a secret. A store outage is answered "ignore" / "next" / 5xx, so that the broker
@@ -28,6 +28,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use crate::acl::TopicRule;
+use crate::error::ErrorChain;
 use crate::error::ParseError;
 use crate::id::{DeviceName, ProductKey};
 use crate::lifecycle::{DeviceStatus, Event, IssuancePolicy};
@@ -38,7 +39,7 @@ use crate::service::{
     Admin, AdminError, AuthError, Authenticator, IssuedClientIdToken, IssuedSecret, RegisterError,
     Registrar,
 };
-use crate::store::{CachedStore, Store, StoreError};
+use crate::store::{CachedStore, FailureKind, Store, StoreError};
 use crate::verified::{DeviceIdentity, Verified};
 
 /// Cap on any request body, in bytes (a registration form is at most 4096).
@@ -439,7 +440,11 @@ impl Services {
             }
             Err(e) => {
                 self.metrics.count_login_refusal(e);
-                tracing::warn!(reason = %e, "login refused");
+                self.metrics.count_store_failure(match e {
+                    AuthError::Store(e) => e.failure_kind(),
+                    _ => None,
+                });
+                tracing::warn!(reason = %ErrorChain(e), "login refused");
             }
         }
     }
@@ -527,6 +532,15 @@ impl Services {
         Ok(status)
     }
 
+    /// Whether the store serves requests now ([`crate::store::DeviceStore::check_ready`]),
+    /// within [`STORE_TIMEOUT`]: what `/readyz` answers.
+    ///
+    /// # Errors
+    /// The store's failure, of the kind that says why.
+    pub async fn check_ready(&self) -> Result<(), StoreError> {
+        bounded(self.store.check_ready(), |e| e).await
+    }
+
     /// Devices whose connections must end now (disabled, reset or deleted through
     /// [`Services::apply_operator_event`]), for a broker to act on.
     pub fn revocations(&self) -> tokio::sync::broadcast::Receiver<DeviceIdentity> {
@@ -553,7 +567,11 @@ impl Services {
 
     fn record_registration_refusal(&self, e: &RegisterError) {
         self.metrics.count_registration_refusal(e.code());
-        tracing::warn!(reason = %e, code = e.code().code(), "registration refused");
+        self.metrics.count_store_failure(match e {
+            RegisterError::Store(e) => e.failure_kind(),
+            _ => None,
+        });
+        tracing::warn!(reason = %ErrorChain(e), code = e.code().code(), "registration refused");
     }
 }
 
@@ -566,6 +584,7 @@ pub struct Metrics {
     registrations_refused: [AtomicU64; RefusalCode::ALL.len()],
     hook_latency: [AtomicU64; LATENCY_BUCKETS_US.len() + 1],
     hook_latency_sum_us: AtomicU64,
+    store_failures: [AtomicU64; FailureKind::ALL.len()],
 }
 
 const LOGIN_REASONS: [&str; 5] = [
@@ -587,6 +606,12 @@ impl Metrics {
             _ => 4,
         };
         self.logins_refused[reason].fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn count_store_failure(&self, kind: Option<FailureKind>) {
+        if let Some(i) = kind.and_then(|kind| FailureKind::ALL.iter().position(|k| *k == kind)) {
+            self.store_failures[i].fetch_add(1, Ordering::Relaxed);
+        }
     }
 
     fn count_registration_refusal(&self, code: RefusalCode) {
@@ -637,6 +662,14 @@ impl Metrics {
                 get(count)
             );
         }
+        let _ = writeln!(out, "# TYPE iotauth_store_failures_total counter");
+        for (kind, count) in FailureKind::ALL.iter().zip(&self.store_failures) {
+            let _ = writeln!(
+                out,
+                "iotauth_store_failures_total{{kind=\"{kind}\"}} {}",
+                get(count)
+            );
+        }
         let _ = writeln!(out, "# TYPE iotauth_hook_duration_seconds histogram");
         let mut cumulative = 0;
         for (le, count) in LATENCY_BUCKETS_US.iter().zip(&self.hook_latency) {
@@ -673,6 +706,7 @@ pub fn router(services: Arc<Services>) -> Router {
         .route("/hooks/go-auth/superuser", post(go_auth_superuser))
         .route("/hooks/go-auth/acl", post(go_auth_acl))
         .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .layer(DefaultBodyLimit::max(MAX_BODY_LEN))
         .with_state(services)
@@ -686,6 +720,23 @@ async fn metrics(State(services): Shared) -> Response {
         services.metrics.render(),
     )
         .into_response()
+}
+
+/// 200 when the store answers a round trip within [`STORE_TIMEOUT`]; otherwise 503 and the
+/// failure's kind (never its cause: this route needs no credentials). Not logged: a probe
+/// repeats, and anyone may call it.
+async fn readyz(State(services): Shared) -> Response {
+    match services.check_ready().await {
+        Ok(()) => "ok\n".into_response(),
+        Err(e) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!(
+                "not ready: the store failed ({})\n",
+                e.failure_kind().unwrap_or(FailureKind::Unavailable)
+            ),
+        )
+            .into_response(),
+    }
 }
 
 /// Alibaba's reply: HTTP 200 with a JSON `code` (one C SDK needs status 200 and a short body

@@ -249,5 +249,5 @@ fn an_unreachable_store_is_exit_1_with_the_cause() {
     let cli = Cli {
         store: "sqlite:///nonexistent-dir/deeper/x.db".into(),
     };
-    cli.refused(&["product", "list"], "store is unavailable");
+    cli.refused(&["product", "list"], "the store failed");
 }

@@ -35,8 +35,8 @@ pub enum AuthError {
     #[error("the device is disabled")]
     Disabled,
     /// The store failed: an outage, not a verdict on the device.
-    #[error("store failure: {0}")]
-    Store(#[source] StoreError),
+    #[error(transparent)]
+    Store(StoreError),
     /// The random source failed.
     #[error(transparent)]
     Entropy(#[from] EntropyError),

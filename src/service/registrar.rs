@@ -153,8 +153,8 @@ pub enum RegisterError {
     #[error(transparent)]
     Refused(#[from] TransitionError),
     /// The store failed: an outage, not a verdict.
-    #[error("store failure: {0}")]
-    Store(#[source] StoreError),
+    #[error(transparent)]
+    Store(StoreError),
     /// The random source failed.
     #[error(transparent)]
     Entropy(#[from] EntropyError),

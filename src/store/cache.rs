@@ -175,4 +175,8 @@ impl<S: DeviceStore> DeviceStore for CachedStore<S> {
         self.forget(product_key, device_name);
         result
     }
+
+    async fn check_ready(&self) -> Result<(), StoreError> {
+        self.inner.check_ready().await
+    }
 }

@@ -175,9 +175,13 @@ pub enum StoreError {
         /// `"device"`.
         what: &'static str,
     },
-    /// The store cannot be reached or failed: an outage, not a verdict on the credentials.
-    #[error("the store is unavailable")]
+    /// The store failed or cannot be reached: an outage, not a verdict on the credentials.
+    /// `kind` says what an operator should look at; the source keeps the cause (a SQLite
+    /// result code, an I/O error, a PostgreSQL SQLSTATE), never a secret.
+    #[error("the store failed ({kind})")]
     Unavailable {
+        /// What kind of failure.
+        kind: FailureKind,
         /// The underlying error.
         #[source]
         source: Box<dyn StdError + Send + Sync>,
@@ -185,11 +189,107 @@ pub enum StoreError {
 }
 
 impl StoreError {
-    /// An outage caused by `source`.
+    /// An outage caused by `source`, of the kind an I/O error's [`std::io::ErrorKind`] says
+    /// when `source` is one ([`FailureKind::Unavailable`] otherwise).
     pub fn unavailable(source: impl StdError + Send + Sync + 'static) -> Self {
+        let source: Box<dyn StdError + Send + Sync> = Box::new(source);
+        let kind = source
+            .downcast_ref::<std::io::Error>()
+            .map_or(FailureKind::Unavailable, FailureKind::of_io);
+        Self::Unavailable { kind, source }
+    }
+
+    /// An outage of a known kind.
+    pub fn failure(kind: FailureKind, source: impl StdError + Send + Sync + 'static) -> Self {
         Self::Unavailable {
+            kind,
             source: Box::new(source),
         }
+    }
+
+    /// The kind of an outage; `None` for the other variants (verdicts on the request).
+    pub fn failure_kind(&self) -> Option<FailureKind> {
+        match self {
+            Self::Unavailable { kind, .. } => Some(*kind),
+            _ => None,
+        }
+    }
+}
+
+/// What made a store fail: what an operator has to fix, counted by the metrics
+/// (`iotauth_store_failures_total{kind}`) and named in every log line of a failure.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum FailureKind {
+    /// The store's settings are wrong: an unsupported URL, a database that does not exist, a
+    /// refused database password, a schema newer than this program.
+    Configuration,
+    /// Access refused: the database file's owner or mode (e.g. the Mosquitto plugin running as
+    /// the `mosquitto` user on a file root created), or a database role's privileges.
+    Permission,
+    /// The database or the file system holding it is read-only.
+    ReadOnly,
+    /// The disk, or the database's space, is full.
+    Full,
+    /// Locked by another writer past the busy timeout, or a transaction conflict: retry.
+    Busy,
+    /// The SQLite file was deleted or replaced while the store had it open: what the store
+    /// writes would be lost, so it refuses.
+    Replaced,
+    /// Stored data this crate would never write.
+    Corrupt,
+    /// Anything else: unreachable, timed out, an I/O error.
+    Unavailable,
+}
+
+impl FailureKind {
+    /// Every kind, in the order of [`FailureKind::as_str`]'s table.
+    pub const ALL: [Self; 8] = [
+        Self::Configuration,
+        Self::Permission,
+        Self::ReadOnly,
+        Self::Full,
+        Self::Busy,
+        Self::Replaced,
+        Self::Corrupt,
+        Self::Unavailable,
+    ];
+
+    /// The kind's name in logs and metric labels: `configuration`, `permission`,
+    /// `read_only`, `full`, `busy`, `replaced`, `corrupt`, `unavailable`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Configuration => "configuration",
+            Self::Permission => "permission",
+            Self::ReadOnly => "read_only",
+            Self::Full => "full",
+            Self::Busy => "busy",
+            Self::Replaced => "replaced",
+            Self::Corrupt => "corrupt",
+            Self::Unavailable => "unavailable",
+        }
+    }
+
+    /// The kind of an I/O error.
+    pub fn of_io(e: &std::io::Error) -> Self {
+        use std::io::ErrorKind;
+        match e.kind() {
+            ErrorKind::PermissionDenied => Self::Permission,
+            ErrorKind::ReadOnlyFilesystem => Self::ReadOnly,
+            ErrorKind::StorageFull | ErrorKind::QuotaExceeded => Self::Full,
+            ErrorKind::WouldBlock | ErrorKind::ResourceBusy => Self::Busy,
+            ErrorKind::NotFound | ErrorKind::InvalidInput | ErrorKind::IsADirectory => {
+                Self::Configuration
+            }
+            ErrorKind::InvalidData => Self::Corrupt,
+            _ => Self::Unavailable,
+        }
+    }
+}
+
+impl std::fmt::Display for FailureKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
     }
 }
 
@@ -296,6 +396,21 @@ pub trait DeviceStore: Send + Sync {
         expected_revision: u64,
         update: DeviceUpdate,
     ) -> Result<(), StoreError>;
+
+    /// Whether the store serves requests now: a round trip to it, for readiness probes
+    /// (`/readyz`) and watchdogs. A cache passes it through. The default reads a device that
+    /// does not exist; adapters may check more (the SQL store checks that its SQLite file was
+    /// not deleted or replaced).
+    ///
+    /// # Errors
+    /// [`StoreError::Unavailable`], of the kind that says why.
+    async fn check_ready(&self) -> Result<(), StoreError> {
+        let probe = (ProductKey::new("iotauthprobe"), DeviceName::new("ready"));
+        if let (Ok(product_key), Ok(device_name)) = probe {
+            self.device(&product_key, &device_name).await?;
+        }
+        Ok(())
+    }
 }
 
 /// Products and devices in one store, as a trait object: `Arc<dyn Store>` serves any adapter
@@ -319,10 +434,13 @@ pub async fn open(url: &str) -> Result<Arc<dyn Store>, StoreError> {
         Ok(Arc::new(SqlStore::connect(url).await?))
     }
     #[cfg(not(any(feature = "sqlite", feature = "postgres")))]
-    Err(StoreError::unavailable(std::io::Error::other(format!(
-        "unsupported store URL (this build has no SQL stores): {}",
-        url.split(':').next().unwrap_or_default()
-    ))))
+    Err(StoreError::failure(
+        FailureKind::Configuration,
+        std::io::Error::other(format!(
+            "unsupported store URL (this build has no SQL stores): {}",
+            url.split(':').next().unwrap_or_default()
+        )),
+    ))
 }
 
 /// Forwards both traits through a pointer type, so services can own an `Arc` of a store or
@@ -394,6 +512,9 @@ macro_rules! forward_store {
                 (**self)
                     .compare_and_set(product_key, device_name, expected_revision, update)
                     .await
+            }
+            async fn check_ready(&self) -> Result<(), StoreError> {
+                (**self).check_ready().await
             }
         }
     )*};

@@ -33,7 +33,10 @@
 //! the winner, on one node or many. SQLite runs in WAL mode with `synchronous = FULL`, so an
 //! issued state is on disk before the secret is returned; PostgreSQL commits each statement.
 
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -41,8 +44,8 @@ use sqlx::any::{AnyConnectOptions, AnyPoolOptions, AnyRow};
 use sqlx::{AnyPool, Executor, Row};
 
 use super::{
-    ClientIdChange, ClientIdRecord, DeviceRecord, DeviceStore, DeviceUpdate, PreRegistrationFree,
-    ProductRecord, ProductStore, StoreError,
+    ClientIdChange, ClientIdRecord, DeviceRecord, DeviceStore, DeviceUpdate, FailureKind,
+    PreRegistrationFree, ProductRecord, ProductStore, StoreError,
 };
 use crate::id::{DeviceName, IssuedClientId, ProductKey};
 use crate::lifecycle::{DeviceState, DeviceStatus, DynamicRegistration, MAX_CLIENT_IDS};
@@ -78,8 +81,14 @@ const MIGRATIONS: &[(i64, &[&str])] = &[
     ),
 ];
 
-const SQLITE_PRAGMAS: &str = "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; \
-     PRAGMA foreign_keys = ON; PRAGMA busy_timeout = 10000;";
+// `busy_timeout` first: switching to WAL takes the write lock, and a second process starting
+// on the same fresh file must wait for it rather than fail with "database is locked".
+const SQLITE_PRAGMAS: &str = "PRAGMA busy_timeout = 10000; PRAGMA journal_mode = WAL; \
+     PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON;";
+
+/// Serializes migrations of one PostgreSQL database across nodes (a transaction-scoped
+/// advisory lock; the key is arbitrary and fixed: the bytes of "iotauth", big-endian).
+const PG_MIGRATION_LOCK: &str = "SELECT pg_advisory_xact_lock(29677418196595816)";
 
 /// A store in SQLite or PostgreSQL, chosen by the URL.
 ///
@@ -87,6 +96,9 @@ const SQLITE_PRAGMAS: &str = "PRAGMA journal_mode = WAL; PRAGMA synchronous = FU
 #[derive(Debug, Clone)]
 pub struct SqlStore {
     pool: AnyPool,
+    sqlite: bool,
+    /// The SQLite file as it was opened; `None` for PostgreSQL and in-memory SQLite.
+    file: Option<Arc<DatabaseFile>>,
 }
 
 /// The store cannot be opened: the URL names no compiled-in database.
@@ -96,28 +108,146 @@ pub struct SqlStore {
 )]
 struct UnsupportedUrl;
 
+/// A SQLite database file, identified by its device and inode when it was opened.
+#[derive(Debug)]
+struct DatabaseFile {
+    path: PathBuf,
+    identity: (u64, u64),
+}
+
+/// The file a SQLite store opened was deleted or replaced: what the store wrote since would
+/// be lost, and a restart would start from whatever is at the path now.
+#[derive(Debug, thiserror::Error)]
+#[error("the database file {path} was deleted or replaced while open; restart to open it again")]
+struct FileReplaced {
+    path: PathBuf,
+}
+
+/// The SQLite file exists but this process may not read and write it.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "cannot create or open the database file {path} for reading and writing \
+     (check that its directory exists, and the owner and mode of both)"
+)]
+struct FileAccess {
+    path: PathBuf,
+    #[source]
+    source: std::io::Error,
+}
+
+impl DatabaseFile {
+    fn identity(metadata: &std::fs::Metadata) -> (u64, u64) {
+        (metadata.dev(), metadata.ino())
+    }
+
+    /// The file at `path`, created (empty, mode 0600: it will hold every secret) when missing.
+    /// SQLite gives its `-wal` and `-shm` files the database file's mode.
+    fn open_or_create(path: &Path) -> Result<Self, StoreError> {
+        let created = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(path);
+        match created {
+            Ok(_) => {}
+            // Another process created it first; either way it exists.
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+            Err(source) => {
+                return Err(StoreError::failure(
+                    FailureKind::of_io(&source),
+                    FileAccess {
+                        path: path.to_owned(),
+                        source,
+                    },
+                ));
+            }
+        }
+        // Read and write access, checked here so that a refusal names its cause: SQLite
+        // would silently open a file it may only read read-only, or say "unable to open".
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(path)
+            .map_err(|source| {
+                StoreError::failure(
+                    FailureKind::of_io(&source),
+                    FileAccess {
+                        path: path.to_owned(),
+                        source,
+                    },
+                )
+            })?;
+        let metadata = file.metadata().map_err(StoreError::unavailable)?;
+        Ok(Self {
+            path: path.to_owned(),
+            identity: Self::identity(&metadata),
+        })
+    }
+
+    /// Whether the path still names the file that was opened.
+    ///
+    /// # Errors
+    /// [`FailureKind::Replaced`] when it was deleted or another file took its place.
+    fn check(&self) -> Result<(), StoreError> {
+        match std::fs::metadata(&self.path) {
+            Ok(metadata) if Self::identity(&metadata) == self.identity => Ok(()),
+            Ok(_) => Err(self.replaced()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(self.replaced()),
+            Err(e) => Err(StoreError::unavailable(e)),
+        }
+    }
+
+    fn replaced(&self) -> StoreError {
+        StoreError::failure(
+            FailureKind::Replaced,
+            FileReplaced {
+                path: self.path.clone(),
+            },
+        )
+    }
+}
+
+/// The file path of a `sqlite:` URL, unless it is an in-memory database.
+fn sqlite_path(url: &str) -> Option<&str> {
+    let rest = url.strip_prefix("sqlite:")?;
+    let rest = rest.strip_prefix("//").unwrap_or(rest);
+    let path = rest.split('?').next().unwrap_or_default();
+    (!path.is_empty() && path != ":memory:" && !url.contains("mode=memory")).then_some(path)
+}
+
 impl SqlStore {
     /// Opens the database at `url` and brings its schema up to date.
     ///
-    /// * `sqlite://PATH` (feature `sqlite`): the file is created if missing.
+    /// * `sqlite://PATH` (feature `sqlite`): the file is created, with mode 0600, if missing.
     /// * `postgres://USER:PASSWORD@HOST:PORT/DB` (feature `postgres`).
     ///
+    /// Any number of processes may open (and so migrate) one database at once: migrations run
+    /// under the database's write lock (SQLite) or an advisory lock (PostgreSQL).
+    ///
     /// # Errors
-    /// [`StoreError::Unavailable`] when the URL is not supported or the database cannot be
-    /// reached or migrated.
+    /// [`StoreError::Unavailable`], of the [`FailureKind`] that says why: the URL is not
+    /// supported ([`FailureKind::Configuration`]), the file may not be read and written
+    /// ([`FailureKind::Permission`]), the database cannot be reached or migrated.
     pub async fn connect(url: &str) -> Result<Self, StoreError> {
         sqlx::any::install_default_drivers();
         let sqlite = url.starts_with("sqlite:");
         let postgres = url.starts_with("postgres:") || url.starts_with("postgresql:");
         if !(sqlite && cfg!(feature = "sqlite") || postgres && cfg!(feature = "postgres")) {
-            return Err(StoreError::unavailable(UnsupportedUrl));
+            return Err(StoreError::failure(
+                FailureKind::Configuration,
+                UnsupportedUrl,
+            ));
         }
+        let file = match sqlite_path(url) {
+            Some(path) if sqlite => Some(Arc::new(DatabaseFile::open_or_create(Path::new(path))?)),
+            _ => None,
+        };
         let url = if sqlite && !url.contains('?') {
             format!("{url}?mode=rwc")
         } else {
             url.to_owned()
         };
-        let options = AnyConnectOptions::from_str(&url).map_err(StoreError::unavailable)?;
+        let options = AnyConnectOptions::from_str(&url).map_err(failure)?;
         let pool = AnyPoolOptions::new()
             .max_connections(if sqlite { 4 } else { 16 })
             .acquire_timeout(Duration::from_secs(10))
@@ -131,73 +261,147 @@ impl SqlStore {
             })
             .connect_with(options)
             .await
-            .map_err(StoreError::unavailable)?;
-        let store = Self { pool };
+            .map_err(failure)?;
+        let store = Self { pool, sqlite, file };
         store.migrate().await?;
         Ok(store)
     }
 
-    /// Applies the embedded migrations that this database has not seen yet.
+    /// Applies the embedded migrations that this database has not seen yet, in one
+    /// transaction under a lock, so that concurrent first starts apply each version once.
     ///
     /// # Errors
-    /// [`StoreError::Unavailable`].
+    /// [`StoreError::Unavailable`]; [`FailureKind::Configuration`] when the database was
+    /// migrated by a newer version of this crate.
     pub async fn migrate(&self) -> Result<(), StoreError> {
-        let fail = StoreError::unavailable;
-        let created = self
-            .pool
-            .execute("CREATE TABLE IF NOT EXISTS iotauth_schema (version BIGINT PRIMARY KEY)")
-            .await;
-        match created {
-            Ok(_) => {}
-            // Another node created it at the same moment (PostgreSQL's `IF NOT EXISTS` is not
-            // safe against a concurrent CREATE): it exists now.
-            Err(e) if is_unique_violation(&e) => {}
-            Err(e) => return Err(fail(e)),
-        }
+        let mut tx = if self.sqlite {
+            // Takes SQLite's write lock at once (waiting up to the busy timeout), instead of
+            // upgrading a read lock later, which fails at once if another writer came first.
+            self.pool
+                .begin_with("BEGIN IMMEDIATE")
+                .await
+                .map_err(failure)?
+        } else {
+            let mut tx = self.pool.begin().await.map_err(failure)?;
+            tx.execute(PG_MIGRATION_LOCK).await.map_err(failure)?;
+            tx
+        };
+        tx.execute("CREATE TABLE IF NOT EXISTS iotauth_schema (version BIGINT PRIMARY KEY)")
+            .await
+            .map_err(failure)?;
         for (version, statements) in MIGRATIONS {
-            let mut tx = self.pool.begin().await.map_err(fail)?;
             let applied = sqlx::query("SELECT version FROM iotauth_schema WHERE version = $1")
                 .bind(version)
                 .fetch_optional(&mut *tx)
                 .await
-                .map_err(fail)?;
+                .map_err(failure)?;
             if applied.is_some() {
                 continue;
             }
-            // The version is recorded first: a node migrating concurrently waits on this row
-            // and then finds it taken, instead of applying the statements a second time.
-            let recorded = sqlx::query("INSERT INTO iotauth_schema (version) VALUES ($1)")
+            sqlx::query("INSERT INTO iotauth_schema (version) VALUES ($1)")
                 .bind(version)
                 .execute(&mut *tx)
-                .await;
-            match recorded {
-                Ok(_) => {}
-                // Another node applied the same version concurrently: theirs stands.
-                Err(e) if is_unique_violation(&e) => {
-                    tx.rollback().await.map_err(fail)?;
-                    continue;
-                }
-                Err(e) => return Err(fail(e)),
-            }
+                .await
+                .map_err(failure)?;
             for statement in *statements {
-                tx.execute(*statement).await.map_err(fail)?;
+                tx.execute(*statement).await.map_err(failure)?;
             }
-            tx.commit().await.map_err(fail)?;
         }
         let newest: Option<i64> = sqlx::query_scalar("SELECT MAX(version) FROM iotauth_schema")
-            .fetch_one(&self.pool)
+            .fetch_one(&mut *tx)
             .await
-            .map_err(fail)?;
+            .map_err(failure)?;
         let known = MIGRATIONS.last().map_or(0, |(version, _)| *version);
         if newest.is_some_and(|newest| newest > known) {
-            return Err(StoreError::unavailable(NewerSchema { known }));
+            return Err(StoreError::failure(
+                FailureKind::Configuration,
+                NewerSchema { known },
+            ));
         }
-        Ok(())
+        tx.commit().await.map_err(failure)
+    }
+
+    /// Refuses to write into a SQLite file that is no longer the one at its path.
+    fn check_file(&self) -> Result<(), StoreError> {
+        self.file.as_deref().map_or(Ok(()), DatabaseFile::check)
     }
 
     /// Closes the pool, waiting for connections in use to be returned.
     pub async fn close(&self) {
         self.pool.close().await;
+    }
+}
+
+/// The [`StoreError`] of a database error, of the kind its code says: SQLite's (extended)
+/// result code, PostgreSQL's SQLSTATE, or the I/O error's kind.
+fn failure(e: sqlx::Error) -> StoreError {
+    let kind = match &e {
+        sqlx::Error::Database(db) => database_failure_kind(db.as_ref()),
+        sqlx::Error::Io(io) => FailureKind::of_io(io),
+        sqlx::Error::Configuration(_) | sqlx::Error::Tls(_) => FailureKind::Configuration,
+        sqlx::Error::ColumnDecode { .. }
+        | sqlx::Error::Decode(_)
+        | sqlx::Error::ColumnNotFound(_)
+        | sqlx::Error::ColumnIndexOutOfBounds { .. } => FailureKind::Corrupt,
+        _ => FailureKind::Unavailable,
+    };
+    StoreError::failure(kind, e)
+}
+
+fn database_failure_kind(db: &dyn sqlx::error::DatabaseError) -> FailureKind {
+    #[cfg(feature = "sqlite")]
+    if let Some(db) = db.try_downcast_ref::<sqlx::sqlite::SqliteError>() {
+        let code = sqlx::error::DatabaseError::code(db);
+        return sqlite_failure_kind(code.and_then(|c| c.parse().ok()).unwrap_or(0));
+    }
+    #[cfg(feature = "postgres")]
+    if let Some(db) = db.try_downcast_ref::<sqlx::postgres::PgDatabaseError>() {
+        return postgres_failure_kind(db.code());
+    }
+    let _ = db;
+    FailureKind::Unavailable
+}
+
+/// SQLite's result codes (<https://www.sqlite.org/rescode.html>).
+#[cfg(feature = "sqlite")]
+fn sqlite_failure_kind(extended: i32) -> FailureKind {
+    const SQLITE_READONLY_DBMOVED: i32 = 8 | (4 << 8);
+    match (extended, extended & 0xff) {
+        (SQLITE_READONLY_DBMOVED, _) => FailureKind::Replaced,
+        // SQLITE_PERM, SQLITE_AUTH
+        (_, 3 | 23) => FailureKind::Permission,
+        // SQLITE_BUSY, SQLITE_LOCKED
+        (_, 5 | 6) => FailureKind::Busy,
+        // SQLITE_READONLY
+        (_, 8) => FailureKind::ReadOnly,
+        // SQLITE_FULL
+        (_, 13) => FailureKind::Full,
+        // SQLITE_CORRUPT, SQLITE_NOTADB
+        (_, 11 | 26) => FailureKind::Corrupt,
+        // SQLITE_CANTOPEN: a missing directory, or a path that is not a file
+        (_, 14) => FailureKind::Configuration,
+        _ => FailureKind::Unavailable,
+    }
+}
+
+/// PostgreSQL's SQLSTATE codes (<https://www.postgresql.org/docs/current/errcodes-appendix.html>).
+#[cfg(feature = "postgres")]
+fn postgres_failure_kind(sqlstate: &str) -> FailureKind {
+    match sqlstate {
+        // insufficient_privilege
+        "42501" => FailureKind::Permission,
+        // invalid_authorization_specification, invalid_password, invalid_catalog_name
+        // (no such database), undefined_table (a schema someone dropped)
+        "28000" | "28P01" | "3D000" | "42P01" => FailureKind::Configuration,
+        // read_only_sql_transaction (a standby)
+        "25006" => FailureKind::ReadOnly,
+        // disk_full
+        "53100" => FailureKind::Full,
+        // lock_not_available, serialization_failure, deadlock_detected
+        "55P03" | "40001" | "40P01" => FailureKind::Busy,
+        // data_corrupted, index_corrupted
+        "XX001" | "XX002" => FailureKind::Corrupt,
+        _ => FailureKind::Unavailable,
     }
 }
 
@@ -229,18 +433,21 @@ fn column<T>(row: &AnyRow, name: &'static str) -> Result<T, StoreError>
 where
     T: for<'r> sqlx::Decode<'r, sqlx::Any> + sqlx::Type<sqlx::Any>,
 {
-    row.try_get(name).map_err(StoreError::unavailable)
+    row.try_get(name).map_err(failure)
 }
 
 fn corrupt(column: &'static str) -> impl Fn(crate::ParseError) -> StoreError {
-    move |_| StoreError::unavailable(Corrupt { column })
+    move |_| StoreError::failure(FailureKind::Corrupt, Corrupt { column })
 }
 
 fn flag(value: i64, column: &'static str) -> Result<bool, StoreError> {
     match value {
         0 => Ok(false),
         1 => Ok(true),
-        _ => Err(StoreError::unavailable(Corrupt { column })),
+        _ => Err(StoreError::failure(
+            FailureKind::Corrupt,
+            Corrupt { column },
+        )),
     }
 }
 
@@ -267,9 +474,12 @@ fn product_from_row(row: &AnyRow) -> Result<ProductRecord, StoreError> {
                 "pre_registration_free",
             )?,
             device_quota: u32::try_from(column::<i64>(row, "device_quota")?).map_err(|_| {
-                StoreError::unavailable(Corrupt {
-                    column: "device_quota",
-                })
+                StoreError::failure(
+                    FailureKind::Corrupt,
+                    Corrupt {
+                        column: "device_quota",
+                    },
+                )
             })?,
         },
     })
@@ -282,9 +492,12 @@ fn encode_client_id(record: &ClientIdRecord) -> String {
 
 fn client_ids_from_column(text: &str) -> Result<Vec<ClientIdRecord>, StoreError> {
     let corrupt = || {
-        StoreError::unavailable(Corrupt {
-            column: "client_ids",
-        })
+        StoreError::failure(
+            FailureKind::Corrupt,
+            Corrupt {
+                column: "client_ids",
+            },
+        )
     };
     if text.is_empty() {
         return Ok(Vec::new());
@@ -316,12 +529,15 @@ fn device_from_row(row: &AnyRow) -> Result<DeviceRecord, StoreError> {
         device_name: DeviceName::new(&dn).map_err(corrupt("device_name"))?,
         device_secret: DeviceSecret::new(&secret).map_err(corrupt("device_secret"))?,
         status: DeviceStatus {
-            state: DeviceState::from_name(&state)
-                .ok_or(StoreError::unavailable(Corrupt { column: "state" }))?,
+            state: DeviceState::from_name(&state).ok_or(StoreError::failure(
+                FailureKind::Corrupt,
+                Corrupt { column: "state" },
+            ))?,
             enabled: flag(column(row, "enabled")?, "enabled")?,
         },
-        revision: u64::try_from(revision)
-            .map_err(|_| StoreError::unavailable(Corrupt { column: "revision" }))?,
+        revision: u64::try_from(revision).map_err(|_| {
+            StoreError::failure(FailureKind::Corrupt, Corrupt { column: "revision" })
+        })?,
         client_ids: client_ids_from_column(&column::<String>(row, "client_ids")?)?,
     })
 }
@@ -348,6 +564,7 @@ macro_rules! device_columns {
 #[async_trait]
 impl ProductStore for SqlStore {
     async fn insert_product(&self, product: ProductRecord) -> Result<(), StoreError> {
+        self.check_file()?;
         let result = sqlx::query(concat!(
             "INSERT INTO iotauth_products (",
             product_columns!(),
@@ -364,7 +581,7 @@ impl ProductStore for SqlStore {
         match result {
             Ok(_) => Ok(()),
             Err(e) if is_unique_violation(&e) => Err(StoreError::AlreadyExists { what: "product" }),
-            Err(e) => Err(StoreError::unavailable(e)),
+            Err(e) => Err(failure(e)),
         }
     }
 
@@ -378,7 +595,7 @@ impl ProductStore for SqlStore {
             .bind(product_key.as_str())
             .fetch_optional(&self.pool)
             .await
-            .map_err(StoreError::unavailable)?;
+            .map_err(failure)?;
         row.as_ref().map(product_from_row).transpose()
     }
 
@@ -391,7 +608,7 @@ impl ProductStore for SqlStore {
         let rows = sqlx::query(sql)
             .fetch_all(&self.pool)
             .await
-            .map_err(StoreError::unavailable)?;
+            .map_err(failure)?;
         rows.iter().map(product_from_row).collect()
     }
 
@@ -429,11 +646,12 @@ impl SqlStore {
         query: sqlx::query::Query<'_, sqlx::Any, sqlx::any::AnyArguments>,
         product_key: &ProductKey,
     ) -> Result<(), StoreError> {
+        self.check_file()?;
         let done = query
             .bind(product_key.as_str())
             .execute(&self.pool)
             .await
-            .map_err(StoreError::unavailable)?;
+            .map_err(failure)?;
         if done.rows_affected() == 1 {
             Ok(())
         } else {
@@ -466,13 +684,14 @@ where
         Ok(_) => Ok(()),
         Err(e) if is_unique_violation(&e) => Err(StoreError::AlreadyExists { what: "device" }),
         Err(e) if is_foreign_key_violation(&e) => Err(StoreError::NotFound { what: "product" }),
-        Err(e) => Err(StoreError::unavailable(e)),
+        Err(e) => Err(failure(e)),
     }
 }
 
 #[async_trait]
 impl DeviceStore for SqlStore {
     async fn insert_device(&self, device: DeviceRecord) -> Result<(), StoreError> {
+        self.check_file()?;
         insert_device_row(&self.pool, &device).await
     }
 
@@ -481,7 +700,6 @@ impl DeviceStore for SqlStore {
         device: DeviceRecord,
         device_quota: u32,
     ) -> Result<(), StoreError> {
-        let fail = StoreError::unavailable;
         // A full product is refused by a read, without the write lock below: a flood of
         // registrations for new names must not stall every other write.
         if self.device_count(&device.product_key).await? >= u64::from(device_quota) {
@@ -493,7 +711,7 @@ impl DeviceStore for SqlStore {
                 None => Err(StoreError::QuotaReached),
             };
         }
-        let mut tx = self.pool.begin().await.map_err(fail)?;
+        let mut tx = self.pool.begin().await.map_err(failure)?;
         // A no-op write to the product's row: PostgreSQL locks the row until commit, SQLite
         // takes its one write lock, so concurrent calls count and insert one after another
         // (and, in PostgreSQL's read-committed mode, each counts what the previous committed).
@@ -503,7 +721,7 @@ impl DeviceStore for SqlStore {
         .bind(device.product_key.as_str())
         .execute(&mut *tx)
         .await
-        .map_err(fail)?;
+        .map_err(failure)?;
         if locked.rows_affected() != 1 {
             return Err(StoreError::NotFound { what: "product" });
         }
@@ -514,7 +732,7 @@ impl DeviceStore for SqlStore {
         .bind(device.device_name.as_str())
         .fetch_optional(&mut *tx)
         .await
-        .map_err(fail)?;
+        .map_err(failure)?;
         if taken.is_some() {
             return Err(StoreError::AlreadyExists { what: "device" });
         }
@@ -522,12 +740,12 @@ impl DeviceStore for SqlStore {
             .bind(device.product_key.as_str())
             .fetch_one(&mut *tx)
             .await
-            .map_err(fail)?;
+            .map_err(failure)?;
         if count >= i64::from(device_quota) {
             return Err(StoreError::QuotaReached);
         }
         insert_device_row(&mut *tx, &device).await?;
-        tx.commit().await.map_err(fail)
+        tx.commit().await.map_err(failure)
     }
 
     async fn device(
@@ -545,7 +763,7 @@ impl DeviceStore for SqlStore {
             .bind(device_name.as_str())
             .fetch_optional(&self.pool)
             .await
-            .map_err(StoreError::unavailable)?;
+            .map_err(failure)?;
         row.as_ref().map(device_from_row).transpose()
     }
 
@@ -559,7 +777,7 @@ impl DeviceStore for SqlStore {
             .bind(product_key.as_str())
             .fetch_all(&self.pool)
             .await
-            .map_err(StoreError::unavailable)?;
+            .map_err(failure)?;
         rows.iter().map(device_from_row).collect()
     }
 
@@ -568,8 +786,9 @@ impl DeviceStore for SqlStore {
             .bind(product_key.as_str())
             .fetch_one(&self.pool)
             .await
-            .map_err(StoreError::unavailable)?;
-        u64::try_from(count).map_err(|_| StoreError::unavailable(Corrupt { column: "count" }))
+            .map_err(failure)?;
+        u64::try_from(count)
+            .map_err(|_| StoreError::failure(FailureKind::Corrupt, Corrupt { column: "count" }))
     }
 
     async fn compare_and_set(
@@ -579,6 +798,7 @@ impl DeviceStore for SqlStore {
         expected_revision: u64,
         update: DeviceUpdate,
     ) -> Result<(), StoreError> {
+        self.check_file()?;
         let expected = revision_value(expected_revision)?;
         let query = match &update {
             DeviceUpdate::Set {
@@ -617,7 +837,7 @@ impl DeviceStore for SqlStore {
             .bind(expected)
             .execute(&self.pool)
             .await
-            .map_err(StoreError::unavailable)?;
+            .map_err(failure)?;
         if done.rows_affected() == 1 {
             return Ok(());
         }
@@ -626,5 +846,16 @@ impl DeviceStore for SqlStore {
             Some(_) => Err(StoreError::Precondition { what: "device" }),
             None => Err(StoreError::NotFound { what: "device" }),
         }
+    }
+
+    /// A read of the database (not only of the connection) and, for SQLite, a check that
+    /// the file at the path is still the one opened.
+    async fn check_ready(&self) -> Result<(), StoreError> {
+        self.check_file()?;
+        sqlx::query_scalar::<_, i64>("SELECT COUNT(*) FROM iotauth_schema")
+            .fetch_one(&self.pool)
+            .await
+            .map_err(failure)?;
+        Ok(())
     }
 }

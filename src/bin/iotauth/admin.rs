@@ -193,22 +193,11 @@ impl From<AdminError> for Failure {
 
 impl From<StoreError> for Failure {
     fn from(e: StoreError) -> Self {
-        Self::Rejected(describe(&e))
+        Self::Rejected(iotauth::ErrorChain(&e).to_string())
     }
 }
 
 /// A store error with its causes, one line (an outage's cause is what an operator needs).
-fn describe(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text.replace('\n', " ")
-}
-
 async fn product_of(store: &Arc<dyn Store>, pk: &ProductKey) -> Result<ProductRecord, Failure> {
     store
         .product(pk)

@@ -11,7 +11,7 @@ use iotauth::IssuancePolicy;
 use iotauth::broker::{Broker, BrokerConfig, Transport};
 use iotauth::listener::{HttpListener, ListenerLimits, TlsFiles};
 use iotauth::server::{ServerConfig, Services, router};
-use iotauth::store::Store;
+use iotauth::store::{FailureKind, Store};
 use tokio::net::TcpListener;
 
 use crate::Failure;
@@ -119,10 +119,40 @@ pub(crate) async fn serve(store_url: &str, args: Serve) -> Result<(), Failure> {
     limits.max_connections = usize::try_from(args.max_http_connections).unwrap_or(usize::MAX);
     let http = HttpListener::new(http, limits, tls.as_ref())
         .map_err(|e| Failure::Rejected(e.to_string()))?;
-    tracing::info!(address = %args.http, scheme, "HTTP: registration, hooks, /healthz, /metrics");
-    http.serve(router(services), shutdown_signal()).await;
+    tracing::info!(address = %args.http, scheme, "HTTP: registration, hooks, /healthz, /readyz, /metrics");
+    let replaced = tokio::sync::OnceCell::new();
+    let stop = async {
+        tokio::select! {
+            () = shutdown_signal() => {}
+            e = store_replaced(&services) => {
+                tracing::error!(error = %iotauth::ErrorChain(&e), "stopping: the store cannot keep what it is given");
+                let _ = replaced.set(e);
+            }
+        }
+    };
+    http.serve(router(services.clone()), stop).await;
     tracing::info!("stopped");
-    Ok(())
+    match replaced.into_inner() {
+        Some(e) => Err(e.into()),
+        None => Ok(()),
+    }
+}
+
+/// How often `serve` checks that its SQLite file is still the one it opened.
+const STORE_FILE_CHECK_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Returns once the store's file was deleted or replaced (what the store writes then would be
+/// lost, and a restart would start from another file): the server must stop. Other failures
+/// (a database that is down) may pass: `/readyz` reports them.
+async fn store_replaced(services: &Services) -> iotauth::store::StoreError {
+    loop {
+        tokio::time::sleep(STORE_FILE_CHECK_INTERVAL).await;
+        if let Err(e) = services.check_ready().await
+            && e.failure_kind() == Some(FailureKind::Replaced)
+        {
+            return e;
+        }
+    }
 }
 
 async fn hint_when_empty(store: &Arc<dyn Store>, store_url: &str) -> Result<(), Failure> {
