@@ -36,7 +36,7 @@ use axum::body::Body;
 use axum::extract::Request;
 use axum::http::{StatusCode, header};
 use axum::middleware::Next;
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use hyper::service::Service as _;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
@@ -52,7 +52,7 @@ use tokio_openssl::SslStream;
 use zeroize::Zeroizing;
 
 use crate::error::ErrorChain;
-use crate::server::MAX_BODY_LEN;
+use crate::server::{MAX_BODY_LEN, UnreadBody};
 
 /// The TLS 1.2 suites of Mozilla's "intermediate" profile (ECDHE and DHE key exchange, AEAD).
 /// TLS 1.3 suites are OpenSSL's defaults.
@@ -353,7 +353,8 @@ impl HttpListener {
     ///
     /// Replies spell header names in Title-Case, as Alibaba's C SDKs read them. A request body
     /// must arrive within `limits.handshake_timeout` of its head (else 408) and be at most
-    /// [`MAX_BODY_LEN`] bytes (else 413); both replies close the connection.
+    /// [`MAX_BODY_LEN`] bytes (else 413; a broker hook answers either with a deny in its
+    /// dialect, see [`UnreadBody`]); both replies close the connection.
     pub async fn serve(self, app: Router, shutdown: impl Future<Output = ()>) {
         let Self { gate, tls, limits } = self;
         let timeout = limits.handshake_timeout;
@@ -446,29 +447,39 @@ where
 }
 
 /// Reads the whole request body within `timeout` and at most [`MAX_BODY_LEN`] bytes, so that
-/// a client sending its body slowly holds its connection no longer than that.
+/// a client sending its body slowly holds its connection no longer than that. A body that is
+/// too large, too slow or cut short is not passed on: the request goes on with an empty body
+/// and [`UnreadBody`], for its route to answer in its dialect, and the connection closes
+/// after the reply (the rest of the body may still be on its way).
 async fn read_body_within(timeout: Duration, request: Request, next: Next) -> Response {
-    let (parts, body) = request.into_parts();
-    match tokio::time::timeout(timeout, axum::body::to_bytes(body, MAX_BODY_LEN)).await {
-        Ok(Ok(body)) => next.run(Request::from_parts(parts, Body::from(body))).await,
-        Ok(Err(e)) if is_length_limit(&e) => closing(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "the request body is over 16 KiB\n",
-        ),
-        Ok(Err(_)) => closing(StatusCode::BAD_REQUEST, "the request body was cut short\n"),
-        Err(_) => closing(
-            StatusCode::REQUEST_TIMEOUT,
-            "the request body did not arrive in time\n",
-        ),
-    }
+    let (mut parts, body) = request.into_parts();
+    let unread = match tokio::time::timeout(timeout, axum::body::to_bytes(body, MAX_BODY_LEN)).await
+    {
+        Ok(Ok(body)) => return next.run(Request::from_parts(parts, Body::from(body))).await,
+        Ok(Err(e)) if is_length_limit(&e) => UnreadBody {
+            status: StatusCode::PAYLOAD_TOO_LARGE,
+            reason: "the request body is over 16 KiB",
+        },
+        Ok(Err(_)) => UnreadBody {
+            status: StatusCode::BAD_REQUEST,
+            reason: "the request body was cut short",
+        },
+        Err(_) => UnreadBody {
+            status: StatusCode::REQUEST_TIMEOUT,
+            reason: "the request body did not arrive in time",
+        },
+    };
+    parts.extensions.insert(unread);
+    let mut response = next.run(Request::from_parts(parts, Body::empty())).await;
+    response.headers_mut().insert(
+        header::CONNECTION,
+        header::HeaderValue::from_static("close"),
+    );
+    response
 }
 
 fn is_length_limit(error: &axum::Error) -> bool {
     ErrorChain(error)
         .iter()
         .any(|error| error.is::<http_body_util::LengthLimitError>())
-}
-
-fn closing(status: StatusCode, message: &'static str) -> Response {
-    (status, [(header::CONNECTION, "close")], message).into_response()
 }

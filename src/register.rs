@@ -171,7 +171,10 @@ impl fmt::Debug for RegisterForm<'_> {
 /// Decodes one form component strictly: `+` is a space, `%XX` a byte, anything else must be
 /// visible ASCII; the result must be UTF-8 without control characters. Borrows when there is
 /// nothing to decode.
-fn percent_decode<'a>(raw: &'a [u8], field: &'static str) -> Result<Cow<'a, str>, ParseError> {
+pub(crate) fn percent_decode<'a>(
+    raw: &'a [u8],
+    field: &'static str,
+) -> Result<Cow<'a, str>, ParseError> {
     let bad_escape = ParseError::Malformed {
         field,
         expected: "valid percent-encoding",

@@ -21,11 +21,12 @@ use std::time::{Duration, Instant};
 
 use axum::extract::{DefaultBodyLimit, State};
 use axum::http::{HeaderMap, StatusCode, header};
+use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{MethodFilter, get, on, post};
 use axum::{Json, Router};
-use serde::Deserialize;
 use serde_json::{Value, json};
+use zeroize::Zeroizing;
 
 use crate::acl::TopicRule;
 use crate::error::ErrorChain;
@@ -34,7 +35,7 @@ use crate::id::{DeviceName, ProductKey};
 use crate::lifecycle::{DeviceStatus, Event, IssuancePolicy};
 use crate::mqtt::{ConnectKind, ConnectRequest, parse_username};
 use crate::policy::Freshness;
-use crate::register::RefusalCode;
+use crate::register::{RefusalCode, percent_decode};
 use crate::service::{
     Admin, AdminError, AuthError, Authenticator, IssuedClientIdToken, IssuedSecret, RegisterError,
     Registrar,
@@ -697,17 +698,25 @@ impl Metrics {
 
 /// The routes of the table above, over `services`.
 pub fn router(services: Arc<Services>) -> Router {
+    // Hooks answer every method a broker may be configured with, and an unreadable request
+    // with a deny ([`UnreadBody`]); the other routes refuse it with its status.
+    let any = MethodFilter::GET
+        .or(MethodFilter::POST)
+        .or(MethodFilter::PUT);
+    let hooks = Router::new()
+        .route("/hooks/emqx/authn", on(any, emqx_authn))
+        .route("/hooks/emqx/authz", on(any, emqx_authz))
+        .route("/hooks/vernemq", post(vernemq))
+        .route("/hooks/go-auth/user", on(any, go_auth_user))
+        .route("/hooks/go-auth/superuser", on(any, go_auth_superuser))
+        .route("/hooks/go-auth/acl", on(any, go_auth_acl));
     Router::new()
         .route("/auth/register/device", post(register_device))
-        .route("/hooks/emqx/authn", post(emqx_authn))
-        .route("/hooks/emqx/authz", post(emqx_authz))
-        .route("/hooks/vernemq", post(vernemq))
-        .route("/hooks/go-auth/user", post(go_auth_user))
-        .route("/hooks/go-auth/superuser", post(go_auth_superuser))
-        .route("/hooks/go-auth/acl", post(go_auth_acl))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
+        .route_layer(axum::middleware::from_fn(refuse_unread_body))
+        .merge(hooks)
         .layer(DefaultBodyLimit::max(MAX_BODY_LEN))
         .with_state(services)
 }
@@ -755,12 +764,246 @@ async fn register_device(State(services): Shared, body: axum::body::Bytes) -> Re
         .into_response()
 }
 
+/// A request body the HTTP listener did not read in full (too large, too slow, cut short):
+/// the request reaches the router with an empty body and this extension, so that each route
+/// answers in its own dialect — a hook with a deny (a status other than 200/204 would read as
+/// "no opinion" to EMQX), the others with [`UnreadBody::status`] — and the listener closes the
+/// connection after the reply.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UnreadBody {
+    /// 413, 408 or 400.
+    pub status: StatusCode,
+    /// Why, for the reply and the log (one line, no line break).
+    pub reason: &'static str,
+}
+
+/// Answers a request whose body was not read ([`UnreadBody`]) with its status, for the routes
+/// that are not hooks.
+async fn refuse_unread_body(request: axum::extract::Request, next: Next) -> Response {
+    match request.extensions().get::<UnreadBody>() {
+        Some(unread) => (unread.status, format!("{}\n", unread.reason)).into_response(),
+        None => next.run(request).await,
+    }
+}
+
 /// What a hook decides.
 enum Verdict {
     Allow(Option<DeviceIdentity>),
     Deny,
     /// An outage: the broker should decide (or ask its next source).
     Undecided,
+}
+
+impl Verdict {
+    fn all(verdicts: impl IntoIterator<Item = Self>) -> Self {
+        let mut all = Self::Allow(None);
+        for verdict in verdicts {
+            match verdict {
+                Self::Deny => return Self::Deny,
+                Self::Undecided => all = Self::Undecided,
+                Self::Allow(_) => {}
+            }
+        }
+        all
+    }
+}
+
+/// Why a hook request could not be understood: answered as a deny in the broker's dialect.
+#[derive(Debug, Clone, Copy, thiserror::Error)]
+enum Unreadable {
+    #[error("the request body was not read: {0}")]
+    Body(&'static str),
+    #[error("the parameters are neither a JSON object nor a form")]
+    Encoding,
+    #[error("parameter {0} appears more than once")]
+    Duplicate(&'static str),
+    #[error("parameter {0} has the wrong type")]
+    Type(&'static str),
+    #[error("parameter {0} has a value the hook does not know")]
+    Value(&'static str),
+}
+
+/// The parameters of a hook request, whichever way its broker sends them: the query string
+/// (EMQX's GET; any broker's configured URL), and a JSON object or a form body, told apart by
+/// the body's first byte rather than the content type (EMQX 5.0–5.6 sends JSON labelled as a
+/// form). A JSON `null` (VerneMQ's absent user name and password) is an absent parameter.
+/// Never rejects: a request that cannot be understood is a deny, decided by the hook.
+struct HookParams(Result<serde_json::Map<String, Value>, Unreadable>);
+
+impl<S: Send + Sync> axum::extract::FromRequest<S> for HookParams {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request(
+        request: axum::extract::Request,
+        state: &S,
+    ) -> Result<Self, Self::Rejection> {
+        if let Some(unread) = request.extensions().get::<UnreadBody>() {
+            return Ok(Self(Err(Unreadable::Body(unread.reason))));
+        }
+        let query = request.uri().query().unwrap_or_default().to_owned();
+        let body = axum::body::Bytes::from_request(request, state).await;
+        Ok(Self(match body {
+            Ok(body) => Self::parse(&query, &body),
+            Err(_) => Err(Unreadable::Body("over the size limit or cut short")),
+        }))
+    }
+}
+
+/// The parameter names the hooks read: a repeated one is refused by name (a value is never
+/// echoed).
+const HOOK_PARAMETERS: [&str; 11] = [
+    "clientid",
+    "client_id",
+    "username",
+    "password",
+    "topic",
+    "topics",
+    "action",
+    "access",
+    "acc",
+    "response_mode",
+    "mountpoint",
+];
+
+fn parameter_name(key: &str) -> &'static str {
+    HOOK_PARAMETERS
+        .iter()
+        .find(|name| **name == key)
+        .copied()
+        .unwrap_or("(another)")
+}
+
+impl HookParams {
+    fn parse(query: &str, body: &[u8]) -> Result<serde_json::Map<String, Value>, Unreadable> {
+        let mut params = serde_json::Map::new();
+        let mut add = |key: String, value: Value| {
+            if value.is_null() {
+                return Ok(());
+            }
+            match params.entry(key) {
+                serde_json::map::Entry::Occupied(taken) => {
+                    Err(Unreadable::Duplicate(parameter_name(taken.key())))
+                }
+                serde_json::map::Entry::Vacant(slot) => {
+                    slot.insert(value);
+                    Ok(())
+                }
+            }
+        };
+        for (key, value) in form_pairs(query.as_bytes())? {
+            add(key, Value::String(value))?;
+        }
+        if body.trim_ascii_start().starts_with(b"{") {
+            // serde_json keeps the last of repeated keys; a broker never repeats one.
+            let object: serde_json::Map<String, Value> =
+                serde_json::from_slice(body).map_err(|_| Unreadable::Encoding)?;
+            for (key, value) in object {
+                add(key, value)?;
+            }
+        } else {
+            for (key, value) in form_pairs(body)? {
+                add(key, Value::String(value))?;
+            }
+        }
+        Ok(params)
+    }
+}
+
+/// The pairs of a form (`application/x-www-form-urlencoded`), decoded as strictly as a
+/// registration form.
+fn form_pairs(form: &[u8]) -> Result<Vec<(String, String)>, Unreadable> {
+    let form = form.trim_ascii();
+    if form.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut pairs = Vec::new();
+    for pair in form.split(|b| *b == b'&').filter(|pair| !pair.is_empty()) {
+        let (key, value) = match pair.iter().position(|b| *b == b'=') {
+            Some(at) => (&pair[..at], &pair[at + 1..]),
+            None => (pair, &b""[..]),
+        };
+        let decode = |part| {
+            percent_decode(part, "form")
+                .map(std::borrow::Cow::into_owned)
+                .map_err(|_| Unreadable::Encoding)
+        };
+        pairs.push((decode(key)?, decode(value)?));
+    }
+    Ok(pairs)
+}
+
+/// A parameter as text: absent (or null) is empty; a number or a boolean is its JSON text
+/// (EMQX sends every value as a string, go-auth's `acc` and VerneMQ's `qos` are numbers).
+fn param<'a>(
+    params: &'a serde_json::Map<String, Value>,
+    name: &'static str,
+) -> Result<std::borrow::Cow<'a, str>, Unreadable> {
+    match params.get(name) {
+        None => Ok("".into()),
+        Some(Value::String(text)) => Ok(text.as_str().into()),
+        Some(value @ (Value::Number(_) | Value::Bool(_))) => Ok(value.to_string().into()),
+        Some(_) => Err(Unreadable::Type(name)),
+    }
+}
+
+/// What a topic request asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Access {
+    Publish,
+    Subscribe,
+    PublishAndSubscribe,
+}
+
+impl Access {
+    /// EMQX 5's `action` (`publish`, `subscribe`), else its v4-compatible `access` (1
+    /// subscribe, 2 publish).
+    fn of_emqx(params: &serde_json::Map<String, Value>) -> Result<Self, Unreadable> {
+        match (&*param(params, "action")?, &*param(params, "access")?) {
+            ("publish", _) | ("", "2") => Ok(Self::Publish),
+            ("subscribe", _) | ("", "1") => Ok(Self::Subscribe),
+            ("", "") => Err(Unreadable::Value("action")),
+            ("", _) => Err(Unreadable::Value("access")),
+            _ => Err(Unreadable::Value("action")),
+        }
+    }
+
+    /// mosquitto-go-auth's `acc`: 1 read (receive on a subscription), 4 subscribe, 2 write
+    /// (publish), 3 read and write.
+    fn of_go_auth(params: &serde_json::Map<String, Value>) -> Result<Self, Unreadable> {
+        match &*param(params, "acc")? {
+            "1" | "4" => Ok(Self::Subscribe),
+            "2" => Ok(Self::Publish),
+            "3" => Ok(Self::PublishAndSubscribe),
+            _ => Err(Unreadable::Value("acc")),
+        }
+    }
+}
+
+fn login_verdict_of(
+    services: &Services,
+    params: &Result<serde_json::Map<String, Value>, Unreadable>,
+    client_id_name: &'static str,
+) -> impl Future<Output = Verdict> {
+    let fields = params.as_ref().map_err(|e| *e).and_then(|params| {
+        Ok((
+            param(params, client_id_name)?.into_owned(),
+            param(params, "username")?.into_owned(),
+            Zeroizing::new(param(params, "password")?.into_owned()),
+        ))
+    });
+    async move {
+        match fields {
+            Ok((client_id, username, password)) => {
+                login_verdict(services, &client_id, &username, &password).await
+            }
+            Err(e) => unreadable(e),
+        }
+    }
+}
+
+fn unreadable(e: Unreadable) -> Verdict {
+    tracing::warn!(reason = %e, "hook request not understood: denied");
+    Verdict::Deny
 }
 
 async fn login_verdict(
@@ -777,40 +1020,46 @@ async fn login_verdict(
 }
 
 /// The ACL verdict for the device a user name names (the broker authenticated it already).
-fn topic_verdict(
-    services: &Services,
-    username: &str,
-    topic: &str,
-    publish: bool,
-    subscribe: bool,
-) -> Verdict {
+fn topic_verdict(services: &Services, username: &str, topic: &str, access: Access) -> Verdict {
     let Ok((dn, pk)) = parse_username(username) else {
+        tracing::warn!("topic refused: the user name is not a device's");
         return Verdict::Deny;
     };
     let who = DeviceIdentity::new(pk, dn);
+    let (publish, subscribe) = match access {
+        Access::Publish => (true, false),
+        Access::Subscribe => (false, true),
+        Access::PublishAndSubscribe => (true, true),
+    };
     let allowed = (!publish || services.topics.may_publish(&who, topic))
         && (!subscribe || services.topics.may_subscribe(&who, topic));
     if allowed {
         Verdict::Allow(None)
     } else {
-        tracing::warn!(product_key = %pk, device_name = %dn, publish, subscribe, "topic refused");
+        tracing::warn!(product_key = %pk, device_name = %dn, ?access, "topic refused");
         Verdict::Deny
     }
 }
 
-#[derive(Deserialize)]
-struct EmqxAuthn {
-    #[serde(default)]
-    clientid: String,
-    #[serde(default)]
-    username: String,
-    #[serde(default)]
-    password: String,
+/// The topic verdict of a request's `username` and `topic`.
+fn topic_verdict_of(
+    services: &Services,
+    params: &serde_json::Map<String, Value>,
+    access: Access,
+) -> Result<Verdict, Unreadable> {
+    Ok(topic_verdict(
+        services,
+        &param(params, "username")?,
+        &param(params, "topic")?,
+        access,
+    ))
 }
 
-async fn emqx_authn(State(services): Shared, Json(req): Json<EmqxAuthn>) -> Json<Value> {
+/// EMQX 5's HTTP authenticator: POST (JSON or form) or GET (query). 200 with `allow` (and the
+/// device as `client_attrs`), `deny`, or `ignore` for an outage.
+async fn emqx_authn(State(services): Shared, HookParams(params): HookParams) -> Json<Value> {
     let started = Instant::now();
-    let verdict = login_verdict(&services, &req.clientid, &req.username, &req.password).await;
+    let verdict = login_verdict_of(&services, &params, "clientid").await;
     services.metrics.observe_hook(started);
     Json(match verdict {
         Verdict::Allow(who) => {
@@ -823,52 +1072,26 @@ async fn emqx_authn(State(services): Shared, Json(req): Json<EmqxAuthn>) -> Json
     })
 }
 
-#[derive(Deserialize)]
-struct EmqxAuthz {
-    #[serde(default)]
-    username: String,
-    #[serde(default)]
-    topic: String,
-    #[serde(default)]
-    action: String,
-}
-
-async fn emqx_authz(State(services): Shared, Json(req): Json<EmqxAuthz>) -> Json<Value> {
+/// EMQX 5's HTTP authorizer: POST (JSON or form, also JSON labelled as a form) or GET
+/// (query). Always 200 with `allow` or `deny`: any other status, or `ignore`, would let EMQX
+/// fall through to `no_match`, which allows by default.
+async fn emqx_authz(State(services): Shared, HookParams(params): HookParams) -> Json<Value> {
     let started = Instant::now();
-    let (publish, subscribe) = (req.action == "publish", req.action == "subscribe");
-    let verdict = if publish || subscribe {
-        topic_verdict(&services, &req.username, &req.topic, publish, subscribe)
-    } else {
-        Verdict::Deny
-    };
+    let verdict = params
+        .and_then(|params| topic_verdict_of(&services, &params, Access::of_emqx(&params)?))
+        .unwrap_or_else(unreadable);
     services.metrics.observe_hook(started);
     Json(json!({"result": if matches!(verdict, Verdict::Allow(_)) { "allow" } else { "deny" }}))
 }
 
-#[derive(Deserialize)]
-struct VerneTopic {
-    topic: String,
-}
-
-#[derive(Deserialize)]
-struct VerneRequest {
-    #[serde(default)]
-    username: String,
-    #[serde(default)]
-    password: String,
-    #[serde(default)]
-    client_id: String,
-    #[serde(default)]
-    topic: String,
-    #[serde(default)]
-    topics: Vec<VerneTopic>,
-}
-
+/// VerneMQ's webhooks (`vernemq-hook` header; JSON POST). Always 200 with `ok`, an error (a
+/// deny), or `next` for an outage: VerneMQ reads any other status, and a missing `result`, as
+/// a failure.
 async fn vernemq(
     State(services): Shared,
     headers: HeaderMap,
-    Json(req): Json<VerneRequest>,
-) -> Response {
+    HookParams(params): HookParams,
+) -> Json<Value> {
     let started = Instant::now();
     let hook = headers
         .get("vernemq-hook")
@@ -876,26 +1099,15 @@ async fn vernemq(
         .unwrap_or_default();
     let verdict = match hook {
         "auth_on_register" | "auth_on_register_m5" => {
-            login_verdict(&services, &req.client_id, &req.username, &req.password).await
+            login_verdict_of(&services, &params, "client_id").await
         }
-        "auth_on_publish" | "auth_on_publish_m5" => {
-            topic_verdict(&services, &req.username, &req.topic, true, false)
-        }
-        "auth_on_subscribe" | "auth_on_subscribe_m5" => {
-            let all = !req.topics.is_empty()
-                && req.topics.iter().all(|t| {
-                    matches!(
-                        topic_verdict(&services, &req.username, &t.topic, false, true),
-                        Verdict::Allow(_)
-                    )
-                });
-            if all {
-                Verdict::Allow(None)
-            } else {
-                Verdict::Deny
-            }
-        }
-        _ => return (StatusCode::BAD_REQUEST, "unknown vernemq-hook\n").into_response(),
+        "auth_on_publish" | "auth_on_publish_m5" => params
+            .and_then(|params| topic_verdict_of(&services, &params, Access::Publish))
+            .unwrap_or_else(unreadable),
+        "auth_on_subscribe" | "auth_on_subscribe_m5" => params
+            .and_then(|params| vernemq_subscribe(&services, &params))
+            .unwrap_or_else(unreadable),
+        _ => unreadable(Unreadable::Value("vernemq-hook")),
     };
     services.metrics.observe_hook(started);
     Json(match verdict {
@@ -903,59 +1115,82 @@ async fn vernemq(
         Verdict::Deny => json!({"result": {"error": "not_allowed"}}),
         Verdict::Undecided => json!({"result": "next"}),
     })
-    .into_response()
 }
 
-fn go_auth_status(verdict: Verdict) -> StatusCode {
-    match verdict {
-        Verdict::Allow(_) => StatusCode::OK,
-        Verdict::Deny => StatusCode::FORBIDDEN,
-        Verdict::Undecided => StatusCode::SERVICE_UNAVAILABLE,
+/// Every topic of a subscribe (`topics: [{"topic": …, "qos": …}]`) must be allowed.
+fn vernemq_subscribe(
+    services: &Services,
+    params: &serde_json::Map<String, Value>,
+) -> Result<Verdict, Unreadable> {
+    let username = param(params, "username")?;
+    let Some(Value::Array(topics)) = params.get("topics") else {
+        return Err(Unreadable::Type("topics"));
+    };
+    if topics.is_empty() {
+        return Err(Unreadable::Value("topics"));
+    }
+    let verdicts = topics
+        .iter()
+        .map(|entry| match entry.get("topic") {
+            Some(Value::String(topic)) => {
+                Ok(topic_verdict(services, &username, topic, Access::Subscribe))
+            }
+            _ => Err(Unreadable::Type("topics")),
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(Verdict::all(verdicts))
+}
+
+/// mosquitto-go-auth's reply in each of its `http_response_mode`s, which it cannot tell us
+/// except through the URI: `?response_mode=json` for `json`; `status` and `text` (the default)
+/// share one reply. Allowed: 200 with the body `ok` (text mode wants exactly that) or
+/// `{"ok":true}`; denied: 403 (go-auth denies any 4xx cleanly); an outage: 503 (an error:
+/// go-auth retries, then lets mosquitto decide).
+fn go_auth_reply(
+    verdict: Verdict,
+    params: &Result<serde_json::Map<String, Value>, Unreadable>,
+) -> Response {
+    let json_mode = params.as_ref().is_ok_and(
+        |params| matches!(params.get("response_mode"), Some(Value::String(mode)) if mode == "json"),
+    );
+    let (status, text, ok) = match verdict {
+        Verdict::Allow(_) => (StatusCode::OK, "ok", true),
+        Verdict::Deny => (StatusCode::FORBIDDEN, "denied", false),
+        Verdict::Undecided => (StatusCode::SERVICE_UNAVAILABLE, "unavailable", false),
+    };
+    if json_mode {
+        let body = if ok {
+            json!({"ok": true})
+        } else {
+            json!({"ok": false, "error": text})
+        };
+        (status, Json(body)).into_response()
+    } else {
+        (status, text).into_response()
     }
 }
 
-#[derive(Deserialize)]
-struct GoAuthUser {
-    #[serde(default)]
-    username: String,
-    #[serde(default)]
-    password: String,
-    #[serde(default)]
-    clientid: String,
-}
-
-async fn go_auth_user(State(services): Shared, Json(req): Json<GoAuthUser>) -> StatusCode {
+/// go-auth's user check: JSON (POST, PUT or GET) or form (POST).
+async fn go_auth_user(State(services): Shared, HookParams(params): HookParams) -> Response {
     let started = Instant::now();
-    let verdict = login_verdict(&services, &req.clientid, &req.username, &req.password).await;
+    let verdict = login_verdict_of(&services, &params, "clientid").await;
     services.metrics.observe_hook(started);
-    go_auth_status(verdict)
+    go_auth_reply(verdict, &params)
 }
 
 /// Devices are never superusers.
-async fn go_auth_superuser() -> StatusCode {
-    StatusCode::FORBIDDEN
+async fn go_auth_superuser(HookParams(params): HookParams) -> Response {
+    go_auth_reply(Verdict::Deny, &params)
 }
 
-#[derive(Deserialize)]
-struct GoAuthAcl {
-    #[serde(default)]
-    username: String,
-    #[serde(default)]
-    topic: String,
-    #[serde(default)]
-    acc: u8,
-}
-
-/// `acc`: 1 read, 2 write, 3 read and write, 4 subscribe.
-async fn go_auth_acl(State(services): Shared, Json(req): Json<GoAuthAcl>) -> StatusCode {
+/// go-auth's ACL check (`acc`: 1 read, 2 write, 3 read and write, 4 subscribe).
+async fn go_auth_acl(State(services): Shared, HookParams(params): HookParams) -> Response {
     let started = Instant::now();
-    let (publish, subscribe) = match req.acc {
-        1 | 4 => (false, true),
-        2 => (true, false),
-        3 => (true, true),
-        _ => return StatusCode::FORBIDDEN,
-    };
-    let verdict = topic_verdict(&services, &req.username, &req.topic, publish, subscribe);
+    let verdict = params
+        .as_ref()
+        .map_err(|e| *e)
+        .and_then(|params| topic_verdict_of(&services, params, Access::of_go_auth(params)?))
+        .unwrap_or_else(unreadable);
     services.metrics.observe_hook(started);
-    go_auth_status(verdict)
+    go_auth_reply(verdict, &params)
 }
