@@ -41,7 +41,9 @@ const CLIENT_ID: &str = "clientId";
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[non_exhaustive]
 pub enum ConnectKind {
-    /// No `authType`: a per-device login signed with the DeviceSecret.
+    /// No `authType`, or one that does not change what is signed (`id2` of the iTLS builds of
+    /// iotkit-embedded, Link SDK 4.x, AliOS Things and Android LinkKit; `custom-ilop` of the
+    /// Living Platform SDK 1.6): a per-device login signed with the DeviceSecret.
     Login,
     /// `authType=register`: dynamic registration of a pre-registered device, signed with the
     /// ProductSecret; answered with the DeviceSecret on `/ext/register`.
@@ -232,7 +234,9 @@ impl<'a> ClientId<'a> {
         let mut known_seen = 0u8;
         let mut others = [""; MAX_PARAMS];
         let mut other_count = 0;
-        for (index, item) in items(block).enumerate() {
+        // Empty items (`…,ext=3,|`: Link SDK 4.0 with no extended client id) are skipped.
+        let non_empty = items(block).filter(|item| !trim(item.text).is_empty());
+        for (index, item) in non_empty.enumerate() {
             if index >= MAX_PARAMS {
                 return Err(ParseError::TooLong {
                     field: "clientId parameters",
@@ -278,9 +282,10 @@ impl<'a> ClientId<'a> {
         id.secure_mode = secure_mode.ok_or(ParseError::Missing {
             field: "securemode",
         })?;
-        if let Some(auth_type) = auth_type {
-            id.kind = ConnectKind::from_auth_type(auth_type)
-                .ok_or(ParseError::Unsupported { field: "authType" })?;
+        // Another authType value leaves a plain login: none the SDKs send changes what is
+        // signed, and the signature decides.
+        if let Some(kind) = auth_type.and_then(ConnectKind::from_auth_type) {
+            id.kind = kind;
         }
         if matches!(
             id.kind,
@@ -347,6 +352,7 @@ impl<'a> ClientId<'a> {
     /// order. They are never signed.
     pub fn extensions(&self) -> impl Iterator<Item = (&'a str, &'a str)> + 'a {
         items(self.block)
+            .filter(|item| !trim(item.text).is_empty())
             .filter_map(|item| split_item(item, false).ok())
             .filter(|(key, _)| known_key(key).is_none())
     }
@@ -425,12 +431,25 @@ fn items(block: &str) -> impl Iterator<Item = Item<'_>> {
     })
 }
 
-/// `key=value`, both trimmed. `clean`: the caller already found no control character.
+/// `key=value`, both trimmed; an item without `=` is a key with an empty value, unless it is
+/// a key this crate reads (a value in a `,` of Python linkkit's unescaped `sii`, say, makes
+/// one). `clean`: the caller already found no control character.
 fn split_item(item: Item<'_>, clean: bool) -> Result<(&str, &str), ParseError> {
-    let equals = item.equals.ok_or(ParseError::Malformed {
-        field: "clientId parameter",
-        expected: "key=value",
-    })?;
+    let Some(equals) = item.equals else {
+        let key = trim(item.text);
+        if known_key(key).is_some() {
+            return Err(ParseError::Malformed {
+                field: "clientId parameter",
+                expected: "key=value",
+            });
+        }
+        if !clean && has_control(key) {
+            return Err(ParseError::InvalidCharacter {
+                field: "clientId parameter",
+            });
+        }
+        return Ok((key, ""));
+    };
     let (key, value) = (trim(&item.text[..equals]), trim(&item.text[equals + 1..]));
     if key.is_empty() {
         return Err(ParseError::Missing {

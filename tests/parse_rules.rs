@@ -91,26 +91,31 @@ fn accept_pipe_inside_a_value() {
 
 // --- client id: items ---
 
+/// Link SDK 4.0 with no extended client id ends its block `…,ext=3,|`; Python linkkit's
+/// unescaped `sii` can cut an item without `=`. Neither is signed, so neither refuses a login;
+/// a key this crate reads must still have its `=`.
 #[test]
-fn reject_item_without_equals() {
+fn accept_empty_items_and_items_without_equals_but_not_a_known_key_without_one() {
+    let id = client_id("c|securemode=2,,ext=3,|").unwrap();
+    assert_eq!(id.extensions().collect::<Vec<_>>(), [("ext", "3")]);
+    let id = client_id("c|securemode=2,sii=a,b,lan=Python|").unwrap();
+    assert_eq!(
+        id.extensions().collect::<Vec<_>>(),
+        [("sii", "a"), ("b", ""), ("lan", "Python")]
+    );
     assert!(matches!(
-        err("c|securemode=2,flag|"),
+        err("c|securemode=2,signmethod|"),
         ParseError::Malformed {
             field: "clientId parameter",
             ..
         }
     ));
-}
-
-#[test]
-fn reject_empty_item() {
-    assert!(matches!(
-        err("c|securemode=2,|"),
-        ParseError::Malformed {
-            field: "clientId parameter",
-            ..
+    assert_eq!(
+        err("c|securemode=2,b,b|"),
+        ParseError::Duplicate {
+            field: "clientId parameter"
         }
-    ));
+    );
 }
 
 #[test]
@@ -305,12 +310,22 @@ fn reject_timestamp_over_20_digits() {
     assert!(client_id(&format!("c|securemode=2,timestamp={}|", "9".repeat(20))).is_ok());
 }
 
+/// `authtype=id2` (iTLS builds of the C SDKs, AliOS Things, Android LinkKit) and
+/// `authtype=custom-ilop` (Living Platform SDK 1.6) are plain logins: they change nothing that
+/// is signed.
 #[test]
-fn reject_unknown_auth_type() {
-    assert_eq!(
-        err("c|securemode=2,authType=id2|"),
-        ParseError::Unsupported { field: "authType" }
-    );
+fn accept_an_auth_type_that_changes_nothing_signed_as_a_login() {
+    for text in [
+        "c|securemode=8,authtype=id2|",
+        "c|securemode=2,authtype=custom-ilop|",
+        "c|securemode=2,authType=something-new|",
+    ] {
+        assert_eq!(
+            client_id(text).unwrap().kind(),
+            ConnectKind::Login,
+            "{text}"
+        );
+    }
 }
 
 #[test]
