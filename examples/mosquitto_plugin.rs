@@ -685,7 +685,7 @@ fn plugin_options(options: *const MosquittoOpt, count: c_int) -> Result<Plugin, 
         .map_err(|e| format!("cannot start the runtime: {e}"))?;
     let store = runtime
         .block_on(config.open_store(&store_url))
-        .map_err(|e| format!("cannot open the store: {e}"))?;
+        .map_err(|e| format!("cannot open the store: {}", iotauth::ErrorChain(&e)))?;
     Ok(Plugin {
         runtime,
         authenticator: Authenticator::new(store.clone()).with_freshness(config.freshness),
@@ -861,7 +861,10 @@ fn login(plugin: &Plugin, connect: &Connect<'_>) -> c_int {
     ) {
         Some(Ok(who)) => who.into_inner(),
         Some(Err(e)) => {
-            log(MOSQ_LOG_WARNING, &format!("login refused: {e}"));
+            log(
+                MOSQ_LOG_WARNING,
+                &format!("login refused: {}", iotauth::ErrorChain(&e)),
+            );
             return MOSQ_ERR_AUTH;
         }
         None => {
@@ -962,7 +965,11 @@ fn register(plugin: &Plugin, connect: &Connect<'_>, kind: ConnectKind) -> c_int 
         Some(Err(e)) => {
             log(
                 MOSQ_LOG_WARNING,
-                &format!("registration refused: {e} (code {})", e.code().code()),
+                &format!(
+                    "registration refused: {} (code {})",
+                    iotauth::ErrorChain(&e),
+                    e.code().code()
+                ),
             );
             return MOSQ_ERR_AUTH;
         }

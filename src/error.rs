@@ -97,17 +97,24 @@ impl ErrorChain<'_> {
 
 impl std::fmt::Display for ErrorChain<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        for (i, error) in self.iter().enumerate() {
-            if i > 0 {
+        let mut shown = String::new();
+        for error in self.iter() {
+            let text = error.to_string();
+            // An error that prints its source in its own message (`"malformed: {0}"`) would
+            // show it twice.
+            if !shown.is_empty() && shown.ends_with(&text) {
+                continue;
+            }
+            if !shown.is_empty() {
                 f.write_str(": ")?;
             }
-            let text = error.to_string();
             for (j, line) in text.lines().enumerate() {
                 if j > 0 {
                     f.write_str(" ")?;
                 }
                 f.write_str(line)?;
             }
+            shown = text;
         }
         Ok(())
     }

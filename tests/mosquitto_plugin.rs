@@ -301,6 +301,56 @@ fn a_missing_store_option_stops_the_broker_with_a_clear_line() {
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
+/// Mosquitto drops to its `user` before plugins start: a store file that user may not open is
+/// refused with its cause, the kind and the file named (issue 14).
+#[test]
+fn a_store_file_the_broker_user_may_not_open_stops_the_broker_with_the_cause() {
+    use std::os::unix::fs::PermissionsExt;
+    let Some(plugin) = plugin() else { return };
+    let dir = test_dir("store-permission");
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let db = dir.join("fleet.db");
+    fleet(&db, &["meter-01"]);
+    let root = Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|out| out.stdout.trim_ascii() == b"0");
+    // Root reads any file: the broker runs as `nobody` then, on a root-owned 0600 file;
+    // otherwise the file's mode is 000.
+    let (user, mode) = if root {
+        ("user nobody", 0o600)
+    } else {
+        ("", 0o000)
+    };
+    std::fs::set_permissions(&db, std::fs::Permissions::from_mode(mode)).unwrap();
+    let config = dir.join("mosquitto.conf");
+    std::fs::write(
+        &config,
+        format!(
+            "listener 0 127.0.0.1\nallow_anonymous false\n{user}\nlog_dest stderr\n\
+             plugin {plugin}\nplugin_opt_store sqlite://{}\n",
+            db.display()
+        ),
+    )
+    .unwrap();
+    let out = Command::new("mosquitto")
+        .arg("-c")
+        .arg(&config)
+        .output()
+        .unwrap();
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert_ne!(out.status.code(), Some(0));
+    assert!(
+        log.contains("the store failed (permission)")
+            && log.contains(&db.display().to_string())
+            && log.contains("Permission denied"),
+        "{log}"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
 #[test]
 fn linkkit_registers_over_mqtt_through_the_broker_then_logs_in_and_only_once() {
     let (Some(plugin), Some(python)) = (plugin(), required_env("IOTAUTH_LINKKIT_PYTHON")) else {
