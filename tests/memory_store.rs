@@ -275,3 +275,53 @@ async fn the_cache_serves_a_snapshot_for_its_ttl_and_writes_through_it_drop_it()
     admin.apply(&pk, &dn, Event::Delete).await.unwrap();
     assert!(cached.device(&pk, &dn).await.unwrap().is_none());
 }
+
+/// An unknown name is cached as absent (a refusal for it costs what one for a known device
+/// costs); a device created through the cache is seen at once, one created around it within
+/// the TTL.
+#[tokio::test]
+async fn the_cache_keeps_an_absent_device_absent_for_its_ttl_unless_created_through_it() {
+    use iotauth::service::Admin;
+    use iotauth::store::{CachedStore, DeviceRecord, DeviceStore};
+    use iotauth::{DeviceName, DeviceSecret, DeviceStatus, DynamicRegistration};
+    let inner = Arc::new(MemoryStore::new());
+    let cached = Arc::new(CachedStore::new(
+        inner.clone(),
+        std::time::Duration::from_millis(200),
+    ));
+    let admin = Admin::new(cached.clone());
+    let product = admin
+        .create_product(None, DynamicRegistration::Off)
+        .await
+        .unwrap();
+    let pk = product.product_key;
+    let record = |name: &str| DeviceRecord {
+        product_key: pk,
+        device_name: DeviceName::new(name).unwrap(),
+        device_secret: DeviceSecret::new("s3cr3t-of-a-device").unwrap(),
+        status: DeviceStatus::NEW,
+        revision: 0,
+        client_ids: Vec::new(),
+    };
+
+    let around = DeviceName::new("around-01").unwrap();
+    assert!(cached.device(&pk, &around).await.unwrap().is_none());
+    inner.insert_device(record("around-01")).await.unwrap();
+    assert!(
+        cached.device(&pk, &around).await.unwrap().is_none(),
+        "absent, from the snapshot"
+    );
+    tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+    assert!(
+        cached.device(&pk, &around).await.unwrap().is_some(),
+        "the snapshot expired"
+    );
+
+    let through = DeviceName::new("through-01").unwrap();
+    assert!(cached.device(&pk, &through).await.unwrap().is_none());
+    cached.insert_device(record("through-01")).await.unwrap();
+    assert!(
+        cached.device(&pk, &through).await.unwrap().is_some(),
+        "seen at once"
+    );
+}

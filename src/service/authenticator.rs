@@ -1,20 +1,29 @@
 use std::sync::{Arc, LazyLock};
 
 use crate::error::ParseError;
+use crate::id::{DeviceName, ProductKey};
+use crate::lifecycle::DeviceStatus;
 use crate::lifecycle::{Event, IssuancePolicy, TransitionError};
 use crate::mqtt::{ConnectKind, ConnectRequest};
 use crate::policy::{Clock, Freshness, SystemClock, UnixMillis};
 use crate::random::{EntropyError, OsEntropy};
 use crate::secret::DeviceSecret;
 use crate::sign::VerifyError;
-use crate::store::{DeviceStore, StoreError};
+use crate::store::{DeviceRecord, DeviceStore, StoreError};
 use crate::verified::{DeviceIdentity, Verified};
 
 use super::apply_event;
 
-/// Unknown devices are verified against this key, so that they cost what known ones cost.
-static DUMMY_DEVICE_SECRET: LazyLock<DeviceSecret> = LazyLock::new(|| {
-    DeviceSecret::new("iotauth-unknown-device-timing-key").unwrap_or_else(|_| unreachable!())
+/// What a login for an unknown device is checked against, so that it costs what a login for a
+/// known device costs: otherwise the time of a refusal tells which device names exist.
+static UNKNOWN_DEVICE: LazyLock<DeviceRecord> = LazyLock::new(|| DeviceRecord {
+    product_key: ProductKey::new("a1Unknown00").unwrap_or_else(|_| unreachable!()),
+    device_name: DeviceName::new("unknown-device").unwrap_or_else(|_| unreachable!()),
+    device_secret: DeviceSecret::new("iotauth-unknown-device-timing-key")
+        .unwrap_or_else(|_| unreachable!()),
+    status: DeviceStatus::NEW,
+    revision: 0,
+    client_ids: Vec::new(),
 });
 
 /// Why a login was refused. Precise, for the operator's log; a device should be told only
@@ -160,6 +169,13 @@ impl<S: DeviceStore> Authenticator<S> {
             Freshness::Unchecked => UnixMillis(0),
             Freshness::Window { .. } => self.clock.now(),
         };
+        let check = |device: &DeviceRecord| {
+            match kind {
+                ConnectKind::TokenLogin => request.verify_issued_token(&device.client_ids),
+                _ => request.verify_login(&device.device_secret, self.freshness, now),
+            }
+            .map_err(AuthError::from)
+        };
         let outcome = apply_event(
             &self.store,
             &pk,
@@ -167,23 +183,15 @@ impl<S: DeviceStore> Authenticator<S> {
             Event::LoginOk,
             IssuancePolicy::default(),
             &OsEntropy,
-            |device| {
-                match kind {
-                    ConnectKind::TokenLogin => request.verify_issued_token(&device.client_ids),
-                    _ => request.verify_login(&device.device_secret, self.freshness, now),
-                }
-                .map_err(AuthError::from)
-            },
+            check,
         )
         .await;
         match outcome {
             Ok(applied) => Ok(applied.checked),
             Err(AuthError::UnknownDevice) => {
-                // Same work as for a known device, then the refusal.
-                let _ = match kind {
-                    ConnectKind::TokenLogin => request.verify_issued_token(&[]),
-                    _ => request.verify_login(&DUMMY_DEVICE_SECRET, self.freshness, now),
-                };
+                // The work a known device costs, then the refusal: a record copied (as a
+                // read returns one), checked by the same code, and wiped.
+                let _ = check(&UNKNOWN_DEVICE.clone_record());
                 Err(AuthError::UnknownDevice)
             }
             Err(e) => Err(e),

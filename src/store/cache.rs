@@ -1,4 +1,4 @@
-//! A short positive cache of device reads in front of any store.
+//! A short cache of device reads, found and not found, in front of any store.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -14,6 +14,9 @@ use super::{
 use crate::id::{DeviceName, ProductKey};
 use crate::lifecycle::DynamicRegistration;
 
+/// Each device read: when, and what (`None`: no such device).
+type Entries = HashMap<(ProductKey, DeviceName), (Instant, Option<DeviceRecord>)>;
+
 /// The most devices a cache holds; past it, it starts over empty.
 const MAX_ENTRIES: usize = 100_000;
 
@@ -26,12 +29,15 @@ const MAX_ENTRIES: usize = 100_000;
 /// made around the cache, e.g. by an admin command in another process, is seen within `ttl`.
 /// Products are not cached.
 ///
-/// Only devices that exist are cached; unknown ones always reach the store.
+/// A device that does not exist is cached as absent too, so that a login for an unknown name
+/// costs what one for a known name costs: otherwise the time of a refusal tells an attacker
+/// which device names exist. A device created elsewhere (an admin command in another process)
+/// is therefore seen within `ttl` of a failed lookup of its name.
 #[derive(Debug)]
 pub struct CachedStore<S> {
     inner: S,
     ttl: Duration,
-    entries: Mutex<HashMap<(ProductKey, DeviceName), (Instant, DeviceRecord)>>,
+    entries: Mutex<Entries>,
     /// Bumped by every invalidation: a read that saw another value when it started may have
     /// read what a write just replaced, so it is not cached.
     epoch: AtomicU64,
@@ -48,9 +54,7 @@ impl<S> CachedStore<S> {
         }
     }
 
-    fn entries(
-        &self,
-    ) -> MutexGuard<'_, HashMap<(ProductKey, DeviceName), (Instant, DeviceRecord)>> {
+    fn entries(&self) -> MutexGuard<'_, Entries> {
         // Every change is a single map operation: a panic elsewhere cannot leave it half done.
         self.entries.lock().unwrap_or_else(PoisonError::into_inner)
     }
@@ -129,23 +133,20 @@ impl<S: DeviceStore> DeviceStore for CachedStore<S> {
         if let Some((read_at, record)) = self.entries().get(&key)
             && read_at.elapsed() < self.ttl
         {
-            return Ok(Some(record.clone_record()));
+            return Ok(record.as_ref().map(DeviceRecord::clone_record));
         }
         let read_at = Instant::now();
         let epoch = self.epoch.load(Ordering::SeqCst);
         let fresh = self.inner.device(product_key, device_name).await?;
         let mut entries = self.entries();
-        match &fresh {
-            _ if self.epoch.load(Ordering::SeqCst) != epoch => {}
-            Some(record) => {
-                if entries.len() >= MAX_ENTRIES {
-                    entries.clear();
-                }
-                entries.insert(key, (read_at, record.clone_record()));
+        if self.epoch.load(Ordering::SeqCst) == epoch {
+            if entries.len() >= MAX_ENTRIES {
+                entries.clear();
             }
-            None => {
-                entries.remove(&key);
-            }
+            entries.insert(
+                key,
+                (read_at, fresh.as_ref().map(DeviceRecord::clone_record)),
+            );
         }
         Ok(fresh)
     }

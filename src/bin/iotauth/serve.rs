@@ -62,7 +62,8 @@ pub(crate) struct Serve {
     max_skew_secs: Option<String>,
     /// Reuse a device read for this long, in seconds (0: off). This server's own writes drop
     /// the entry at once; a change made elsewhere (an admin command, another server on the
-    /// same PostgreSQL) is seen within the period.
+    /// same PostgreSQL) is seen within the period, a device created elsewhere too once its
+    /// name was looked up (unknown names are cached as absent: no timing oracle).
     #[arg(long, default_value = "0")]
     cache_ttl_secs: String,
     /// A topic template devices may use ({pk} and {dn} are whole levels); repeat for several.
