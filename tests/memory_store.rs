@@ -194,22 +194,32 @@ async fn a_cached_memory_store_passes_the_conformance_suite() {
     .await;
 }
 
-#[tokio::test]
-async fn the_cache_serves_a_snapshot_for_its_ttl_and_writes_through_it_drop_it() {
-    use iotauth::service::Admin;
-    use iotauth::store::{CachedStore, DeviceStore, DeviceUpdate};
-    use iotauth::{DeviceName, DeviceState, DeviceStatus, DynamicRegistration, Event};
+/// A memory store behind a 200 ms cache, an admin over the cache, and a product's key.
+async fn cached_product() -> (
+    Arc<MemoryStore>,
+    Arc<iotauth::store::CachedStore<Arc<MemoryStore>>>,
+    iotauth::service::Admin<Arc<iotauth::store::CachedStore<Arc<MemoryStore>>>>,
+    iotauth::ProductKey,
+) {
     let inner = Arc::new(MemoryStore::new());
-    let cached = Arc::new(CachedStore::new(
+    let cached = Arc::new(iotauth::store::CachedStore::new(
         inner.clone(),
         std::time::Duration::from_millis(200),
     ));
-    let admin = Admin::new(cached.clone());
+    let admin = iotauth::service::Admin::new(cached.clone());
     let product = admin
-        .create_product(None, DynamicRegistration::Off)
+        .create_product(None, iotauth::DynamicRegistration::Off)
         .await
         .unwrap();
-    let (pk, dn) = (product.product_key, DeviceName::new("cached-01").unwrap());
+    (inner, cached, admin, product.product_key)
+}
+
+#[tokio::test]
+async fn the_cache_serves_a_snapshot_for_its_ttl_and_writes_through_it_drop_it() {
+    use iotauth::store::{DeviceStore, DeviceUpdate};
+    use iotauth::{DeviceName, DeviceState, DeviceStatus, Event};
+    let (inner, cached, admin, pk) = cached_product().await;
+    let dn = DeviceName::new("cached-01").unwrap();
     admin.register_device(pk, dn).await.unwrap();
     assert!(
         cached
@@ -281,20 +291,9 @@ async fn the_cache_serves_a_snapshot_for_its_ttl_and_writes_through_it_drop_it()
 /// the TTL.
 #[tokio::test]
 async fn the_cache_keeps_an_absent_device_absent_for_its_ttl_unless_created_through_it() {
-    use iotauth::service::Admin;
-    use iotauth::store::{CachedStore, DeviceRecord, DeviceStore};
-    use iotauth::{DeviceName, DeviceSecret, DeviceStatus, DynamicRegistration};
-    let inner = Arc::new(MemoryStore::new());
-    let cached = Arc::new(CachedStore::new(
-        inner.clone(),
-        std::time::Duration::from_millis(200),
-    ));
-    let admin = Admin::new(cached.clone());
-    let product = admin
-        .create_product(None, DynamicRegistration::Off)
-        .await
-        .unwrap();
-    let pk = product.product_key;
+    use iotauth::store::{DeviceRecord, DeviceStore};
+    use iotauth::{DeviceName, DeviceSecret, DeviceStatus};
+    let (inner, cached, _admin, pk) = cached_product().await;
     let record = |name: &str| DeviceRecord {
         product_key: pk,
         device_name: DeviceName::new(name).unwrap(),

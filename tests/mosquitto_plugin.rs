@@ -283,20 +283,27 @@ fn plugin_opt_topic_template_replaces_the_default_topics_as_serve_does() {
     );
 }
 
+/// Runs Mosquitto on `config` (after a listener line) in `dir`, expecting it to refuse to
+/// start; its log.
+fn refused_start(dir: &std::path::Path, config: &str) -> String {
+    let path = dir.join("mosquitto.conf");
+    let text = format!("listener 0 127.0.0.1\nallow_anonymous false\nlog_dest stderr\n{config}\n");
+    std::fs::write(&path, text).unwrap();
+    let out = Command::new("mosquitto")
+        .arg("-c")
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert_ne!(out.status.code(), Some(0));
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
 #[test]
 fn a_missing_store_option_stops_the_broker_with_a_clear_line() {
     let Some(plugin) = plugin() else { return };
     let dir = std::env::temp_dir().join(format!("iotauth-mosquitto-noopt-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
-    let config = dir.join("mosquitto.conf");
-    std::fs::write(&config, format!("listener 0 127.0.0.1\nallow_anonymous false\nuser root\nlog_dest stderr\nplugin {plugin}\n")).unwrap();
-    let out = Command::new("mosquitto")
-        .arg("-c")
-        .arg(&config)
-        .output()
-        .unwrap();
-    let log = String::from_utf8_lossy(&out.stderr);
-    assert_ne!(out.status.code(), Some(0));
+    let log = refused_start(&dir, &format!("user root\nplugin {plugin}"));
     assert!(log.contains("plugin_opt_store is required"), "{log}");
     std::fs::remove_dir_all(&dir).unwrap();
 }
@@ -325,23 +332,13 @@ fn a_store_file_the_broker_user_may_not_open_stops_the_broker_with_the_cause() {
         ("", 0o000)
     };
     std::fs::set_permissions(&db, std::fs::Permissions::from_mode(mode)).unwrap();
-    let config = dir.join("mosquitto.conf");
-    std::fs::write(
-        &config,
-        format!(
-            "listener 0 127.0.0.1\nallow_anonymous false\n{user}\nlog_dest stderr\n\
-             plugin {plugin}\nplugin_opt_store sqlite://{}\n",
+    let log = refused_start(
+        &dir,
+        &format!(
+            "{user}\nplugin {plugin}\nplugin_opt_store sqlite://{}",
             db.display()
         ),
-    )
-    .unwrap();
-    let out = Command::new("mosquitto")
-        .arg("-c")
-        .arg(&config)
-        .output()
-        .unwrap();
-    let log = String::from_utf8_lossy(&out.stderr);
-    assert_ne!(out.status.code(), Some(0));
+    );
     assert!(
         log.contains("the store failed (permission)")
             && log.contains(&db.display().to_string())
