@@ -70,7 +70,10 @@ use rmqtt::types::{
 pub use crate::listener::TlsFiles;
 use crate::listener::{Gate, LogGate, SEND_TIMEOUT, TlsAcceptor};
 use crate::mqtt::{ConnectRequest, MAX_CLIENT_ID_LEN};
-use crate::server::{Admission, ConnectRefusal, REGISTER_TOPIC, REGNWL_TOPIC, Services};
+pub use crate::server::REFUSAL_LINES_PER_SECOND;
+use crate::server::{
+    Admission, ConnectRefusal, REGISTER_TOPIC, REGNWL_TOPIC, RateLimitedLog, Services,
+};
 use crate::verified::DeviceIdentity;
 
 #[cfg(doc)]
@@ -883,39 +886,7 @@ async fn refused_topic(session: &Session, action: &'static str, topic: &str) {
     }
 }
 
-/// Topic refusals logged per second at most, over all devices.
-pub const REFUSAL_LINES_PER_SECOND: u32 = 20;
-
 static REFUSAL_LOG: RateLimitedLog = RateLimitedLog::new();
-
-/// A log line budget per one-second window.
-struct RateLimitedLog {
-    /// (window start, lines in it, lines suppressed since the last logged one).
-    window: Mutex<Option<(Instant, u32, u64)>>,
-}
-
-impl RateLimitedLog {
-    const fn new() -> Self {
-        Self {
-            window: Mutex::new(None),
-        }
-    }
-
-    /// `Some(lines suppressed before this one)` when a line may be logged now.
-    fn admit(&self, now: Instant) -> Option<u64> {
-        let mut window = self.window.lock().unwrap_or_else(PoisonError::into_inner);
-        let (start, lines, suppressed) = window.get_or_insert((now, 0, 0));
-        if now.duration_since(*start) >= Duration::from_secs(1) {
-            (*start, *lines) = (now, 0);
-        }
-        if *lines >= REFUSAL_LINES_PER_SECOND {
-            *suppressed += 1;
-            return None;
-        }
-        *lines += 1;
-        Some(std::mem::take(suppressed))
-    }
-}
 
 /// A network-supplied string for a log line: its first 128 bytes at most (cut at a character
 /// boundary); logged with `?`, so that control characters are escaped, never written.

@@ -234,9 +234,7 @@ impl<'a> ClientId<'a> {
         let mut known_seen = 0u8;
         let mut others = [""; MAX_PARAMS];
         let mut other_count = 0;
-        // Empty items (`…,ext=3,|`: Link SDK 4.0 with no extended client id) are skipped.
-        let non_empty = items(block).filter(|item| !trim(item.text).is_empty());
-        for (index, item) in non_empty.enumerate() {
+        for (index, item) in items(block).enumerate() {
             if index >= MAX_PARAMS {
                 return Err(ParseError::TooLong {
                     field: "clientId parameters",
@@ -352,7 +350,6 @@ impl<'a> ClientId<'a> {
     /// order. They are never signed.
     pub fn extensions(&self) -> impl Iterator<Item = (&'a str, &'a str)> + 'a {
         items(self.block)
-            .filter(|item| !trim(item.text).is_empty())
             .filter_map(|item| split_item(item, false).ok())
             .filter(|(key, _)| known_key(key).is_none())
     }
@@ -396,7 +393,8 @@ struct Item<'a> {
 }
 
 /// The block's items, split on `,`: one pass over the bytes finds both the commas and each
-/// item's first `=`.
+/// item's first `=`. Empty items are skipped (`…,ext=3,|`: Link SDK 4.0 with no extended
+/// client id).
 fn items(block: &str) -> impl Iterator<Item = Item<'_>> {
     let mut rest = Some(block);
     core::iter::from_fn(move || {
@@ -429,6 +427,7 @@ fn items(block: &str) -> impl Iterator<Item = Item<'_>> {
         };
         Some(Item { text, equals })
     })
+    .filter(|item| !trim(item.text).is_empty())
 }
 
 /// `key=value`, both trimmed; an item without `=` is a key with an empty value, unless it is

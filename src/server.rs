@@ -308,14 +308,24 @@ impl Services {
                 return Err(ConnectRefusal::BadCredentials);
             }
         };
+        let admission = self.admit_request(&request).await?;
+        // Only once the CONNECT is proven: a refusal before would tell anyone which device
+        // names exist (another code than a bad password's).
         if let Some(named) = self.client_id_names_another_device(&request).await {
             tracing::warn!(product_key = %request.product_key(), device_name = %request.device_name(), named_product_key = %named.product_key(), named_device_name = %named.device_name(), "CONNECT refused: the client id is another device's");
             return Err(ConnectRefusal::NotAuthorized);
         }
-        match Admission::requested(&request) {
+        Ok(admission)
+    }
+
+    async fn admit_request(
+        &self,
+        request: &ConnectRequest<'_>,
+    ) -> Result<Admission, ConnectRefusal> {
+        match Admission::requested(request) {
             Admission::Login(_) => {
                 let outcome = bounded(
-                    self.authenticator.authenticate_request(&request),
+                    self.authenticator.authenticate_request(request),
                     AuthError::Store,
                 )
                 .await;
@@ -326,12 +336,12 @@ impl Services {
             }
             Admission::Registration(_) => {
                 let checked =
-                    bounded(self.registrar.check_request(&request), RegisterError::Store).await;
+                    bounded(self.registrar.check_request(request), RegisterError::Store).await;
                 self.admitted_registration(checked, Admission::Registration)
             }
             Admission::ClientIdRegistration(_) => {
                 let checked = bounded(
-                    self.registrar.check_client_id_request(&request),
+                    self.registrar.check_client_id_request(request),
                     RegisterError::Store,
                 )
                 .await;
@@ -441,10 +451,7 @@ impl Services {
             }
             Err(e) => {
                 self.metrics.count_login_refusal(e);
-                self.metrics.count_store_failure(match e {
-                    AuthError::Store(e) => e.failure_kind(),
-                    _ => None,
-                });
+                self.metrics.count_store_failure(e.store_failure());
                 tracing::warn!(reason = %ErrorChain(e), "login refused");
             }
         }
@@ -568,10 +575,7 @@ impl Services {
 
     fn record_registration_refusal(&self, e: &RegisterError) {
         self.metrics.count_registration_refusal(e.code());
-        self.metrics.count_store_failure(match e {
-            RegisterError::Store(e) => e.failure_kind(),
-            _ => None,
-        });
+        self.metrics.count_store_failure(e.store_failure());
         tracing::warn!(reason = %ErrorChain(e), code = e.code().code(), "registration refused");
     }
 }
@@ -786,6 +790,57 @@ async fn refuse_unread_body(request: axum::extract::Request, next: Next) -> Resp
     }
 }
 
+/// Refusals logged per second at most, in each kind (the broker's topic refusals, the hooks'
+/// refusals): one SUBSCRIBE may carry thousands of filters, and anyone who reaches the HTTP
+/// port may send hook requests.
+pub const REFUSAL_LINES_PER_SECOND: u32 = 20;
+
+/// A log line budget per one-second window.
+pub(crate) struct RateLimitedLog {
+    /// (window start, lines in it, lines suppressed since the last logged one).
+    window: std::sync::Mutex<Option<(Instant, u32, u64)>>,
+}
+
+impl RateLimitedLog {
+    pub(crate) const fn new() -> Self {
+        Self {
+            window: std::sync::Mutex::new(None),
+        }
+    }
+
+    /// `Some(lines suppressed before this one)` when a line may be logged now.
+    pub(crate) fn admit(&self, now: Instant) -> Option<u64> {
+        let mut window = self
+            .window
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let (start, lines, suppressed) = window.get_or_insert((now, 0, 0));
+        if now.duration_since(*start) >= Duration::from_secs(1) {
+            (*start, *lines) = (now, 0);
+        }
+        if *lines >= REFUSAL_LINES_PER_SECOND {
+            *suppressed += 1;
+            return None;
+        }
+        *lines += 1;
+        Some(std::mem::take(suppressed))
+    }
+}
+
+static HOOK_REFUSAL_LOG: RateLimitedLog = RateLimitedLog::new();
+
+/// Runs `line` (a hook refusal's log line) within [`REFUSAL_LINES_PER_SECOND`], saying how
+/// many were left out.
+fn log_hook_refusal(line: impl FnOnce()) {
+    let Some(suppressed) = HOOK_REFUSAL_LOG.admit(Instant::now()) else {
+        return;
+    };
+    if suppressed > 0 {
+        tracing::warn!(suppressed, "hook refusals not logged (over the rate limit)");
+    }
+    line();
+}
+
 /// What a hook decides.
 enum Verdict {
     Allow(Option<DeviceIdentity>),
@@ -894,10 +949,12 @@ impl HookParams {
             add(key, Value::String(value))?;
         }
         if body.trim_ascii_start().starts_with(b"{") {
-            // serde_json keeps the last of repeated keys; a broker never repeats one.
-            let object: serde_json::Map<String, Value> =
+            let object: JsonObject =
                 serde_json::from_slice(body).map_err(|_| Unreadable::Encoding)?;
-            for (key, value) in object {
+            if let Some(repeated) = object.repeated {
+                return Err(Unreadable::Duplicate(repeated));
+            }
+            for (key, value) in object.members {
                 add(key, value)?;
             }
         } else {
@@ -906,6 +963,42 @@ impl HookParams {
             }
         }
         Ok(params)
+    }
+}
+
+/// A JSON object as its members, and the first key it repeats, if any (`serde_json::Map`
+/// keeps the last of repeated keys silently).
+struct JsonObject {
+    members: serde_json::Map<String, Value>,
+    repeated: Option<&'static str>,
+}
+
+impl<'de> serde::Deserialize<'de> for JsonObject {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Members;
+        impl<'de> serde::de::Visitor<'de> for Members {
+            type Value = JsonObject;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<JsonObject, A::Error> {
+                let mut object = JsonObject {
+                    members: serde_json::Map::new(),
+                    repeated: None,
+                };
+                while let Some((key, value)) = map.next_entry::<String, Value>()? {
+                    if object.repeated.is_none() && object.members.contains_key(&key) {
+                        object.repeated = Some(parameter_name(&key));
+                    }
+                    object.members.insert(key, value);
+                }
+                Ok(object)
+            }
+        }
+        deserializer.deserialize_map(Members)
     }
 }
 
@@ -1002,7 +1095,7 @@ fn login_verdict_of(
 }
 
 fn unreadable(e: Unreadable) -> Verdict {
-    tracing::warn!(reason = %e, "hook request not understood: denied");
+    log_hook_refusal(|| tracing::warn!(reason = %e, "hook request not understood: denied"));
     Verdict::Deny
 }
 
@@ -1022,7 +1115,7 @@ async fn login_verdict(
 /// The ACL verdict for the device a user name names (the broker authenticated it already).
 fn topic_verdict(services: &Services, username: &str, topic: &str, access: Access) -> Verdict {
     let Ok((dn, pk)) = parse_username(username) else {
-        tracing::warn!("topic refused: the user name is not a device's");
+        log_hook_refusal(|| tracing::warn!("topic refused: the user name is not a device's"));
         return Verdict::Deny;
     };
     let who = DeviceIdentity::new(pk, dn);
@@ -1036,7 +1129,9 @@ fn topic_verdict(services: &Services, username: &str, topic: &str, access: Acces
     if allowed {
         Verdict::Allow(None)
     } else {
-        tracing::warn!(product_key = %pk, device_name = %dn, ?access, "topic refused");
+        log_hook_refusal(
+            || tracing::warn!(product_key = %pk, device_name = %dn, ?access, "topic refused"),
+        );
         Verdict::Deny
     }
 }

@@ -22,6 +22,8 @@ use tokio::net::TcpStream;
 const ACCEPTED: [u8; 4] = [0x20, 0x02, 0x00, 0x00];
 /// CONNACK "not authorized", MQTT 3.1.1.
 const NOT_AUTHORIZED: [u8; 4] = [0x20, 0x02, 0x00, 0x05];
+/// CONNACK, MQTT 3.1.1 return code 4: bad user name or password.
+const BAD_CREDENTIALS: [u8; 4] = [0x20, 0x02, 0x00, 0x04];
 
 struct Fleet {
     store: Arc<dyn Store>,
@@ -452,6 +454,14 @@ async fn a_client_id_that_names_another_registered_device_is_refused_even_while_
             .connect(&connect_packet(&login(&squatter, &core, ""), None))
             .await;
         assert_eq!(connack, ACCEPTED, "{core}");
+    }
+    // Without the device's secret, a CORE naming a registered device is refused as one naming
+    // none: the code does not tell which device names exist.
+    for core in [format!("{pk}.meter-a"), format!("{pk}.meter-zz")] {
+        let mut creds = login(&squatter, &core, "");
+        creds.password = "0".repeat(64);
+        let (_, connack) = fleet.connect(&connect_packet(&creds, None)).await;
+        assert_eq!(connack, BAD_CREDENTIALS, "{core}");
     }
 }
 

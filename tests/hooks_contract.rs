@@ -114,6 +114,8 @@ fn matrix(pk: &str, login: &[String; 3]) -> Vec<Case> {
             format!("{{\"clientid\":\"{id}\""), deny()),
         case("emqx authn: a repeated form field", "POST", "/hooks/emqx/authn", &[FORM],
             form(&[("clientid", id), ("username", user), ("password", "x"), ("password", pass)]), deny()),
+        case("emqx authn: a repeated JSON key", "POST", "/hooks/emqx/authn", &[JSON],
+            format!(r#"{{"clientid":"{id}","username":"{user}","password":"x","password":"{pass}"}}"#), deny()),
         case("emqx authn: a field in the query and the body", "POST",
             format!("/hooks/emqx/authn?{}", form(&[("username", user)])), &[JSON], emqx_login.to_string(), deny()),
         case("emqx authn: a bad percent escape", "POST", "/hooks/emqx/authn", &[FORM],
@@ -255,6 +257,15 @@ fn matrix(pk: &str, login: &[String; 3]) -> Vec<Case> {
             json!({"username": user, "clientid": id, "topic": format!("{own}/{huge}"), "acc": 2}).to_string(),
             Expect::Exactly(403, "denied")),
     ];
+    // The routes that are not hooks refuse a body over 16 KiB with its status.
+    rows.push(case(
+        "registration: a body over 16 KiB",
+        "POST",
+        "/auth/register/device",
+        &[FORM],
+        format!("productKey={huge}"),
+        Expect::Exactly(413, "the request body is over 16 KiB\n"),
+    ));
     // Every EMQX and go-auth route takes GET, POST and PUT; nothing else a broker sends.
     rows.push(case(
         "emqx authz: DELETE is not a broker's",
@@ -303,4 +314,46 @@ fn every_request_shape_of_every_broker_gets_an_answer_inside_its_contract() {
         failures.join("\n")
     );
     server.assert_log_clean(&[secret, login[2].clone()]);
+}
+
+/// A hook request whose body does not arrive within the handshake limit is a deny in the
+/// dialect, and the connection closes; the registration route answers 408.
+#[test]
+fn a_slow_body_is_denied_by_a_hook_and_408_elsewhere() {
+    use std::io::{Read, Write};
+    let dir = Dir::new("hooks-slow-body");
+    let store = format!("sqlite://{}", dir.0.join("iotauth.db").display());
+    Fleet::new(store.clone());
+    let server = Server::start(
+        &store,
+        dir.0.join("serve.log"),
+        &["--handshake-timeout-secs", "1"],
+    );
+    for (path, status, body) in [
+        ("/hooks/emqx/authz", "200", r#"{"result":"deny"}"#),
+        ("/hooks/go-auth/acl", "403", "denied"),
+        (
+            "/auth/register/device",
+            "408",
+            "the request body did not arrive in time\n",
+        ),
+    ] {
+        let mut stream = std::net::TcpStream::connect(("127.0.0.1", server.http)).unwrap();
+        stream
+            .set_read_timeout(Some(std::time::Duration::from_secs(10)))
+            .unwrap();
+        let head = format!(
+            "POST {path} HTTP/1.1\r\nhost: x\r\nvernemq-hook: auth_on_publish\r\n\
+             content-type: application/json\r\ncontent-length: 100\r\n\r\n{{\"username\""
+        );
+        stream.write_all(head.as_bytes()).unwrap();
+        let mut reply = String::new();
+        stream.read_to_string(&mut reply).unwrap();
+        assert!(
+            reply.starts_with(&format!("HTTP/1.1 {status} ")),
+            "{path}: {reply}"
+        );
+        assert!(reply.contains("Connection: close"), "{path}: {reply}");
+        assert!(reply.ends_with(body), "{path}: {reply}");
+    }
 }

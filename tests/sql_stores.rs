@@ -174,3 +174,137 @@ fn postgres_store_survives_a_reopen() {
     let Some(url) = database_url() else { return };
     block(survives_reopen(&url));
 }
+
+/// A SQLite file (or its -wal or -shm) deleted or replaced under an open store: every write
+/// is refused as
+/// [`FailureKind::Replaced`] (none goes into a file a restart would not find, or into a -wal
+/// that is gone), and so is the readiness check (issue 14).
+#[test]
+fn a_deleted_or_replaced_sqlite_file_refuses_every_write() {
+    use iotauth::store::{
+        ClientIdChange, DeviceRecord, DeviceUpdate, FailureKind, PreRegistrationFree, ProductRecord,
+    };
+    for change in ["delete", "replace", "delete-wal", "delete-shm"] {
+        let db = TempDb::new(change);
+        let path = db.dir.join("iotauth.db");
+        block(async {
+            let store = open(&db.url()).await;
+            let pk = ProductKey::new("a1Replaced0").unwrap();
+            let product = |pk| ProductRecord {
+                product_key: pk,
+                product_secret: ProductSecret::new("a-product-secret-of-the-test").unwrap(),
+                dynamic_registration: DynamicRegistration::On,
+                name: None,
+                pre_registration_free: PreRegistrationFree::OFF,
+            };
+            let device = |name: &str| DeviceRecord {
+                product_key: pk,
+                device_name: DeviceName::new(name).unwrap(),
+                device_secret: DeviceSecret::new("a-device-secret-of-the-test").unwrap(),
+                status: DeviceStatus::NEW,
+                revision: 0,
+                client_ids: Vec::new(),
+            };
+            store.insert_product(product(pk)).await.unwrap();
+            store.insert_device(device("meter-01")).await.unwrap();
+            store.check_ready().await.unwrap();
+            let beside = |suffix: &str| db.dir.join(format!("iotauth.db{suffix}"));
+            match change {
+                "replace" => {
+                    let copy = path.with_extension("copy");
+                    std::fs::copy(&path, &copy).unwrap();
+                    std::fs::rename(&copy, &path).unwrap();
+                }
+                "delete-wal" => std::fs::remove_file(beside("-wal")).unwrap(),
+                "delete-shm" => std::fs::remove_file(beside("-shm")).unwrap(),
+                _ => std::fs::remove_file(&path).unwrap(),
+            }
+            let dn = DeviceName::new("meter-01").unwrap();
+            let set = DeviceUpdate::Set {
+                status: DeviceStatus::NEW,
+                device_secret: None,
+                client_ids: ClientIdChange::Keep,
+            };
+            let writes = [
+                store
+                    .insert_product(product(ProductKey::new("a1Another00").unwrap()))
+                    .await,
+                store
+                    .set_dynamic_registration(&pk, DynamicRegistration::Off)
+                    .await,
+                store.insert_device(device("meter-02")).await,
+                store
+                    .insert_device_within_quota(device("meter-03"), 100)
+                    .await,
+                store.compare_and_set(&pk, &dn, 0, set).await,
+                store
+                    .compare_and_set(&pk, &dn, 0, DeviceUpdate::Delete)
+                    .await,
+                store.check_ready().await,
+            ];
+            for (i, outcome) in writes.into_iter().enumerate() {
+                let kind = outcome.err().and_then(|e| e.failure_kind());
+                assert_eq!(
+                    kind,
+                    Some(FailureKind::Replaced),
+                    "write {i} after {change}"
+                );
+            }
+        });
+    }
+}
+
+/// A store that may only read (`?mode=ro`) opens an up-to-date database, and fails a write as
+/// read-only, not as "unavailable".
+#[test]
+fn a_read_only_sqlite_store_fails_a_write_as_read_only() {
+    use iotauth::store::{FailureKind, PreRegistrationFree, ProductRecord};
+    let db = TempDb::new("read-only");
+    block(async {
+        open(&db.url()).await.close().await;
+        let read_only = open(&format!("{}?mode=ro", db.url())).await;
+        let product = ProductRecord {
+            product_key: ProductKey::new("a1ReadOnly0").unwrap(),
+            product_secret: ProductSecret::new("a-product-secret-of-the-test").unwrap(),
+            dynamic_registration: DynamicRegistration::Off,
+            name: None,
+            pre_registration_free: PreRegistrationFree::OFF,
+        };
+        let refused = read_only.insert_product(product).await.unwrap_err();
+        let text = ErrorChain(&refused).to_string();
+        assert_eq!(refused.failure_kind(), Some(FailureKind::ReadOnly), "{text}");
+        assert!(text.contains("readonly"), "the SQLite message is kept: {text}");
+    });
+}
+
+/// A PostgreSQL role without the privileges the store needs fails as `permission`, with the
+/// SQLSTATE's message kept (issue 14).
+#[test]
+fn a_postgres_role_without_privileges_fails_as_permission() {
+    use iotauth::store::FailureKind;
+    let Some(url) = database_url() else { return };
+    let psql = |sql: &str| {
+        let out = std::process::Command::new("psql")
+            .args([url.as_str(), "-v", "ON_ERROR_STOP=1", "-qc", sql])
+            .output()
+            .expect("psql (Debian's postgresql-client) must be installed");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    psql(
+        "DO $$ BEGIN IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'iotauth_noperm') \
+         THEN CREATE ROLE iotauth_noperm LOGIN PASSWORD 'noperm'; END IF; END $$",
+    );
+    // The same server and database, as the role without privileges.
+    let (_, host_and_database) = url.rsplit_once('@').unwrap();
+    let unprivileged = format!("postgres://iotauth_noperm:noperm@{host_and_database}");
+    block(async {
+        let refused = SqlStore::connect(&unprivileged).await.unwrap_err();
+        assert_eq!(refused.failure_kind(), Some(FailureKind::Permission));
+        let text = ErrorChain(&refused).to_string();
+        assert!(text.contains("permission denied"), "{text}");
+    });
+}

@@ -172,6 +172,13 @@ fn a_deleted_sqlite_file_stops_the_server() {
 }
 
 #[test]
+fn a_deleted_wal_file_stops_the_server() {
+    server_stops_when_its_file("deleted-wal", |db| {
+        std::fs::remove_file(db.with_extension("db-wal")).unwrap();
+    });
+}
+
+#[test]
 fn a_replaced_sqlite_file_stops_the_server() {
     server_stops_when_its_file("replaced-file", |db| {
         let copy = db.with_extension("copy");

@@ -9,7 +9,7 @@ use crate::policy::{Clock, Freshness, SystemClock, UnixMillis};
 use crate::random::{EntropyError, OsEntropy};
 use crate::secret::DeviceSecret;
 use crate::sign::VerifyError;
-use crate::store::{DeviceRecord, DeviceStore, StoreError};
+use crate::store::{DeviceRecord, DeviceStore, FailureKind, StoreError};
 use crate::verified::{DeviceIdentity, Verified};
 
 use super::apply_event;
@@ -55,6 +55,14 @@ impl AuthError {
     /// Whether the refusal is an outage (the device should retry later) rather than a verdict.
     pub fn is_outage(&self) -> bool {
         matches!(self, Self::Store(_) | Self::Entropy(_))
+    }
+
+    /// What made the store fail, when the refusal is a store failure.
+    pub fn store_failure(&self) -> Option<FailureKind> {
+        match self {
+            Self::Store(e) => e.failure_kind(),
+            _ => None,
+        }
     }
 }
 

@@ -12,7 +12,9 @@ use crate::random::{EntropyError, OsEntropy};
 use crate::register::{RefusalCode, RegisterForm, RegisterReply};
 use crate::secret::{DeviceSecret, DeviceToken, ProductSecret};
 use crate::sign::VerifyError;
-use crate::store::{DeviceRecord, DeviceStore, PreRegistrationFree, ProductStore, StoreError};
+use crate::store::{
+    DeviceRecord, DeviceStore, FailureKind, PreRegistrationFree, ProductStore, StoreError,
+};
 use crate::verified::{DeviceIdentity, Verified};
 
 use super::apply_event;
@@ -170,6 +172,14 @@ impl From<StoreError> for RegisterError {
 }
 
 impl RegisterError {
+    /// What made the store fail, when the refusal is a store failure.
+    pub fn store_failure(&self) -> Option<FailureKind> {
+        match self {
+            Self::Store(e) => e.failure_kind(),
+            _ => None,
+        }
+    }
+
     /// The code the device is sent.
     pub fn code(&self) -> RefusalCode {
         match self {

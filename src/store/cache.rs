@@ -17,7 +17,8 @@ use crate::lifecycle::DynamicRegistration;
 /// Each device read: when, and what (`None`: no such device).
 type Entries = HashMap<(ProductKey, DeviceName), (Instant, Option<DeviceRecord>)>;
 
-/// The most devices a cache holds; past it, it starts over empty.
+/// The most entries a cache holds; past it, it drops the absent names, and starts over empty
+/// when the devices alone fill it.
 const MAX_ENTRIES: usize = 100_000;
 
 /// Serves device reads from a snapshot for at most `ttl` after it was read (a hard limit: a
@@ -141,7 +142,12 @@ impl<S: DeviceStore> DeviceStore for CachedStore<S> {
         let mut entries = self.entries();
         if self.epoch.load(Ordering::SeqCst) == epoch {
             if entries.len() >= MAX_ENTRIES {
-                entries.clear();
+                // Absent names go first: anyone can add them (a refused login with a new
+                // name), and they must not push the fleet's devices out.
+                entries.retain(|_, (_, record)| record.is_some());
+                if entries.len() >= MAX_ENTRIES {
+                    entries.clear();
+                }
             }
             entries.insert(
                 key,

@@ -41,7 +41,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use sqlx::any::{AnyConnectOptions, AnyPoolOptions, AnyRow};
-use sqlx::{AnyPool, Executor, Row};
+use sqlx::{AnyPool, ConnectOptions, Connection, Executor, Row};
 
 use super::{
     ClientIdChange, ClientIdRecord, DeviceRecord, DeviceStore, DeviceUpdate, FailureKind,
@@ -108,20 +108,38 @@ pub struct SqlStore {
 )]
 struct UnsupportedUrl;
 
-/// A SQLite database file, identified by its device and inode when it was opened.
+/// A SQLite database file, identified by its device and inode when it was opened. (The pool
+/// keeps one connection, and so the file, open for the store's life, so that the inode is
+/// never freed and given to another file at the path, which would pass for this one. The
+/// store does not hold a descriptor of its own: closing any descriptor of a file drops every
+/// POSIX lock the process holds on it, SQLite's included.)
+///
+/// Its `-wal` and `-shm` are identified too once the pool has opened the database: deleting
+/// the `-wal` loses what it holds (every write since the last checkpoint), deleting the `-shm`
+/// lets processes see different databases; SQLite removes them only when the last connection
+/// closes, which the pool never does.
 #[derive(Debug)]
 struct DatabaseFile {
     path: PathBuf,
     identity: (u64, u64),
+    companions: std::sync::OnceLock<Vec<(PathBuf, (u64, u64))>>,
 }
 
 /// The file a SQLite store opened was deleted or replaced: what the store wrote since would
 /// be lost, and a restart would start from whatever is at the path now.
 #[derive(Debug, thiserror::Error)]
-#[error("the database file {path} was deleted or replaced while open; restart to open it again")]
+#[error(
+    "the database file {path} (or its -wal or -shm) was deleted or replaced while open; \
+     restart to open it again"
+)]
 struct FileReplaced {
     path: PathBuf,
 }
+
+/// The database did not accept a connection in time.
+#[derive(Debug, thiserror::Error)]
+#[error("the database did not accept a connection within 10 s")]
+struct FirstConnection;
 
 /// The SQLite file exists but this process may not read and write it.
 #[derive(Debug, thiserror::Error)]
@@ -178,23 +196,74 @@ impl DatabaseFile {
                 )
             })?;
         let metadata = file.metadata().map_err(StoreError::unavailable)?;
+        // The same for the -wal and -shm a process of another user may have left (SQLite
+        // would retry them until its pool's timeout, and say only that).
+        for companion in Self::companion_paths(path) {
+            let opened = std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open(&companion);
+            match opened {
+                Err(source) if source.kind() != std::io::ErrorKind::NotFound => {
+                    return Err(StoreError::failure(
+                        FailureKind::of_io(&source),
+                        FileAccess {
+                            path: companion,
+                            source,
+                        },
+                    ));
+                }
+                _ => {}
+            }
+        }
         Ok(Self {
             path: path.to_owned(),
             identity: Self::identity(&metadata),
+            companions: std::sync::OnceLock::new(),
         })
     }
 
-    /// Whether the path still names the file that was opened.
+    /// The `-wal` and `-shm` paths of the database at `path`.
+    fn companion_paths(path: &Path) -> [PathBuf; 2] {
+        ["-wal", "-shm"].map(|suffix| {
+            let mut companion = path.as_os_str().to_owned();
+            companion.push(suffix);
+            PathBuf::from(companion)
+        })
+    }
+
+    /// Identifies the `-wal` and `-shm` as they are now (once the pool holds the database).
+    fn record_companions(&self) {
+        let companions = Self::companion_paths(&self.path)
+            .into_iter()
+            .filter_map(|path| {
+                let identity = Self::identity(&std::fs::metadata(&path).ok()?);
+                Some((path, identity))
+            })
+            .collect();
+        let _ = self.companions.set(companions);
+    }
+
+    /// Whether the path, and the `-wal` and `-shm` beside it, still name the files opened.
     ///
     /// # Errors
-    /// [`FailureKind::Replaced`] when it was deleted or another file took its place.
+    /// [`FailureKind::Replaced`] when one was deleted or another file took its place.
     fn check(&self) -> Result<(), StoreError> {
-        match std::fs::metadata(&self.path) {
-            Ok(metadata) if Self::identity(&metadata) == self.identity => Ok(()),
-            Ok(_) => Err(self.replaced()),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(self.replaced()),
-            Err(e) => Err(StoreError::unavailable(e)),
+        let companions = self.companions.get().map_or(&[][..], Vec::as_slice);
+        let files = [(&self.path, self.identity)]
+            .into_iter()
+            .chain(companions.iter().map(|(path, identity)| (path, *identity)));
+        for (path, identity) in files {
+            match std::fs::metadata(path) {
+                Ok(metadata) if Self::identity(&metadata) == identity => {}
+                Ok(_) => return Err(self.replaced()),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                    return Err(self.replaced());
+                }
+                Err(e) => return Err(StoreError::unavailable(e)),
+            }
         }
+        Ok(())
     }
 
     fn replaced(&self) -> StoreError {
@@ -207,12 +276,18 @@ impl DatabaseFile {
     }
 }
 
-/// The file path of a `sqlite:` URL, unless it is an in-memory database.
-fn sqlite_path(url: &str) -> Option<&str> {
-    let rest = url.strip_prefix("sqlite:")?;
-    let rest = rest.strip_prefix("//").unwrap_or(rest);
+/// The file path of a `sqlite:` URL, read as sqlx reads it (percent-decoded), unless it is an
+/// in-memory database.
+fn sqlite_path(url: &str) -> Option<PathBuf> {
+    let rest = url.strip_prefix("sqlite:")?.trim_start_matches("//");
     let path = rest.split('?').next().unwrap_or_default();
-    (!path.is_empty() && path != ":memory:" && !url.contains("mode=memory")).then_some(path)
+    if path.is_empty() || path == ":memory:" || url.contains("mode=memory") {
+        return None;
+    }
+    let path = percent_encoding::percent_decode_str(path)
+        .decode_utf8()
+        .ok()?;
+    Some(PathBuf::from(&*path))
 }
 
 impl SqlStore {
@@ -239,18 +314,39 @@ impl SqlStore {
             ));
         }
         let file = match sqlite_path(url) {
-            Some(path) if sqlite => Some(Arc::new(DatabaseFile::open_or_create(Path::new(path))?)),
+            Some(path) if sqlite => Some(Arc::new(DatabaseFile::open_or_create(&path)?)),
             _ => None,
         };
-        let url = if sqlite && !url.contains('?') {
-            format!("{url}?mode=rwc")
-        } else {
-            url.to_owned()
+        // The file exists now: SQLite must open it, and never create another one at the path
+        // after a deletion (`mode=rw`). An in-memory database is created (`mode=rwc`).
+        let url = match (&file, url.contains('?')) {
+            (Some(_), false) => format!("{url}?mode=rw"),
+            (None, false) if sqlite => format!("{url}?mode=rwc"),
+            _ => url.to_owned(),
         };
         let options = AnyConnectOptions::from_str(&url).map_err(failure)?;
-        let pool = AnyPoolOptions::new()
+        // One connection first, outside the pool: the pool retries a connection that fails
+        // (a refused one, or one whose set-up fails) until its timeout and then says only
+        // that; this one's error keeps its cause.
+        let mut first = tokio::time::timeout(Duration::from_secs(10), options.connect())
+            .await
+            .map_err(|_| StoreError::unavailable(FirstConnection))?
+            .map_err(failure)?;
+        if sqlite {
+            first.execute(SQLITE_PRAGMAS).await.map_err(failure)?;
+        }
+        first.close().await.map_err(failure)?;
+        let mut pool = AnyPoolOptions::new()
             .max_connections(if sqlite { 4 } else { 16 })
-            .acquire_timeout(Duration::from_secs(10))
+            .acquire_timeout(Duration::from_secs(10));
+        if file.is_some() {
+            // One connection, never retired, keeps the database file open (see DatabaseFile).
+            pool = pool
+                .min_connections(1)
+                .idle_timeout(None)
+                .max_lifetime(None);
+        }
+        let pool = pool
             .after_connect(move |conn, _| {
                 Box::pin(async move {
                     if sqlite {
@@ -264,6 +360,9 @@ impl SqlStore {
             .map_err(failure)?;
         let store = Self { pool, sqlite, file };
         store.migrate().await?;
+        if let Some(file) = &store.file {
+            file.record_companions();
+        }
         Ok(store)
     }
 
@@ -700,6 +799,7 @@ impl DeviceStore for SqlStore {
         device: DeviceRecord,
         device_quota: u32,
     ) -> Result<(), StoreError> {
+        self.check_file()?;
         // A full product is refused by a read, without the write lock below: a flood of
         // registrations for new names must not stall every other write.
         if self.device_count(&device.product_key).await? >= u64::from(device_quota) {
@@ -857,5 +957,70 @@ impl DeviceStore for SqlStore {
             .await
             .map_err(failure)?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[cfg(feature = "sqlite")]
+    #[test]
+    fn sqlite_extended_result_codes_are_classified_by_their_primary_code() {
+        use FailureKind::*;
+        let cases = [
+            (3, Permission),              // SQLITE_PERM
+            (23, Permission),             // SQLITE_AUTH
+            (5, Busy),                    // SQLITE_BUSY
+            (5 | (2 << 8), Busy),         // SQLITE_BUSY_SNAPSHOT
+            (6, Busy),                    // SQLITE_LOCKED
+            (8, ReadOnly),                // SQLITE_READONLY
+            (8 | (6 << 8), ReadOnly),     // SQLITE_READONLY_DIRECTORY
+            (8 | (4 << 8), Replaced),     // SQLITE_READONLY_DBMOVED
+            (13, Full),                   // SQLITE_FULL
+            (11, Corrupt),                // SQLITE_CORRUPT
+            (26, Corrupt),                // SQLITE_NOTADB
+            (14, Configuration),          // SQLITE_CANTOPEN
+            (10 | (3 << 8), Unavailable), // SQLITE_IOERR_WRITE
+        ];
+        for (code, kind) in cases {
+            assert_eq!(sqlite_failure_kind(code), kind, "code {code}");
+        }
+    }
+
+    #[cfg(feature = "postgres")]
+    #[test]
+    fn postgres_sqlstates_are_classified() {
+        use FailureKind::*;
+        let cases = [
+            ("42501", Permission),
+            ("28P01", Configuration),
+            ("3D000", Configuration),
+            ("25006", ReadOnly),
+            ("53100", Full),
+            ("40001", Busy),
+            ("40P01", Busy),
+            ("XX001", Corrupt),
+            ("57P01", Unavailable),
+            ("08006", Unavailable),
+        ];
+        for (sqlstate, kind) in cases {
+            assert_eq!(postgres_failure_kind(sqlstate), kind, "SQLSTATE {sqlstate}");
+        }
+    }
+
+    #[test]
+    fn a_sqlite_url_names_its_file_as_sqlx_reads_it() {
+        assert_eq!(
+            sqlite_path("sqlite:///var/lib/iotauth/a%20b.db?mode=rwc"),
+            Some(PathBuf::from("/var/lib/iotauth/a b.db"))
+        );
+        assert_eq!(
+            sqlite_path("sqlite:iotauth.db"),
+            Some(PathBuf::from("iotauth.db"))
+        );
+        assert_eq!(sqlite_path("sqlite::memory:"), None);
+        assert_eq!(sqlite_path("sqlite://x.db?mode=memory"), None);
+        assert_eq!(sqlite_path("postgres://u@h/d"), None);
     }
 }

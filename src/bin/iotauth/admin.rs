@@ -185,19 +185,6 @@ struct DeletedJson {
     deleted: bool,
 }
 
-impl From<AdminError> for Failure {
-    fn from(e: AdminError) -> Self {
-        Self::Rejected(e.to_string())
-    }
-}
-
-impl From<StoreError> for Failure {
-    fn from(e: StoreError) -> Self {
-        Self::Rejected(iotauth::ErrorChain(&e).to_string())
-    }
-}
-
-/// A store error with its causes, one line (an outage's cause is what an operator needs).
 async fn product_of(store: &Arc<dyn Store>, pk: &ProductKey) -> Result<ProductRecord, Failure> {
     store
         .product(pk)

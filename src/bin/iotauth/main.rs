@@ -186,11 +186,13 @@ pub(crate) enum Failure {
     Usage(String),
 }
 
+/// Refused with the error and its causes, on one line (an outage's cause is what an operator
+/// needs).
 macro_rules! rejected_from {
     ($($error:ty),*) => {$(
         impl From<$error> for Failure {
             fn from(e: $error) -> Self {
-                Self::Rejected(e.to_string())
+                Self::Rejected(iotauth::ErrorChain(&e).to_string())
             }
         }
     )*};
@@ -200,6 +202,8 @@ rejected_from!(
     iotauth::ParseError,
     iotauth::VerifyError,
     iotauth::EntropyError,
+    iotauth::service::AdminError,
+    iotauth::store::StoreError,
     serde_json::Error
 );
 
