@@ -272,8 +272,15 @@ fn a_read_only_sqlite_store_fails_a_write_as_read_only() {
         };
         let refused = read_only.insert_product(product).await.unwrap_err();
         let text = ErrorChain(&refused).to_string();
-        assert_eq!(refused.failure_kind(), Some(FailureKind::ReadOnly), "{text}");
-        assert!(text.contains("readonly"), "the SQLite message is kept: {text}");
+        assert_eq!(
+            refused.failure_kind(),
+            Some(FailureKind::ReadOnly),
+            "{text}"
+        );
+        assert!(
+            text.contains("readonly"),
+            "the SQLite message is kept: {text}"
+        );
     });
 }
 

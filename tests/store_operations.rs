@@ -129,6 +129,54 @@ fn a_sqlite_file_the_server_may_not_open_is_refused_with_the_cause() {
     );
 }
 
+/// The Mosquitto-plugin case of issue 14 through `serve`: the database file handed to the
+/// service user, its `-wal` and `-shm` left to root. The refusal names the file at fault
+/// (SQLite alone retried it for 10 s and then said "pool timed out"). Root only: nobody else
+/// can leave files another user may not open.
+#[test]
+fn a_wal_file_the_server_may_not_open_is_refused_with_its_name() {
+    let root = Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|out| out.stdout.trim_ascii() == b"0");
+    if !root {
+        eprintln!("skipping: only root can leave a -wal another user may not open");
+        return;
+    }
+    let dir = Dir::new("wal-permission");
+    std::fs::set_permissions(&dir.0, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let db = dir.0.join("iotauth.db");
+    let store = format!("sqlite://{}", db.display());
+    Fleet::new(store.clone());
+    let wal = dir.0.join("iotauth.db-wal");
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&wal)
+        .unwrap();
+    std::fs::set_permissions(&wal, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let chown = Command::new("chown")
+        .arg("nobody")
+        .arg(&db)
+        .status()
+        .unwrap();
+    assert!(chown.success());
+    let http = format!("127.0.0.1:{}", free_port());
+    let out = Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups", BIN])
+        .args(["--store", &store, "serve", "--http", &http])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("the store failed (permission)")
+            && stderr.contains(&wal.display().to_string())
+            && stderr.contains("Permission denied"),
+        "{stderr}"
+    );
+}
+
 /// Starts a server on a fresh SQLite store with one registered device, lets `change` do
 /// something to the database file, and checks that the device's secret is not issued into a
 /// file that is gone and that the server stops with an error naming the cause.

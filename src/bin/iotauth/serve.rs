@@ -18,7 +18,7 @@ use crate::Failure;
 
 #[derive(Args)]
 pub(crate) struct Serve {
-    /// HTTP: dynamic registration, broker hooks, /healthz, /metrics.
+    /// HTTP: dynamic registration, broker hooks, /healthz, /readyz, /metrics.
     #[arg(long, default_value = "127.0.0.1:8080")]
     http: SocketAddr,
     /// The embedded MQTT broker (3.1, 3.1.1 and 5): logins, dynamic registration
