@@ -60,6 +60,19 @@ fn sqlite_database_wal_and_shm_files_are_readable_by_their_owner_only() {
     }
 }
 
+/// A database an earlier version created world-readable (0644) loses the world's access when
+/// it is opened; the group's is left (an operator may have given it to a broker's user).
+#[test]
+fn an_existing_world_readable_sqlite_file_is_closed_to_other_users() {
+    let dir = Dir::new("world-readable");
+    let db = dir.0.join("iotauth.db");
+    let store = format!("sqlite://{}", db.display());
+    Fleet::new(store.clone());
+    std::fs::set_permissions(&db, std::fs::Permissions::from_mode(0o644)).unwrap();
+    cli(&store, &["product", "list"]);
+    assert_eq!(mode(&db), 0o640);
+}
+
 #[test]
 fn twenty_concurrent_first_starts_on_one_fresh_sqlite_file_all_succeed() {
     let dir = Dir::new("first-starts");

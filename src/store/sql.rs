@@ -33,7 +33,7 @@
 //! the winner, on one node or many. SQLite runs in WAL mode with `synchronous = FULL`, so an
 //! issued state is on disk before the secret is returned; PostgreSQL commits each statement.
 
-use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::sync::Arc;
@@ -196,6 +196,7 @@ impl DatabaseFile {
                 )
             })?;
         let metadata = file.metadata().map_err(StoreError::unavailable)?;
+        withdraw_world_access(&file, &metadata);
         // The same for the -wal and -shm a process of another user may have left (SQLite
         // would retry them until its pool's timeout, and say only that).
         for companion in Self::companion_paths(path) {
@@ -204,6 +205,11 @@ impl DatabaseFile {
                 .write(true)
                 .open(&companion);
             match opened {
+                Ok(companion) => {
+                    if let Ok(metadata) = companion.metadata() {
+                        withdraw_world_access(&companion, &metadata);
+                    }
+                }
                 Err(source) if source.kind() != std::io::ErrorKind::NotFound => {
                     return Err(StoreError::failure(
                         FailureKind::of_io(&source),
@@ -273,6 +279,17 @@ impl DatabaseFile {
                 path: self.path.clone(),
             },
         )
+    }
+}
+
+/// Takes read and write access away from other users (not the group, which an operator may
+/// have given to a broker's user on purpose): every secret is in the file, and earlier
+/// versions of this crate created it 0644. Best effort: a file this user does not own keeps its
+/// mode.
+fn withdraw_world_access(file: &std::fs::File, metadata: &std::fs::Metadata) {
+    let mode = metadata.permissions().mode();
+    if mode & 0o007 != 0 {
+        let _ = file.set_permissions(std::fs::Permissions::from_mode(mode & !0o007));
     }
 }
 
