@@ -177,6 +177,9 @@ async fn bounded<T, E>(
     }
 }
 
+/// How long a readiness answer is reused ([`Services::readiness`]).
+pub const READINESS_INTERVAL: Duration = Duration::from_secs(1);
+
 /// Where MQTT dynamic registration delivers a DeviceSecret (PROTOCOL.md §c.2).
 pub const REGISTER_TOPIC: &str = "/ext/register";
 
@@ -202,6 +205,8 @@ pub struct Services {
     pub metrics: Metrics,
     revocations: tokio::sync::broadcast::Sender<DeviceIdentity>,
     store: Arc<dyn Store>,
+    /// The last readiness check: when, and the failure's kind if it failed.
+    readiness: tokio::sync::Mutex<Option<(Instant, Option<FailureKind>)>>,
 }
 
 /// What a CONNECT was admitted as ([`Services::admit`]).
@@ -285,6 +290,7 @@ impl Services {
             topics: config.topics,
             metrics: Metrics::default(),
             revocations: tokio::sync::broadcast::channel(REVOCATION_BACKLOG).0,
+            readiness: tokio::sync::Mutex::new(None),
         }
     }
 
@@ -549,6 +555,26 @@ impl Services {
         bounded(self.store.check_ready(), |e| e).await
     }
 
+    /// [`Services::check_ready`]'s answer, at most [`READINESS_INTERVAL`] old: what
+    /// `/readyz` answers, so that a flood of probes (anyone may send them) costs the store one
+    /// round trip per interval. `None` when ready, else the failure's kind.
+    pub async fn readiness(&self) -> Option<FailureKind> {
+        // Held across the check: concurrent probes wait for one round trip, not one each.
+        let mut last = self.readiness.lock().await;
+        if let Some((at, failure)) = *last
+            && at.elapsed() < READINESS_INTERVAL
+        {
+            return failure;
+        }
+        let failure = self
+            .check_ready()
+            .await
+            .err()
+            .map(|e| e.failure_kind().unwrap_or(FailureKind::Unavailable));
+        *last = Some((Instant::now(), failure));
+        failure
+    }
+
     /// Devices whose connections must end now (disabled, reset or deleted through
     /// [`Services::apply_operator_event`]), for a broker to act on.
     pub fn revocations(&self) -> tokio::sync::broadcast::Receiver<DeviceIdentity> {
@@ -737,16 +763,14 @@ async fn metrics(State(services): Shared) -> Response {
 
 /// 200 when the store answers a round trip within [`STORE_TIMEOUT`]; otherwise 503 and the
 /// failure's kind (never its cause: this route needs no credentials). Not logged: a probe
-/// repeats, and anyone may call it.
+/// repeats, and anyone may call it; for the same reason the answer is reused for
+/// [`READINESS_INTERVAL`].
 async fn readyz(State(services): Shared) -> Response {
-    match services.check_ready().await {
-        Ok(()) => "ok\n".into_response(),
-        Err(e) => (
+    match services.readiness().await {
+        None => "ok\n".into_response(),
+        Some(kind) => (
             StatusCode::SERVICE_UNAVAILABLE,
-            format!(
-                "not ready: the store failed ({})\n",
-                e.failure_kind().unwrap_or(FailureKind::Unavailable)
-            ),
+            format!("not ready: the store failed ({kind})\n"),
         )
             .into_response(),
     }
