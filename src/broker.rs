@@ -868,14 +868,8 @@ async fn admission(session: &Session) -> Option<Admission> {
 /// capped), never the payload, at most [`REFUSAL_LINES_PER_SECOND`] lines a second: one
 /// SUBSCRIBE may carry thousands of filters.
 async fn refused_topic(session: &Session, action: &'static str, topic: &str) {
-    let Some(suppressed) = REFUSAL_LOG.admit(Instant::now()) else {
+    if !TOPIC_REFUSALS.admit() {
         return;
-    };
-    if suppressed > 0 {
-        tracing::warn!(
-            suppressed,
-            "topic refusals not logged (over the rate limit)"
-        );
     }
     match admission(session).await {
         Some(admission) => {
@@ -886,7 +880,7 @@ async fn refused_topic(session: &Session, action: &'static str, topic: &str) {
     }
 }
 
-static REFUSAL_LOG: RateLimitedLog = RateLimitedLog::new();
+static TOPIC_REFUSALS: RateLimitedLog = RateLimitedLog::new("topic");
 
 /// A network-supplied string for a log line: its first 128 bytes at most (cut at a character
 /// boundary); logged with `?`, so that control characters are escaped, never written.

@@ -458,7 +458,9 @@ impl Services {
             Err(e) => {
                 self.metrics.count_login_refusal(e);
                 self.metrics.count_store_failure(e.store_failure());
-                tracing::warn!(reason = %ErrorChain(e), "login refused");
+                if LOGIN_REFUSALS.admit() {
+                    tracing::warn!(reason = %ErrorChain(e), "login refused");
+                }
             }
         }
     }
@@ -602,7 +604,9 @@ impl Services {
     fn record_registration_refusal(&self, e: &RegisterError) {
         self.metrics.count_registration_refusal(e.code());
         self.metrics.count_store_failure(e.store_failure());
-        tracing::warn!(reason = %ErrorChain(e), code = e.code().code(), "registration refused");
+        if REGISTRATION_REFUSALS.admit() {
+            tracing::warn!(reason = %ErrorChain(e), code = e.code().code(), "registration refused");
+        }
     }
 }
 
@@ -814,56 +818,70 @@ async fn refuse_unread_body(request: axum::extract::Request, next: Next) -> Resp
     }
 }
 
-/// Refusals logged per second at most, in each kind (the broker's topic refusals, the hooks'
-/// refusals): one SUBSCRIBE may carry thousands of filters, and anyone who reaches the HTTP
-/// port may send hook requests.
+/// Refusals logged per second at most, in each kind (logins, registrations, hook requests,
+/// the broker's topics): anyone who reaches a port can be refused, and one SUBSCRIBE may carry
+/// thousands of filters. The metrics count every refusal.
 pub const REFUSAL_LINES_PER_SECOND: u32 = 20;
 
-/// A log line budget per one-second window.
+/// A log line budget per one-second window, for one kind of refusal.
 pub(crate) struct RateLimitedLog {
+    /// What the lines are, for the line that says how many were left out.
+    kind: &'static str,
     /// (window start, lines in it, lines suppressed since the last logged one).
     window: std::sync::Mutex<Option<(Instant, u32, u64)>>,
 }
 
 impl RateLimitedLog {
-    pub(crate) const fn new() -> Self {
+    pub(crate) const fn new(kind: &'static str) -> Self {
         Self {
+            kind,
             window: std::sync::Mutex::new(None),
         }
     }
 
-    /// `Some(lines suppressed before this one)` when a line may be logged now.
-    pub(crate) fn admit(&self, now: Instant) -> Option<u64> {
-        let mut window = self
-            .window
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let (start, lines, suppressed) = window.get_or_insert((now, 0, 0));
-        if now.duration_since(*start) >= Duration::from_secs(1) {
-            (*start, *lines) = (now, 0);
+    /// Whether a line may be logged now. The first line refused in a second says so at once;
+    /// the next line logged says how many were left out.
+    pub(crate) fn admit(&self) -> bool {
+        let now = Instant::now();
+        let (admitted, first_refused, suppressed) = {
+            let mut window = self
+                .window
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            let (start, lines, suppressed) = window.get_or_insert((now, 0, 0));
+            if now.duration_since(*start) >= Duration::from_secs(1) {
+                (*start, *lines) = (now, 0);
+            }
+            if *lines >= REFUSAL_LINES_PER_SECOND {
+                let first_refused = *lines == REFUSAL_LINES_PER_SECOND;
+                *lines += u32::from(first_refused);
+                *suppressed += 1;
+                (false, first_refused, 0)
+            } else {
+                *lines += 1;
+                (true, false, std::mem::take(suppressed))
+            }
+        };
+        if first_refused {
+            tracing::warn!(
+                kind = self.kind,
+                "refusals over the rate limit: the rest of this second's are not logged"
+            );
         }
-        if *lines >= REFUSAL_LINES_PER_SECOND {
-            *suppressed += 1;
-            return None;
+        if suppressed > 0 {
+            tracing::warn!(
+                suppressed,
+                kind = self.kind,
+                "refusals not logged (over the rate limit)"
+            );
         }
-        *lines += 1;
-        Some(std::mem::take(suppressed))
+        admitted
     }
 }
 
-static HOOK_REFUSAL_LOG: RateLimitedLog = RateLimitedLog::new();
-
-/// Runs `line` (a hook refusal's log line) within [`REFUSAL_LINES_PER_SECOND`], saying how
-/// many were left out.
-fn log_hook_refusal(line: impl FnOnce()) {
-    let Some(suppressed) = HOOK_REFUSAL_LOG.admit(Instant::now()) else {
-        return;
-    };
-    if suppressed > 0 {
-        tracing::warn!(suppressed, "hook refusals not logged (over the rate limit)");
-    }
-    line();
-}
+static LOGIN_REFUSALS: RateLimitedLog = RateLimitedLog::new("login");
+static REGISTRATION_REFUSALS: RateLimitedLog = RateLimitedLog::new("registration");
+static HOOK_REFUSALS: RateLimitedLog = RateLimitedLog::new("hook request");
 
 /// What a hook decides.
 enum Verdict {
@@ -1119,7 +1137,9 @@ fn login_verdict_of(
 }
 
 fn unreadable(e: Unreadable) -> Verdict {
-    log_hook_refusal(|| tracing::warn!(reason = %e, "hook request not understood: denied"));
+    if HOOK_REFUSALS.admit() {
+        tracing::warn!(reason = %e, "hook request not understood: denied");
+    }
     Verdict::Deny
 }
 
@@ -1139,7 +1159,9 @@ async fn login_verdict(
 /// The ACL verdict for the device a user name names (the broker authenticated it already).
 fn topic_verdict(services: &Services, username: &str, topic: &str, access: Access) -> Verdict {
     let Ok((dn, pk)) = parse_username(username) else {
-        log_hook_refusal(|| tracing::warn!("topic refused: the user name is not a device's"));
+        if HOOK_REFUSALS.admit() {
+            tracing::warn!("topic refused: the user name is not a device's");
+        }
         return Verdict::Deny;
     };
     let who = DeviceIdentity::new(pk, dn);
@@ -1153,9 +1175,9 @@ fn topic_verdict(services: &Services, username: &str, topic: &str, access: Acces
     if allowed {
         Verdict::Allow(None)
     } else {
-        log_hook_refusal(
-            || tracing::warn!(product_key = %pk, device_name = %dn, ?access, "topic refused"),
-        );
+        if HOOK_REFUSALS.admit() {
+            tracing::warn!(product_key = %pk, device_name = %dn, ?access, "topic refused");
+        }
         Verdict::Deny
     }
 }

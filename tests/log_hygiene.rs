@@ -170,3 +170,47 @@ fn a_65_kb_field_in_a_refused_request_adds_under_2_kb_of_log() {
     let log = std::fs::read_to_string(&server.log).unwrap();
     assert!(log.contains("login refused"), "{log}");
 }
+
+/// Refusals are logged at most `REFUSAL_LINES_PER_SECOND` (20) a second per kind, with a line
+/// saying how many were left out: a flood of refused logins cannot flood the log.
+#[test]
+fn a_flood_of_refused_logins_logs_a_bounded_number_of_lines() {
+    let dir = Dir::new("log-flood");
+    let store = format!("sqlite://{}", dir.0.join("iotauth.db").display());
+    let fleet = Fleet::new(store.clone());
+    fleet.device("meter-01");
+    let server = Server::start(&store, dir.0.join("serve.log"), &[]);
+    let login = serde_json::json!({
+        "clientid": "c|securemode=3,signmethod=hmacsha1|",
+        "username": format!("meter-01&{}", fleet.pk),
+        "password": "0".repeat(40),
+    })
+    .to_string();
+    let started = Instant::now();
+    for _ in 0..200 {
+        let (status, body) =
+            http_request(server.http, "POST", "/hooks/emqx/authn", &login, &[]).unwrap();
+        assert_eq!((status, body.as_str()), (200, r#"{"result":"deny"}"#));
+    }
+    // One more after the window: it logs how many were left out.
+    std::thread::sleep(Duration::from_millis(1_100));
+    http_request(server.http, "POST", "/hooks/emqx/authn", &login, &[]).unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    let seconds = started.elapsed().as_secs() + 1;
+    let log = std::fs::read_to_string(&server.log).unwrap();
+    let lines = log.lines().filter(|l| l.contains("login refused")).count() as u64;
+    assert!(
+        lines <= 20 * seconds,
+        "{lines} refusal lines in {seconds} s for 201 refusals"
+    );
+    assert!(
+        log.contains("the rest of this second's are not logged")
+            && log.contains("refusals not logged (over the rate limit)"),
+        "the first left-out line is announced, and the count follows: {log}"
+    );
+    let (_, metrics) = http_request(server.http, "GET", "/metrics", "", &[]).unwrap();
+    assert!(
+        metrics.contains("iotauth_logins_total{result=\"refused\",reason=\"bad_credentials\"} 201"),
+        "every refusal is counted: {metrics}"
+    );
+}
