@@ -19,7 +19,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use axum::extract::{DefaultBodyLimit, State};
+use axum::extract::{DefaultBodyLimit, RawQuery, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
@@ -1287,13 +1287,13 @@ fn vernemq_subscribe(
 /// share one reply. Allowed: 200 with the body `ok` (text mode wants exactly that) or
 /// `{"ok":true}`; denied: 403 (go-auth denies any 4xx cleanly); an outage: 503 (an error:
 /// go-auth retries, then lets mosquitto decide).
-fn go_auth_reply(
-    verdict: Verdict,
-    params: &Result<serde_json::Map<String, Value>, Unreadable>,
-) -> Response {
-    let json_mode = params.as_ref().is_ok_and(
-        |params| matches!(params.get("response_mode"), Some(Value::String(mode)) if mode == "json"),
-    );
+fn go_auth_reply(verdict: Verdict, query: Option<&str>) -> Response {
+    // Read from the query alone: a request whose body cannot be read still asked for JSON.
+    let json_mode = form_pairs(query.unwrap_or_default().as_bytes()).is_ok_and(|pairs| {
+        pairs
+            .iter()
+            .any(|(k, v)| k == "response_mode" && v == "json")
+    });
     let (status, text, ok) = match verdict {
         Verdict::Allow(_) => (StatusCode::OK, "ok", true),
         Verdict::Deny => (StatusCode::FORBIDDEN, "denied", false),
@@ -1312,20 +1312,28 @@ fn go_auth_reply(
 }
 
 /// go-auth's user check: JSON (POST, PUT or GET) or form (POST).
-async fn go_auth_user(State(services): Shared, HookParams(params): HookParams) -> Response {
+async fn go_auth_user(
+    State(services): Shared,
+    RawQuery(query): RawQuery,
+    HookParams(params): HookParams,
+) -> Response {
     let started = Instant::now();
     let verdict = login_verdict_of(&services, &params, "clientid").await;
     services.metrics.observe_hook(started);
-    go_auth_reply(verdict, &params)
+    go_auth_reply(verdict, query.as_deref())
 }
 
 /// Devices are never superusers.
-async fn go_auth_superuser(HookParams(params): HookParams) -> Response {
-    go_auth_reply(Verdict::Deny, &params)
+async fn go_auth_superuser(RawQuery(query): RawQuery) -> Response {
+    go_auth_reply(Verdict::Deny, query.as_deref())
 }
 
 /// go-auth's ACL check (`acc`: 1 read, 2 write, 3 read and write, 4 subscribe).
-async fn go_auth_acl(State(services): Shared, HookParams(params): HookParams) -> Response {
+async fn go_auth_acl(
+    State(services): Shared,
+    RawQuery(query): RawQuery,
+    HookParams(params): HookParams,
+) -> Response {
     let started = Instant::now();
     let verdict = params
         .as_ref()
@@ -1333,5 +1341,5 @@ async fn go_auth_acl(State(services): Shared, HookParams(params): HookParams) ->
         .and_then(|params| topic_verdict_of(&services, params, Access::of_go_auth(params)?))
         .unwrap_or_else(unreadable);
     services.metrics.observe_hook(started);
-    go_auth_reply(verdict, &params)
+    go_auth_reply(verdict, query.as_deref())
 }

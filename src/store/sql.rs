@@ -82,8 +82,10 @@ const MIGRATIONS: &[(i64, &[&str])] = &[
 ];
 
 // `busy_timeout` first: switching to WAL takes the write lock, and a second process starting
-// on the same fresh file must wait for it rather than fail with "database is locked".
-const SQLITE_PRAGMAS: &str = "PRAGMA busy_timeout = 10000; PRAGMA journal_mode = WAL; \
+// on the same fresh file must wait for it rather than fail with "database is locked". 1.5 s:
+// below the 2 s a decision waits for the store (`server::STORE_TIMEOUT`), so that a lock held
+// too long is reported as what it is (`busy`), not as a store that did not answer.
+const SQLITE_PRAGMAS: &str = "PRAGMA busy_timeout = 1500; PRAGMA journal_mode = WAL; \
      PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON;";
 
 /// Serializes migrations of one PostgreSQL database across nodes (a transaction-scoped
@@ -104,7 +106,8 @@ pub struct SqlStore {
 /// The store cannot be opened: the URL names no compiled-in database.
 #[derive(Debug, thiserror::Error)]
 #[error(
-    "unsupported store URL scheme (expected sqlite:// or postgres://, with the matching feature)"
+    "unsupported store URL scheme (expected sqlite:// or postgres://, with the matching feature; \
+     iotauth::store::open also takes memory:)"
 )]
 struct UnsupportedUrl;
 
