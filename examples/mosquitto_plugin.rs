@@ -940,8 +940,44 @@ fn register(plugin: &Plugin, connect: &Connect<'_>, kind: ConnectKind) -> c_int 
             return MOSQ_ERR_AUTH;
         }
     }
+    let refused = |e: RegisterError| {
+        log(
+            MOSQ_LOG_WARNING,
+            &format!(
+                "registration refused: {} (code {})",
+                iotauth::ErrorChain(&e),
+                e.code().code()
+            ),
+        );
+        MOSQ_ERR_AUTH
+    };
+    let request = match ConnectRequest::parse(connect.client_id, connect.username, connect.password)
+    {
+        Ok(request) => request,
+        Err(e) => return refused(e.into()),
+    };
+    // The checks must be answered within STORE_TIMEOUT; the issue that follows is never cut
+    // short: cancelled after its compare-and-set committed, it would have issued what no one
+    // receives (the store's own limits bound it: SQLite's busy timeout, the pool's).
+    let checked = bounded(plugin, async {
+        if kind == ConnectKind::Register {
+            plugin.registrar.check_request(&request).await
+        } else {
+            plugin.registrar.check_client_id_request(&request).await
+        }
+    });
+    match checked {
+        Some(Ok(_)) => {}
+        Some(Err(e)) => return refused(e),
+        None => {
+            log(
+                MOSQ_LOG_ERR,
+                "registration refused: the store did not answer in time",
+            );
+            return MOSQ_ERR_AUTH;
+        }
+    }
     let issue = async {
-        let request = ConnectRequest::parse(connect.client_id, connect.username, connect.password)?;
         if kind == ConnectKind::Register {
             let issued = plugin.registrar.register_request(&request).await?;
             Ok(Issued {
@@ -960,26 +996,9 @@ fn register(plugin: &Plugin, connect: &Connect<'_>, kind: ConnectKind) -> c_int 
             })
         }
     };
-    let issued = match bounded(plugin, issue) {
-        Some(Ok(issued)) => issued,
-        Some(Err(e)) => {
-            log(
-                MOSQ_LOG_WARNING,
-                &format!(
-                    "registration refused: {} (code {})",
-                    iotauth::ErrorChain(&e),
-                    e.code().code()
-                ),
-            );
-            return MOSQ_ERR_AUTH;
-        }
-        None => {
-            log(
-                MOSQ_LOG_ERR,
-                "registration refused: the store did not answer in time",
-            );
-            return MOSQ_ERR_AUTH;
-        }
+    let issued = match plugin.runtime.block_on(issue) {
+        Ok(issued) => issued,
+        Err(e) => return refused(e),
     };
     let Ok(id) = CString::new(connect.client_id) else {
         return MOSQ_ERR_AUTH;

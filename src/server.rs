@@ -476,12 +476,17 @@ impl Services {
         username: &str,
         password: &str,
     ) -> Result<IssuedSecret, RegisterError> {
-        let outcome = bounded(
-            self.registrar
-                .register_connect(client_id, username, password),
-            RegisterError::Store,
-        )
-        .await;
+        let outcome = match ConnectRequest::parse(client_id, username, password) {
+            Ok(request) => {
+                let check = self.registrar.check_request(&request);
+                match bounded(check, RegisterError::Store).await {
+                    // Not bounded: see `Services::register_client_id_connect`.
+                    Ok(_) => self.registrar.register_request(&request).await,
+                    Err(e) => Err(e),
+                }
+            }
+            Err(e) => Err(e.into()),
+        };
         self.record_registration(&outcome);
         outcome
     }
@@ -500,11 +505,15 @@ impl Services {
     ) -> Result<IssuedClientIdToken, RegisterError> {
         let outcome = match ConnectRequest::parse(client_id, username, password) {
             Ok(request) => {
-                bounded(
-                    self.registrar.register_client_id(&request),
-                    RegisterError::Store,
-                )
-                .await
+                // The store must answer the checks within STORE_TIMEOUT; the issue that
+                // follows is never cut short: cancelled after its compare-and-set committed,
+                // it would have issued what no one receives (the store's own limits bound it:
+                // SQLite's busy timeout, the pool's).
+                let check = self.registrar.check_client_id_request(&request);
+                match bounded(check, RegisterError::Store).await {
+                    Ok(_) => self.registrar.register_client_id(&request).await,
+                    Err(e) => Err(e),
+                }
             }
             Err(e) => Err(e.into()),
         };

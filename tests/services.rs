@@ -2,6 +2,7 @@
 //! registration path, outages reported as outages, freshness on an injected clock.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use async_trait::async_trait;
 use iotauth::service::*;
@@ -696,4 +697,108 @@ async fn hooks_allow_connwl_logins_and_deny_regnwl_which_they_cannot_deliver() {
         registration.contains(r#""result":"deny""#),
         "{registration}"
     );
+}
+
+/// A store whose compare-and-set takes longer than `STORE_TIMEOUT` (a slow disk, a lock held
+/// just short of the busy timeout) and then commits.
+struct SlowWrites(Arc<MemoryStore>);
+
+#[async_trait]
+impl ProductStore for SlowWrites {
+    async fn insert_product(&self, p: ProductRecord) -> Result<(), StoreError> {
+        self.0.insert_product(p).await
+    }
+    async fn product(&self, pk: &ProductKey) -> Result<Option<ProductRecord>, StoreError> {
+        self.0.product(pk).await
+    }
+    async fn products(&self) -> Result<Vec<ProductRecord>, StoreError> {
+        self.0.products().await
+    }
+    async fn set_dynamic_registration(
+        &self,
+        pk: &ProductKey,
+        switch: DynamicRegistration,
+    ) -> Result<(), StoreError> {
+        self.0.set_dynamic_registration(pk, switch).await
+    }
+    async fn set_pre_registration_free(
+        &self,
+        pk: &ProductKey,
+        setting: PreRegistrationFree,
+    ) -> Result<(), StoreError> {
+        self.0.set_pre_registration_free(pk, setting).await
+    }
+}
+
+#[async_trait]
+impl DeviceStore for SlowWrites {
+    async fn insert_device(&self, d: DeviceRecord) -> Result<(), StoreError> {
+        self.0.insert_device(d).await
+    }
+    async fn insert_device_within_quota(&self, d: DeviceRecord, q: u32) -> Result<(), StoreError> {
+        self.0.insert_device_within_quota(d, q).await
+    }
+    async fn device(
+        &self,
+        pk: &ProductKey,
+        dn: &DeviceName,
+    ) -> Result<Option<DeviceRecord>, StoreError> {
+        self.0.device(pk, dn).await
+    }
+    async fn devices(&self, pk: &ProductKey) -> Result<Vec<DeviceRecord>, StoreError> {
+        self.0.devices(pk).await
+    }
+    async fn compare_and_set(
+        &self,
+        pk: &ProductKey,
+        dn: &DeviceName,
+        revision: u64,
+        update: DeviceUpdate,
+    ) -> Result<(), StoreError> {
+        // Committed at once, answered late: the write happened whatever the caller does.
+        let outcome = self.0.compare_and_set(pk, dn, revision, update).await;
+        tokio::time::sleep(iotauth::server::STORE_TIMEOUT + Duration::from_millis(500)).await;
+        outcome
+    }
+}
+
+/// An MQTT registration whose issue is answered after `STORE_TIMEOUT` still delivers the
+/// secret: the issue is not cut short once begun (cut short after its compare-and-set
+/// committed, it would leave the device Issued with a secret no one received, and under
+/// `issuance once` refused for ever).
+#[cfg(feature = "server")]
+#[tokio::test]
+async fn a_registration_whose_issue_is_answered_late_still_delivers_the_secret() {
+    use iotauth::server::{ServerConfig, Services};
+    let fleet = Fleet::new(DynamicRegistration::On).await;
+    let device = fleet.device("slow-disk-01").await;
+    let services = Services::new(
+        Arc::new(SlowWrites(fleet.store.clone())),
+        ServerConfig::default(),
+    );
+    let options = RegistrationOptions {
+        kind: ConnectKind::Register,
+        random: "Z1TcKNepl0J8PQ1",
+        sign_method: SignMethod::HmacSha256,
+        secure_mode: SecureMode::REGISTRATION,
+        instance_id: None,
+    };
+    let connect =
+        build_registration_connect(&fleet.product_cert(), device.device_name, &options).unwrap();
+    let password = connect.expose_password();
+    let issued = services
+        .register_connect(connect.client_id(), connect.username(), &password)
+        .await
+        .unwrap_or_else(|e| panic!("the issue was cut short: {e}"));
+    assert_eq!(
+        issued.device_secret().expose_secret(),
+        device.device_secret.expose_secret()
+    );
+    let stored = fleet
+        .store
+        .device(&device.product_key, &device.device_name)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(stored.status.state, DeviceState::Issued);
 }
