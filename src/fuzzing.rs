@@ -487,6 +487,32 @@ struct ModelDevice {
     client_ids: usize,
 }
 
+/// The model's device after a login (signed, or a `connwl` token login) that gave `result`,
+/// which must be what the model says: an unknown device; a wrong credential refused as
+/// `wrong`; a disabled device (told only to the holder of the right one); else accepted, and
+/// the device Active.
+fn expected_login(
+    device: Option<ModelDevice>,
+    result: Result<Verified<DeviceIdentity>, AuthError>,
+    right: bool,
+    wrong: VerifyError,
+    (pk, dn): (ProductKey, DeviceName),
+) -> Option<ModelDevice> {
+    match (device, result) {
+        (None, Err(AuthError::UnknownDevice)) => None,
+        (Some(d), Err(AuthError::Verify(e))) if !right && e == wrong => Some(d),
+        (Some(d), Err(AuthError::Disabled)) if right && !d.enabled => Some(d),
+        (Some(d), Ok(who)) if right && d.enabled => {
+            assert_eq!((who.product_key(), who.device_name()), (pk, dn));
+            Some(ModelDevice {
+                state: DeviceState::Active,
+                ..d
+            })
+        }
+        (d, other) => panic!("login (right credential: {right}) on {d:?} gave {other:?}"),
+    }
+}
+
 /// The device quota of the lifecycle target's product: below its three names, so that
 /// `regnwl` meets a full quota.
 const FUZZ_DEVICE_QUOTA: u32 = 2;
@@ -625,19 +651,8 @@ async fn try_lifecycle(u: &mut Unstructured<'_>) -> arbitrary::Result<()> {
                         &creds.expose_password(),
                     )
                     .await;
-                match (current, result) {
-                    (None, Err(AuthError::UnknownDevice)) => {}
-                    (Some(_), Err(AuthError::Verify(VerifyError::BadSignature))) if !right => {}
-                    (Some(d), Err(AuthError::Disabled)) if right && !d.enabled => {}
-                    (Some(d), Ok(who)) if right && d.enabled => {
-                        assert_eq!((who.product_key(), who.device_name()), (pk, dn));
-                        model[which] = Some(ModelDevice {
-                            state: DeviceState::Active,
-                            ..d
-                        });
-                    }
-                    (d, other) => panic!("login (right secret: {right}) on {d:?} gave {other:?}"),
-                }
+                model[which] =
+                    expected_login(current, result, right, VerifyError::BadSignature, (pk, dn));
             }
             op @ 4..=7 => {
                 let event = [Event::Disable, Event::Enable, Event::Reset, Event::Delete][op - 4];
@@ -767,19 +782,8 @@ async fn try_lifecycle(u: &mut Unstructured<'_>) -> arbitrary::Result<()> {
                         &token,
                     )
                     .await;
-                match (current, result) {
-                    (None, Err(AuthError::UnknownDevice)) => {}
-                    (Some(_), Err(AuthError::Verify(VerifyError::BadToken))) if !right => {}
-                    (Some(d), Err(AuthError::Disabled)) if right && !d.enabled => {}
-                    (Some(d), Ok(who)) if right && d.enabled => {
-                        assert_eq!((who.product_key(), who.device_name()), (pk, dn));
-                        model[which] = Some(ModelDevice {
-                            state: DeviceState::Active,
-                            ..d
-                        });
-                    }
-                    (d, other) => panic!("connwl (right token: {right}) on {d:?} gave {other:?}"),
-                }
+                model[which] =
+                    expected_login(current, result, right, VerifyError::BadToken, (pk, dn));
             }
             _ => {
                 switch = *u.choose(&[DynamicRegistration::On, DynamicRegistration::Off])?;

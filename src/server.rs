@@ -180,6 +180,17 @@ async fn bounded<T, E>(
 /// How long a readiness answer is reused ([`Services::readiness`]).
 pub const READINESS_INTERVAL: Duration = Duration::from_secs(1);
 
+/// `check` within [`STORE_TIMEOUT`], then `issue` to completion: an issue is never cut short,
+/// since cancelled after its compare-and-set committed it would have issued what no one
+/// receives (the store's own limits bound it: SQLite's busy timeout, the pool's).
+async fn checked_then_issued<T>(
+    check: impl Future<Output = Result<Verified<DeviceIdentity>, RegisterError>>,
+    issue: impl Future<Output = Result<T, RegisterError>>,
+) -> Result<T, RegisterError> {
+    bounded(check, RegisterError::Store).await?;
+    issue.await
+}
+
 /// Where MQTT dynamic registration delivers a DeviceSecret (PROTOCOL.md §c.2).
 pub const REGISTER_TOPIC: &str = "/ext/register";
 
@@ -478,12 +489,11 @@ impl Services {
     ) -> Result<IssuedSecret, RegisterError> {
         let outcome = match ConnectRequest::parse(client_id, username, password) {
             Ok(request) => {
-                let check = self.registrar.check_request(&request);
-                match bounded(check, RegisterError::Store).await {
-                    // Not bounded: see `Services::register_client_id_connect`.
-                    Ok(_) => self.registrar.register_request(&request).await,
-                    Err(e) => Err(e),
-                }
+                checked_then_issued(
+                    self.registrar.check_request(&request),
+                    self.registrar.register_request(&request),
+                )
+                .await
             }
             Err(e) => Err(e.into()),
         };
@@ -505,15 +515,11 @@ impl Services {
     ) -> Result<IssuedClientIdToken, RegisterError> {
         let outcome = match ConnectRequest::parse(client_id, username, password) {
             Ok(request) => {
-                // The store must answer the checks within STORE_TIMEOUT; the issue that
-                // follows is never cut short: cancelled after its compare-and-set committed,
-                // it would have issued what no one receives (the store's own limits bound it:
-                // SQLite's busy timeout, the pool's).
-                let check = self.registrar.check_client_id_request(&request);
-                match bounded(check, RegisterError::Store).await {
-                    Ok(_) => self.registrar.register_client_id(&request).await,
-                    Err(e) => Err(e),
-                }
+                checked_then_issued(
+                    self.registrar.check_client_id_request(&request),
+                    self.registrar.register_client_id(&request),
+                )
+                .await
             }
             Err(e) => Err(e.into()),
         };

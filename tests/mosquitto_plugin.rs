@@ -348,13 +348,9 @@ fn a_store_file_the_broker_user_may_not_open_stops_the_broker_with_the_cause() {
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
-#[test]
-fn linkkit_registers_over_mqtt_through_the_broker_then_logs_in_and_only_once() {
-    let (Some(plugin), Some(python)) = (plugin(), required_env("IOTAUTH_LINKKIT_PYTHON")) else {
-        return;
-    };
-    let (broker, pk, secrets) = broker_with("linkkit", &plugin, &["lk-reg-01"]);
-    let product_secret = registration_on(&broker, &pk);
+/// Alibaba's linkkit (`tests/e2e/linkkit_e2e.py`) against `broker`'s port, for MQTT only,
+/// with the fleet's `values` and the `scenarios` to run; its results (the last JSON line).
+fn linkkit(python: &str, broker: &Broker, values: [(&str, &str); 3], scenarios: &str) -> Value {
     let port = broker.port.to_string();
     let out = Command::new(python)
         .arg(concat!(
@@ -366,15 +362,30 @@ fn linkkit_registers_over_mqtt_through_the_broker_then_logs_in_and_only_once() {
             ("IOTAUTH_MQTT_REGISTER", port.as_str()),
             ("IOTAUTH_HTTP", "0"),
         ])
-        .envs([
-            ("PK", pk.as_str()),
-            ("PS", product_secret.as_str()),
-            ("DN_MQTT", "lk-reg-01"),
-        ])
-        .env("SCENARIOS", "mqtt,mqtt_again")
+        .envs(values)
+        .env("SCENARIOS", scenarios)
         .output()
         .unwrap();
-    let results = last_line_json(&out);
+    last_line_json(&out)
+}
+
+#[test]
+fn linkkit_registers_over_mqtt_through_the_broker_then_logs_in_and_only_once() {
+    let (Some(plugin), Some(python)) = (plugin(), required_env("IOTAUTH_LINKKIT_PYTHON")) else {
+        return;
+    };
+    let (broker, pk, secrets) = broker_with("linkkit", &plugin, &["lk-reg-01"]);
+    let product_secret = registration_on(&broker, &pk);
+    let results = linkkit(
+        &python,
+        &broker,
+        [
+            ("PK", &pk),
+            ("PS", &product_secret),
+            ("DN_MQTT", "lk-reg-01"),
+        ],
+        "mqtt,mqtt_again",
+    );
     assert_eq!(
         results["mqtt_registration_secret"],
         secrets[0].as_str(),
@@ -405,26 +416,16 @@ fn linkkit_registers_without_pre_registration_through_the_broker_then_logs_in_wi
         &["product", "pre-registration-free", &pk, "on"],
     );
     assert_eq!(product["preRegistrationFree"], true);
-    let port = broker.port.to_string();
-    let out = Command::new(python)
-        .arg(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/tests/e2e/linkkit_e2e.py"
-        ))
-        .envs([
-            ("IOTAUTH_MQTT", port.as_str()),
-            ("IOTAUTH_MQTT_REGISTER", port.as_str()),
-            ("IOTAUTH_HTTP", "0"),
-        ])
-        .envs([
-            ("PK", pk.as_str()),
-            ("PS", product_secret.as_str()),
+    let results = linkkit(
+        &python,
+        &broker,
+        [
+            ("PK", &pk),
+            ("PS", &product_secret),
             ("DN_NWL", "lk-nwl-01"),
-        ])
-        .env("SCENARIOS", "regnwl")
-        .output()
-        .unwrap();
-    let results = last_line_json(&out);
+        ],
+        "regnwl",
+    );
     assert_eq!(results["connwl_login"], true, "{results}");
     let device = cli(&broker.store(), &["device", "show", &pk, "lk-nwl-01"]);
     assert_eq!(device["state"], "active");
