@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use iotauth::service::{Admin, Registrar};
-use iotauth::store::{MemoryStore, SqlStore, Store};
+use iotauth::store::{MemoryStore, SecretsAtRest, SqlStore, Store};
 use iotauth::*;
 
 static DEVICES: AtomicUsize = AtomicUsize::new(0);
@@ -77,8 +77,15 @@ fn register(c: &mut Criterion) {
 
     match std::env::var("DATABASE_URL") {
         Ok(url) if !url.is_empty() => {
-            let postgres: Arc<dyn Store> =
-                Arc::new(runtime.block_on(SqlStore::connect(&url)).unwrap());
+            // The key .ci/postgres.sh made for its cluster.
+            let key = std::env::var_os("IOTAUTH_MASTER_KEY_FILE")
+                .expect("IOTAUTH_MASTER_KEY_FILE (.ci/postgres.sh sets it with DATABASE_URL)");
+            let secrets = SecretsAtRest::sealed_under(key);
+            let postgres: Arc<dyn Store> = Arc::new(
+                runtime
+                    .block_on(SqlStore::connect_with(&url, &secrets))
+                    .unwrap(),
+            );
             bench_store(c, "postgres", &runtime, postgres);
         }
         _ => eprintln!("register/postgres skipped: DATABASE_URL is not set"),

@@ -40,7 +40,7 @@ use crate::service::{
     Admin, AdminError, AuthError, Authenticator, IssuedClientIdToken, IssuedSecret, RegisterError,
     Registrar,
 };
-use crate::store::{CachedStore, FailureKind, Store, StoreError};
+use crate::store::{CachedStore, FailureKind, SecretsAtRest, Store, StoreError};
 use crate::verified::{DeviceIdentity, Verified};
 
 /// Cap on any request body, in bytes (a registration form is at most 4096).
@@ -60,6 +60,9 @@ pub struct ServerConfig {
     pub topics: TopicRule,
     /// How long a device read is reused ([`CachedStore`]); zero: never (`cache_ttl_secs`).
     pub cache_ttl: Duration,
+    /// How the store keeps secrets (`master_key_file`, `previous_key_file`,
+    /// `insecure_plaintext_secrets`).
+    pub secrets: SecretsAtRest,
     /// Whether `topic_template` was set: the first one replaces the defaults.
     templates_set: bool,
 }
@@ -72,6 +75,7 @@ impl Default for ServerConfig {
             freshness: Freshness::Unchecked,
             topics: TopicRule::alibaba(),
             cache_ttl: Duration::ZERO,
+            secrets: SecretsAtRest::default(),
             templates_set: false,
         }
     }
@@ -106,6 +110,9 @@ impl ServerConfig {
     /// | `max_skew_secs` | seconds: refuse logins whose timestamp is further from now |
     /// | `cache_ttl_secs` | seconds a device read is reused; 0 turns the cache off |
     /// | `topic_template` | an MQTT filter with `{pk}`/`{dn}` levels; the first replaces Alibaba's defaults, later ones add to it |
+    /// | `master_key_file` | the file of the master key secrets are sealed under ([`SecretsAtRest`]) |
+    /// | `previous_key_file` | a file of an older master key whose sealed secrets still open; repeatable |
+    /// | `insecure_plaintext_secrets` | `true` or `false`: keep secrets in clear |
     ///
     /// # Errors
     /// [`ConfigError`]: an unknown key, or a value that does not parse.
@@ -129,6 +136,15 @@ impl ServerConfig {
                 };
             }
             "cache_ttl_secs" => self.cache_ttl = Duration::from_secs(seconds("cache_ttl_secs")?),
+            "master_key_file" => self.secrets.master_key_file = Some(value.into()),
+            "previous_key_file" => self.secrets.previous_key_files.push(value.into()),
+            "insecure_plaintext_secrets" => {
+                self.secrets.insecure_plaintext =
+                    value.parse().map_err(|_| ConfigError::Invalid {
+                        key: "insecure_plaintext_secrets",
+                        expected: "true or false",
+                    })?;
+            }
             "topic_template" => {
                 let current = if self.templates_set {
                     self.topics.templates()
@@ -144,13 +160,13 @@ impl ServerConfig {
         Ok(())
     }
 
-    /// The store at `url` ([`crate::store::open`]), behind a cache when [`ServerConfig::cache_ttl`]
+    /// The store at `url` ([`crate::store::open_with`] with [`ServerConfig::secrets`]), behind a cache when [`ServerConfig::cache_ttl`]
     /// is not zero.
     ///
     /// # Errors
     /// As [`crate::store::open`].
     pub async fn open_store(&self, url: &str) -> Result<Arc<dyn Store>, StoreError> {
-        let store = crate::store::open(url).await?;
+        let store = crate::store::open_with(url, &self.secrets).await?;
         Ok(if self.cache_ttl.is_zero() {
             store
         } else {

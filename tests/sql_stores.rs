@@ -10,7 +10,7 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use iotauth::service::{Admin, Registrar};
-use iotauth::store::{DeviceStore, ProductStore, SqlStore, conformance};
+use iotauth::store::{DeviceStore, ProductStore, SecretsAtRest, SqlStore, conformance};
 use iotauth::*;
 
 /// A fresh SQLite file in a temporary directory that lives as long as the value.
@@ -46,8 +46,17 @@ fn block<F: std::future::Future>(future: F) -> F::Output {
         .block_on(future)
 }
 
+/// How the tests' stores seal: a PostgreSQL database shared by the tests is sealed under the
+/// key `.ci/postgres.sh` made (`IOTAUTH_MASTER_KEY_FILE`); a SQLite file under its own default.
+fn secrets_for(url: &str) -> SecretsAtRest {
+    match std::env::var_os("IOTAUTH_MASTER_KEY_FILE") {
+        Some(key) if url.starts_with("postgres") => SecretsAtRest::sealed_under(key),
+        _ => SecretsAtRest::default(),
+    }
+}
+
 async fn open(url: &str) -> SqlStore {
-    SqlStore::connect(url)
+    SqlStore::connect_with(url, &secrets_for(url))
         .await
         .unwrap_or_else(|e| panic!("connect: {e}: {:?}", std::error::Error::source(&e)))
 }
@@ -309,7 +318,9 @@ fn a_postgres_role_without_privileges_fails_as_permission() {
     let (_, host_and_database) = url.rsplit_once('@').unwrap();
     let unprivileged = format!("postgres://iotauth_noperm:noperm@{host_and_database}");
     block(async {
-        let refused = SqlStore::connect(&unprivileged).await.unwrap_err();
+        let refused = SqlStore::connect_with(&unprivileged, &secrets_for(&unprivileged))
+            .await
+            .unwrap_err();
         assert_eq!(refused.failure_kind(), Some(FailureKind::Permission));
         let text = ErrorChain(&refused).to_string();
         assert!(text.contains("permission denied"), "{text}");

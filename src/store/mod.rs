@@ -10,6 +10,7 @@
 //! between another task's read and its write cannot be mistaken for the state that task read.
 
 use std::error::Error as StdError;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use async_trait::async_trait;
@@ -24,10 +25,14 @@ pub mod conformance;
 #[cfg(feature = "memory")]
 mod memory;
 #[cfg(any(feature = "sqlite", feature = "postgres"))]
+mod seal;
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
 mod sql;
 pub use cache::CachedStore;
 #[cfg(feature = "memory")]
 pub use memory::MemoryStore;
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
+pub use seal::{KeyFileError, KeyId, Keyring, MasterKey};
 #[cfg(any(feature = "sqlite", feature = "postgres"))]
 pub use sql::SqlStore;
 
@@ -293,6 +298,44 @@ impl std::fmt::Display for FailureKind {
     }
 }
 
+/// How a SQL store keeps secrets at rest: sealed under which master keys, or in clear. The
+/// memory store ignores it. (Sealing: `MasterKey`, with feature `sqlite` or `postgres`.)
+///
+/// The default: a SQLite file store seals under the key file beside its database
+/// (`PATH.key`), created (mode 0600) when the store holds no sealed secret yet; an in-memory
+/// SQLite store under a key that lives as long as the process; a PostgreSQL store refuses to
+/// open (its nodes must share one key: give [`SecretsAtRest::master_key_file`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct SecretsAtRest {
+    /// The master key file new secrets are sealed under (`--master-key-file`,
+    /// `IOTAUTH_MASTER_KEY_FILE`).
+    pub master_key_file: Option<PathBuf>,
+    /// Older key files whose sealed values still open (`--previous-key-file`), while a
+    /// store is re-sealed.
+    pub previous_key_files: Vec<PathBuf>,
+    /// Store secrets in clear (`--insecure-plaintext-secrets`): a dump of the database is
+    /// every device's credentials. Refused together with a key file.
+    pub insecure_plaintext: bool,
+}
+
+impl SecretsAtRest {
+    /// Sealed under the key in `master_key_file`.
+    pub fn sealed_under(master_key_file: impl Into<PathBuf>) -> Self {
+        Self {
+            master_key_file: Some(master_key_file.into()),
+            ..Self::default()
+        }
+    }
+
+    /// The key file beside a SQLite database file: `PATH.key`.
+    pub fn default_key_file(database: &Path) -> PathBuf {
+        let mut path = database.as_os_str().to_owned();
+        path.push(".key");
+        PathBuf::from(path)
+    }
+}
+
 /// Products.
 #[async_trait]
 pub trait ProductStore: Send + Sync {
@@ -420,19 +463,32 @@ pub trait Store: ProductStore + DeviceStore {}
 impl<T: ProductStore + DeviceStore + ?Sized> Store for T {}
 
 /// Opens the store a URL names: `memory:`, `sqlite://PATH` (feature `sqlite`) or
-/// `postgres://…` (feature `postgres`).
+/// `postgres://…` (feature `postgres`), with the default [`SecretsAtRest`] (see
+/// [`open_with`]).
 ///
 /// # Errors
-/// [`StoreError::Unavailable`] for an unsupported URL or an unreachable database.
+/// As [`open_with`].
 pub async fn open(url: &str) -> Result<Arc<dyn Store>, StoreError> {
+    open_with(url, &SecretsAtRest::default()).await
+}
+
+/// Opens the store a URL names (as [`open`]), keeping secrets at rest as `secrets` says (SQL
+/// stores; the memory store ignores it).
+///
+/// # Errors
+/// [`StoreError::Unavailable`] for an unsupported URL, an unreachable database, or master
+/// keys that do not fit the store ([`FailureKind::Configuration`]).
+pub async fn open_with(url: &str, secrets: &SecretsAtRest) -> Result<Arc<dyn Store>, StoreError> {
     #[cfg(feature = "memory")]
     if url == "memory:" {
         return Ok(Arc::new(MemoryStore::new()));
     }
     #[cfg(any(feature = "sqlite", feature = "postgres"))]
     {
-        Ok(Arc::new(SqlStore::connect(url).await?))
+        Ok(Arc::new(SqlStore::connect_with(url, secrets).await?))
     }
+    #[cfg(not(any(feature = "sqlite", feature = "postgres")))]
+    let _ = secrets;
     #[cfg(not(any(feature = "sqlite", feature = "postgres")))]
     Err(StoreError::failure(
         FailureKind::Configuration,

@@ -43,9 +43,10 @@ use async_trait::async_trait;
 use sqlx::any::{AnyConnectOptions, AnyPoolOptions, AnyRow};
 use sqlx::{AnyPool, ConnectOptions, Connection, Executor, Row};
 
+use super::seal::{self, Keyring, MasterKey, SecretField};
 use super::{
     ClientIdChange, ClientIdRecord, DeviceRecord, DeviceStore, DeviceUpdate, FailureKind,
-    PreRegistrationFree, ProductRecord, ProductStore, StoreError,
+    PreRegistrationFree, ProductRecord, ProductStore, SecretsAtRest, StoreError,
 };
 use crate::id::{DeviceName, IssuedClientId, ProductKey};
 use crate::lifecycle::{DeviceState, DeviceStatus, DynamicRegistration, MAX_CLIENT_IDS};
@@ -101,6 +102,9 @@ pub struct SqlStore {
     sqlite: bool,
     /// The SQLite file as it was opened; `None` for PostgreSQL and in-memory SQLite.
     file: Option<Arc<DatabaseFile>>,
+    /// The master keys secrets are sealed under; `None`: in clear
+    /// ([`SecretsAtRest::insecure_plaintext`]).
+    keyring: Option<Arc<Keyring>>,
 }
 
 /// The store cannot be opened: the URL names no compiled-in database.
@@ -137,6 +141,42 @@ struct DatabaseFile {
 )]
 struct FileReplaced {
     path: PathBuf,
+}
+
+/// Which secrets [`SqlStore::reseal`] seals again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Reseal {
+    /// Those in clear.
+    InClear,
+    /// Those in clear or under another key than the sealing key.
+    NotUnderSealingKey,
+}
+
+/// The master keys given do not fit the store.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+struct SecretsSetting(&'static str);
+
+/// The master key beside a SQLite database: read, or created while no secret is sealed yet.
+fn default_key(database: &Path, sealed_under: Option<&String>) -> Result<MasterKey, StoreError> {
+    let path = SecretsAtRest::default_key_file(database);
+    match MasterKey::read_file(&path) {
+        Ok(key) => Ok(key),
+        Err(seal::KeyFileError::Io { source, .. })
+            if source.kind() == std::io::ErrorKind::NotFound && sealed_under.is_none() =>
+        {
+            let key = MasterKey::create_file(&path)?;
+            tracing::warn!(
+                key_file = %path.display(),
+                key_id = %key.id(),
+                "created a master key file: the store's secrets are sealed under it; keep it \
+                 beside the database and back it up apart from it (without it the secrets \
+                 cannot be read)"
+            );
+            Ok(key)
+        }
+        Err(e) => Err(e.into()),
+    }
 }
 
 /// The database did not accept a connection in time.
@@ -311,7 +351,17 @@ fn sqlite_path(url: &str) -> Option<PathBuf> {
 }
 
 impl SqlStore {
-    /// Opens the database at `url` and brings its schema up to date.
+    /// Opens the database at `url` with the default [`SecretsAtRest`] (see
+    /// [`SqlStore::connect_with`]).
+    ///
+    /// # Errors
+    /// As [`SqlStore::connect_with`].
+    pub async fn connect(url: &str) -> Result<Self, StoreError> {
+        Self::connect_with(url, &SecretsAtRest::default()).await
+    }
+
+    /// Opens the database at `url`, brings its schema up to date, and seals its secrets as
+    /// `secrets` says.
     ///
     /// * `sqlite://PATH` (feature `sqlite`): the file is created, with mode 0600, if missing.
     /// * `postgres://USER:PASSWORD@HOST:PORT/DB` (feature `postgres`).
@@ -322,8 +372,17 @@ impl SqlStore {
     /// # Errors
     /// [`StoreError::Unavailable`], of the [`FailureKind`] that says why: the URL is not
     /// supported ([`FailureKind::Configuration`]), the file may not be read and written
-    /// ([`FailureKind::Permission`]), the database cannot be reached or migrated.
-    pub async fn connect(url: &str) -> Result<Self, StoreError> {
+    /// ([`FailureKind::Permission`]), the database cannot be reached or migrated; a master
+    /// key that cannot be read, or that is not the one the store's secrets are sealed under
+    /// ([`FailureKind::Configuration`]).
+    ///
+    /// # Secrets at rest
+    /// With a master key, every secret is sealed (see [`MasterKey`]); secrets a store holds in
+    /// clear (written by an earlier version) are sealed when it opens. Without one: a SQLite
+    /// file seals under `PATH.key` beside it, created (mode 0600, with a `warn` log line) while
+    /// the store holds no sealed secret; in-memory SQLite under a key of this process; a
+    /// PostgreSQL store is refused unless [`SecretsAtRest::insecure_plaintext`].
+    pub async fn connect_with(url: &str, secrets: &SecretsAtRest) -> Result<Self, StoreError> {
         sqlx::any::install_default_drivers();
         let sqlite = url.starts_with("sqlite:");
         let postgres = url.starts_with("postgres:") || url.starts_with("postgresql:");
@@ -378,12 +437,234 @@ impl SqlStore {
             .connect_with(options)
             .await
             .map_err(failure)?;
-        let store = Self { pool, sqlite, file };
+        let mut store = Self {
+            pool,
+            sqlite,
+            file,
+            keyring: None,
+        };
         store.migrate().await?;
         if let Some(file) = &store.file {
             file.record_companions();
         }
+        store.keyring = store.keyring_for(secrets).await?.map(Arc::new);
+        if store.keyring.is_some() {
+            store.reseal(Reseal::InClear).await?;
+        }
         Ok(store)
+    }
+
+    /// The keyring `secrets` gives this store, checked against the keys its secrets are
+    /// sealed under.
+    async fn keyring_for(&self, secrets: &SecretsAtRest) -> Result<Option<Keyring>, StoreError> {
+        let configuration = |message: &'static str| {
+            StoreError::failure(FailureKind::Configuration, SecretsSetting(message))
+        };
+        if secrets.insecure_plaintext && secrets.master_key_file.is_some() {
+            return Err(configuration(
+                "a master key file and insecure plaintext secrets were both asked for",
+            ));
+        }
+        let sealed_under = self.sealing_key_ids().await?;
+        let keyring = match (seal::given_keyring(secrets)?, &self.file) {
+            (Some(keyring), _) => Some(keyring),
+            (None, _) if secrets.insecure_plaintext => None,
+            (None, Some(file)) => Some(Keyring::new(
+                default_key(&file.path, sealed_under.first())?,
+                Vec::new(),
+            )),
+            // In-memory SQLite: nothing outlives the process, nor need its key.
+            (None, None) if self.sqlite => Some(Keyring::new(MasterKey::generate()?, Vec::new())),
+            (None, None) => {
+                return Err(configuration(
+                    "a PostgreSQL store needs a master key file shared by its nodes \
+                     (--master-key-file, IOTAUTH_MASTER_KEY_FILE), or \
+                     --insecure-plaintext-secrets to keep secrets in clear",
+                ));
+            }
+        };
+        let unknown = sealed_under
+            .iter()
+            .find(|id| keyring.as_ref().is_none_or(|ring| !ring.has(id)));
+        if let Some(key_id) = unknown {
+            return Err(StoreError::failure(
+                FailureKind::Configuration,
+                seal::UnknownKey {
+                    column: "secret",
+                    key_id: key_id.clone(),
+                },
+            ));
+        }
+        Ok(keyring)
+    }
+
+    /// The ids of the keys the store's secrets are sealed under (values in clear not
+    /// counted).
+    async fn sealing_key_ids(&self) -> Result<Vec<String>, StoreError> {
+        let ids: Vec<String> = sqlx::query_scalar(
+            "SELECT DISTINCT SUBSTR(device_secret, 9, 8) FROM iotauth_devices \
+             WHERE LENGTH(device_secret) > 64 \
+             UNION SELECT DISTINCT SUBSTR(product_secret, 9, 8) FROM iotauth_products \
+             WHERE LENGTH(product_secret) > 64",
+        )
+        .fetch_all(&self.pool)
+        .await
+        .map_err(failure)?;
+        Ok(ids)
+    }
+
+    /// Re-seals under the sealing key every secret that is not sealed under it (in clear, or
+    /// under a previous key): `iotauth store rekey`. (Opening a store seals the secrets it
+    /// holds in clear, and leaves those under previous keys to this.) Online: each row is
+    /// rewritten only if it still holds the value read (a concurrent change wins), in batches
+    /// of 500 rows, each one transaction. Returns how many secrets were re-sealed.
+    ///
+    /// # Errors
+    /// [`StoreError::Unavailable`]; [`FailureKind::Configuration`] without a keyring (a store
+    /// in clear) or when secrets remain under other keys after a pass that changed nothing
+    /// (another process sealing under an older key).
+    pub async fn rekey(&self) -> Result<u64, StoreError> {
+        self.reseal(Reseal::NotUnderSealingKey).await
+    }
+
+    async fn reseal(&self, which: Reseal) -> Result<u64, StoreError> {
+        let Some(keyring) = self.keyring.as_deref() else {
+            return Err(StoreError::failure(
+                FailureKind::Configuration,
+                SecretsSetting("a store in clear has no key to re-seal under"),
+            ));
+        };
+        let key_id = keyring.sealing_key_id().to_string();
+        let mut resealed = 0;
+        for table in [SecretField::ProductSecret, SecretField::DeviceSecret] {
+            let (select, update) = match table {
+                SecretField::ProductSecret => (
+                    "SELECT product_key, '' AS device_name, product_secret AS secret \
+                     FROM iotauth_products \
+                     WHERE LENGTH(product_secret) <= 64 \
+                     OR ($2 = 1 AND SUBSTR(product_secret, 9, 8) <> $1) \
+                     LIMIT 500",
+                    "UPDATE iotauth_products SET product_secret = $1 \
+                     WHERE product_key = $2 AND product_secret = $3",
+                ),
+                SecretField::DeviceSecret => (
+                    "SELECT product_key, device_name, device_secret AS secret \
+                     FROM iotauth_devices \
+                     WHERE LENGTH(device_secret) <= 64 \
+                     OR ($2 = 1 AND SUBSTR(device_secret, 9, 8) <> $1) \
+                     LIMIT 500",
+                    "UPDATE iotauth_devices SET device_secret = $1 \
+                     WHERE product_key = $2 AND device_name = $3 AND device_secret = $4",
+                ),
+            };
+            loop {
+                self.check_file()?;
+                let mut tx = self.pool.begin().await.map_err(failure)?;
+                let rows = sqlx::query(select)
+                    .bind(&key_id)
+                    .bind(i64::from(which == Reseal::NotUnderSealingKey))
+                    .fetch_all(&mut *tx)
+                    .await
+                    .map_err(failure)?;
+                let mut changed = 0;
+                for row in &rows {
+                    let pk: String = column(row, "product_key")?;
+                    let dn: String = column(row, "device_name")?;
+                    let stored: String = column(row, "secret")?;
+                    let identity = (pk.as_str(), dn.as_str());
+                    let sealed = if seal::sealed_parts(&stored).is_some() {
+                        keyring.open(table, identity, &stored, |secret| {
+                            keyring.seal(table, identity, secret)
+                        })?
+                    } else {
+                        keyring.seal(table, identity, &stored)?
+                    };
+                    let mut query = sqlx::query(update).bind(sealed).bind(&pk);
+                    if table == SecretField::DeviceSecret {
+                        query = query.bind(&dn);
+                    }
+                    let done = query
+                        .bind(&stored)
+                        .execute(&mut *tx)
+                        .await
+                        .map_err(failure)?;
+                    changed += done.rows_affected();
+                }
+                tx.commit().await.map_err(failure)?;
+                resealed += changed;
+                if rows.is_empty() {
+                    break;
+                }
+                if changed == 0 {
+                    return Err(StoreError::failure(
+                        FailureKind::Configuration,
+                        SecretsSetting(
+                            "secrets keep being written under another key while re-sealing: \
+                             give every process the new key first",
+                        ),
+                    ));
+                }
+            }
+        }
+        Ok(resealed)
+    }
+
+    /// The key file a store at `url` seals under by default: `PATH.key` for `sqlite://PATH`;
+    /// `None` for other URLs (and in-memory SQLite).
+    pub fn default_key_file(url: &str) -> Option<PathBuf> {
+        sqlite_path(url).map(|path| SecretsAtRest::default_key_file(&path))
+    }
+
+    /// The id of the key new secrets are sealed under; `None` for a store in clear.
+    pub fn sealing_key_id(&self) -> Option<seal::KeyId> {
+        self.keyring.as_deref().map(Keyring::sealing_key_id)
+    }
+
+    /// A secret as it is written: sealed, or in clear without a keyring.
+    fn stored_secret(
+        &self,
+        field: SecretField,
+        identity: (&str, &str),
+        secret: &str,
+    ) -> Result<String, StoreError> {
+        match self.keyring.as_deref() {
+            Some(keyring) => keyring.seal(field, identity, secret),
+            None => Ok(secret.to_owned()),
+        }
+    }
+
+    fn stored_device_secret(&self, device: &DeviceRecord) -> Result<String, StoreError> {
+        self.stored_secret(
+            SecretField::DeviceSecret,
+            (device.product_key.as_str(), device.device_name.as_str()),
+            device.device_secret.expose_secret(),
+        )
+    }
+
+    /// A secret as it is read: opened, and parsed by `parse`.
+    fn read_secret<T>(
+        &self,
+        field: SecretField,
+        identity: (&str, &str),
+        stored: &str,
+        parse: fn(&str) -> Result<T, crate::ParseError>,
+    ) -> Result<T, StoreError> {
+        let column = field.column();
+        match self.keyring.as_deref() {
+            Some(keyring) => keyring.open(field, identity, stored, |text| {
+                parse(text).map_err(corrupt(column))
+            }),
+            None => match seal::sealed_parts(stored) {
+                Some((key_id, _)) => Err(StoreError::failure(
+                    FailureKind::Configuration,
+                    seal::UnknownKey {
+                        column,
+                        key_id: key_id.to_owned(),
+                    },
+                )),
+                None => parse(stored).map_err(corrupt(column)),
+            },
+        }
     }
 
     /// Applies the embedded migrations that this database has not seen yet, in one
@@ -574,34 +855,70 @@ fn switch_value(switch: DynamicRegistration) -> i64 {
     i64::from(switch == DynamicRegistration::On)
 }
 
-fn product_from_row(row: &AnyRow) -> Result<ProductRecord, StoreError> {
-    let pk: String = column(row, "product_key")?;
-    let secret: String = column(row, "product_secret")?;
-    let on = flag(column(row, "dynamic_registration")?, "dynamic_registration")?;
-    Ok(ProductRecord {
-        product_key: ProductKey::new(&pk).map_err(corrupt("product_key"))?,
-        product_secret: ProductSecret::new(&secret).map_err(corrupt("product_secret"))?,
-        dynamic_registration: if on {
-            DynamicRegistration::On
-        } else {
-            DynamicRegistration::Off
-        },
-        name: column(row, "name")?,
-        pre_registration_free: PreRegistrationFree {
-            on: flag(
-                column(row, "pre_registration_free")?,
-                "pre_registration_free",
+impl SqlStore {
+    fn product_from_row(&self, row: &AnyRow) -> Result<ProductRecord, StoreError> {
+        let pk: String = column(row, "product_key")?;
+        let secret: String = column(row, "product_secret")?;
+        let on = flag(column(row, "dynamic_registration")?, "dynamic_registration")?;
+        Ok(ProductRecord {
+            product_key: ProductKey::new(&pk).map_err(corrupt("product_key"))?,
+            product_secret: self.read_secret(
+                SecretField::ProductSecret,
+                (&pk, ""),
+                &secret,
+                ProductSecret::new,
             )?,
-            device_quota: u32::try_from(column::<i64>(row, "device_quota")?).map_err(|_| {
-                StoreError::failure(
+            dynamic_registration: if on {
+                DynamicRegistration::On
+            } else {
+                DynamicRegistration::Off
+            },
+            name: column(row, "name")?,
+            pre_registration_free: PreRegistrationFree {
+                on: flag(
+                    column(row, "pre_registration_free")?,
+                    "pre_registration_free",
+                )?,
+                device_quota: u32::try_from(column::<i64>(row, "device_quota")?).map_err(|_| {
+                    StoreError::failure(
+                        FailureKind::Corrupt,
+                        Corrupt {
+                            column: "device_quota",
+                        },
+                    )
+                })?,
+            },
+        })
+    }
+
+    fn device_from_row(&self, row: &AnyRow) -> Result<DeviceRecord, StoreError> {
+        let pk: String = column(row, "product_key")?;
+        let dn: String = column(row, "device_name")?;
+        let secret: String = column(row, "device_secret")?;
+        let state: String = column(row, "state")?;
+        let revision: i64 = column(row, "revision")?;
+        Ok(DeviceRecord {
+            product_key: ProductKey::new(&pk).map_err(corrupt("product_key"))?,
+            device_name: DeviceName::new(&dn).map_err(corrupt("device_name"))?,
+            device_secret: self.read_secret(
+                SecretField::DeviceSecret,
+                (&pk, &dn),
+                &secret,
+                DeviceSecret::new,
+            )?,
+            status: DeviceStatus {
+                state: DeviceState::from_name(&state).ok_or(StoreError::failure(
                     FailureKind::Corrupt,
-                    Corrupt {
-                        column: "device_quota",
-                    },
-                )
+                    Corrupt { column: "state" },
+                ))?,
+                enabled: flag(column(row, "enabled")?, "enabled")?,
+            },
+            revision: u64::try_from(revision).map_err(|_| {
+                StoreError::failure(FailureKind::Corrupt, Corrupt { column: "revision" })
             })?,
-        },
-    })
+            client_ids: client_ids_from_column(&column::<String>(row, "client_ids")?)?,
+        })
+    }
 }
 
 /// `client_ids` as stored (see the module's schema).
@@ -637,30 +954,6 @@ fn client_ids_from_column(text: &str) -> Result<Vec<ClientIdRecord>, StoreError>
     Ok(records)
 }
 
-fn device_from_row(row: &AnyRow) -> Result<DeviceRecord, StoreError> {
-    let pk: String = column(row, "product_key")?;
-    let dn: String = column(row, "device_name")?;
-    let secret: String = column(row, "device_secret")?;
-    let state: String = column(row, "state")?;
-    let revision: i64 = column(row, "revision")?;
-    Ok(DeviceRecord {
-        product_key: ProductKey::new(&pk).map_err(corrupt("product_key"))?,
-        device_name: DeviceName::new(&dn).map_err(corrupt("device_name"))?,
-        device_secret: DeviceSecret::new(&secret).map_err(corrupt("device_secret"))?,
-        status: DeviceStatus {
-            state: DeviceState::from_name(&state).ok_or(StoreError::failure(
-                FailureKind::Corrupt,
-                Corrupt { column: "state" },
-            ))?,
-            enabled: flag(column(row, "enabled")?, "enabled")?,
-        },
-        revision: u64::try_from(revision).map_err(|_| {
-            StoreError::failure(FailureKind::Corrupt, Corrupt { column: "revision" })
-        })?,
-        client_ids: client_ids_from_column(&column::<String>(row, "client_ids")?)?,
-    })
-}
-
 fn revision_value(revision: u64) -> Result<i64, StoreError> {
     i64::try_from(revision).map_err(|_| StoreError::Precondition { what: "device" })
 }
@@ -690,7 +983,11 @@ impl ProductStore for SqlStore {
             ") VALUES ($1, $2, $3, $4, $5, $6)"
         ))
         .bind(product.product_key.as_str())
-        .bind(product.product_secret.expose_secret())
+        .bind(self.stored_secret(
+            SecretField::ProductSecret,
+            (product.product_key.as_str(), ""),
+            product.product_secret.expose_secret(),
+        )?)
         .bind(switch_value(product.dynamic_registration))
         .bind(product.name)
         .bind(i64::from(product.pre_registration_free.on))
@@ -715,7 +1012,9 @@ impl ProductStore for SqlStore {
             .fetch_optional(&self.pool)
             .await
             .map_err(failure)?;
-        row.as_ref().map(product_from_row).transpose()
+        row.as_ref()
+            .map(|row| self.product_from_row(row))
+            .transpose()
     }
 
     async fn products(&self) -> Result<Vec<ProductRecord>, StoreError> {
@@ -728,7 +1027,7 @@ impl ProductStore for SqlStore {
             .fetch_all(&self.pool)
             .await
             .map_err(failure)?;
-        rows.iter().map(product_from_row).collect()
+        rows.iter().map(|row| self.product_from_row(row)).collect()
     }
 
     async fn set_dynamic_registration(
@@ -780,7 +1079,11 @@ impl SqlStore {
 }
 
 /// Inserts a device row through `executor` (the pool, or a transaction).
-async fn insert_device_row<'e, E>(executor: E, device: &DeviceRecord) -> Result<(), StoreError>
+async fn insert_device_row<'e, E>(
+    executor: E,
+    device: &DeviceRecord,
+    stored_secret: String,
+) -> Result<(), StoreError>
 where
     E: sqlx::Executor<'e, Database = sqlx::Any>,
 {
@@ -792,7 +1095,7 @@ where
     ))
     .bind(device.product_key.as_str())
     .bind(device.device_name.as_str())
-    .bind(device.device_secret.expose_secret())
+    .bind(stored_secret)
     .bind(device.status.state.name())
     .bind(i64::from(device.status.enabled))
     .bind(revision_value(device.revision)?)
@@ -811,7 +1114,8 @@ where
 impl DeviceStore for SqlStore {
     async fn insert_device(&self, device: DeviceRecord) -> Result<(), StoreError> {
         self.check_file()?;
-        insert_device_row(&self.pool, &device).await
+        let secret = self.stored_device_secret(&device)?;
+        insert_device_row(&self.pool, &device, secret).await
     }
 
     async fn insert_device_within_quota(
@@ -864,7 +1168,7 @@ impl DeviceStore for SqlStore {
         if count >= i64::from(device_quota) {
             return Err(StoreError::QuotaReached);
         }
-        insert_device_row(&mut *tx, &device).await?;
+        insert_device_row(&mut *tx, &device, self.stored_device_secret(&device)?).await?;
         tx.commit().await.map_err(failure)
     }
 
@@ -884,7 +1188,9 @@ impl DeviceStore for SqlStore {
             .fetch_optional(&self.pool)
             .await
             .map_err(failure)?;
-        row.as_ref().map(device_from_row).transpose()
+        row.as_ref()
+            .map(|row| self.device_from_row(row))
+            .transpose()
     }
 
     async fn devices(&self, product_key: &ProductKey) -> Result<Vec<DeviceRecord>, StoreError> {
@@ -898,7 +1204,7 @@ impl DeviceStore for SqlStore {
             .fetch_all(&self.pool)
             .await
             .map_err(failure)?;
-        rows.iter().map(device_from_row).collect()
+        rows.iter().map(|row| self.device_from_row(row)).collect()
     }
 
     async fn device_count(&self, product_key: &ProductKey) -> Result<u64, StoreError> {
@@ -920,11 +1226,20 @@ impl DeviceStore for SqlStore {
     ) -> Result<(), StoreError> {
         self.check_file()?;
         let expected = revision_value(expected_revision)?;
+        let new_secret = match &update {
+            DeviceUpdate::Set {
+                device_secret: Some(secret),
+                ..
+            } => Some(self.stored_secret(
+                SecretField::DeviceSecret,
+                (product_key.as_str(), device_name.as_str()),
+                secret.expose_secret(),
+            )?),
+            _ => None,
+        };
         let query = match &update {
             DeviceUpdate::Set {
-                status,
-                device_secret,
-                client_ids,
+                status, client_ids, ..
             } => sqlx::query(
                 // $4: NULL keeps the ClientIDs, '' revokes them, an entry is appended, unless
                 // the list holds MAX_CLIENT_IDS (5) already: four commas.
@@ -940,7 +1255,7 @@ impl DeviceStore for SqlStore {
             )
             .bind(status.state.name())
             .bind(i64::from(status.enabled))
-            .bind(device_secret.as_ref().map(DeviceSecret::expose_secret))
+            .bind(new_secret)
             .bind(match client_ids {
                 ClientIdChange::Keep => None,
                 ClientIdChange::RevokeAll => Some(String::new()),

@@ -6,7 +6,8 @@ use std::sync::Arc;
 use clap::{Subcommand, ValueEnum};
 use iotauth::service::{Admin, AdminError};
 use iotauth::store::{
-    DeviceRecord, DeviceStore, PreRegistrationFree, ProductRecord, ProductStore, Store, StoreError,
+    DeviceRecord, DeviceStore, KeyFileError, MasterKey, PreRegistrationFree, ProductRecord,
+    ProductStore, SecretsAtRest, SqlStore, Store, StoreError,
 };
 use iotauth::{DeviceName, DeviceState, DynamicRegistration, Event, IssuedClientId, ProductKey};
 use serde::Serialize;
@@ -53,6 +54,80 @@ pub(crate) enum ProductCommand {
         #[arg(long)]
         device_quota: Option<u32>,
     },
+}
+
+#[derive(Subcommand)]
+pub(crate) enum StoreCommand {
+    /// Re-seal every secret under a new master key (created, mode 0600, when the file does
+    /// not exist); the current key (--master-key-file, or PATH.key beside a SQLite database)
+    /// and any --previous-key-file still open what is sealed under them. Online: give every
+    /// server the new key first (see the README). Prints the new key's id and the count.
+    Rekey {
+        #[arg(long)]
+        new_key_file: std::path::PathBuf,
+    },
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct RekeyedJson {
+    key_id: String,
+    key_file: String,
+    resealed: u64,
+}
+
+/// `iotauth store …`, on its own single-threaded runtime (it needs the SQL store itself).
+pub(crate) fn store(
+    url: &str,
+    mut secrets: SecretsAtRest,
+    command: StoreCommand,
+) -> Result<(), Failure> {
+    let StoreCommand::Rekey { new_key_file } = command;
+    if secrets.insecure_plaintext {
+        return Err(Failure::Usage(
+            "store rekey seals secrets: drop --insecure-plaintext-secrets".into(),
+        ));
+    }
+    let current = match (&secrets.master_key_file, SqlStore::default_key_file(url)) {
+        (Some(file), _) => file.clone(),
+        (None, Some(default)) => default,
+        (None, None) => {
+            return Err(Failure::Usage(
+                "--master-key-file (the current key) is required".into(),
+            ));
+        }
+    };
+    let created = match MasterKey::create_file(&new_key_file) {
+        Ok(_) => true,
+        Err(KeyFileError::Io { source, .. })
+            if source.kind() == std::io::ErrorKind::AlreadyExists =>
+        {
+            false
+        }
+        Err(e) => return Err(StoreError::from(e).into()),
+    };
+    secrets.previous_key_files.insert(0, current);
+    secrets.master_key_file = Some(new_key_file.clone());
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| Failure::Rejected(format!("cannot start the runtime: {e}")))?;
+    let (key_id, resealed) = runtime.block_on(async {
+        let store = SqlStore::connect_with(url, &secrets).await?;
+        let resealed = store.rekey().await?;
+        Ok::<_, StoreError>((store.sealing_key_id(), resealed))
+    })?;
+    if created {
+        eprintln!(
+            "created {} (mode 0600): give it to every process of this store",
+            new_key_file.display()
+        );
+    }
+    print_json(&RekeyedJson {
+        key_id: key_id.map(|id| id.to_string()).unwrap_or_default(),
+        key_file: new_key_file.display().to_string(),
+        resealed,
+    })
 }
 
 #[derive(Clone, Copy, ValueEnum)]

@@ -7,9 +7,11 @@
 mod admin;
 mod serve;
 
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
+use iotauth::store::SecretsAtRest;
 use iotauth::{
     Clock, ConnectKind, ConnectRequest, DeviceCertificate, DeviceName, DeviceSecret, DeviceToken,
     Entropy, FixedClock, Freshness, IssuedClientId, LoginOptions, OsEntropy, ProductCertificate,
@@ -23,6 +25,7 @@ const DEVICE_SECRET_ENV: &str = "IOTAUTH_DEVICE_SECRET";
 const PRODUCT_SECRET_ENV: &str = "IOTAUTH_PRODUCT_SECRET";
 const DEVICE_TOKEN_ENV: &str = "IOTAUTH_DEVICE_TOKEN";
 const STORE_ENV: &str = "IOTAUTH_STORE";
+const MASTER_KEY_FILE_ENV: &str = "IOTAUTH_MASTER_KEY_FILE";
 const DEFAULT_STORE: &str = "sqlite://iotauth.db";
 
 #[derive(Parser)]
@@ -35,6 +38,19 @@ struct Cli {
     /// The store: sqlite://PATH, postgres://… or memory: [env: IOTAUTH_STORE] [default: sqlite://iotauth.db]
     #[arg(long, global = true)]
     store: Option<String>,
+    /// The master key file secrets are sealed under: 64 hex digits (`openssl rand -hex 32`),
+    /// mode 0600 [env: IOTAUTH_MASTER_KEY_FILE] [default for sqlite://PATH: PATH.key, created
+    /// with a new store; PostgreSQL requires one]
+    #[arg(long, global = true)]
+    master_key_file: Option<PathBuf>,
+    /// An older master key file whose sealed secrets still open, while the store is re-sealed
+    /// under a new one (repeatable)
+    #[arg(long, global = true)]
+    previous_key_file: Vec<PathBuf>,
+    /// Keep secrets in clear in a store without a key: a dump of the database is then every
+    /// device's credentials
+    #[arg(long, global = true, conflicts_with = "master_key_file")]
+    insecure_plaintext_secrets: bool,
     #[command(subcommand)]
     command: Command,
 }
@@ -55,6 +71,9 @@ enum Command {
     /// Administer the store's devices.
     #[command(subcommand)]
     Device(admin::DeviceCommand),
+    /// Operate on the store itself.
+    #[command(subcommand)]
+    Store(admin::StoreCommand),
 }
 
 #[derive(Subcommand)]
@@ -459,7 +478,11 @@ fn log_filter(requested: &str) -> tracing_subscriber::EnvFilter {
 
 /// Runs the server on a multi-threaded runtime, logging to stderr (`RUST_LOG`, default info,
 /// see [`log_filter`]).
-fn serve_until_stopped(url: &str, args: serve::Serve) -> Result<(), Failure> {
+fn serve_until_stopped(
+    url: &str,
+    secrets: SecretsAtRest,
+    args: serve::Serve,
+) -> Result<(), Failure> {
     let requested = std::env::var("RUST_LOG").unwrap_or_default();
     tracing_subscriber::fmt()
         .with_env_filter(log_filter(&requested))
@@ -469,11 +492,12 @@ fn serve_until_stopped(url: &str, args: serve::Serve) -> Result<(), Failure> {
         .enable_all()
         .build()
         .map_err(|e| Failure::Rejected(format!("cannot start the runtime: {e}")))?;
-    runtime.block_on(serve::serve(url, args))
+    runtime.block_on(serve::serve(url, secrets, args))
 }
 
-/// Opens the store and runs `command` on it, on a single-threaded runtime.
-fn with_store<F, Fut>(url: &str, command: F) -> Result<(), Failure>
+/// Opens the store and runs `command` on it, on a single-threaded runtime; warnings (a key
+/// file created) go to stderr.
+fn with_store<F, Fut>(url: &str, secrets: &SecretsAtRest, command: F) -> Result<(), Failure>
 where
     F: FnOnce(std::sync::Arc<dyn iotauth::store::Store>) -> Fut,
     Fut: std::future::Future<Output = Result<(), Failure>>,
@@ -482,8 +506,12 @@ where
         .enable_all()
         .build()
         .map_err(|e| Failure::Rejected(format!("cannot start the runtime: {e}")))?;
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::new("warn"))
+        .with_writer(std::io::stderr)
+        .init();
     runtime.block_on(async {
-        let store = iotauth::store::open(url).await?;
+        let store = iotauth::store::open_with(url, secrets).await?;
         command(store).await
     })
 }
@@ -506,14 +534,27 @@ fn main() -> ExitCode {
         }
     };
     let store_url = flag_or_env(cli.store, STORE_ENV).unwrap_or_else(|| DEFAULT_STORE.to_owned());
+    let mut secrets = SecretsAtRest::default();
+    secrets.master_key_file = cli.master_key_file.or_else(|| {
+        flag_or_env(None, MASTER_KEY_FILE_ENV)
+            .filter(|_| !cli.insecure_plaintext_secrets)
+            .map(PathBuf::from)
+    });
+    secrets.previous_key_files = cli.previous_key_file;
+    secrets.insecure_plaintext = cli.insecure_plaintext_secrets;
     let outcome = match cli.command {
         Command::Sign(SignCommand::Mqtt(args)) => sign_mqtt(args),
         Command::Sign(SignCommand::Register(args)) => sign_register(args),
         Command::Verify(VerifyCommand::Mqtt(args)) => verify_mqtt(args),
         Command::Verify(VerifyCommand::Register(args)) => verify_register(args),
-        Command::Serve(args) => serve_until_stopped(&store_url, args),
-        Command::Product(command) => with_store(&store_url, |store| admin::product(store, command)),
-        Command::Device(command) => with_store(&store_url, |store| admin::device(store, command)),
+        Command::Serve(args) => serve_until_stopped(&store_url, secrets, args),
+        Command::Product(command) => {
+            with_store(&store_url, &secrets, |store| admin::product(store, command))
+        }
+        Command::Device(command) => {
+            with_store(&store_url, &secrets, |store| admin::device(store, command))
+        }
+        Command::Store(command) => admin::store(&store_url, secrets, command),
     };
     match outcome {
         Ok(()) => ExitCode::SUCCESS,

@@ -11,7 +11,7 @@ use iotauth::IssuancePolicy;
 use iotauth::broker::{Broker, BrokerConfig, Transport};
 use iotauth::listener::{HttpListener, ListenerLimits, TlsFiles};
 use iotauth::server::{ServerConfig, Services, router};
-use iotauth::store::{FailureKind, Store};
+use iotauth::store::{FailureKind, SecretsAtRest, Store};
 use tokio::net::TcpListener;
 
 use crate::Failure;
@@ -84,14 +84,19 @@ pub(crate) struct Serve {
     tls_legacy_suites: bool,
 }
 
-pub(crate) async fn serve(store_url: &str, args: Serve) -> Result<(), Failure> {
+pub(crate) async fn serve(
+    store_url: &str,
+    secrets: SecretsAtRest,
+    args: Serve,
+) -> Result<(), Failure> {
     if args.min_keepalive_secs > args.max_keepalive_secs {
         return Err(Failure::Usage(
             "--min-keepalive-secs is above --max-keepalive-secs".into(),
         ));
     }
     let handshake_timeout = Duration::from_secs(args.handshake_timeout_secs);
-    let config = server_config(&args)?;
+    let mut config = server_config(&args)?;
+    config.secrets = secrets;
     let store = config.open_store(store_url).await?;
     let services = Arc::new(Services::new(store.clone(), config));
     hint_when_empty(&store, store_url).await?;

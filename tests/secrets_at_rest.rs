@@ -1,0 +1,373 @@
+//! Secrets sealed at rest, judged by what an attacker holding the database sees: a dump made by
+//! the databases' own tools (Python's `sqlite3` `iterdump`, `pg_dump`) after registrations,
+//! resets and a rekey contains no DeviceSecret nor ProductSecret; a sealed value copied onto
+//! another row does not open; a wrong key is refused with a clear message; a store in clear
+//! from an earlier version is sealed when it is opened with a key.
+//!
+//! PostgreSQL tests read `DATABASE_URL` and `IOTAUTH_MASTER_KEY_FILE` (`.ci/postgres.sh`).
+#![cfg(all(feature = "cli", feature = "sqlite", feature = "postgres"))]
+
+#[allow(dead_code)]
+#[path = "support/iotauth.rs"]
+mod iotauth_support;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use iotauth::service::{Admin, AuthError, Authenticator, Registrar};
+use iotauth::store::{
+    DeviceStore, FailureKind, MasterKey, ProductStore, SecretsAtRest, SqlStore, Store,
+};
+use iotauth::*;
+use iotauth_support::{BIN, required_env};
+
+struct Dir(PathBuf);
+
+impl Dir {
+    fn new(name: &str) -> Self {
+        let dir =
+            std::env::temp_dir().join(format!("iotauth-sealed-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        Self(dir)
+    }
+
+    fn url(&self) -> String {
+        format!("sqlite://{}", self.db().display())
+    }
+
+    fn db(&self) -> PathBuf {
+        self.0.join("iotauth.db")
+    }
+}
+
+impl Drop for Dir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn block<F: std::future::Future>(future: F) -> F::Output {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(future)
+}
+
+async fn connect(url: &str, secrets: &SecretsAtRest) -> SqlStore {
+    SqlStore::connect_with(url, secrets)
+        .await
+        .unwrap_or_else(|e| panic!("connect: {}", ErrorChain(&e)))
+}
+
+/// Every row of the SQLite database as SQL text, as `sqlite3 .dump` prints it.
+fn sqlite_dump(db: &Path) -> String {
+    let out = Command::new("python3")
+        .args([
+            "-c",
+            "import sqlite3, sys; print('\\n'.join(sqlite3.connect(sys.argv[1]).iterdump()))",
+        ])
+        .arg(db)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// Every row of the PostgreSQL database, as `pg_dump` prints it.
+fn postgres_dump(url: &str) -> String {
+    let out = Command::new("pg_dump")
+        .args(["--data-only", "--table=iotauth_*", url])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// Runs SQL on the SQLite file (Python's `sqlite3`), as someone with the file would.
+fn sqlite_exec(db: &Path, sql: &str) {
+    let out = Command::new("python3")
+        .args([
+            "-c",
+            "import sqlite3, sys; c = sqlite3.connect(sys.argv[1]); c.execute(sys.argv[2]); c.commit()",
+        ])
+        .arg(db)
+        .arg(sql)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// The secrets a store's API hands out (products and devices), after some registrations and
+/// a reset: what must not appear in a dump.
+async fn populate(store: &SqlStore, product: &str) -> Vec<String> {
+    let store: std::sync::Arc<dyn Store> = std::sync::Arc::new(store.clone());
+    let admin = Admin::new(store.clone());
+    let created = admin
+        .create_product(Some(product), DynamicRegistration::On)
+        .await
+        .unwrap();
+    let pk = created.product_key;
+    let mut secrets = vec![created.product_secret.expose_secret().to_owned()];
+    for i in 0..4 {
+        let dn = DeviceName::new(&format!("dev{i}")).unwrap();
+        let device = admin.register_device(pk, dn).await.unwrap();
+        secrets.push(device.device_secret.expose_secret().to_owned());
+    }
+    // An issue through dynamic registration, and a reset (a new secret).
+    let cert = ProductCertificate::new(pk, created.product_secret.clone_secret());
+    let form = build_register_form(
+        &cert,
+        DeviceName::new("dev0").unwrap(),
+        "r4nd0m",
+        SignMethod::HmacSha256,
+    )
+    .unwrap();
+    let issued = Registrar::new(store.clone())
+        .register_form(form.body().as_bytes())
+        .await
+        .unwrap();
+    secrets.push(issued.device_secret().expose_secret().to_owned());
+    let dn1 = DeviceName::new("dev1").unwrap();
+    admin.apply(&pk, &dn1, Event::Reset).await.unwrap();
+    let reset = store.device(&pk, &dn1).await.unwrap().unwrap();
+    secrets.push(reset.device_secret.expose_secret().to_owned());
+    secrets
+}
+
+fn assert_no_secret(dump: &str, secrets: &[String], when: &str) {
+    assert!(
+        dump.contains("sealed1:"),
+        "{when}: the dump has sealed values"
+    );
+    for secret in secrets {
+        assert!(
+            !dump.contains(secret.as_str()),
+            "{when}: a secret is in the dump"
+        );
+    }
+}
+
+#[test]
+fn a_sqlite_dump_holds_no_secret_after_registrations_resets_and_a_rekey() {
+    let dir = Dir::new("dump");
+    block(async {
+        let store = connect(&dir.url(), &SecretsAtRest::default()).await;
+        // The default: a key file beside the database, mode 0600.
+        let key_file = SecretsAtRest::default_key_file(&dir.db());
+        let mode = std::os::unix::fs::PermissionsExt::mode(
+            &std::fs::metadata(&key_file).unwrap().permissions(),
+        );
+        assert_eq!(mode & 0o777, 0o600);
+        let secrets = populate(&store, "dump").await;
+        assert_no_secret(&sqlite_dump(&dir.db()), &secrets, "after registrations");
+        let old_id = store.sealing_key_id().unwrap();
+        store.close().await;
+
+        // Rekey to a new key; the old one still opens meanwhile.
+        let new_key = dir.0.join("new.key");
+        let new_id = MasterKey::create_file(&new_key).unwrap().id();
+        let mut both = SecretsAtRest::sealed_under(&new_key);
+        both.previous_key_files.push(key_file.clone());
+        let rekeyed = connect(&dir.url(), &both).await;
+        assert_eq!(
+            rekeyed.rekey().await.unwrap(),
+            5,
+            "one product and four devices"
+        );
+        let dump = sqlite_dump(&dir.db());
+        assert_no_secret(&dump, &secrets, "after the rekey");
+        assert!(
+            !dump.contains(&format!("sealed1:{old_id}")),
+            "nothing left under the old key"
+        );
+        rekeyed.close().await;
+
+        // The old key alone no longer fits; the new one alone reads every secret.
+        let refused = SqlStore::connect(&dir.url()).await.unwrap_err();
+        assert_eq!(refused.failure_kind(), Some(FailureKind::Configuration));
+        assert!(
+            ErrorChain(&refused)
+                .to_string()
+                .contains(&new_id.to_string()),
+            "{}",
+            ErrorChain(&refused)
+        );
+        let store = connect(&dir.url(), &SecretsAtRest::sealed_under(&new_key)).await;
+        let pk = store.products().await.unwrap()[0].product_key;
+        let devices = store.devices(&pk).await.unwrap();
+        for device in &devices {
+            assert!(
+                secrets
+                    .iter()
+                    .any(|s| s == device.device_secret.expose_secret())
+            );
+        }
+    });
+}
+
+#[test]
+fn a_postgres_dump_holds_no_secret_after_registrations_resets_and_a_rekey() {
+    let Some(url) = required_env("DATABASE_URL") else {
+        return;
+    };
+    let key = PathBuf::from(required_env("IOTAUTH_MASTER_KEY_FILE").unwrap());
+    let dir = Dir::new("pg-rekey");
+    block(async {
+        let store = connect(&url, &SecretsAtRest::sealed_under(&key)).await;
+        let secrets = populate(&store, "pgdump").await;
+        assert_no_secret(&postgres_dump(&url), &secrets, "after registrations");
+        store.close().await;
+        // A rekey and back, so the shared database ends under the key the other tests use.
+        let new_key = dir.0.join("new.key");
+        MasterKey::create_file(&new_key).unwrap();
+        for (sealing, previous) in [(&new_key, &key), (&key, &new_key)] {
+            let mut both = SecretsAtRest::sealed_under(sealing);
+            both.previous_key_files.push(previous.clone());
+            let store = connect(&url, &both).await;
+            assert!(store.rekey().await.unwrap() >= 5);
+            assert_no_secret(&postgres_dump(&url), &secrets, "after a rekey");
+            store.close().await;
+        }
+    });
+}
+
+#[test]
+fn a_sealed_value_copied_onto_another_device_does_not_open_and_says_so_without_the_secret() {
+    let dir = Dir::new("copied");
+    block(async {
+        let store = connect(&dir.url(), &SecretsAtRest::default()).await;
+        let secrets = populate(&store, "copied").await;
+        store.close().await;
+        // An attacker with write access to the database gives dev3 dev2's sealed secret (whose
+        // owner they know), hoping to log in as dev3 with it.
+        sqlite_exec(
+            &dir.db(),
+            "UPDATE iotauth_devices SET device_secret = \
+             (SELECT device_secret FROM iotauth_devices WHERE device_name = 'dev2') \
+             WHERE device_name = 'dev3'",
+        );
+        let store = connect(&dir.url(), &SecretsAtRest::default()).await;
+        let pk = store.products().await.unwrap()[0].product_key;
+        let dn3 = DeviceName::new("dev3").unwrap();
+        let e = store.device(&pk, &dn3).await.unwrap_err();
+        assert_eq!(e.failure_kind(), Some(FailureKind::Corrupt));
+        let message = ErrorChain(&e).to_string();
+        assert!(message.contains("does not open"), "{message}");
+        for secret in &secrets {
+            assert!(!message.contains(secret.as_str()));
+        }
+        // A login as dev3 with dev2's secret is an outage, never a success nor a panic.
+        let dn2 = DeviceName::new("dev2").unwrap();
+        let dev2 = store.device(&pk, &dn2).await.unwrap().unwrap();
+        let cert = DeviceCertificate::new(pk, dn3, dev2.device_secret.clone_secret());
+        let login = build_login(&cert, &LoginOptions::default()).unwrap();
+        let refused = Authenticator::new(store.clone())
+            .authenticate(
+                login.client_id(),
+                login.username(),
+                &login.expose_password(),
+            )
+            .await
+            .unwrap_err();
+        assert!(matches!(refused, AuthError::Store(_)), "{refused:?}");
+    });
+}
+
+#[test]
+fn a_store_in_clear_from_an_earlier_version_is_sealed_when_opened_with_a_key() {
+    let dir = Dir::new("clear");
+    let mut clear = SecretsAtRest::default();
+    clear.insecure_plaintext = true;
+    block(async {
+        let store = connect(&dir.url(), &clear).await;
+        let secrets = populate(&store, "clear").await;
+        let dump = sqlite_dump(&dir.db());
+        // The product's secret and dev1's after its reset, as an earlier version kept them.
+        for current in [&secrets[0], &secrets[secrets.len() - 1]] {
+            assert!(dump.contains(current.as_str()), "in clear, as before");
+        }
+        store.close().await;
+        let store = connect(&dir.url(), &SecretsAtRest::default()).await;
+        assert_no_secret(
+            &sqlite_dump(&dir.db()),
+            &secrets,
+            "after the first open with a key",
+        );
+        let pk = store.products().await.unwrap()[0].product_key;
+        let dev2 = store
+            .device(&pk, &DeviceName::new("dev2").unwrap())
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(secrets.contains(&dev2.device_secret.expose_secret().to_owned()));
+        store.close().await;
+        // In clear again is refused: the secrets are sealed now.
+        let e = SqlStore::connect_with(&dir.url(), &clear)
+            .await
+            .unwrap_err();
+        assert_eq!(e.failure_kind(), Some(FailureKind::Configuration));
+    });
+}
+
+#[test]
+fn the_cli_refuses_a_wrong_key_and_a_keyless_postgres_store_with_clear_messages() {
+    let dir = Dir::new("wrong-key");
+    let run = |args: &[&str]| {
+        Command::new(BIN)
+            .args(args)
+            .env_remove("IOTAUTH_MASTER_KEY_FILE")
+            .output()
+            .unwrap()
+    };
+    let url = dir.url();
+    let created = run(&["--store", &url, "product", "create"]);
+    assert!(
+        created.status.success(),
+        "{}",
+        String::from_utf8_lossy(&created.stderr)
+    );
+    let stderr = String::from_utf8_lossy(&created.stderr);
+    let key_file = SecretsAtRest::default_key_file(&dir.db());
+    assert!(
+        stderr.contains(&key_file.display().to_string()),
+        "the log says where: {stderr}"
+    );
+
+    let wrong = dir.0.join("wrong.key");
+    MasterKey::create_file(&wrong).unwrap();
+    let refused = run(&[
+        "--store",
+        &url,
+        "--master-key-file",
+        wrong.to_str().unwrap(),
+        "product",
+        "list",
+    ]);
+    assert_eq!(refused.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(stderr.contains("is sealed under master key"), "{stderr}");
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+
+    let Some(postgres) = required_env("DATABASE_URL") else {
+        return;
+    };
+    let refused = run(&["--store", &postgres, "product", "list"]);
+    assert_eq!(refused.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(stderr.contains("needs a master key file"), "{stderr}");
+}
