@@ -80,6 +80,8 @@ fn main() {
             dynamic_registration: DynamicRegistration::Off,
             name: None,
             pre_registration_free: PreRegistrationFree::OFF,
+            registration_limit: iotauth::store::RegistrationLimit::DEFAULT,
+            switched_off_by_breaker_at: None,
         })
         .await
         .expect("a product");

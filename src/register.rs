@@ -312,13 +312,19 @@ pub enum RefusalCode {
     DeviceQuotaReached,
     /// 6605: the device holds the most ClientIDs it may ([`crate::MAX_CLIENT_IDS`]).
     TooManyClientIds,
+    /// 429: the product's registration rate limit is reached
+    /// ([`crate::store::RegistrationLimit`]); try again later. Alibaba's "throttled" code.
+    Throttled,
+    /// 6606: the registration's `random` was used by an earlier registration of the device
+    /// ([`crate::store::RegistrationLimit::unique_random`]): a replay.
+    RandomReused,
     /// 500: the service cannot answer now (e.g. its store is down); try again later.
     Unavailable,
 }
 
 impl RefusalCode {
     /// Every code, in a fixed order.
-    pub const ALL: [Self; 10] = [
+    pub const ALL: [Self; 12] = [
         Self::InvalidRequest,
         Self::ProductNotFound,
         Self::DeviceNotFound,
@@ -328,6 +334,8 @@ impl RefusalCode {
         Self::SignatureMismatch,
         Self::DeviceQuotaReached,
         Self::TooManyClientIds,
+        Self::Throttled,
+        Self::RandomReused,
         Self::Unavailable,
     ];
 
@@ -343,6 +351,8 @@ impl RefusalCode {
             Self::SignatureMismatch => 6603,
             Self::DeviceQuotaReached => 6604,
             Self::TooManyClientIds => 6605,
+            Self::Throttled => 429,
+            Self::RandomReused => 6606,
             Self::Unavailable => 500,
         }
     }
@@ -361,6 +371,8 @@ impl RefusalCode {
             Self::SignatureMismatch => "signature mismatch",
             Self::DeviceQuotaReached => "the product's device quota is reached",
             Self::TooManyClientIds => "the device holds the most ClientIDs it may",
+            Self::Throttled => "request throttled, try again later",
+            Self::RandomReused => "random already used by an earlier registration",
             Self::Unavailable => "service unavailable, try again later",
         }
     }

@@ -300,7 +300,7 @@ impl ConnectRefusal {
     /// on Alibaba's platform; an outage is "unavailable").
     pub fn from_registration(e: &RegisterError) -> Self {
         match e.code() {
-            RefusalCode::Unavailable => Self::Unavailable,
+            RefusalCode::Unavailable | RefusalCode::Throttled => Self::Unavailable,
             _ => Self::NotAuthorized,
         }
     }
@@ -789,11 +789,15 @@ pub fn router(services: Arc<Services>) -> Router {
 type Shared = State<Arc<Services>>;
 
 async fn metrics(State(services): Shared) -> Response {
-    (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        services.metrics.render(),
-    )
-        .into_response()
+    let mut text = services.metrics.render();
+    // Counted by the registrar, which switches the products off.
+    let _ = writeln!(
+        text,
+        "# TYPE iotauth_registration_breaker_trips_total counter\n\
+         iotauth_registration_breaker_trips_total {}",
+        services.registrar.breaker_trips()
+    );
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
 }
 
 /// 200 when the store answers a round trip within [`STORE_TIMEOUT`]; otherwise 503 and the

@@ -61,10 +61,40 @@ mod broken {
         ) -> Result<(), StoreError> {
             self.0.set_pre_registration_free(pk, setting).await
         }
+        async fn set_registration_limit(
+            &self,
+            pk: &ProductKey,
+            limit: RegistrationLimit,
+        ) -> Result<(), StoreError> {
+            self.0.set_registration_limit(pk, limit).await
+        }
+        async fn take_registration_token(
+            &self,
+            pk: &ProductKey,
+            now: iotauth::UnixMillis,
+        ) -> Result<bool, StoreError> {
+            self.0.take_registration_token(pk, now).await
+        }
+        async fn record_registration_refusal(
+            &self,
+            pk: &ProductKey,
+            now: iotauth::UnixMillis,
+        ) -> Result<bool, StoreError> {
+            self.0.record_registration_refusal(pk, now).await
+        }
     }
 
     #[async_trait]
     impl DeviceStore for IgnoresRevision {
+        async fn record_registration_random(
+            &self,
+            pk: &ProductKey,
+            dn: &DeviceName,
+            random: &str,
+            now: iotauth::UnixMillis,
+        ) -> Result<bool, StoreError> {
+            self.0.record_registration_random(pk, dn, random, now).await
+        }
         async fn insert_device(&self, d: DeviceRecord) -> Result<(), StoreError> {
             self.0.insert_device(d).await
         }

@@ -98,6 +98,8 @@ fn debug_of_every_type_holding_a_secret_is_redacted() {
         dynamic_registration: DynamicRegistration::On,
         name: None,
         pre_registration_free: PreRegistrationFree::OFF,
+        registration_limit: iotauth::store::RegistrationLimit::DEFAULT,
+        switched_off_by_breaker_at: None,
     };
     assert_hidden("ProductRecord", format!("{product:?}"));
     let reply = RegisterReply::Issued {

@@ -404,10 +404,44 @@ impl ProductStore for Down {
     ) -> Result<(), StoreError> {
         Err(down())
     }
+    async fn set_registration_limit(
+        &self,
+        pk: &ProductKey,
+        limit: RegistrationLimit,
+    ) -> Result<(), StoreError> {
+        let _ = (pk, limit);
+        Err(down())
+    }
+    async fn take_registration_token(
+        &self,
+        pk: &ProductKey,
+        now: UnixMillis,
+    ) -> Result<bool, StoreError> {
+        let _ = (pk, now);
+        Err(down())
+    }
+    async fn record_registration_refusal(
+        &self,
+        pk: &ProductKey,
+        now: UnixMillis,
+    ) -> Result<bool, StoreError> {
+        let _ = (pk, now);
+        Err(down())
+    }
 }
 
 #[async_trait]
 impl DeviceStore for Down {
+    async fn record_registration_random(
+        &self,
+        pk: &ProductKey,
+        dn: &DeviceName,
+        random: &str,
+        now: UnixMillis,
+    ) -> Result<bool, StoreError> {
+        let _ = (pk, dn, random, now);
+        Err(down())
+    }
     async fn insert_device(&self, _: DeviceRecord) -> Result<(), StoreError> {
         Err(down())
     }
@@ -557,10 +591,44 @@ impl ProductStore for Stuck {
     ) -> Result<(), StoreError> {
         std::future::pending().await
     }
+    async fn set_registration_limit(
+        &self,
+        pk: &ProductKey,
+        limit: RegistrationLimit,
+    ) -> Result<(), StoreError> {
+        let _ = (pk, limit);
+        std::future::pending().await
+    }
+    async fn take_registration_token(
+        &self,
+        pk: &ProductKey,
+        now: UnixMillis,
+    ) -> Result<bool, StoreError> {
+        let _ = (pk, now);
+        std::future::pending().await
+    }
+    async fn record_registration_refusal(
+        &self,
+        pk: &ProductKey,
+        now: UnixMillis,
+    ) -> Result<bool, StoreError> {
+        let _ = (pk, now);
+        std::future::pending().await
+    }
 }
 
 #[async_trait]
 impl DeviceStore for Stuck {
+    async fn record_registration_random(
+        &self,
+        pk: &ProductKey,
+        dn: &DeviceName,
+        random: &str,
+        now: UnixMillis,
+    ) -> Result<bool, StoreError> {
+        let _ = (pk, dn, random, now);
+        std::future::pending().await
+    }
     async fn insert_device(&self, _: DeviceRecord) -> Result<(), StoreError> {
         std::future::pending().await
     }
@@ -728,10 +796,40 @@ impl ProductStore for SlowWrites {
     ) -> Result<(), StoreError> {
         self.0.set_pre_registration_free(pk, setting).await
     }
+    async fn set_registration_limit(
+        &self,
+        pk: &ProductKey,
+        limit: RegistrationLimit,
+    ) -> Result<(), StoreError> {
+        self.0.set_registration_limit(pk, limit).await
+    }
+    async fn take_registration_token(
+        &self,
+        pk: &ProductKey,
+        now: UnixMillis,
+    ) -> Result<bool, StoreError> {
+        self.0.take_registration_token(pk, now).await
+    }
+    async fn record_registration_refusal(
+        &self,
+        pk: &ProductKey,
+        now: UnixMillis,
+    ) -> Result<bool, StoreError> {
+        self.0.record_registration_refusal(pk, now).await
+    }
 }
 
 #[async_trait]
 impl DeviceStore for SlowWrites {
+    async fn record_registration_random(
+        &self,
+        pk: &ProductKey,
+        dn: &DeviceName,
+        random: &str,
+        now: UnixMillis,
+    ) -> Result<bool, StoreError> {
+        self.0.record_registration_random(pk, dn, random, now).await
+    }
     async fn insert_device(&self, d: DeviceRecord) -> Result<(), StoreError> {
         self.0.insert_device(d).await
     }

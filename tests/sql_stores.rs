@@ -205,6 +205,8 @@ fn a_deleted_or_replaced_sqlite_file_refuses_every_write() {
                 dynamic_registration: DynamicRegistration::On,
                 name: None,
                 pre_registration_free: PreRegistrationFree::OFF,
+                registration_limit: iotauth::store::RegistrationLimit::DEFAULT,
+                switched_off_by_breaker_at: None,
             };
             let device = |name: &str| DeviceRecord {
                 product_key: pk,
@@ -278,6 +280,8 @@ fn a_read_only_sqlite_store_fails_a_write_as_read_only() {
             dynamic_registration: DynamicRegistration::Off,
             name: None,
             pre_registration_free: PreRegistrationFree::OFF,
+            registration_limit: iotauth::store::RegistrationLimit::DEFAULT,
+            switched_off_by_breaker_at: None,
         };
         let refused = read_only.insert_product(product).await.unwrap_err();
         let text = ErrorChain(&refused).to_string();
@@ -362,6 +366,8 @@ fn a_sqlite_lock_held_past_the_busy_timeout_fails_as_busy() {
             dynamic_registration: DynamicRegistration::Off,
             name: None,
             pre_registration_free: PreRegistrationFree::OFF,
+            registration_limit: iotauth::store::RegistrationLimit::DEFAULT,
+            switched_off_by_breaker_at: None,
         };
         // Refused while the lock is held: the busy timeout is shorter than the holder's 4 s.
         let refused = store.insert_product(product).await.unwrap_err();

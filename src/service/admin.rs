@@ -5,7 +5,8 @@ use crate::lifecycle::{DeviceStatus, DynamicRegistration, Event, IssuancePolicy,
 use crate::random::{Entropy, EntropyError, OsEntropy};
 use crate::secret::{DeviceSecret, ProductSecret};
 use crate::store::{
-    DeviceRecord, DeviceStore, PreRegistrationFree, ProductRecord, ProductStore, StoreError,
+    DeviceRecord, DeviceStore, PreRegistrationFree, ProductRecord, ProductStore, RegistrationLimit,
+    StoreError,
 };
 
 use super::{MAX_ATTEMPTS, apply_event};
@@ -80,6 +81,8 @@ impl<S: ProductStore + DeviceStore> Admin<S> {
                 dynamic_registration,
                 name: name.clone(),
                 pre_registration_free: PreRegistrationFree::OFF,
+                registration_limit: RegistrationLimit::DEFAULT,
+                switched_off_by_breaker_at: None,
             };
             match self.store.insert_product(record).await {
                 Ok(()) => {
@@ -89,6 +92,8 @@ impl<S: ProductStore + DeviceStore> Admin<S> {
                         dynamic_registration,
                         name,
                         pre_registration_free: PreRegistrationFree::OFF,
+                        registration_limit: RegistrationLimit::DEFAULT,
+                        switched_off_by_breaker_at: None,
                     });
                 }
                 Err(StoreError::AlreadyExists { .. }) if attempts < MAX_ATTEMPTS => continue,
@@ -126,6 +131,23 @@ impl<S: ProductStore + DeviceStore> Admin<S> {
         Ok(self
             .store
             .set_pre_registration_free(product_key, setting)
+            .await?)
+    }
+
+    /// Sets a product's limits on dynamic registration (rate, burst, the circuit breaker's
+    /// threshold and window, `unique_random`); build them with
+    /// [`RegistrationLimit::with_rate`] and its siblings, which check their ranges.
+    ///
+    /// # Errors
+    /// [`StoreError::NotFound`] for an unknown product; an outage.
+    pub async fn set_registration_limit(
+        &self,
+        product_key: &ProductKey,
+        limit: RegistrationLimit,
+    ) -> Result<(), AdminError> {
+        Ok(self
+            .store
+            .set_registration_limit(product_key, limit)
             .await?)
     }
 

@@ -1,5 +1,6 @@
 use std::fmt;
-use std::sync::LazyLock;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, LazyLock};
 
 use crate::error::ParseError;
 use crate::id::{DeviceName, IssuedClientId, ProductKey};
@@ -8,12 +9,14 @@ use crate::lifecycle::{
     transition,
 };
 use crate::mqtt::{ConnectKind, ConnectRequest};
+use crate::policy::{Clock, SystemClock};
 use crate::random::{EntropyError, OsEntropy};
 use crate::register::{RefusalCode, RegisterForm, RegisterReply};
 use crate::secret::{DeviceSecret, DeviceToken, ProductSecret};
 use crate::sign::VerifyError;
 use crate::store::{
-    DeviceRecord, DeviceStore, FailureKind, PreRegistrationFree, ProductStore, StoreError,
+    DeviceRecord, DeviceStore, FailureKind, PreRegistrationFree, ProductRecord, ProductStore,
+    StoreError,
 };
 use crate::verified::{DeviceIdentity, Verified};
 
@@ -160,6 +163,13 @@ pub enum RegisterError {
     /// The random source failed.
     #[error(transparent)]
     Entropy(#[from] EntropyError),
+    /// The product's registration rate limit is reached ([`crate::store::RegistrationLimit`]).
+    #[error("throttled: the product's registration rate limit is reached")]
+    Throttled,
+    /// The `random` was used by an earlier registration of the device
+    /// ([`crate::store::RegistrationLimit::unique_random`]).
+    #[error("the registration's random was used before (a replayed registration?)")]
+    RandomReused,
 }
 
 impl From<StoreError> for RegisterError {
@@ -195,7 +205,22 @@ impl RegisterError {
             Self::Store(StoreError::QuotaReached) => RefusalCode::DeviceQuotaReached,
             Self::Refused(_) => RefusalCode::AlreadyIssued,
             Self::Store(_) | Self::Entropy(_) => RefusalCode::Unavailable,
+            Self::Throttled => RefusalCode::Throttled,
+            Self::RandomReused => RefusalCode::RandomReused,
         }
+    }
+
+    /// Whether the refusal is one a holder of a leaked ProductSecret (or someone guessing)
+    /// causes, counted by the circuit breaker: a bad signature, an unknown device, a secret
+    /// already issued, a replayed `random`.
+    fn counts_for_breaker(&self) -> bool {
+        matches!(
+            self.code(),
+            RefusalCode::SignatureMismatch
+                | RefusalCode::DeviceNotFound
+                | RefusalCode::AlreadyIssued
+                | RefusalCode::RandomReused
+        )
     }
 
     /// The refusal reply the device is sent.
@@ -211,9 +236,16 @@ impl RegisterError {
 /// issued) decides, and the issue is written by compare-and-set, so of racing requests
 /// exactly one wins. Only a holder of the product secret learns more than "bad signature"
 /// about a product.
+///
+/// Every issue is also subject to the product's [`crate::store::RegistrationLimit`]: its token bucket
+/// ([`RegisterError::Throttled`]), the `random` history when asked
+/// ([`RegisterError::RandomReused`]); and refusals feed its circuit breaker, which switches
+/// dynamic registration off with a `warn` log line ([`Registrar::breaker_trips`] counts).
 pub struct Registrar<S> {
     store: S,
     policy: IssuancePolicy,
+    clock: Arc<dyn Clock>,
+    breaker_trips: Arc<AtomicU64>,
 }
 
 impl<S: ProductStore + DeviceStore> Registrar<S> {
@@ -222,7 +254,83 @@ impl<S: ProductStore + DeviceStore> Registrar<S> {
         Self {
             store,
             policy: IssuancePolicy::Once,
+            clock: Arc::new(SystemClock),
+            breaker_trips: Arc::new(AtomicU64::new(0)),
         }
+    }
+
+    /// Uses another clock for the registration limits (tests).
+    #[must_use]
+    pub fn with_clock(mut self, clock: Arc<dyn Clock>) -> Self {
+        self.clock = clock;
+        self
+    }
+
+    /// How many times this registrar's refusals switched a product's dynamic registration
+    /// off (the metric `iotauth_registration_breaker_trips_total`).
+    pub fn breaker_trips(&self) -> u64 {
+        self.breaker_trips.load(Ordering::Relaxed)
+    }
+
+    /// `outcome`, after counting a refusal that counts for the product's circuit breaker
+    /// (and switching the product off, logged, when it trips). A failure to count is logged
+    /// and does not change the answer.
+    async fn counted<T>(
+        &self,
+        product_key: ProductKey,
+        outcome: Result<T, RegisterError>,
+    ) -> Result<T, RegisterError> {
+        if let Err(e) = &outcome
+            && e.counts_for_breaker()
+        {
+            match self
+                .store
+                .record_registration_refusal(&product_key, self.clock.now())
+                .await
+            {
+                Ok(true) => {
+                    self.breaker_trips.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(
+                        product_key = %product_key,
+                        "dynamic registration switched off: too many refused registrations \
+                         (a leaked ProductSecret?); turn it back on with \
+                         `iotauth product dynamic-registration {product_key} on`"
+                    );
+                }
+                Ok(false) => {}
+                Err(e) => {
+                    tracing::warn!(product_key = %product_key, error = %crate::ErrorChain(&e), "a refused registration could not be counted");
+                }
+            }
+        }
+        outcome
+    }
+
+    /// The product's limits on an issue about to be written: its token bucket, then (when
+    /// asked) the `random` history.
+    async fn within_limits(
+        &self,
+        product: &ProductRecord,
+        device_name: &DeviceName,
+        random: Option<&str>,
+    ) -> Result<(), RegisterError> {
+        let now = self.clock.now();
+        if !self
+            .store
+            .take_registration_token(&product.product_key, now)
+            .await?
+        {
+            return Err(RegisterError::Throttled);
+        }
+        if let (true, Some(random)) = (product.registration_limit.unique_random, random)
+            && !self
+                .store
+                .record_registration_random(&product.product_key, device_name, random, now)
+                .await?
+        {
+            return Err(RegisterError::RandomReused);
+        }
+        Ok(())
     }
 
     /// Uses another issuance policy.
@@ -238,10 +346,15 @@ impl<S: ProductStore + DeviceStore> Registrar<S> {
     /// [`RegisterError`]; its [`RegisterError::to_reply`] is what the device is sent.
     pub async fn register_form(&self, body: &[u8]) -> Result<IssuedSecret, RegisterError> {
         let form = RegisterForm::parse(body)?;
-        self.issue(form.product_key(), form.device_name(), |secret| {
-            form.verify(secret)
-        })
-        .await
+        let issued = self
+            .issue(
+                form.product_key(),
+                form.device_name(),
+                Some(form.random()),
+                |secret| form.verify(secret),
+            )
+            .await;
+        self.counted(form.product_key(), issued).await
     }
 
     /// Serves an MQTT registration connect (`authType=register`).
@@ -268,10 +381,15 @@ impl<S: ProductStore + DeviceStore> Registrar<S> {
         request: &ConnectRequest<'_>,
     ) -> Result<IssuedSecret, RegisterError> {
         expect_registration(request)?;
-        self.issue(request.product_key(), request.device_name(), |secret| {
-            request.verify_registration(secret)
-        })
-        .await
+        let issued = self
+            .issue(
+                request.product_key(),
+                request.device_name(),
+                request.client_id().random(),
+                |secret| request.verify_registration(secret),
+            )
+            .await;
+        self.counted(request.product_key(), issued).await
     }
 
     /// Whether [`Registrar::register_request`] would issue now, without issuing: the checks in
@@ -289,6 +407,14 @@ impl<S: ProductStore + DeviceStore> Registrar<S> {
         request: &ConnectRequest<'_>,
     ) -> Result<Verified<DeviceIdentity>, RegisterError> {
         expect_registration(request)?;
+        let checked = self.checked_request(request).await;
+        self.counted(request.product_key(), checked).await
+    }
+
+    async fn checked_request(
+        &self,
+        request: &ConnectRequest<'_>,
+    ) -> Result<Verified<DeviceIdentity>, RegisterError> {
         let (product_key, device_name) = (request.product_key(), request.device_name());
         let (identity, product) = self
             .verified_product(product_key, |secret| request.verify_registration(secret))
@@ -318,14 +444,24 @@ impl<S: ProductStore + DeviceStore> Registrar<S> {
         &self,
         request: &ConnectRequest<'_>,
     ) -> Result<IssuedClientIdToken, RegisterError> {
-        let (identity, registration, device_quota) =
-            self.verified_client_id_request(request).await?;
+        let issued = self.issue_client_id(request).await;
+        self.counted(request.product_key(), issued).await
+    }
+
+    async fn issue_client_id(
+        &self,
+        request: &ConnectRequest<'_>,
+    ) -> Result<IssuedClientIdToken, RegisterError> {
+        let (identity, registration, product) = self.verified_client_id_request(request).await?;
+        let device_quota = product.pre_registration_free.device_quota;
         let (product_key, device_name) = (request.product_key(), request.device_name());
         let exists = self
             .store
             .device(&product_key, &device_name)
             .await?
             .is_some();
+        self.within_limits(&product, &device_name, request.client_id().random())
+            .await?;
         let created = if exists {
             Ok(())
         } else {
@@ -382,8 +518,16 @@ impl<S: ProductStore + DeviceStore> Registrar<S> {
         &self,
         request: &ConnectRequest<'_>,
     ) -> Result<Verified<DeviceIdentity>, RegisterError> {
-        let (identity, registration, device_quota) =
-            self.verified_client_id_request(request).await?;
+        let checked = self.checked_client_id_request(request).await;
+        self.counted(request.product_key(), checked).await
+    }
+
+    async fn checked_client_id_request(
+        &self,
+        request: &ConnectRequest<'_>,
+    ) -> Result<Verified<DeviceIdentity>, RegisterError> {
+        let (identity, registration, product) = self.verified_client_id_request(request).await?;
+        let device_quota = product.pre_registration_free.device_quota;
         let (product_key, device_name) = (request.product_key(), request.device_name());
         match self.store.device(&product_key, &device_name).await? {
             Some(device) => {
@@ -403,11 +547,11 @@ impl<S: ProductStore + DeviceStore> Registrar<S> {
 
     /// A `regnwl` request's kind, signature and the product's switches: the identity, and the
     /// switch in effect (on only while dynamic registration and registration without
-    /// pre-registration are both on); the product's device quota.
+    /// pre-registration are both on); the product.
     async fn verified_client_id_request(
         &self,
         request: &ConnectRequest<'_>,
-    ) -> Result<(Verified<DeviceIdentity>, DynamicRegistration, u32), RegisterError> {
+    ) -> Result<(Verified<DeviceIdentity>, DynamicRegistration, ProductRecord), RegisterError> {
         if request.kind() != ConnectKind::RegisterNoPreregistration {
             return Err(RegisterError::Unsupported {
                 got: request.kind(),
@@ -419,13 +563,9 @@ impl<S: ProductStore + DeviceStore> Registrar<S> {
             })
             .await?;
         match (product.dynamic_registration, product.pre_registration_free) {
-            (
-                DynamicRegistration::On,
-                PreRegistrationFree {
-                    on: true,
-                    device_quota,
-                },
-            ) => Ok((identity, DynamicRegistration::On, device_quota)),
+            (DynamicRegistration::On, PreRegistrationFree { on: true, .. }) => {
+                Ok((identity, DynamicRegistration::On, product))
+            }
             _ => Err(TransitionError::DynamicRegistrationOff.into()),
         }
     }
@@ -436,7 +576,7 @@ impl<S: ProductStore + DeviceStore> Registrar<S> {
         &self,
         product_key: ProductKey,
         verify: impl Fn(&ProductSecret) -> Result<Verified<DeviceIdentity>, VerifyError>,
-    ) -> Result<(Verified<DeviceIdentity>, crate::store::ProductRecord), RegisterError> {
+    ) -> Result<(Verified<DeviceIdentity>, ProductRecord), RegisterError> {
         let Some(product) = self.store.product(&product_key).await? else {
             let _ = verify(&DUMMY_PRODUCT_SECRET);
             return Err(RegisterError::UnknownProduct);
@@ -444,14 +584,25 @@ impl<S: ProductStore + DeviceStore> Registrar<S> {
         Ok((verify(&product.product_secret)?, product))
     }
 
+    /// Verifies, checks the lifecycle on the device as it is, applies the product's limits,
+    /// then issues by compare-and-set. (The lifecycle is checked before the limits so that a
+    /// refused request takes no token and records no `random`.)
     async fn issue(
         &self,
         product_key: ProductKey,
         device_name: DeviceName,
+        random: Option<&str>,
         verify: impl Fn(&ProductSecret) -> Result<Verified<DeviceIdentity>, VerifyError>,
     ) -> Result<IssuedSecret, RegisterError> {
         let (identity, product) = self.verified_product(product_key, verify).await?;
         let switch = product.dynamic_registration;
+        let device = self
+            .store
+            .device(&product_key, &device_name)
+            .await?
+            .ok_or(RegisterError::UnknownDevice)?;
+        transition(device.status, Event::Issue(switch), self.policy)?;
+        self.within_limits(&product, &device_name, random).await?;
         let applied = apply_event(
             &self.store,
             &product_key,

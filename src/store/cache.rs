@@ -9,10 +9,11 @@ use async_trait::async_trait;
 
 use super::{
     DeviceRecord, DeviceStore, DeviceUpdate, PreRegistrationFree, ProductRecord, ProductStore,
-    StoreError,
+    RegistrationLimit, StoreError,
 };
 use crate::id::{DeviceName, ProductKey};
 use crate::lifecycle::DynamicRegistration;
+use crate::policy::UnixMillis;
 
 /// Each device read: when, and what (`None`: no such device).
 type Entries = HashMap<(ProductKey, DeviceName), (Instant, Option<DeviceRecord>)>;
@@ -100,6 +101,32 @@ impl<S: ProductStore> ProductStore for CachedStore<S> {
             .set_pre_registration_free(product_key, setting)
             .await
     }
+
+    async fn set_registration_limit(
+        &self,
+        product_key: &ProductKey,
+        limit: RegistrationLimit,
+    ) -> Result<(), StoreError> {
+        self.inner.set_registration_limit(product_key, limit).await
+    }
+
+    async fn take_registration_token(
+        &self,
+        product_key: &ProductKey,
+        now: UnixMillis,
+    ) -> Result<bool, StoreError> {
+        self.inner.take_registration_token(product_key, now).await
+    }
+
+    async fn record_registration_refusal(
+        &self,
+        product_key: &ProductKey,
+        now: UnixMillis,
+    ) -> Result<bool, StoreError> {
+        self.inner
+            .record_registration_refusal(product_key, now)
+            .await
+    }
 }
 
 #[async_trait]
@@ -181,6 +208,18 @@ impl<S: DeviceStore> DeviceStore for CachedStore<S> {
             .await;
         self.forget(product_key, device_name);
         result
+    }
+
+    async fn record_registration_random(
+        &self,
+        product_key: &ProductKey,
+        device_name: &DeviceName,
+        random: &str,
+        now: UnixMillis,
+    ) -> Result<bool, StoreError> {
+        self.inner
+            .record_registration_random(product_key, device_name, random, now)
+            .await
     }
 
     async fn check_ready(&self) -> Result<(), StoreError> {

@@ -20,7 +20,7 @@ use tokio::sync::Barrier;
 
 use super::{
     ClientIdChange, DeviceRecord, DeviceStore, DeviceUpdate, PreRegistrationFree, ProductRecord,
-    ProductStore, StoreError,
+    ProductStore, RANDOM_HISTORY, RegistrationLimit, StoreError,
 };
 use crate::id::{DeviceName, ProductKey};
 use crate::lifecycle::{DeviceState, DeviceStatus, DynamicRegistration, Event, IssuancePolicy};
@@ -28,6 +28,7 @@ use crate::mqtt::{
     ConnectKind, ConnectRequest, LoginOptions, RegistrationOptions, SecureMode, build_login,
     build_registration_connect,
 };
+use crate::policy::{FixedClock, UnixMillis};
 use crate::register::RefusalCode;
 use crate::register::build_register_form;
 use crate::secret::{DeviceSecret, ProductSecret};
@@ -59,6 +60,281 @@ where
     registration_without_pre_registration(new_store()).await;
     race_client_ids(new_store()).await;
     race_device_quota(new_store()).await;
+    race_registration_tokens(new_store()).await;
+    refusals_switch_registration_off(new_store()).await;
+    race_registration_randoms(new_store()).await;
+    registration_limits_of_the_registrar(new_store()).await;
+}
+
+/// A product with dynamic registration on and `limit`.
+async fn limited_product<S: ProductStore + DeviceStore>(
+    store: &S,
+    limit: RegistrationLimit,
+) -> (Admin<&S>, ProductRecord) {
+    let (admin, mut product) = new_product(store, DynamicRegistration::On).await;
+    admin
+        .set_registration_limit(&product.product_key, limit)
+        .await
+        .unwrap();
+    product.registration_limit = limit;
+    (admin, product)
+}
+
+/// The registration token bucket: of [`RACERS`] concurrent takes at one instant, exactly the
+/// burst succeed; a second later, the rate's worth more; the limit is stored with the product.
+pub async fn race_registration_tokens<S>(store: S)
+where
+    S: ProductStore + DeviceStore + Clone + 'static,
+{
+    let limit = RegistrationLimit::DEFAULT.with_rate(2, 10).unwrap();
+    let (_, product) = limited_product(&store, limit).await;
+    let pk = product.product_key;
+    let stored = store.product(&pk).await.unwrap().unwrap();
+    assert_eq!(stored.registration_limit, limit);
+    let now = UnixMillis(1_800_000_000_000);
+    let barrier = Arc::new(Barrier::new(RACERS));
+    let racers: Vec<_> = (0..RACERS)
+        .map(|_| {
+            let (store, barrier) = (store.clone(), barrier.clone());
+            tokio::spawn(async move {
+                barrier.wait().await;
+                store.take_registration_token(&pk, now).await.unwrap()
+            })
+        })
+        .collect();
+    let mut taken = 0;
+    for racer in racers {
+        taken += usize::from(racer.await.expect("racer task panicked"));
+    }
+    assert_eq!(taken, 10, "exactly the burst");
+    let later = UnixMillis(now.0 + 1000);
+    let refilled = [
+        store.take_registration_token(&pk, later).await.unwrap(),
+        store.take_registration_token(&pk, later).await.unwrap(),
+        store.take_registration_token(&pk, later).await.unwrap(),
+    ];
+    assert_eq!(refilled, [true, true, false], "2 a second");
+}
+
+/// The circuit breaker: refusals up to the threshold within the window leave the switch on;
+/// one more switches it off, once however many race, recording when; refusals spread wider
+/// than the window never do; an operator's switch clears the mark.
+pub async fn refusals_switch_registration_off<S>(store: S)
+where
+    S: ProductStore + DeviceStore + Clone + 'static,
+{
+    let limit = RegistrationLimit::DEFAULT.with_refusals(5, 60).unwrap();
+    let (admin, product) = limited_product(&store, limit).await;
+    let pk = product.product_key;
+    let t0 = UnixMillis(1_800_000_000_000);
+    // Spread: 5 refusals, then 5 more after the window: never more than 5 within it.
+    for at in [t0, UnixMillis(t0.0 + 61_000)] {
+        for _ in 0..5 {
+            assert!(!store.record_registration_refusal(&pk, at).await.unwrap());
+        }
+    }
+    let on = store.product(&pk).await.unwrap().unwrap();
+    assert_eq!(on.dynamic_registration, DynamicRegistration::On);
+    // A burst: one of the racers switches it off.
+    let at = UnixMillis(t0.0 + 200_000);
+    let barrier = Arc::new(Barrier::new(RACERS));
+    let racers: Vec<_> = (0..RACERS)
+        .map(|_| {
+            let (store, barrier) = (store.clone(), barrier.clone());
+            tokio::spawn(async move {
+                barrier.wait().await;
+                store.record_registration_refusal(&pk, at).await.unwrap()
+            })
+        })
+        .collect();
+    let mut switched = 0;
+    for racer in racers {
+        switched += usize::from(racer.await.expect("racer task panicked"));
+    }
+    assert_eq!(switched, 1, "switched off once");
+    let off = store.product(&pk).await.unwrap().unwrap();
+    assert_eq!(off.dynamic_registration, DynamicRegistration::Off);
+    assert_eq!(off.switched_off_by_breaker_at, Some(at));
+    // Off: refusals are not counted, nothing switches again.
+    assert!(!store.record_registration_refusal(&pk, at).await.unwrap());
+    admin
+        .set_dynamic_registration(&pk, DynamicRegistration::On)
+        .await
+        .unwrap();
+    let again = store.product(&pk).await.unwrap().unwrap();
+    assert_eq!(again.dynamic_registration, DynamicRegistration::On);
+    assert_eq!(again.switched_off_by_breaker_at, None);
+    // The operator's switch started the count over.
+    for _ in 0..5 {
+        assert!(!store.record_registration_refusal(&pk, at).await.unwrap());
+    }
+}
+
+/// The `random` history: of concurrent records of one random, one is new; a random seen
+/// before is refused; the history keeps the newest [`RANDOM_HISTORY`].
+pub async fn race_registration_randoms<S>(store: S)
+where
+    S: ProductStore + DeviceStore + Clone + 'static,
+{
+    let (_, product) = new_product(&store, DynamicRegistration::On).await;
+    let (pk, dn) = (product.product_key, name("random-dev"));
+    let t0 = 1_800_000_000_000;
+    let barrier = Arc::new(Barrier::new(RACERS));
+    let racers: Vec<_> = (0..RACERS)
+        .map(|_| {
+            let (store, barrier) = (store.clone(), barrier.clone());
+            tokio::spawn(async move {
+                barrier.wait().await;
+                store
+                    .record_registration_random(&pk, &dn, "r-0", UnixMillis(t0))
+                    .await
+                    .unwrap()
+            })
+        })
+        .collect();
+    let mut new = 0;
+    for racer in racers {
+        new += usize::from(racer.await.expect("racer task panicked"));
+    }
+    assert_eq!(new, 1, "one record of a random is new");
+    // Another device's history is its own.
+    let other = name("random-other");
+    assert!(
+        store
+            .record_registration_random(&pk, &other, "r-0", UnixMillis(t0))
+            .await
+            .unwrap()
+    );
+    for i in 1..=RANDOM_HISTORY {
+        let fresh = store
+            .record_registration_random(&pk, &dn, &format!("r-{i}"), UnixMillis(t0 + i as u64))
+            .await
+            .unwrap();
+        assert!(fresh, "r-{i} is new");
+    }
+    let newest = format!("r-{RANDOM_HISTORY}");
+    let at = UnixMillis(t0 + 1000);
+    assert!(
+        !store
+            .record_registration_random(&pk, &dn, &newest, at)
+            .await
+            .unwrap()
+    );
+    assert!(
+        store
+            .record_registration_random(&pk, &dn, "r-0", at)
+            .await
+            .unwrap(),
+        "the oldest was forgotten"
+    );
+}
+
+/// The registrar applies the limits: a harvest gets the burst, then 429; refusals switch the
+/// product off; with `unique_random`, a replayed form is refused before and after a reset, a
+/// fresh random is not; a refused request takes no token.
+pub async fn registration_limits_of_the_registrar<S>(store: S)
+where
+    S: ProductStore + DeviceStore + Clone,
+{
+    let limit = RegistrationLimit::DEFAULT
+        .with_rate(1, 3)
+        .and_then(|l| l.with_refusals(4, 60))
+        .unwrap();
+    let (admin, product) = limited_product(&store, limit).await;
+    let pk = product.product_key;
+    let now = Arc::new(FixedClock(UnixMillis(1_800_000_000_000)));
+    let registrar = Registrar::new(store.clone()).with_clock(now.clone());
+    let names: Vec<DeviceName> = (0..5).map(|i| name(&format!("harvest-{i}"))).collect();
+    for dn in &names {
+        admin.register_device(pk, *dn).await.unwrap();
+    }
+    let mut codes = Vec::new();
+    for dn in &names {
+        let code = register(&registrar, &product, *dn)
+            .await
+            .map_or_else(|e| e.code().code(), |_| 200);
+        codes.push(code);
+    }
+    assert_eq!(
+        codes,
+        [200, 200, 200, 429, 429],
+        "the burst, then throttled"
+    );
+    // Refusals (already issued, unknown device) switch the product off after the 4th.
+    for dn in [names[0], names[1], name("nobody-1"), name("nobody-2")] {
+        assert!(register(&registrar, &product, dn).await.is_err());
+    }
+    assert_eq!(
+        store
+            .product(&pk)
+            .await
+            .unwrap()
+            .unwrap()
+            .dynamic_registration,
+        DynamicRegistration::On,
+        "4 refusals: not more than the threshold"
+    );
+    let refused = register(&registrar, &product, name("nobody-3"))
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), RefusalCode::DeviceNotFound);
+    assert_eq!(registrar.breaker_trips(), 1);
+    let off = store.product(&pk).await.unwrap().unwrap();
+    assert_eq!(off.dynamic_registration, DynamicRegistration::Off);
+    assert_eq!(
+        register(&registrar, &product, names[3])
+            .await
+            .unwrap_err()
+            .code(),
+        RefusalCode::DynamicRegistrationDisabled
+    );
+
+    // Replay, on a product that asks for unique randoms.
+    let limit = RegistrationLimit::DEFAULT.with_unique_random(true);
+    let (admin, product) = limited_product(&store, limit).await;
+    let pk = product.product_key;
+    let dn = name("replayed");
+    admin.register_device(pk, dn).await.unwrap();
+    let registrar =
+        Registrar::new(store.clone()).with_policy(IssuancePolicy::RedeliverUntilFirstLogin);
+    let cert = ProductCertificate::new(pk, product.product_secret.clone_secret());
+    let form = |random: &str| {
+        build_register_form(&cert, dn, random, SignMethod::HmacSha256)
+            .unwrap()
+            .body()
+            .to_owned()
+    };
+    let captured = form("captured1");
+    registrar.register_form(captured.as_bytes()).await.unwrap();
+    let replayed = registrar
+        .register_form(captured.as_bytes())
+        .await
+        .unwrap_err();
+    assert_eq!(replayed.code(), RefusalCode::RandomReused);
+    registrar
+        .register_form(form("fresh2").as_bytes())
+        .await
+        .unwrap();
+    admin.apply(&pk, &dn, Event::Reset).await.unwrap();
+    let replayed = registrar
+        .register_form(captured.as_bytes())
+        .await
+        .unwrap_err();
+    assert_eq!(
+        replayed.code(),
+        RefusalCode::RandomReused,
+        "after a reset too"
+    );
+    let issued = registrar
+        .register_form(form("fresh3").as_bytes())
+        .await
+        .unwrap();
+    let stored = store.device(&pk, &dn).await.unwrap().unwrap();
+    assert_eq!(
+        issued.device_secret().expose_secret(),
+        stored.device_secret.expose_secret(),
+        "a fresh random gets the new secret"
+    );
 }
 
 fn name(text: &str) -> DeviceName {
@@ -108,6 +384,8 @@ pub async fn products<S: ProductStore + DeviceStore>(store: S) {
             dynamic_registration: DynamicRegistration::On,
             name: None,
             pre_registration_free: PreRegistrationFree::OFF,
+            registration_limit: crate::store::RegistrationLimit::DEFAULT,
+            switched_off_by_breaker_at: None,
         })
         .await;
     assert!(matches!(
@@ -359,6 +637,8 @@ pub async fn registration_lifecycle<S: ProductStore + DeviceStore + Clone>(store
         dynamic_registration: DynamicRegistration::On,
         name: None,
         pre_registration_free: PreRegistrationFree::OFF,
+        registration_limit: crate::store::RegistrationLimit::DEFAULT,
+        switched_off_by_breaker_at: None,
     };
     let other = admin.register_device(pk, name("reg-dev-2")).await.unwrap();
     assert!(matches!(

@@ -8,10 +8,11 @@ use async_trait::async_trait;
 
 use super::{
     ClientIdChange, ClientIdRecord, DeviceRecord, DeviceStore, DeviceUpdate, PreRegistrationFree,
-    ProductRecord, ProductStore, StoreError,
+    ProductRecord, ProductStore, RANDOM_HISTORY, RegistrationLimit, StoreError,
 };
 use crate::id::{DeviceName, ProductKey};
 use crate::lifecycle::{DeviceStatus, DynamicRegistration, MAX_CLIENT_IDS};
+use crate::policy::UnixMillis;
 use crate::secret::DeviceSecret;
 
 /// A store in lock-guarded maps. Every operation takes the lock once and never across an
@@ -31,6 +32,8 @@ use crate::secret::DeviceSecret;
 ///     dynamic_registration: DynamicRegistration::On,
 ///     name: None,
 ///     pre_registration_free: PreRegistrationFree::OFF,
+///     registration_limit: RegistrationLimit::DEFAULT,
+///     switched_off_by_breaker_at: None,
 /// }).await?;
 /// assert!(store.product(&pk).await?.is_some());
 /// # Ok::<(), Box<dyn std::error::Error>>(())
@@ -48,6 +51,22 @@ pub struct MemoryStore {
 struct Maps {
     products: BTreeMap<ProductKey, ProductRecord>,
     devices: HashMap<ProductKey, HashMap<DeviceName, StoredDevice>>,
+    /// Each product's registration buckets (see [`RegistrationLimit`]).
+    meters: HashMap<ProductKey, Meters>,
+    /// The newest `random` values of each device's registrations, oldest first.
+    randoms: HashMap<(ProductKey, DeviceName), std::collections::VecDeque<Box<str>>>,
+}
+
+/// A product's two buckets, as theoretical arrival times in microseconds.
+#[derive(Debug, Default, Clone, Copy)]
+struct Meters {
+    issue_tat: i64,
+    refusal_tat: i64,
+}
+
+/// `now` in microseconds, as the buckets count.
+fn micros(now: UnixMillis) -> i64 {
+    i64::try_from(now.0.saturating_mul(1000)).unwrap_or(i64::MAX)
 }
 
 /// A device as kept: its identity is the two map keys.
@@ -166,7 +185,15 @@ impl ProductStore for MemoryStore {
         product_key: &ProductKey,
         switch: DynamicRegistration,
     ) -> Result<(), StoreError> {
-        self.update_product(product_key, |product| product.dynamic_registration = switch)
+        let mut maps = self.write();
+        let product = maps
+            .products
+            .get_mut(product_key)
+            .ok_or(StoreError::NotFound { what: "product" })?;
+        product.dynamic_registration = switch;
+        product.switched_off_by_breaker_at = None;
+        maps.meters.entry(*product_key).or_default().refusal_tat = 0;
+        Ok(())
     }
 
     async fn set_pre_registration_free(
@@ -178,10 +205,86 @@ impl ProductStore for MemoryStore {
             product.pre_registration_free = setting;
         })
     }
+
+    async fn set_registration_limit(
+        &self,
+        product_key: &ProductKey,
+        limit: RegistrationLimit,
+    ) -> Result<(), StoreError> {
+        self.update_product(product_key, |product| product.registration_limit = limit)
+    }
+
+    async fn take_registration_token(
+        &self,
+        product_key: &ProductKey,
+        now: UnixMillis,
+    ) -> Result<bool, StoreError> {
+        let mut maps = self.write();
+        let Some(limit) = maps.products.get(product_key).map(|p| p.registration_limit) else {
+            return Ok(false);
+        };
+        let meters = maps.meters.entry(*product_key).or_default();
+        match limit.admit_issue(meters.issue_tat, micros(now)) {
+            Some(tat) => {
+                meters.issue_tat = tat;
+                Ok(true)
+            }
+            None => Ok(false),
+        }
+    }
+
+    async fn record_registration_refusal(
+        &self,
+        product_key: &ProductKey,
+        now: UnixMillis,
+    ) -> Result<bool, StoreError> {
+        let mut maps = self.write();
+        let Maps {
+            products, meters, ..
+        } = &mut *maps;
+        let Some(product) = products.get_mut(product_key) else {
+            return Ok(false);
+        };
+        if product.dynamic_registration != DynamicRegistration::On {
+            return Ok(false);
+        }
+        let meters = meters.entry(*product_key).or_default();
+        let (tat, tripped) = product
+            .registration_limit
+            .add_refusal(meters.refusal_tat, micros(now));
+        meters.refusal_tat = if tripped { 0 } else { tat };
+        if tripped {
+            product.dynamic_registration = DynamicRegistration::Off;
+            product.switched_off_by_breaker_at = Some(now);
+        }
+        Ok(tripped)
+    }
 }
 
 #[async_trait]
 impl DeviceStore for MemoryStore {
+    async fn record_registration_random(
+        &self,
+        product_key: &ProductKey,
+        device_name: &DeviceName,
+        random: &str,
+        _now: UnixMillis,
+    ) -> Result<bool, StoreError> {
+        let mut maps = self.write();
+        let seen = maps
+            .randoms
+            .entry((*product_key, *device_name))
+            .or_default();
+        if seen.iter().any(|r| &**r == random) {
+            return Ok(false);
+        }
+        if seen.len() == RANDOM_HISTORY {
+            seen.pop_front();
+        }
+        seen.push_back(random.into());
+        Ok(true)
+    }
+
     async fn insert_device(&self, device: DeviceRecord) -> Result<(), StoreError> {
         self.write().insert_device(device, None)
     }

@@ -17,6 +17,7 @@ use async_trait::async_trait;
 
 use crate::id::{DeviceName, IssuedClientId, ProductKey};
 use crate::lifecycle::{DeviceStatus, DynamicRegistration};
+use crate::policy::UnixMillis;
 use crate::secret::{DeviceSecret, ProductSecret, TokenDigest};
 
 mod cache;
@@ -49,7 +50,128 @@ pub struct ProductRecord {
     pub name: Option<String>,
     /// Registration without pre-registration (`regnwl`).
     pub pre_registration_free: PreRegistrationFree,
+    /// The limits on its dynamic registration (rate, automatic switch-off, replay).
+    pub registration_limit: RegistrationLimit,
+    /// When the circuit breaker switched dynamic registration off (too many refusals);
+    /// `None` when it did not, or an operator set the switch since.
+    pub switched_off_by_breaker_at: Option<UnixMillis>,
 }
+
+/// A product's limits on dynamic registration: what a leaked ProductSecret can do before an
+/// operator notices. Issues are rate-limited by a token bucket shared by every process of the
+/// store (refused with [`crate::RefusalCode::Throttled`], 429, when empty); refusals that a
+/// harvester causes (bad signature, unknown device, already issued, a replayed `random`) fill
+/// a second bucket, and when more than `refusal_threshold` arrive within
+/// `refusal_window_secs` the product's dynamic registration is switched off, to stay off until
+/// an operator turns it on. Devices already activated are not affected.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub struct RegistrationLimit {
+    /// Issues per second the bucket refills: 1 to 1,000,000.
+    pub rate_per_sec: u32,
+    /// The bucket's size: how many issues may come at once (at least 1).
+    pub burst: u32,
+    /// Refusals within the window that switch dynamic registration off; 0: never.
+    pub refusal_threshold: u32,
+    /// The window of `refusal_threshold`, in seconds (at least 1).
+    pub refusal_window_secs: u32,
+    /// Refuse a registration whose `random` was seen for the device before (also before a
+    /// reset), [`crate::RefusalCode::RandomReused`]: a captured registration cannot be
+    /// replayed. Off by default: iotkit-embedded 3.x sends one constant `random`.
+    pub unique_random: bool,
+}
+
+impl RegistrationLimit {
+    /// A new product's limits: 10 issues a second, bursts of 100; off after more than 100
+    /// refusals within 60 s; `random` not checked.
+    pub const DEFAULT: Self = Self {
+        rate_per_sec: 10,
+        burst: 100,
+        refusal_threshold: 100,
+        refusal_window_secs: 60,
+        unique_random: false,
+    };
+
+    /// The limits with the given issue rate and burst.
+    ///
+    /// # Errors
+    /// [`LimitError`] when `rate_per_sec` is not within 1 to 1,000,000 or `burst` is 0.
+    pub fn with_rate(self, rate_per_sec: u32, burst: u32) -> Result<Self, LimitError> {
+        if !(1..=1_000_000).contains(&rate_per_sec) {
+            return Err(LimitError::Rate);
+        }
+        if burst == 0 {
+            return Err(LimitError::Burst);
+        }
+        Ok(Self {
+            rate_per_sec,
+            burst,
+            ..self
+        })
+    }
+
+    /// The limits with the given refusal threshold (0: never switch off) and window.
+    ///
+    /// # Errors
+    /// [`LimitError::Window`] when `window_secs` is 0.
+    pub fn with_refusals(self, threshold: u32, window_secs: u32) -> Result<Self, LimitError> {
+        if window_secs == 0 {
+            return Err(LimitError::Window);
+        }
+        Ok(Self {
+            refusal_threshold: threshold,
+            refusal_window_secs: window_secs,
+            ..self
+        })
+    }
+
+    /// The limits with [`RegistrationLimit::unique_random`] set.
+    pub fn with_unique_random(self, unique_random: bool) -> Self {
+        Self {
+            unique_random,
+            ..self
+        }
+    }
+
+    /// The token bucket as a generic cell rate algorithm: `tat`, the theoretical arrival
+    /// time in microseconds, becomes the returned value when an issue is admitted at `now`.
+    /// (The SQL store runs the same arithmetic in one `UPDATE`.)
+    pub(crate) fn admit_issue(&self, tat: i64, now: i64) -> Option<i64> {
+        let interval = 1_000_000 / i64::from(self.rate_per_sec.max(1));
+        let next = tat.max(now) + interval;
+        (next - now <= i64::from(self.burst) * interval).then_some(next)
+    }
+
+    /// A refusal at `now` added to the refusal bucket: the new `tat`, and whether the
+    /// refusals now pass the threshold within the window.
+    pub(crate) fn add_refusal(&self, tat: i64, now: i64) -> (i64, bool) {
+        if self.refusal_threshold == 0 {
+            return (tat, false);
+        }
+        let window = i64::from(self.refusal_window_secs) * 1_000_000;
+        let next = tat.max(now) + window / i64::from(self.refusal_threshold);
+        (next, next - now > window)
+    }
+}
+
+/// A [`RegistrationLimit`] out of range.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum LimitError {
+    /// The rate is not within 1 to 1,000,000 a second.
+    #[error("the registration rate must be 1 to 1000000 a second")]
+    Rate,
+    /// The burst is 0.
+    #[error("the registration burst must be at least 1")]
+    Burst,
+    /// The refusal window is 0 s.
+    #[error("the refusal window must be at least 1 s")]
+    Window,
+}
+
+/// How many `random` values a store keeps per device for
+/// [`RegistrationLimit::unique_random`]: the newest ones; an older one is forgotten.
+pub const RANDOM_HISTORY: usize = 32;
 
 /// A product's settings for registration without pre-registration (`regnwl`, PROTOCOL.md §c):
 /// devices that are not registered in advance are created by their first registration.
@@ -91,6 +213,8 @@ impl ProductRecord {
             dynamic_registration: self.dynamic_registration,
             name: self.name.clone(),
             pre_registration_free: self.pre_registration_free,
+            registration_limit: self.registration_limit,
+            switched_off_by_breaker_at: self.switched_off_by_breaker_at,
         }
     }
 }
@@ -376,6 +500,42 @@ pub trait ProductStore: Send + Sync {
         product_key: &ProductKey,
         setting: PreRegistrationFree,
     ) -> Result<(), StoreError>;
+
+    /// Sets the product's [`RegistrationLimit`].
+    ///
+    /// # Errors
+    /// [`StoreError::NotFound`]; [`StoreError::Unavailable`].
+    async fn set_registration_limit(
+        &self,
+        product_key: &ProductKey,
+        limit: RegistrationLimit,
+    ) -> Result<(), StoreError>;
+
+    /// Takes one issue from the product's token bucket at `now`
+    /// ([`RegistrationLimit::rate_per_sec`], [`RegistrationLimit::burst`]): `false` when it is
+    /// empty. Atomic, across every process of the store: of concurrent calls, no more succeed
+    /// than the bucket holds.
+    ///
+    /// # Errors
+    /// [`StoreError::Unavailable`].
+    async fn take_registration_token(
+        &self,
+        product_key: &ProductKey,
+        now: UnixMillis,
+    ) -> Result<bool, StoreError>;
+
+    /// Counts a registration refusal at `now` while dynamic registration is on; when the
+    /// refusals pass [`RegistrationLimit::refusal_threshold`] within the window, switches
+    /// dynamic registration off and records when ([`ProductRecord::switched_off_by_breaker_at`]).
+    /// Returns whether this call switched it off (of concurrent calls, one does).
+    ///
+    /// # Errors
+    /// [`StoreError::Unavailable`].
+    async fn record_registration_refusal(
+        &self,
+        product_key: &ProductKey,
+        now: UnixMillis,
+    ) -> Result<bool, StoreError>;
 }
 
 /// Devices.
@@ -439,6 +599,20 @@ pub trait DeviceStore: Send + Sync {
         expected_revision: u64,
         update: DeviceUpdate,
     ) -> Result<(), StoreError>;
+
+    /// Records that a registration of the device used `random` at `now`: `false` when it was
+    /// recorded before (a replay), atomically. Keeps the newest [`RANDOM_HISTORY`] per device
+    /// name, across resets and deletions.
+    ///
+    /// # Errors
+    /// [`StoreError::Unavailable`].
+    async fn record_registration_random(
+        &self,
+        product_key: &ProductKey,
+        device_name: &DeviceName,
+        random: &str,
+        now: UnixMillis,
+    ) -> Result<bool, StoreError>;
 
     /// Whether the store serves requests now: a round trip to it, for readiness probes
     /// (`/readyz`) and watchdogs. A cache passes it through. The default reads a device that
@@ -531,6 +705,27 @@ macro_rules! forward_store {
             ) -> Result<(), StoreError> {
                 (**self).set_pre_registration_free(product_key, setting).await
             }
+            async fn set_registration_limit(
+                &self,
+                product_key: &ProductKey,
+                limit: RegistrationLimit,
+            ) -> Result<(), StoreError> {
+                (**self).set_registration_limit(product_key, limit).await
+            }
+            async fn take_registration_token(
+                &self,
+                product_key: &ProductKey,
+                now: UnixMillis,
+            ) -> Result<bool, StoreError> {
+                (**self).take_registration_token(product_key, now).await
+            }
+            async fn record_registration_refusal(
+                &self,
+                product_key: &ProductKey,
+                now: UnixMillis,
+            ) -> Result<bool, StoreError> {
+                (**self).record_registration_refusal(product_key, now).await
+            }
         }
 
         #[async_trait]
@@ -567,6 +762,17 @@ macro_rules! forward_store {
             ) -> Result<(), StoreError> {
                 (**self)
                     .compare_and_set(product_key, device_name, expected_revision, update)
+                    .await
+            }
+            async fn record_registration_random(
+                &self,
+                product_key: &ProductKey,
+                device_name: &DeviceName,
+                random: &str,
+                now: UnixMillis,
+            ) -> Result<bool, StoreError> {
+                (**self)
+                    .record_registration_random(product_key, device_name, random, now)
                     .await
             }
             async fn check_ready(&self) -> Result<(), StoreError> {

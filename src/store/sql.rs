@@ -46,10 +46,12 @@ use sqlx::{AnyPool, ConnectOptions, Connection, Executor, Row};
 use super::seal::{self, Keyring, MasterKey, SecretField};
 use super::{
     ClientIdChange, ClientIdRecord, DeviceRecord, DeviceStore, DeviceUpdate, FailureKind,
-    PreRegistrationFree, ProductRecord, ProductStore, SecretsAtRest, StoreError,
+    PreRegistrationFree, ProductRecord, ProductStore, RANDOM_HISTORY, RegistrationLimit,
+    SecretsAtRest, StoreError,
 };
 use crate::id::{DeviceName, IssuedClientId, ProductKey};
 use crate::lifecycle::{DeviceState, DeviceStatus, DynamicRegistration, MAX_CLIENT_IDS};
+use crate::policy::UnixMillis;
 use crate::secret::{DeviceSecret, ProductSecret, TokenDigest};
 
 /// Schema versions, applied in order, each once.
@@ -78,6 +80,25 @@ const MIGRATIONS: &[(i64, &[&str])] = &[
             "ALTER TABLE iotauth_products ADD COLUMN pre_registration_free BIGINT NOT NULL DEFAULT 0",
             "ALTER TABLE iotauth_products ADD COLUMN device_quota BIGINT NOT NULL DEFAULT 10000",
             "ALTER TABLE iotauth_devices ADD COLUMN client_ids TEXT NOT NULL DEFAULT ''",
+        ],
+    ),
+    (
+        3,
+        &[
+            "ALTER TABLE iotauth_products ADD COLUMN registration_rate BIGINT NOT NULL DEFAULT 10",
+            "ALTER TABLE iotauth_products ADD COLUMN registration_burst BIGINT NOT NULL DEFAULT 100",
+            "ALTER TABLE iotauth_products ADD COLUMN refusal_threshold BIGINT NOT NULL DEFAULT 100",
+            "ALTER TABLE iotauth_products ADD COLUMN refusal_window_secs BIGINT NOT NULL DEFAULT 60",
+            "ALTER TABLE iotauth_products ADD COLUMN unique_random BIGINT NOT NULL DEFAULT 0",
+            "ALTER TABLE iotauth_products ADD COLUMN issue_tat BIGINT NOT NULL DEFAULT 0",
+            "ALTER TABLE iotauth_products ADD COLUMN refusal_tat BIGINT NOT NULL DEFAULT 0",
+            "ALTER TABLE iotauth_products ADD COLUMN breaker_tripped_at BIGINT",
+            "CREATE TABLE IF NOT EXISTS iotauth_registration_randoms (
+            product_key TEXT NOT NULL,
+            device_name TEXT NOT NULL,
+            random TEXT NOT NULL,
+            seen_at BIGINT NOT NULL,
+            PRIMARY KEY (product_key, device_name, random))",
         ],
     ),
 ];
@@ -175,8 +196,30 @@ fn default_key(database: &Path, sealed_under: Option<&String>) -> Result<MasterK
             );
             Ok(key)
         }
+        Err(seal::KeyFileError::Io { source, .. })
+            if source.kind() == std::io::ErrorKind::NotFound =>
+        {
+            Err(StoreError::failure(
+                FailureKind::Configuration,
+                MissingKeyFile {
+                    path,
+                    key_id: sealed_under.cloned().unwrap_or_default(),
+                },
+            ))
+        }
         Err(e) => Err(e.into()),
     }
+}
+
+/// The store's secrets are sealed, and the default key file is missing.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "the store's secrets are sealed under master key {key_id}, and there is no key file at \
+     {path} (give its file with --master-key-file)"
+)]
+struct MissingKeyFile {
+    path: PathBuf,
+    key_id: String,
 }
 
 /// The database did not accept a connection in time.
@@ -879,15 +922,27 @@ impl SqlStore {
                     column(row, "pre_registration_free")?,
                     "pre_registration_free",
                 )?,
-                device_quota: u32::try_from(column::<i64>(row, "device_quota")?).map_err(|_| {
-                    StoreError::failure(
-                        FailureKind::Corrupt,
-                        Corrupt {
-                            column: "device_quota",
-                        },
-                    )
-                })?,
+                device_quota: number(row, "device_quota")?,
             },
+            registration_limit: RegistrationLimit {
+                rate_per_sec: number(row, "registration_rate")?,
+                burst: number(row, "registration_burst")?,
+                refusal_threshold: number(row, "refusal_threshold")?,
+                refusal_window_secs: number(row, "refusal_window_secs")?,
+                unique_random: flag(column(row, "unique_random")?, "unique_random")?,
+            },
+            switched_off_by_breaker_at: column::<Option<i64>>(row, "breaker_tripped_at")?
+                .map(|at| {
+                    u64::try_from(at).map(UnixMillis).map_err(|_| {
+                        StoreError::failure(
+                            FailureKind::Corrupt,
+                            Corrupt {
+                                column: "breaker_tripped_at",
+                            },
+                        )
+                    })
+                })
+                .transpose()?,
         })
     }
 
@@ -954,6 +1009,27 @@ fn client_ids_from_column(text: &str) -> Result<Vec<ClientIdRecord>, StoreError>
     Ok(records)
 }
 
+/// A `u32` column.
+fn number(row: &AnyRow, name: &'static str) -> Result<u32, StoreError> {
+    u32::try_from(column::<i64>(row, name)?)
+        .map_err(|_| StoreError::failure(FailureKind::Corrupt, Corrupt { column: name }))
+}
+
+/// A time as stored: Unix milliseconds.
+fn millis_value(at: UnixMillis) -> Result<i64, StoreError> {
+    i64::try_from(at.0).map_err(|_| {
+        StoreError::failure(
+            FailureKind::Configuration,
+            std::io::Error::other("a time beyond the year 292,000,000"),
+        )
+    })
+}
+
+/// A time as the registration buckets count it: Unix microseconds.
+fn micros_value(at: UnixMillis) -> Result<i64, StoreError> {
+    millis_value(at).map(|ms| ms.saturating_mul(1000))
+}
+
 fn revision_value(revision: u64) -> Result<i64, StoreError> {
     i64::try_from(revision).map_err(|_| StoreError::Precondition { what: "device" })
 }
@@ -964,7 +1040,9 @@ const DEVICE_COUNT: &str = "SELECT COUNT(*) FROM iotauth_devices WHERE product_k
 /// The column lists, as macros so that every statement is a `&'static str`.
 macro_rules! product_columns {
     () => {
-        "product_key, product_secret, dynamic_registration, name, pre_registration_free, device_quota"
+        "product_key, product_secret, dynamic_registration, name, pre_registration_free, device_quota, \
+         registration_rate, registration_burst, refusal_threshold, refusal_window_secs, \
+         unique_random, breaker_tripped_at"
     };
 }
 macro_rules! device_columns {
@@ -980,7 +1058,7 @@ impl ProductStore for SqlStore {
         let result = sqlx::query(concat!(
             "INSERT INTO iotauth_products (",
             product_columns!(),
-            ") VALUES ($1, $2, $3, $4, $5, $6)"
+            ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)"
         ))
         .bind(product.product_key.as_str())
         .bind(self.stored_secret(
@@ -992,6 +1070,17 @@ impl ProductStore for SqlStore {
         .bind(product.name)
         .bind(i64::from(product.pre_registration_free.on))
         .bind(i64::from(product.pre_registration_free.device_quota))
+        .bind(i64::from(product.registration_limit.rate_per_sec))
+        .bind(i64::from(product.registration_limit.burst))
+        .bind(i64::from(product.registration_limit.refusal_threshold))
+        .bind(i64::from(product.registration_limit.refusal_window_secs))
+        .bind(i64::from(product.registration_limit.unique_random))
+        .bind(
+            product
+                .switched_off_by_breaker_at
+                .map(millis_value)
+                .transpose()?,
+        )
         .execute(&self.pool)
         .await;
         match result {
@@ -1035,8 +1124,10 @@ impl ProductStore for SqlStore {
         product_key: &ProductKey,
         switch: DynamicRegistration,
     ) -> Result<(), StoreError> {
+        // An operator's setting: the breaker's mark and its refusals are cleared.
         let query = sqlx::query(
-            "UPDATE iotauth_products SET dynamic_registration = $1 WHERE product_key = $2",
+            "UPDATE iotauth_products SET dynamic_registration = $1, breaker_tripped_at = NULL, \
+             refusal_tat = 0 WHERE product_key = $2",
         )
         .bind(switch_value(switch));
         self.update_product(query, product_key).await
@@ -1054,6 +1145,84 @@ impl ProductStore for SqlStore {
         .bind(i64::from(setting.on))
         .bind(i64::from(setting.device_quota));
         self.update_product(query, product_key).await
+    }
+
+    async fn set_registration_limit(
+        &self,
+        product_key: &ProductKey,
+        limit: RegistrationLimit,
+    ) -> Result<(), StoreError> {
+        let query = sqlx::query(
+            "UPDATE iotauth_products SET registration_rate = $1, registration_burst = $2, \
+             refusal_threshold = $3, refusal_window_secs = $4, unique_random = $5 \
+             WHERE product_key = $6",
+        )
+        .bind(i64::from(limit.rate_per_sec))
+        .bind(i64::from(limit.burst))
+        .bind(i64::from(limit.refusal_threshold))
+        .bind(i64::from(limit.refusal_window_secs))
+        .bind(i64::from(limit.unique_random));
+        self.update_product(query, product_key).await
+    }
+
+    async fn take_registration_token(
+        &self,
+        product_key: &ProductKey,
+        now: UnixMillis,
+    ) -> Result<bool, StoreError> {
+        self.check_file()?;
+        // RegistrationLimit::admit_issue in one statement, so that every process shares the
+        // bucket: tat' = max(tat, now) + interval, admitted while tat' - now <= burst * interval.
+        let done = sqlx::query(
+            "UPDATE iotauth_products SET issue_tat = \
+               (CASE WHEN issue_tat > $1 THEN issue_tat ELSE $1 END) + 1000000 / registration_rate \
+             WHERE product_key = $2 AND registration_rate > 0 \
+             AND (CASE WHEN issue_tat > $1 THEN issue_tat ELSE $1 END) \
+               + 1000000 / registration_rate - $1 \
+               <= registration_burst * (1000000 / registration_rate)",
+        )
+        .bind(micros_value(now)?)
+        .bind(product_key.as_str())
+        .execute(&self.pool)
+        .await
+        .map_err(failure)?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    async fn record_registration_refusal(
+        &self,
+        product_key: &ProductKey,
+        now: UnixMillis,
+    ) -> Result<bool, StoreError> {
+        self.check_file()?;
+        let now_micros = micros_value(now)?;
+        // RegistrationLimit::add_refusal: the refusal is added, then one statement switches
+        // the product off if the refusals pass the threshold; its row count says which
+        // process did (one, however many race).
+        sqlx::query(
+            "UPDATE iotauth_products SET refusal_tat = \
+               (CASE WHEN refusal_tat > $1 THEN refusal_tat ELSE $1 END) \
+               + refusal_window_secs * 1000000 / refusal_threshold \
+             WHERE product_key = $2 AND refusal_threshold > 0 AND dynamic_registration = 1",
+        )
+        .bind(now_micros)
+        .bind(product_key.as_str())
+        .execute(&self.pool)
+        .await
+        .map_err(failure)?;
+        let tripped = sqlx::query(
+            "UPDATE iotauth_products SET dynamic_registration = 0, breaker_tripped_at = $1, \
+               refusal_tat = 0 \
+             WHERE product_key = $2 AND refusal_threshold > 0 AND dynamic_registration = 1 \
+             AND refusal_tat - $3 > refusal_window_secs * 1000000",
+        )
+        .bind(millis_value(now)?)
+        .bind(product_key.as_str())
+        .bind(now_micros)
+        .execute(&self.pool)
+        .await
+        .map_err(failure)?;
+        Ok(tripped.rows_affected() == 1)
     }
 }
 
@@ -1112,6 +1281,47 @@ where
 
 #[async_trait]
 impl DeviceStore for SqlStore {
+    async fn record_registration_random(
+        &self,
+        product_key: &ProductKey,
+        device_name: &DeviceName,
+        random: &str,
+        now: UnixMillis,
+    ) -> Result<bool, StoreError> {
+        self.check_file()?;
+        let mut tx = self.pool.begin().await.map_err(failure)?;
+        let inserted = sqlx::query(
+            "INSERT INTO iotauth_registration_randoms (product_key, device_name, random, seen_at) \
+             VALUES ($1, $2, $3, $4)",
+        )
+        .bind(product_key.as_str())
+        .bind(device_name.as_str())
+        .bind(random)
+        .bind(micros_value(now)?)
+        .execute(&mut *tx)
+        .await;
+        match inserted {
+            Ok(_) => {}
+            Err(e) if is_unique_violation(&e) => return Ok(false),
+            Err(e) => return Err(failure(e)),
+        }
+        sqlx::query(
+            "DELETE FROM iotauth_registration_randoms \
+             WHERE product_key = $1 AND device_name = $2 AND random NOT IN \
+             (SELECT random FROM iotauth_registration_randoms \
+              WHERE product_key = $1 AND device_name = $2 \
+              ORDER BY seen_at DESC, random DESC LIMIT $3)",
+        )
+        .bind(product_key.as_str())
+        .bind(device_name.as_str())
+        .bind(i64::try_from(RANDOM_HISTORY).unwrap_or(i64::MAX))
+        .execute(&mut *tx)
+        .await
+        .map_err(failure)?;
+        tx.commit().await.map_err(failure)?;
+        Ok(true)
+    }
+
     async fn insert_device(&self, device: DeviceRecord) -> Result<(), StoreError> {
         self.check_file()?;
         let secret = self.stored_device_secret(&device)?;

@@ -10,7 +10,11 @@ pub const BIN: &str = env!("CARGO_BIN_EXE_iotauth");
 /// Runs `iotauth ARGS…`, which must succeed; its JSON output. A failure names `what`
 /// (never the arguments themselves when they carry a secret).
 fn run_json(what: &str, args: &[&str]) -> Value {
-    let out = Command::new(BIN).args(args).output().unwrap();
+    run_json_of(what, Command::new(BIN).args(args))
+}
+
+fn run_json_of(what: &str, command: &mut Command) -> Value {
+    let out = command.output().unwrap();
     assert_eq!(
         out.status.code(),
         Some(0),
@@ -21,8 +25,16 @@ fn run_json(what: &str, args: &[&str]) -> Value {
 }
 
 /// Runs `iotauth --store STORE ARGS…`, which must succeed; its JSON output.
+/// A SQLite store seals under the key file beside it, as an operator's default would (and as
+/// the Mosquitto plugin, which reads no environment, finds it); PostgreSQL under the key
+/// `.ci/postgres.sh` exports.
 pub fn cli(store: &str, args: &[&str]) -> Value {
-    run_json(&format!("{args:?}"), &[&["--store", store], args].concat())
+    let mut command = Command::new(BIN);
+    command.args(["--store", store]).args(args);
+    if store.starts_with("sqlite:") {
+        command.env_remove("IOTAUTH_MASTER_KEY_FILE");
+    }
+    run_json_of(&format!("{args:?}"), &mut command)
 }
 
 /// Client id, user name and password of a login signed by `iotauth sign mqtt`.

@@ -66,6 +66,10 @@ impl Server {
             }
             None => Command::new(BIN),
         };
+        if store.starts_with("sqlite:") {
+            // The key file beside the database, as `cli` uses (see there).
+            command.env_remove("IOTAUTH_MASTER_KEY_FILE");
+        }
         let child = command
             .args(["--store", store, "serve"])
             .args(["--http", &format!("127.0.0.1:{http}")])

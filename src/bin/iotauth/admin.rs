@@ -45,6 +45,31 @@ pub(crate) enum ProductCommand {
     },
     /// Turn a product's dynamic registration on or off.
     DynamicRegistration { product_key: String, switch: Switch },
+    /// Set a product's limits on dynamic registration: the issue rate (token bucket: --rate a
+    /// second, bursts of --burst; beyond, code 429), the circuit breaker (more than
+    /// --refusal-threshold refusals within --refusal-window-secs switch dynamic registration
+    /// off; 0: never), and --unique-random (refuse a registration whose random was seen for
+    /// the device). What is not given is kept. Prints the product.
+    RegistrationLimit {
+        product_key: String,
+        /// Issues a second, 1-1000000 [new products: 10].
+        #[arg(long)]
+        rate: Option<u32>,
+        /// Issues at once [new products: 100].
+        #[arg(long)]
+        burst: Option<u32>,
+        /// Refusals (bad signature, unknown device, already issued, replayed random) that
+        /// switch dynamic registration off; 0: never [new products: 100].
+        #[arg(long)]
+        refusal_threshold: Option<u32>,
+        /// The window of --refusal-threshold, in seconds [new products: 60].
+        #[arg(long)]
+        refusal_window_secs: Option<u32>,
+        /// Refuse a registration whose random was seen for the device (not for devices that
+        /// send a constant random, as iotkit-embedded 3.x does) [new products: off].
+        #[arg(long)]
+        unique_random: Option<Switch>,
+    },
     /// Turn a product's registration without pre-registration (regnwl) on or off; in effect
     /// only while dynamic registration is on.
     PreRegistrationFree {
@@ -186,8 +211,22 @@ struct ProductJson<'a> {
     dynamic_registration: bool,
     pre_registration_free: bool,
     device_quota: u32,
+    registration_limit: LimitJson,
+    /// When the circuit breaker switched dynamic registration off (Unix milliseconds).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    switched_off_by_breaker_at: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     name: Option<&'a str>,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct LimitJson {
+    rate: u32,
+    burst: u32,
+    refusal_threshold: u32,
+    refusal_window_secs: u32,
+    unique_random: bool,
 }
 
 impl<'a> ProductJson<'a> {
@@ -198,6 +237,14 @@ impl<'a> ProductJson<'a> {
             dynamic_registration: product.dynamic_registration == DynamicRegistration::On,
             pre_registration_free: product.pre_registration_free.on,
             device_quota: product.pre_registration_free.device_quota,
+            registration_limit: LimitJson {
+                rate: product.registration_limit.rate_per_sec,
+                burst: product.registration_limit.burst,
+                refusal_threshold: product.registration_limit.refusal_threshold,
+                refusal_window_secs: product.registration_limit.refusal_window_secs,
+                unique_random: product.registration_limit.unique_random,
+            },
+            switched_off_by_breaker_at: product.switched_off_by_breaker_at.map(|at| at.0),
             name: product.name.as_deref(),
         }
     }
@@ -359,6 +406,37 @@ pub(crate) async fn product(store: Arc<dyn Store>, command: ProductCommand) -> R
             admin
                 .set_pre_registration_free(&product_key, setting)
                 .await?;
+            print_json(&ProductJson::of(
+                &product_of(&store, &product_key).await?,
+                false,
+            ))
+        }
+        ProductCommand::RegistrationLimit {
+            product_key,
+            rate,
+            burst,
+            refusal_threshold,
+            refusal_window_secs,
+            unique_random,
+        } => {
+            let product_key = ProductKey::new(&product_key)?;
+            let current = product_of(&store, &product_key).await?.registration_limit;
+            let limit = current
+                .with_rate(
+                    rate.unwrap_or(current.rate_per_sec),
+                    burst.unwrap_or(current.burst),
+                )
+                .and_then(|limit| {
+                    limit.with_refusals(
+                        refusal_threshold.unwrap_or(current.refusal_threshold),
+                        refusal_window_secs.unwrap_or(current.refusal_window_secs),
+                    )
+                })
+                .map_err(|e| Failure::Usage(e.to_string()))?
+                .with_unique_random(
+                    unique_random.map_or(current.unique_random, |s| matches!(s, Switch::On)),
+                );
+            admin.set_registration_limit(&product_key, limit).await?;
             print_json(&ProductJson::of(
                 &product_of(&store, &product_key).await?,
                 false,
