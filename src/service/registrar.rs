@@ -419,13 +419,7 @@ impl<S: ProductStore + DeviceStore> Registrar<S> {
         let (identity, product) = self
             .verified_product(product_key, |secret| request.verify_registration(secret))
             .await?;
-        let switch = product.dynamic_registration;
-        let device = self
-            .store
-            .device(&product_key, &device_name)
-            .await?
-            .ok_or(RegisterError::UnknownDevice)?;
-        transition(device.status, Event::Issue(switch), self.policy)?;
+        self.issuable(&product, &device_name).await?;
         Ok(identity)
     }
 
@@ -570,6 +564,30 @@ impl<S: ProductStore + DeviceStore> Registrar<S> {
         }
     }
 
+    /// Whether the lifecycle would issue the device's secret now: the product's switch first
+    /// (a product switched off tells no one which of its devices exist), then the device as it
+    /// is.
+    async fn issuable(
+        &self,
+        product: &ProductRecord,
+        device_name: &DeviceName,
+    ) -> Result<(), RegisterError> {
+        if product.dynamic_registration == DynamicRegistration::Off {
+            return Err(TransitionError::DynamicRegistrationOff.into());
+        }
+        let device = self
+            .store
+            .device(&product.product_key, device_name)
+            .await?
+            .ok_or(RegisterError::UnknownDevice)?;
+        transition(
+            device.status,
+            Event::Issue(product.dynamic_registration),
+            self.policy,
+        )?;
+        Ok(())
+    }
+
     /// Looks the product up and verifies the request against its secret (against a dummy
     /// secret when the product is unknown, so that both cost the same).
     async fn verified_product(
@@ -595,19 +613,13 @@ impl<S: ProductStore + DeviceStore> Registrar<S> {
         verify: impl Fn(&ProductSecret) -> Result<Verified<DeviceIdentity>, VerifyError>,
     ) -> Result<IssuedSecret, RegisterError> {
         let (identity, product) = self.verified_product(product_key, verify).await?;
-        let switch = product.dynamic_registration;
-        let device = self
-            .store
-            .device(&product_key, &device_name)
-            .await?
-            .ok_or(RegisterError::UnknownDevice)?;
-        transition(device.status, Event::Issue(switch), self.policy)?;
+        self.issuable(&product, &device_name).await?;
         self.within_limits(&product, &device_name, random).await?;
         let applied = apply_event(
             &self.store,
             &product_key,
             &device_name,
-            Event::Issue(switch),
+            Event::Issue(product.dynamic_registration),
             self.policy,
             &OsEntropy,
             |_| Ok::<(), RegisterError>(()),
