@@ -8,7 +8,6 @@
 #[allow(dead_code)]
 #[path = "support/iotauth.rs"]
 mod cli_support;
-#[allow(dead_code)]
 #[path = "support/serve.rs"]
 mod serve_support;
 
