@@ -78,8 +78,8 @@ fn register(c: &mut Criterion) {
     match std::env::var("DATABASE_URL") {
         Ok(url) if !url.is_empty() => {
             // The key .ci/postgres.sh made for its cluster.
-            let key = std::env::var_os("IOTAUTH_MASTER_KEY_FILE")
-                .expect("IOTAUTH_MASTER_KEY_FILE (.ci/postgres.sh sets it with DATABASE_URL)");
+            let key = std::env::var_os("IOTAUTH_TEST_MASTER_KEY_FILE")
+                .expect("IOTAUTH_TEST_MASTER_KEY_FILE (.ci/postgres.sh sets it with DATABASE_URL)");
             let secrets = SecretsAtRest::sealed_under(key);
             let postgres: Arc<dyn Store> = Arc::new(
                 runtime

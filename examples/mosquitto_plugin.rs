@@ -631,7 +631,43 @@ fn guarded(denied: c_int, body: impl FnOnce() -> c_int) -> c_int {
     })
 }
 
+/// One formatted line of the library's log, written to Mosquitto's log when dropped.
+struct MosquittoLogLine(Vec<u8>);
+
+impl std::io::Write for MosquittoLogLine {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.0.extend_from_slice(bytes);
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Drop for MosquittoLogLine {
+    fn drop(&mut self) {
+        let line = String::from_utf8_lossy(&self.0);
+        if !line.trim().is_empty() {
+            log(MOSQ_LOG_WARNING, line.trim_end());
+        }
+    }
+}
+
+/// The library's `warn` lines (a product switched off by the registration circuit breaker, a
+/// master key file created beside the store) go to Mosquitto's log. A second plugin load in one
+/// process keeps the first one's.
+fn forward_library_warnings() {
+    let _ = tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::WARN)
+        .with_ansi(false)
+        .without_time()
+        .with_writer(|| MosquittoLogLine(Vec::new()))
+        .try_init();
+}
+
 fn plugin_options(options: *const MosquittoOpt, count: c_int) -> Result<Plugin, String> {
+    forward_library_warnings();
     // The settings every front end shares are parsed by the library, as `iotauth serve`'s
     // flags are; only the cache's default differs (on here: Mosquitto asks on every connect).
     let mut config = ServerConfig::default();

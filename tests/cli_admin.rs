@@ -17,6 +17,12 @@ impl Cli {
             .args(["--store", &self.store])
             .args(args)
             .env_remove("IOTAUTH_STORE")
+            .env_remove("IOTAUTH_MASTER_KEY_FILE")
+            .envs(
+                std::env::var_os("IOTAUTH_TEST_MASTER_KEY_FILE")
+                    .filter(|_| self.store.starts_with("postgres"))
+                    .map(|key| ("IOTAUTH_MASTER_KEY_FILE", key)),
+            )
             .output()
             .expect("run iotauth")
     }

@@ -45,10 +45,9 @@ fn register_batch(fleet: &Fleet, dir: &Dir, names: &[String]) {
             &fleet.pk,
         ])
         .arg(&file);
-    if fleet.store.starts_with("sqlite:") {
-        command.env_remove("IOTAUTH_MASTER_KEY_FILE");
-    }
-    let out = command.output().unwrap();
+    let out = cli_support::with_key_for(&mut command, &fleet.store)
+        .output()
+        .unwrap();
     assert!(
         out.status.success(),
         "{}",

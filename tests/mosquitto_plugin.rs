@@ -298,6 +298,50 @@ fn refused_start(dir: &std::path::Path, config: &str) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
+/// `plugin_opt_master_key_file` is the key the store is sealed under: another key stops the
+/// broker with the key id the secrets need; a new store beside which the plugin creates its
+/// default key file says so in Mosquitto's log.
+#[test]
+fn the_master_key_option_is_checked_and_a_created_key_file_is_logged() {
+    let Some(plugin) = plugin() else { return };
+    let dir = test_dir("master-key");
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    fleet(&dir.join("fleet.db"), &["sealed-01"]);
+    let wrong = dir.join("wrong.key");
+    std::fs::write(&wrong, format!("{}\n", "ab".repeat(32))).unwrap();
+    std::fs::set_permissions(&wrong, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    let log = refused_start(
+        &dir,
+        &format!(
+            "user root\nplugin {plugin}\nplugin_opt_store sqlite://{}\nplugin_opt_master_key_file {}",
+            dir.join("fleet.db").display(),
+            wrong.display()
+        ),
+    );
+    assert!(
+        log.contains("iotauth: not loaded") && log.contains("is sealed under master key"),
+        "{log}"
+    );
+    // A new store: the plugin creates fleet2.db.key and says where.
+    let broker = Mosquitto::start(
+        &dir,
+        &format!(
+            "plugin {plugin}\nplugin_opt_store sqlite://{}",
+            dir.join("fleet2.db").display()
+        ),
+    );
+    let key_file = dir.join("fleet2.db.key");
+    assert!(key_file.exists());
+    drop(broker);
+    let log = std::fs::read_to_string(dir.join("mosquitto.log")).unwrap_or_default();
+    assert!(
+        log.contains("created a master key file") && log.contains(&key_file.display().to_string()),
+        "{log}"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
 #[test]
 fn a_missing_store_option_stops_the_broker_with_a_clear_line() {
     let Some(plugin) = plugin() else { return };

@@ -4,7 +4,7 @@
 //! another row does not open; a wrong key is refused with a clear message; a store in clear
 //! from an earlier version is sealed when it is opened with a key.
 //!
-//! PostgreSQL tests read `DATABASE_URL` and `IOTAUTH_MASTER_KEY_FILE` (`.ci/postgres.sh`).
+//! PostgreSQL tests read `DATABASE_URL` and `IOTAUTH_TEST_MASTER_KEY_FILE` (`.ci/postgres.sh`).
 #![cfg(all(feature = "cli", feature = "sqlite", feature = "postgres"))]
 
 #[allow(dead_code)]
@@ -225,7 +225,7 @@ fn a_postgres_dump_holds_no_secret_after_registrations_resets_and_a_rekey() {
     let Some(url) = required_env("DATABASE_URL") else {
         return;
     };
-    let key = PathBuf::from(required_env("IOTAUTH_MASTER_KEY_FILE").unwrap());
+    let key = PathBuf::from(required_env("IOTAUTH_TEST_MASTER_KEY_FILE").unwrap());
     let dir = Dir::new("pg-rekey");
     block(async {
         let store = connect(&url, &SecretsAtRest::sealed_under(&key)).await;

@@ -47,9 +47,10 @@ fn block<F: std::future::Future>(future: F) -> F::Output {
 }
 
 /// How the tests' stores seal: a PostgreSQL database shared by the tests is sealed under the
-/// key `.ci/postgres.sh` made (`IOTAUTH_MASTER_KEY_FILE`); a SQLite file under its own default.
+/// key `.ci/postgres.sh` made (`IOTAUTH_TEST_MASTER_KEY_FILE`); a SQLite file under its own
+/// default.
 fn secrets_for(url: &str) -> SecretsAtRest {
-    match std::env::var_os("IOTAUTH_MASTER_KEY_FILE") {
+    match std::env::var_os("IOTAUTH_TEST_MASTER_KEY_FILE") {
         Some(key) if url.starts_with("postgres") => SecretsAtRest::sealed_under(key),
         _ => SecretsAtRest::default(),
     }

@@ -171,10 +171,13 @@ impl MasterKey {
         Ok(Self::from_bytes(*bytes))
     }
 
-    /// Creates a key file holding a fresh key (mode 0600); refuses to overwrite one.
+    /// Creates a key file holding a fresh key (mode 0600); refuses to overwrite one. The file
+    /// appears whole or not at all (written beside it, then linked to its name), so that a
+    /// process reading it while another creates it never sees a partial key.
     ///
     /// # Errors
-    /// [`KeyFileError::Io`] (also when the file exists); [`KeyFileError::Entropy`].
+    /// [`KeyFileError::Io`] (of kind `AlreadyExists` when the file exists);
+    /// [`KeyFileError::Entropy`].
     pub fn create_file(path: &Path) -> Result<Self, KeyFileError> {
         let io = |source| KeyFileError::Io {
             path: path.to_owned(),
@@ -182,16 +185,25 @@ impl MasterKey {
         };
         let mut bytes = Zeroizing::new([0u8; 32]);
         OsEntropy.fill(&mut bytes[..])?;
-        let mut file = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(path)
-            .map_err(io)?;
-        let mut text = Zeroizing::new(hex::encode(&bytes[..]));
-        text.push('\n');
-        file.write_all(text.as_bytes()).map_err(io)?;
-        file.sync_all().map_err(io)?;
+        let mut suffix = [0u8; 8];
+        OsEntropy.fill(&mut suffix)?;
+        let mut staged = path.as_os_str().to_owned();
+        staged.push(format!(".{}.tmp", hex::encode(suffix)));
+        let staged = PathBuf::from(staged);
+        let written = (|| {
+            let mut file = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(&staged)?;
+            let mut text = Zeroizing::new(hex::encode(&bytes[..]));
+            text.push('\n');
+            file.write_all(text.as_bytes())?;
+            file.sync_all()?;
+            std::fs::hard_link(&staged, path)
+        })();
+        let _ = std::fs::remove_file(&staged);
+        written.map_err(io)?;
         Ok(Self::from_bytes(*bytes))
     }
 }

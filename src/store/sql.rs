@@ -186,7 +186,16 @@ fn default_key(database: &Path, sealed_under: Option<&String>) -> Result<MasterK
         Err(seal::KeyFileError::Io { source, .. })
             if source.kind() == std::io::ErrorKind::NotFound && sealed_under.is_none() =>
         {
-            let key = MasterKey::create_file(&path)?;
+            let key = match MasterKey::create_file(&path) {
+                Ok(key) => key,
+                // Another process starting on the same new store created it first.
+                Err(seal::KeyFileError::Io { source, .. })
+                    if source.kind() == std::io::ErrorKind::AlreadyExists =>
+                {
+                    return Ok(MasterKey::read_file(&path)?);
+                }
+                Err(e) => return Err(e.into()),
+            };
             tracing::warn!(
                 key_file = %path.display(),
                 key_id = %key.id(),

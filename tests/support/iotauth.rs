@@ -25,16 +25,21 @@ fn run_json_of(what: &str, command: &mut Command) -> Value {
 }
 
 /// Runs `iotauth --store STORE ARGS…`, which must succeed; its JSON output.
-/// A SQLite store seals under the key file beside it, as an operator's default would (and as
-/// the Mosquitto plugin, which reads no environment, finds it); PostgreSQL under the key
-/// `.ci/postgres.sh` exports.
 pub fn cli(store: &str, args: &[&str]) -> Value {
     let mut command = Command::new(BIN);
     command.args(["--store", store]).args(args);
-    if store.starts_with("sqlite:") {
-        command.env_remove("IOTAUTH_MASTER_KEY_FILE");
+    run_json_of(&format!("{args:?}"), with_key_for(&mut command, store))
+}
+
+/// `command` with the master key of the store at `store`: for PostgreSQL, the key
+/// `.ci/postgres.sh` made for its cluster (`IOTAUTH_TEST_MASTER_KEY_FILE`); a SQLite store
+/// seals under the key file beside it, as an operator's default would (and as the Mosquitto
+/// plugin, which reads no environment, finds it).
+pub fn with_key_for<'c>(command: &'c mut Command, store: &str) -> &'c mut Command {
+    match std::env::var_os("IOTAUTH_TEST_MASTER_KEY_FILE") {
+        Some(key) if store.starts_with("postgres") => command.env("IOTAUTH_MASTER_KEY_FILE", key),
+        _ => command.env_remove("IOTAUTH_MASTER_KEY_FILE"),
     }
-    run_json_of(&format!("{args:?}"), &mut command)
 }
 
 /// Client id, user name and password of a login signed by `iotauth sign mqtt`.

@@ -66,10 +66,7 @@ impl Server {
             }
             None => Command::new(BIN),
         };
-        if store.starts_with("sqlite:") {
-            // The key file beside the database, as `cli` uses (see there).
-            command.env_remove("IOTAUTH_MASTER_KEY_FILE");
-        }
+        crate::cli_support::with_key_for(&mut command, store);
         let child = command
             .args(["--store", store, "serve"])
             .args(["--http", &format!("127.0.0.1:{http}")])
