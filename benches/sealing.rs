@@ -56,7 +56,8 @@ fn sealing(c: &mut Criterion) {
         let url = format!("sqlite://{}", dir.join(format!("{name}.db")).display());
         let (store, login) = runtime.block_on(store_with_login(&url, secrets));
         let password = login.expose_password();
-        let uncached = Authenticator::new(store.clone());
+        let uncached_store: Arc<dyn Store> = Arc::new(store.clone());
+        let uncached = Authenticator::new(uncached_store);
         let cached_store: Arc<dyn Store> =
             Arc::new(CachedStore::new(store, Duration::from_secs(300)));
         let cached = Authenticator::new(cached_store);
