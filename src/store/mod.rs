@@ -33,7 +33,7 @@ pub use cache::CachedStore;
 #[cfg(feature = "memory")]
 pub use memory::MemoryStore;
 #[cfg(any(feature = "sqlite", feature = "postgres"))]
-pub use seal::{KeyFileError, KeyId, Keyring, MasterKey};
+pub use seal::{KeyFileError, KeyId, Keyring, MasterKey, SecretField};
 #[cfg(any(feature = "sqlite", feature = "postgres"))]
 pub use sql::SqlStore;
 

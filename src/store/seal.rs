@@ -33,7 +33,8 @@ const DOMAIN: &[u8] = b"iotauth sealed secret v1";
 
 /// Which stored secret a value is: part of the associated data.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum SecretField {
+#[non_exhaustive]
+pub enum SecretField {
     /// `iotauth_devices.device_secret`.
     DeviceSecret,
     /// `iotauth_products.product_secret`.
@@ -41,7 +42,8 @@ pub(crate) enum SecretField {
 }
 
 impl SecretField {
-    pub(crate) fn column(self) -> &'static str {
+    /// The column the SQL stores keep it in.
+    pub fn column(self) -> &'static str {
         match self {
             Self::DeviceSecret => "device_secret",
             Self::ProductSecret => "product_secret",
@@ -269,8 +271,13 @@ impl Keyring {
             .find(|key| key.id.to_string() == id)
     }
 
-    /// `secret` sealed under the sealing key, bound to its record.
-    pub(crate) fn seal(
+    /// `secret` sealed under the sealing key, bound to its record: `identity` is (product key,
+    /// device name), the device name empty for a product's secret. For adapters that keep
+    /// secrets elsewhere than the SQL stores.
+    ///
+    /// # Errors
+    /// [`StoreError::Unavailable`] when the random source fails.
+    pub fn seal(
         &self,
         field: SecretField,
         identity: (&str, &str),
@@ -307,8 +314,9 @@ impl Keyring {
     ///
     /// # Errors
     /// [`FailureKind::Corrupt`] when the value is not sealed, or does not open (another row's
-    /// value, an edit); [`FailureKind::Configuration`] when it is sealed under a key not given.
-    pub(crate) fn open<T>(
+    /// value, an edit); [`FailureKind::Configuration`] when it is sealed under a key not given;
+    /// what `accept` returns.
+    pub fn open<T>(
         &self,
         field: SecretField,
         identity: (&str, &str),
