@@ -212,6 +212,41 @@ fn two_servers_on_one_postgres_share_the_registration_limit() {
         issued[0] > 0 && issued[1] > 0,
         "both nodes served: {issued:?}"
     );
+
+    // The breaker counts the refusals of both nodes, and one of them switches the product off.
+    cli(
+        &url,
+        &[
+            "product",
+            "registration-limit",
+            &fleet.pk,
+            "--refusal-threshold",
+            "10",
+        ],
+    );
+    let codes: Vec<u64> = (0..30)
+        .map(|i| code(&nodes[i % 2].register(&form(&fleet, &format!("unknown-{i:02}"), "pg"))))
+        .collect();
+    assert_eq!(codes[..10], [6100; 10], "{codes:?}");
+    assert_eq!(
+        codes[11..],
+        [6601; 19],
+        "switched off after the 11th: {codes:?}"
+    );
+    assert_eq!(product(&fleet)["dynamicRegistration"], false);
+    let trips: u64 = nodes
+        .iter()
+        .map(|node| {
+            let (_, metrics) =
+                serve_support::http_request(node.http, "GET", "/metrics", "", &[]).unwrap();
+            metrics
+                .lines()
+                .find_map(|l| l.strip_prefix("iotauth_registration_breaker_trips_total "))
+                .and_then(|n| n.parse::<u64>().ok())
+                .unwrap()
+        })
+        .sum();
+    assert_eq!(trips, 1, "one node switched it off");
 }
 
 #[test]

@@ -5,7 +5,12 @@
 //! from an earlier version is sealed when it is opened with a key.
 //!
 //! PostgreSQL tests read `DATABASE_URL` and `IOTAUTH_TEST_MASTER_KEY_FILE` (`.ci/postgres.sh`).
-#![cfg(all(feature = "cli", feature = "sqlite", feature = "postgres"))]
+#![cfg(all(
+    feature = "cli",
+    feature = "conformance",
+    feature = "sqlite",
+    feature = "postgres"
+))]
 
 #[allow(dead_code)]
 #[path = "support/iotauth.rs"]
@@ -16,7 +21,7 @@ use std::process::Command;
 
 use iotauth::service::{Admin, AuthError, Authenticator, Registrar};
 use iotauth::store::{
-    DeviceStore, FailureKind, MasterKey, ProductStore, SecretsAtRest, SqlStore, Store,
+    DeviceStore, FailureKind, MasterKey, ProductStore, SecretsAtRest, SqlStore, conformance,
 };
 use iotauth::*;
 use iotauth_support::{BIN, required_env};
@@ -112,43 +117,6 @@ fn sqlite_exec(db: &Path, sql: &str) {
     );
 }
 
-/// The secrets a store's API hands out (products and devices), after some registrations and
-/// a reset: what must not appear in a dump.
-async fn populate(store: &SqlStore, product: &str) -> Vec<String> {
-    let store: std::sync::Arc<dyn Store> = std::sync::Arc::new(store.clone());
-    let admin = Admin::new(store.clone());
-    let created = admin
-        .create_product(Some(product), DynamicRegistration::On)
-        .await
-        .unwrap();
-    let pk = created.product_key;
-    let mut secrets = vec![created.product_secret.expose_secret().to_owned()];
-    for i in 0..4 {
-        let dn = DeviceName::new(&format!("dev{i}")).unwrap();
-        let device = admin.register_device(pk, dn).await.unwrap();
-        secrets.push(device.device_secret.expose_secret().to_owned());
-    }
-    // An issue through dynamic registration, and a reset (a new secret).
-    let cert = ProductCertificate::new(pk, created.product_secret.clone_secret());
-    let form = build_register_form(
-        &cert,
-        DeviceName::new("dev0").unwrap(),
-        "r4nd0m",
-        SignMethod::HmacSha256,
-    )
-    .unwrap();
-    let issued = Registrar::new(store.clone())
-        .register_form(form.body().as_bytes())
-        .await
-        .unwrap();
-    secrets.push(issued.device_secret().expose_secret().to_owned());
-    let dn1 = DeviceName::new("dev1").unwrap();
-    admin.apply(&pk, &dn1, Event::Reset).await.unwrap();
-    let reset = store.device(&pk, &dn1).await.unwrap().unwrap();
-    secrets.push(reset.device_secret.expose_secret().to_owned());
-    secrets
-}
-
 fn assert_no_secret(dump: &str, secrets: &[String], when: &str) {
     assert!(
         dump.contains("sealed1:"),
@@ -173,8 +141,9 @@ fn a_sqlite_dump_holds_no_secret_after_registrations_resets_and_a_rekey() {
             &std::fs::metadata(&key_file).unwrap().permissions(),
         );
         assert_eq!(mode & 0o777, 0o600);
-        let secrets = populate(&store, "dump").await;
-        assert_no_secret(&sqlite_dump(&dir.db()), &secrets, "after registrations");
+        let db = dir.db();
+        let secrets =
+            conformance::no_secret_in_raw_rows(&store, || async { sqlite_dump(&db) }).await;
         let old_id = store.sealing_key_id().unwrap();
         store.close().await;
 
@@ -229,8 +198,8 @@ fn a_postgres_dump_holds_no_secret_after_registrations_resets_and_a_rekey() {
     let dir = Dir::new("pg-rekey");
     block(async {
         let store = connect(&url, &SecretsAtRest::sealed_under(&key)).await;
-        let secrets = populate(&store, "pgdump").await;
-        assert_no_secret(&postgres_dump(&url), &secrets, "after registrations");
+        let secrets =
+            conformance::no_secret_in_raw_rows(&store, || async { postgres_dump(&url) }).await;
         store.close().await;
         // A rekey and back, so the shared database ends under the key the other tests use.
         let new_key = dir.0.join("new.key");
@@ -251,7 +220,7 @@ fn a_sealed_value_copied_onto_another_device_does_not_open_and_says_so_without_t
     let dir = Dir::new("copied");
     block(async {
         let store = connect(&dir.url(), &SecretsAtRest::default()).await;
-        let secrets = populate(&store, "copied").await;
+        let secrets = conformance::hand_out_secrets(&store, "copied").await;
         store.close().await;
         // An attacker with write access to the database gives dev3 dev2's sealed secret (whose
         // owner they know), hoping to log in as dev3 with it.
@@ -295,7 +264,7 @@ fn a_store_in_clear_from_an_earlier_version_is_sealed_when_opened_with_a_key() {
     clear.insecure_plaintext = true;
     block(async {
         let store = connect(&dir.url(), &clear).await;
-        let secrets = populate(&store, "clear").await;
+        let secrets = conformance::hand_out_secrets(&store, "clear").await;
         let dump = sqlite_dump(&dir.db());
         // The product's secret and dev1's after its reset, as an earlier version kept them.
         for current in [&secrets[0], &secrets[secrets.len() - 1]] {
@@ -370,4 +339,196 @@ fn the_cli_refuses_a_wrong_key_and_a_keyless_postgres_store_with_clear_messages(
     assert_eq!(refused.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&refused.stderr);
     assert!(stderr.contains("needs a master key file"), "{stderr}");
+}
+
+/// A free TCP port on 127.0.0.1.
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// The README's first command, `iotauth serve --mqtt 127.0.0.1:PORT` in a fresh directory (no
+/// store, no key given): it comes up, with `iotauth.db` and `iotauth.db.key` (0600) beside it
+/// and a log line that says where the key is; the admin commands in that directory use it.
+#[test]
+fn the_readmes_first_command_still_works_and_says_where_the_key_is() {
+    let dir = Dir::new("readme");
+    let (mqtt, http) = (free_port(), free_port());
+    let log = dir.0.join("serve.log");
+    let mut server = Command::new(BIN)
+        .args(["serve", "--mqtt", &format!("127.0.0.1:{mqtt}")])
+        .args(["--http", &format!("127.0.0.1:{http}")])
+        .env_remove("IOTAUTH_STORE")
+        .env_remove("IOTAUTH_MASTER_KEY_FILE")
+        .current_dir(&dir.0)
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while std::net::TcpStream::connect(("127.0.0.1", mqtt)).is_err() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "serve did not come up"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let key_file = dir.0.join("iotauth.db.key");
+    let mode = std::os::unix::fs::PermissionsExt::mode(
+        &std::fs::metadata(&key_file).unwrap().permissions(),
+    );
+    assert_eq!(mode & 0o777, 0o600);
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        text.contains("created a master key file") && text.contains("iotauth.db.key"),
+        "{text}"
+    );
+    let created = Command::new(BIN)
+        .args(["product", "create"])
+        .env_remove("IOTAUTH_STORE")
+        .env_remove("IOTAUTH_MASTER_KEY_FILE")
+        .current_dir(&dir.0)
+        .output()
+        .unwrap();
+    assert!(
+        created.status.success(),
+        "{}",
+        String::from_utf8_lossy(&created.stderr)
+    );
+    assert!(
+        !String::from_utf8_lossy(&created.stderr).contains("created a master key file"),
+        "the key beside the store is reused"
+    );
+    let _ = server.kill();
+    let _ = server.wait();
+}
+
+/// A store written by an earlier version (schema version 2, secrets in clear, made here with
+/// that version's statements) is migrated and sealed when this version opens it; its devices
+/// keep their secrets.
+#[test]
+fn a_store_of_schema_version_2_in_clear_is_migrated_and_sealed_on_first_open() {
+    let dir = Dir::new("v2");
+    let db = dir.db();
+    let v2 = "
+        CREATE TABLE iotauth_schema (version BIGINT PRIMARY KEY);
+        INSERT INTO iotauth_schema VALUES (1), (2);
+        CREATE TABLE iotauth_products (product_key TEXT PRIMARY KEY, product_secret TEXT NOT NULL,
+            dynamic_registration BIGINT NOT NULL, name TEXT,
+            pre_registration_free BIGINT NOT NULL DEFAULT 0, device_quota BIGINT NOT NULL DEFAULT 10000);
+        CREATE TABLE iotauth_devices (product_key TEXT NOT NULL REFERENCES iotauth_products (product_key),
+            device_name TEXT NOT NULL, device_secret TEXT NOT NULL,
+            state TEXT NOT NULL CHECK (state IN ('inactive', 'issued', 'active')),
+            enabled BIGINT NOT NULL, revision BIGINT NOT NULL, client_ids TEXT NOT NULL DEFAULT '',
+            PRIMARY KEY (product_key, device_name));
+        INSERT INTO iotauth_products VALUES ('a1OldPk0001', 'OldProductSecret0123456789abcdef', 1, NULL, 0, 10000);
+        INSERT INTO iotauth_devices VALUES ('a1OldPk0001', 'old-01', 'OldDeviceSecret0123456789abcdef', 'active', 1, 3, '');
+    ";
+    let out = Command::new("python3")
+        .args(["-c", "import sqlite3, sys; c = sqlite3.connect(sys.argv[1]); c.executescript(sys.argv[2]); c.commit()"])
+        .arg(&db)
+        .arg(v2)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    block(async {
+        let store = connect(&dir.url(), &SecretsAtRest::default()).await;
+        let dump = sqlite_dump(&db);
+        assert!(
+            !dump.contains("OldDeviceSecret") && !dump.contains("OldProductSecret"),
+            "{dump}"
+        );
+        let pk = ProductKey::new("a1OldPk0001").unwrap();
+        let dn = DeviceName::new("old-01").unwrap();
+        let device = store.device(&pk, &dn).await.unwrap().unwrap();
+        let cert = DeviceCertificate::new(pk, dn, device.device_secret.clone_secret());
+        assert_eq!(
+            device.device_secret.expose_secret(),
+            "OldDeviceSecret0123456789abcdef"
+        );
+        let login = build_login(&cert, &LoginOptions::default()).unwrap();
+        Authenticator::new(store.clone())
+            .authenticate(
+                login.client_id(),
+                login.username(),
+                &login.expose_password(),
+            )
+            .await
+            .expect("the device logs in with the secret it always had");
+        let product = store.product(&pk).await.unwrap().unwrap();
+        assert_eq!(
+            product.product_secret.expose_secret(),
+            "OldProductSecret0123456789abcdef"
+        );
+        assert_eq!(
+            product.registration_limit,
+            iotauth::store::RegistrationLimit::DEFAULT
+        );
+    });
+}
+
+/// `iotauth store rekey --new-key-file`: creates the new key (0600), re-seals every secret
+/// under it, and from then on the new key alone opens the store.
+#[test]
+fn the_cli_rekeys_a_store_to_a_new_key_file() {
+    let dir = Dir::new("cli-rekey");
+    let url = dir.url();
+    let run = |args: &[&str]| {
+        let out = Command::new(BIN)
+            .args(["--store", &url])
+            .args(args)
+            .env_remove("IOTAUTH_MASTER_KEY_FILE")
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()
+    };
+    let product = run(&["product", "create"]);
+    let pk = product["productKey"].as_str().unwrap().to_owned();
+    let device = run(&["device", "register", &pk, "rekeyed-01"]);
+    let new_key = dir.0.join("new.key");
+    let rekeyed = run(&[
+        "store",
+        "rekey",
+        "--new-key-file",
+        new_key.to_str().unwrap(),
+    ]);
+    assert_eq!(rekeyed["resealed"], 2, "{rekeyed}");
+    let key_id = rekeyed["keyId"].as_str().unwrap().to_owned();
+    let mode = std::os::unix::fs::PermissionsExt::mode(
+        &std::fs::metadata(&new_key).unwrap().permissions(),
+    );
+    assert_eq!(mode & 0o777, 0o600);
+    let dump = sqlite_dump(&dir.db());
+    assert!(dump.contains(&format!("sealed1:{key_id}:")));
+    assert!(!dump.contains(device["deviceSecret"].as_str().unwrap()));
+    let shown = run(&[
+        "--master-key-file",
+        new_key.to_str().unwrap(),
+        "product",
+        "show",
+        &pk,
+        "--show-secret",
+    ]);
+    assert_eq!(shown["productSecret"], product["productSecret"]);
+    // Again: nothing left to re-seal.
+    let again = run(&[
+        "--master-key-file",
+        new_key.to_str().unwrap(),
+        "store",
+        "rekey",
+        "--new-key-file",
+        new_key.to_str().unwrap(),
+    ]);
+    assert_eq!(again["resealed"], 0, "{again}");
 }
