@@ -19,7 +19,7 @@ mod iotauth_support;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use iotauth::service::{Admin, AuthError, Authenticator, Registrar};
+use iotauth::service::{AuthError, Authenticator};
 use iotauth::store::{
     DeviceStore, FailureKind, MasterKey, ProductStore, SecretsAtRest, SqlStore, conformance,
 };
