@@ -67,14 +67,13 @@ async fn connect(url: &str, secrets: &SecretsAtRest) -> SqlStore {
         .unwrap_or_else(|e| panic!("connect: {}", ErrorChain(&e)))
 }
 
-/// Every row of the SQLite database as SQL text, as `sqlite3 .dump` prints it.
-fn sqlite_dump(db: &Path) -> String {
+/// Runs a Python `script`, with `sqlite3` and `sys` imported, on the SQLite file `db`
+/// (`sys.argv[1]`) and `arg` (`sys.argv[2]`), as someone with the file would; its stdout.
+fn python_sqlite(db: &Path, script: &str, arg: &str) -> String {
     let out = Command::new("python3")
-        .args([
-            "-c",
-            "import sqlite3, sys; print('\\n'.join(sqlite3.connect(sys.argv[1]).iterdump()))",
-        ])
+        .args(["-c", &format!("import sqlite3, sys\n{script}")])
         .arg(db)
+        .arg(arg)
         .output()
         .unwrap();
     assert!(
@@ -83,6 +82,24 @@ fn sqlite_dump(db: &Path) -> String {
         String::from_utf8_lossy(&out.stderr)
     );
     String::from_utf8(out.stdout).unwrap()
+}
+
+/// Every row of the SQLite database as SQL text, as `sqlite3 .dump` prints it.
+fn sqlite_dump(db: &Path) -> String {
+    python_sqlite(
+        db,
+        "print('\\n'.join(sqlite3.connect(sys.argv[1]).iterdump()))",
+        "",
+    )
+}
+
+/// Runs SQL statements on the SQLite file.
+fn sqlite_exec(db: &Path, sql: &str) {
+    python_sqlite(
+        db,
+        "c = sqlite3.connect(sys.argv[1]); c.executescript(sys.argv[2]); c.commit()",
+        sql,
+    );
 }
 
 /// Every row of the PostgreSQL database, as `pg_dump` prints it.
@@ -97,24 +114,6 @@ fn postgres_dump(url: &str) -> String {
         String::from_utf8_lossy(&out.stderr)
     );
     String::from_utf8(out.stdout).unwrap()
-}
-
-/// Runs SQL on the SQLite file (Python's `sqlite3`), as someone with the file would.
-fn sqlite_exec(db: &Path, sql: &str) {
-    let out = Command::new("python3")
-        .args([
-            "-c",
-            "import sqlite3, sys; c = sqlite3.connect(sys.argv[1]); c.execute(sys.argv[2]); c.commit()",
-        ])
-        .arg(db)
-        .arg(sql)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
 }
 
 fn assert_no_secret(dump: &str, secrets: &[String], when: &str) {
@@ -426,17 +425,7 @@ fn a_store_of_schema_version_2_in_clear_is_migrated_and_sealed_on_first_open() {
         INSERT INTO iotauth_products VALUES ('a1OldPk0001', 'OldProductSecret0123456789abcdef', 1, NULL, 0, 10000);
         INSERT INTO iotauth_devices VALUES ('a1OldPk0001', 'old-01', 'OldDeviceSecret0123456789abcdef', 'active', 1, 3, '');
     ";
-    let out = Command::new("python3")
-        .args(["-c", "import sqlite3, sys; c = sqlite3.connect(sys.argv[1]); c.executescript(sys.argv[2]); c.commit()"])
-        .arg(&db)
-        .arg(v2)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    sqlite_exec(&db, v2);
     block(async {
         let store = connect(&dir.url(), &SecretsAtRest::default()).await;
         let dump = sqlite_dump(&db);

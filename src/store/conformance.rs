@@ -117,6 +117,31 @@ where
     secrets
 }
 
+/// Runs `attempt` on [`RACERS`] tasks, each with its own clone of `store`, released together;
+/// how many returned `true`.
+async fn racers_succeeding<S, F, Fut>(store: &S, attempt: F) -> usize
+where
+    S: Clone + Send + 'static,
+    F: Fn(S) -> Fut,
+    Fut: std::future::Future<Output = bool> + Send + 'static,
+{
+    let barrier = Arc::new(Barrier::new(RACERS));
+    let racers: Vec<_> = (0..RACERS)
+        .map(|_| {
+            let (attempt, barrier) = (attempt(store.clone()), barrier.clone());
+            tokio::spawn(async move {
+                barrier.wait().await;
+                attempt.await
+            })
+        })
+        .collect();
+    let mut succeeded = 0;
+    for racer in racers {
+        succeeded += usize::from(racer.await.expect("racer task panicked"));
+    }
+    succeeded
+}
+
 /// A product with dynamic registration on and `limit`.
 async fn limited_product<S: ProductStore + DeviceStore>(
     store: &S,
@@ -143,20 +168,10 @@ where
     let stored = store.product(&pk).await.unwrap().unwrap();
     assert_eq!(stored.registration_limit, limit);
     let now = UnixMillis(1_800_000_000_000);
-    let barrier = Arc::new(Barrier::new(RACERS));
-    let racers: Vec<_> = (0..RACERS)
-        .map(|_| {
-            let (store, barrier) = (store.clone(), barrier.clone());
-            tokio::spawn(async move {
-                barrier.wait().await;
-                store.take_registration_token(&pk, now).await.unwrap()
-            })
-        })
-        .collect();
-    let mut taken = 0;
-    for racer in racers {
-        taken += usize::from(racer.await.expect("racer task panicked"));
-    }
+    let taken = racers_succeeding(&store, |store| async move {
+        store.take_registration_token(&pk, now).await.unwrap()
+    })
+    .await;
     assert_eq!(taken, 10, "exactly the burst");
     let later = UnixMillis(now.0 + 1000);
     let refilled = [
@@ -188,20 +203,10 @@ where
     assert_eq!(on.dynamic_registration, DynamicRegistration::On);
     // A burst: one of the racers switches it off.
     let at = UnixMillis(t0.0 + 200_000);
-    let barrier = Arc::new(Barrier::new(RACERS));
-    let racers: Vec<_> = (0..RACERS)
-        .map(|_| {
-            let (store, barrier) = (store.clone(), barrier.clone());
-            tokio::spawn(async move {
-                barrier.wait().await;
-                store.record_registration_refusal(&pk, at).await.unwrap()
-            })
-        })
-        .collect();
-    let mut switched = 0;
-    for racer in racers {
-        switched += usize::from(racer.await.expect("racer task panicked"));
-    }
+    let switched = racers_succeeding(&store, |store| async move {
+        store.record_registration_refusal(&pk, at).await.unwrap()
+    })
+    .await;
     assert_eq!(switched, 1, "switched off once");
     let off = store.product(&pk).await.unwrap().unwrap();
     assert_eq!(off.dynamic_registration, DynamicRegistration::Off);
@@ -230,23 +235,13 @@ where
     let (_, product) = new_product(&store, DynamicRegistration::On).await;
     let (pk, dn) = (product.product_key, name("random-dev"));
     let t0 = 1_800_000_000_000;
-    let barrier = Arc::new(Barrier::new(RACERS));
-    let racers: Vec<_> = (0..RACERS)
-        .map(|_| {
-            let (store, barrier) = (store.clone(), barrier.clone());
-            tokio::spawn(async move {
-                barrier.wait().await;
-                store
-                    .record_registration_random(&pk, &dn, "r-0", UnixMillis(t0))
-                    .await
-                    .unwrap()
-            })
-        })
-        .collect();
-    let mut new = 0;
-    for racer in racers {
-        new += usize::from(racer.await.expect("racer task panicked"));
-    }
+    let new = racers_succeeding(&store, |store| async move {
+        store
+            .record_registration_random(&pk, &dn, "r-0", UnixMillis(t0))
+            .await
+            .unwrap()
+    })
+    .await;
     assert_eq!(new, 1, "one record of a random is new");
     // Another device's history is its own.
     let other = name("random-other");
