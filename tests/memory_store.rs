@@ -91,9 +91,8 @@ mod broken {
             pk: &ProductKey,
             dn: &DeviceName,
             random: &str,
-            now: iotauth::UnixMillis,
         ) -> Result<bool, StoreError> {
-            self.0.record_registration_random(pk, dn, random, now).await
+            self.0.record_registration_random(pk, dn, random).await
         }
         async fn insert_device(&self, d: DeviceRecord) -> Result<(), StoreError> {
             self.0.insert_device(d).await

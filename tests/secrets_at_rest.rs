@@ -521,3 +521,63 @@ fn the_cli_rekeys_a_store_to_a_new_key_file() {
     ]);
     assert_eq!(again["resealed"], 0, "{again}");
 }
+
+/// Someone with write access to the database, and not the key, plants a secret of their own in
+/// clear (or cuts a sealed value down to 64 characters) in a sealed store: it is never sealed
+/// (not by the next open, nor by a rekey) and never logs in; it reads as corrupt.
+#[test]
+fn a_secret_planted_in_clear_in_a_sealed_store_is_corrupt_and_never_sealed() {
+    let dir = Dir::new("planted");
+    block(async {
+        let store = connect(&dir.url(), &SecretsAtRest::default()).await;
+        conformance::hand_out_secrets(&store, "planted").await;
+        store.close().await;
+    });
+    sqlite_exec(
+        &dir.db(),
+        "UPDATE iotauth_devices SET device_secret = 'AttackerChosenSecret0123456789ab' \
+         WHERE device_name = 'dev2'; \
+         UPDATE iotauth_devices SET device_secret = SUBSTR(device_secret, 1, 64) \
+         WHERE device_name = 'dev3'",
+    );
+    block(async {
+        let store = connect(&dir.url(), &SecretsAtRest::default()).await;
+        let pk = store.products().await.unwrap()[0].product_key;
+        for planted in ["dev2", "dev3"] {
+            let dn = DeviceName::new(planted).unwrap();
+            let e = store.device(&pk, &dn).await.unwrap_err();
+            assert_eq!(e.failure_kind(), Some(FailureKind::Corrupt), "{planted}");
+            assert!(
+                ErrorChain(&e).to_string().contains("is not sealed"),
+                "{}",
+                ErrorChain(&e)
+            );
+        }
+        let dn = DeviceName::new("dev2").unwrap();
+        let cert = DeviceCertificate::new(
+            pk,
+            dn,
+            DeviceSecret::new("AttackerChosenSecret0123456789ab").unwrap(),
+        );
+        let login = build_login(&cert, &LoginOptions::default()).unwrap();
+        let refused = Authenticator::new(store.clone())
+            .authenticate(
+                login.client_id(),
+                login.username(),
+                &login.expose_password(),
+            )
+            .await
+            .unwrap_err();
+        assert!(matches!(refused, AuthError::Store(_)), "{refused:?}");
+        assert_eq!(
+            store.rekey().await.unwrap(),
+            0,
+            "a rekey seals nothing in clear"
+        );
+    });
+    let dump = sqlite_dump(&dir.db());
+    assert!(
+        dump.contains("AttackerChosenSecret0123456789ab"),
+        "left as planted"
+    );
+}

@@ -437,9 +437,8 @@ impl DeviceStore for Down {
         pk: &ProductKey,
         dn: &DeviceName,
         random: &str,
-        now: UnixMillis,
     ) -> Result<bool, StoreError> {
-        let _ = (pk, dn, random, now);
+        let _ = (pk, dn, random);
         Err(down())
     }
     async fn insert_device(&self, _: DeviceRecord) -> Result<(), StoreError> {
@@ -624,9 +623,8 @@ impl DeviceStore for Stuck {
         pk: &ProductKey,
         dn: &DeviceName,
         random: &str,
-        now: UnixMillis,
     ) -> Result<bool, StoreError> {
-        let _ = (pk, dn, random, now);
+        let _ = (pk, dn, random);
         std::future::pending().await
     }
     async fn insert_device(&self, _: DeviceRecord) -> Result<(), StoreError> {
@@ -826,9 +824,8 @@ impl DeviceStore for SlowWrites {
         pk: &ProductKey,
         dn: &DeviceName,
         random: &str,
-        now: UnixMillis,
     ) -> Result<bool, StoreError> {
-        self.0.record_registration_random(pk, dn, random, now).await
+        self.0.record_registration_random(pk, dn, random).await
     }
     async fn insert_device(&self, d: DeviceRecord) -> Result<(), StoreError> {
         self.0.insert_device(d).await

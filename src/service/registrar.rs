@@ -245,7 +245,7 @@ pub struct Registrar<S> {
     store: S,
     policy: IssuancePolicy,
     clock: Arc<dyn Clock>,
-    breaker_trips: Arc<AtomicU64>,
+    breaker_trips: AtomicU64,
 }
 
 impl<S: ProductStore + DeviceStore> Registrar<S> {
@@ -255,7 +255,7 @@ impl<S: ProductStore + DeviceStore> Registrar<S> {
             store,
             policy: IssuancePolicy::Once,
             clock: Arc::new(SystemClock),
-            breaker_trips: Arc::new(AtomicU64::new(0)),
+            breaker_trips: AtomicU64::new(0),
         }
     }
 
@@ -312,7 +312,7 @@ impl<S: ProductStore + DeviceStore> Registrar<S> {
         &self,
         product: &ProductRecord,
         device_name: &DeviceName,
-        random: Option<&str>,
+        random: &str,
     ) -> Result<(), RegisterError> {
         let now = self.clock.now();
         if !self
@@ -322,10 +322,10 @@ impl<S: ProductStore + DeviceStore> Registrar<S> {
         {
             return Err(RegisterError::Throttled);
         }
-        if let (true, Some(random)) = (product.registration_limit.unique_random, random)
+        if product.registration_limit.unique_random()
             && !self
                 .store
-                .record_registration_random(&product.product_key, device_name, random, now)
+                .record_registration_random(&product.product_key, device_name, random)
                 .await?
         {
             return Err(RegisterError::RandomReused);
@@ -350,7 +350,7 @@ impl<S: ProductStore + DeviceStore> Registrar<S> {
             .issue(
                 form.product_key(),
                 form.device_name(),
-                Some(form.random()),
+                form.random(),
                 |secret| form.verify(secret),
             )
             .await;
@@ -385,7 +385,7 @@ impl<S: ProductStore + DeviceStore> Registrar<S> {
             .issue(
                 request.product_key(),
                 request.device_name(),
-                request.client_id().random(),
+                registration_random(request),
                 |secret| request.verify_registration(secret),
             )
             .await;
@@ -454,7 +454,7 @@ impl<S: ProductStore + DeviceStore> Registrar<S> {
             .device(&product_key, &device_name)
             .await?
             .is_some();
-        self.within_limits(&product, &device_name, request.client_id().random())
+        self.within_limits(&product, &device_name, registration_random(request))
             .await?;
         let created = if exists {
             Ok(())
@@ -609,7 +609,7 @@ impl<S: ProductStore + DeviceStore> Registrar<S> {
         &self,
         product_key: ProductKey,
         device_name: DeviceName,
-        random: Option<&str>,
+        random: &str,
         verify: impl Fn(&ProductSecret) -> Result<Verified<DeviceIdentity>, VerifyError>,
     ) -> Result<IssuedSecret, RegisterError> {
         let (identity, product) = self.verified_product(product_key, verify).await?;
@@ -631,6 +631,11 @@ impl<S: ProductStore + DeviceStore> Registrar<S> {
             redelivered: applied.transition.secret == SecretEffect::Redeliver,
         })
     }
+}
+
+/// The `random` of a registration connect (parsing requires one of every registration kind).
+fn registration_random<'a>(request: &ConnectRequest<'a>) -> &'a str {
+    request.client_id().random().unwrap_or_default()
 }
 
 /// Only `authType=register` is served here; `regnwl` has no pre-registered device.

@@ -215,10 +215,9 @@ impl<S: DeviceStore> DeviceStore for CachedStore<S> {
         product_key: &ProductKey,
         device_name: &DeviceName,
         random: &str,
-        now: UnixMillis,
     ) -> Result<bool, StoreError> {
         self.inner
-            .record_registration_random(product_key, device_name, random, now)
+            .record_registration_random(product_key, device_name, random)
             .await
     }
 

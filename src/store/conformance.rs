@@ -108,6 +108,10 @@ where
 {
     let secrets = hand_out_secrets(&store, "sealed at rest").await;
     let rows = raw_rows().await;
+    assert!(
+        rows.contains("sealed at rest") && rows.contains("dev3"),
+        "the raw rows hold the product and its devices"
+    );
     for secret in &secrets {
         assert!(
             !rows.contains(secret.as_str()),
@@ -180,11 +184,28 @@ where
         store.take_registration_token(&pk, later).await.unwrap(),
     ];
     assert_eq!(refilled, [true, true, false], "2 a second");
+
+    // A node whose clock runs 120 s ahead takes one: this clock is throttled for one interval
+    // (half a second), not for 120 s.
+    let (_, product) = limited_product(&store, limit).await;
+    let pk = product.product_key;
+    let t = UnixMillis(1_900_000_000_000);
+    let ahead = UnixMillis(t.0 + 120_000);
+    assert!(store.take_registration_token(&pk, ahead).await.unwrap());
+    assert!(!store.take_registration_token(&pk, t).await.unwrap());
+    let half_a_second = UnixMillis(t.0 + 500);
+    assert!(
+        store
+            .take_registration_token(&pk, half_a_second)
+            .await
+            .unwrap()
+    );
 }
 
-/// The circuit breaker: refusals up to the threshold within the window leave the switch on;
-/// one more switches it off, once however many race, recording when; refusals spread wider
-/// than the window never do; an operator's switch clears the mark.
+/// The circuit breaker: as many refusals as the threshold within the window leave the switch
+/// on, however they are spread; one more within the window switches it off, once however many
+/// race, recording when; refusals older than the window no longer count; an operator's
+/// switch forgets the refusals counted.
 pub async fn refusals_switch_registration_off<S>(store: S)
 where
     S: ProductStore + DeviceStore + Clone + 'static,
@@ -192,52 +213,77 @@ where
     let limit = RegistrationLimit::DEFAULT.with_refusals(5, 60).unwrap();
     let (admin, product) = limited_product(&store, limit).await;
     let pk = product.product_key;
-    let t0 = UnixMillis(1_800_000_000_000);
-    // Spread: 5 refusals, then 5 more after the window: never more than 5 within it.
-    for at in [t0, UnixMillis(t0.0 + 61_000)] {
-        for _ in 0..5 {
-            assert!(!store.record_registration_refusal(&pk, at).await.unwrap());
+    let at = |seconds: u64| UnixMillis(1_800_000_000_000 + seconds * 1000);
+    let refuse = |seconds: u64| {
+        let store = store.clone();
+        async move {
+            store
+                .record_registration_refusal(&pk, at(seconds))
+                .await
+                .unwrap()
         }
+    };
+    // 5 within 60 s, spread over 59 s: not more than the threshold.
+    for seconds in [0, 15, 30, 45, 59] {
+        assert!(!refuse(seconds).await);
     }
+    // At 61 s the refusal of 0 s is out of the window: still 5 within it.
+    assert!(!refuse(61).await);
     let on = store.product(&pk).await.unwrap().unwrap();
     assert_eq!(on.dynamic_registration, DynamicRegistration::On);
+    // Another at 62 s makes 6 within the last 60 s (15, 30, 45, 59, 61, 62): off.
+    assert!(
+        refuse(62).await,
+        "the 6th within the window switches it off"
+    );
+    let off = store.product(&pk).await.unwrap().unwrap();
+    assert_eq!(off.dynamic_registration, DynamicRegistration::Off);
+    assert_eq!(off.switched_off_by_breaker_at, Some(at(62)));
+    // Off: refusals are not counted, nothing switches again.
+    assert!(!refuse(63).await);
+
+    // The operator turns it on: the refusals counted are forgotten, and a full threshold is
+    // needed again.
+    admin
+        .set_dynamic_registration(&pk, DynamicRegistration::On)
+        .await
+        .unwrap();
+    let on = store.product(&pk).await.unwrap().unwrap();
+    assert_eq!(on.switched_off_by_breaker_at, None);
+    for _ in 0..5 {
+        assert!(!refuse(64).await);
+    }
+    admin
+        .set_dynamic_registration(&pk, DynamicRegistration::On)
+        .await
+        .unwrap();
+    for _ in 0..5 {
+        assert!(!refuse(65).await, "the switch forgot the 5 before");
+    }
     // A burst: one of the racers switches it off.
-    let at = UnixMillis(t0.0 + 200_000);
     let switched = racers_succeeding(&store, |store| async move {
-        store.record_registration_refusal(&pk, at).await.unwrap()
+        store
+            .record_registration_refusal(&pk, at(66))
+            .await
+            .unwrap()
     })
     .await;
     assert_eq!(switched, 1, "switched off once");
     let off = store.product(&pk).await.unwrap().unwrap();
     assert_eq!(off.dynamic_registration, DynamicRegistration::Off);
-    assert_eq!(off.switched_off_by_breaker_at, Some(at));
-    // Off: refusals are not counted, nothing switches again.
-    assert!(!store.record_registration_refusal(&pk, at).await.unwrap());
-    admin
-        .set_dynamic_registration(&pk, DynamicRegistration::On)
-        .await
-        .unwrap();
-    let again = store.product(&pk).await.unwrap().unwrap();
-    assert_eq!(again.dynamic_registration, DynamicRegistration::On);
-    assert_eq!(again.switched_off_by_breaker_at, None);
-    // The operator's switch started the count over.
-    for _ in 0..5 {
-        assert!(!store.record_registration_refusal(&pk, at).await.unwrap());
-    }
 }
 
 /// The `random` history: of concurrent records of one random, one is new; a random seen
-/// before is refused; the history keeps the newest [`RANDOM_HISTORY`].
+/// before is refused; each device keeps the [`RANDOM_HISTORY`] recorded last, in order.
 pub async fn race_registration_randoms<S>(store: S)
 where
     S: ProductStore + DeviceStore + Clone + 'static,
 {
     let (_, product) = new_product(&store, DynamicRegistration::On).await;
     let (pk, dn) = (product.product_key, name("random-dev"));
-    let t0 = 1_800_000_000_000;
     let new = racers_succeeding(&store, |store| async move {
         store
-            .record_registration_random(&pk, &dn, "r-0", UnixMillis(t0))
+            .record_registration_random(&pk, &dn, "r-0")
             .await
             .unwrap()
     })
@@ -247,31 +293,38 @@ where
     let other = name("random-other");
     assert!(
         store
-            .record_registration_random(&pk, &other, "r-0", UnixMillis(t0))
+            .record_registration_random(&pk, &other, "r-0")
             .await
             .unwrap()
     );
     for i in 1..=RANDOM_HISTORY {
         let fresh = store
-            .record_registration_random(&pk, &dn, &format!("r-{i}"), UnixMillis(t0 + i as u64))
+            .record_registration_random(&pk, &dn, &format!("r-{i}"))
             .await
             .unwrap();
         assert!(fresh, "r-{i} is new");
     }
-    let newest = format!("r-{RANDOM_HISTORY}");
-    let at = UnixMillis(t0 + 1000);
-    assert!(
-        !store
-            .record_registration_random(&pk, &dn, &newest, at)
+    // r-1 … r-32 are kept (the oldest of them too), r-0 was forgotten.
+    for kept in ["r-1".to_owned(), format!("r-{RANDOM_HISTORY}")] {
+        let again = store
+            .record_registration_random(&pk, &dn, &kept)
             .await
-            .unwrap()
-    );
+            .unwrap();
+        assert!(!again, "{kept} is still remembered");
+    }
     assert!(
         store
-            .record_registration_random(&pk, &dn, "r-0", at)
+            .record_registration_random(&pk, &dn, "r-0")
             .await
             .unwrap(),
         "the oldest was forgotten"
+    );
+    assert!(
+        !store
+            .record_registration_random(&pk, &dn, "r-0")
+            .await
+            .unwrap(),
+        "and is remembered again"
     );
 }
 
@@ -289,7 +342,7 @@ where
     let (admin, product) = limited_product(&store, limit).await;
     let pk = product.product_key;
     let now = Arc::new(FixedClock(UnixMillis(1_800_000_000_000)));
-    let registrar = Registrar::new(store.clone()).with_clock(now.clone());
+    let registrar = Registrar::new(store.clone()).with_clock(now);
     let names: Vec<DeviceName> = (0..5).map(|i| name(&format!("harvest-{i}"))).collect();
     for dn in &names {
         admin.register_device(pk, *dn).await.unwrap();
@@ -306,10 +359,20 @@ where
         [200, 200, 200, 429, 429],
         "the burst, then throttled"
     );
-    // Refusals (already issued, unknown device) switch the product off after the 4th.
+    // Refusals (already issued, unknown device) take no token, and the 5th switches the
+    // product off. A second later the bucket holds one token: one more issue, not two.
     for dn in [names[0], names[1], name("nobody-1"), name("nobody-2")] {
         assert!(register(&registrar, &product, dn).await.is_err());
     }
+    let registrar = registrar.with_clock(Arc::new(FixedClock(UnixMillis(1_800_000_001_000))));
+    let mut after = Vec::new();
+    for dn in [names[3], names[4]] {
+        let code = register(&registrar, &product, dn)
+            .await
+            .map_or_else(|e| e.code().code(), |_| 200);
+        after.push(code);
+    }
+    assert_eq!(after, [200, 429], "the refusals took no token");
     assert_eq!(
         store
             .product(&pk)
@@ -328,7 +391,7 @@ where
     let off = store.product(&pk).await.unwrap().unwrap();
     assert_eq!(off.dynamic_registration, DynamicRegistration::Off);
     assert_eq!(
-        register(&registrar, &product, names[3])
+        register(&registrar, &product, names[4])
             .await
             .unwrap_err()
             .code(),

@@ -51,17 +51,13 @@ pub struct MemoryStore {
 struct Maps {
     products: BTreeMap<ProductKey, ProductRecord>,
     devices: HashMap<ProductKey, HashMap<DeviceName, StoredDevice>>,
-    /// Each product's registration buckets (see [`RegistrationLimit`]).
-    meters: HashMap<ProductKey, Meters>,
+    /// Each product's token bucket, as its theoretical arrival time in microseconds (see
+    /// [`RegistrationLimit`]).
+    issue_tats: HashMap<ProductKey, i64>,
+    /// Each product's refusals within its window, as times in microseconds, oldest first.
+    refusals: HashMap<ProductKey, std::collections::VecDeque<i64>>,
     /// The newest `random` values of each device's registrations, oldest first.
     randoms: HashMap<(ProductKey, DeviceName), std::collections::VecDeque<Box<str>>>,
-}
-
-/// A product's two buckets, as theoretical arrival times in microseconds.
-#[derive(Debug, Default, Clone, Copy)]
-struct Meters {
-    issue_tat: i64,
-    refusal_tat: i64,
 }
 
 /// `now` in microseconds, as the buckets count.
@@ -192,7 +188,7 @@ impl ProductStore for MemoryStore {
             .ok_or(StoreError::NotFound { what: "product" })?;
         product.dynamic_registration = switch;
         product.switched_off_by_breaker_at = None;
-        maps.meters.entry(*product_key).or_default().refusal_tat = 0;
+        maps.refusals.remove(product_key);
         Ok(())
     }
 
@@ -211,7 +207,14 @@ impl ProductStore for MemoryStore {
         product_key: &ProductKey,
         limit: RegistrationLimit,
     ) -> Result<(), StoreError> {
-        self.update_product(product_key, |product| product.registration_limit = limit)
+        let mut maps = self.write();
+        let product = maps
+            .products
+            .get_mut(product_key)
+            .ok_or(StoreError::NotFound { what: "product" })?;
+        product.registration_limit = limit;
+        maps.issue_tats.remove(product_key);
+        Ok(())
     }
 
     async fn take_registration_token(
@@ -223,14 +226,10 @@ impl ProductStore for MemoryStore {
         let Some(limit) = maps.products.get(product_key).map(|p| p.registration_limit) else {
             return Ok(false);
         };
-        let meters = maps.meters.entry(*product_key).or_default();
-        match limit.admit_issue(meters.issue_tat, micros(now)) {
-            Some(tat) => {
-                meters.issue_tat = tat;
-                Ok(true)
-            }
-            None => Ok(false),
-        }
+        let tat = maps.issue_tats.entry(*product_key).or_default();
+        let (next, admitted) = limit.admit_issue(*tat, micros(now));
+        *tat = next;
+        Ok(admitted)
     }
 
     async fn record_registration_refusal(
@@ -240,22 +239,30 @@ impl ProductStore for MemoryStore {
     ) -> Result<bool, StoreError> {
         let mut maps = self.write();
         let Maps {
-            products, meters, ..
+            products, refusals, ..
         } = &mut *maps;
         let Some(product) = products.get_mut(product_key) else {
             return Ok(false);
         };
-        if product.dynamic_registration != DynamicRegistration::On {
+        let limit = product.registration_limit;
+        if product.dynamic_registration != DynamicRegistration::On || limit.refusal_threshold() == 0
+        {
             return Ok(false);
         }
-        let meters = meters.entry(*product_key).or_default();
-        let (tat, tripped) = product
-            .registration_limit
-            .add_refusal(meters.refusal_tat, micros(now));
-        meters.refusal_tat = if tripped { 0 } else { tat };
+        let now = micros(now);
+        let counted = refusals.entry(*product_key).or_default();
+        counted.push_back(now);
+        while counted
+            .front()
+            .is_some_and(|&at| at <= now - limit.window_micros())
+        {
+            counted.pop_front();
+        }
+        let tripped = counted.len() > limit.refusal_threshold() as usize;
         if tripped {
             product.dynamic_registration = DynamicRegistration::Off;
-            product.switched_off_by_breaker_at = Some(now);
+            product.switched_off_by_breaker_at = Some(UnixMillis(now as u64 / 1000));
+            refusals.remove(product_key);
         }
         Ok(tripped)
     }
@@ -268,7 +275,6 @@ impl DeviceStore for MemoryStore {
         product_key: &ProductKey,
         device_name: &DeviceName,
         random: &str,
-        _now: UnixMillis,
     ) -> Result<bool, StoreError> {
         let mut maps = self.write();
         let seen = maps

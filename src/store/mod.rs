@@ -59,26 +59,20 @@ pub struct ProductRecord {
 
 /// A product's limits on dynamic registration: what a leaked ProductSecret can do before an
 /// operator notices. Issues are rate-limited by a token bucket shared by every process of the
-/// store (refused with [`crate::RefusalCode::Throttled`], 429, when empty); refusals that a
-/// harvester causes (bad signature, unknown device, already issued, a replayed `random`) fill
-/// a second bucket, and when more than `refusal_threshold` arrive within
-/// `refusal_window_secs` the product's dynamic registration is switched off, to stay off until
-/// an operator turns it on. Devices already activated are not affected.
+/// store (refused with [`crate::RefusalCode::Throttled`], 429, when empty); when more than
+/// `refusal_threshold` refusals that a harvester causes (bad signature, unknown device, already
+/// issued, a replayed `random`) arrive within the last `refusal_window_secs`, the product's
+/// dynamic registration is switched off, to stay off until an operator turns it on. Devices
+/// already activated are not affected.
+///
+/// Built from [`RegistrationLimit::DEFAULT`] by the `with_*` methods, which check the ranges.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-#[non_exhaustive]
 pub struct RegistrationLimit {
-    /// Issues per second the bucket refills: 1 to 1,000,000.
-    pub rate_per_sec: u32,
-    /// The bucket's size: how many issues may come at once (at least 1).
-    pub burst: u32,
-    /// Refusals within the window that switch dynamic registration off; 0: never.
-    pub refusal_threshold: u32,
-    /// The window of `refusal_threshold`, in seconds (at least 1).
-    pub refusal_window_secs: u32,
-    /// Refuse a registration whose `random` was seen for the device before (also before a
-    /// reset), [`crate::RefusalCode::RandomReused`]: a captured registration cannot be
-    /// replayed. Off by default: iotkit-embedded 3.x sends one constant `random`.
-    pub unique_random: bool,
+    rate_per_sec: u32,
+    burst: u32,
+    refusal_threshold: u32,
+    refusal_window_secs: u32,
+    unique_random: bool,
 }
 
 impl RegistrationLimit {
@@ -91,6 +85,36 @@ impl RegistrationLimit {
         refusal_window_secs: 60,
         unique_random: false,
     };
+
+    /// The most refusals a threshold may name (the stores keep the refusals of the window).
+    pub const MAX_REFUSAL_THRESHOLD: u32 = 100_000;
+
+    /// Issues per second the bucket refills: 1 to 1,000,000.
+    pub fn rate_per_sec(&self) -> u32 {
+        self.rate_per_sec
+    }
+
+    /// The bucket's size: how many issues may come at once (at least 1).
+    pub fn burst(&self) -> u32 {
+        self.burst
+    }
+
+    /// Refusals within the window that switch dynamic registration off; 0: never.
+    pub fn refusal_threshold(&self) -> u32 {
+        self.refusal_threshold
+    }
+
+    /// The window of the refusal threshold, in seconds (at least 1).
+    pub fn refusal_window_secs(&self) -> u32 {
+        self.refusal_window_secs
+    }
+
+    /// Whether a registration whose `random` was seen for the device before (also before a
+    /// reset) is refused, [`crate::RefusalCode::RandomReused`]: a captured registration cannot
+    /// be replayed. Off by default: iotkit-embedded 3.x sends one constant `random`.
+    pub fn unique_random(&self) -> bool {
+        self.unique_random
+    }
 
     /// The limits with the given issue rate and burst.
     ///
@@ -113,8 +137,12 @@ impl RegistrationLimit {
     /// The limits with the given refusal threshold (0: never switch off) and window.
     ///
     /// # Errors
+    /// [`LimitError::Threshold`] above [`RegistrationLimit::MAX_REFUSAL_THRESHOLD`];
     /// [`LimitError::Window`] when `window_secs` is 0.
     pub fn with_refusals(self, threshold: u32, window_secs: u32) -> Result<Self, LimitError> {
+        if threshold > Self::MAX_REFUSAL_THRESHOLD {
+            return Err(LimitError::Threshold);
+        }
         if window_secs == 0 {
             return Err(LimitError::Window);
         }
@@ -133,24 +161,26 @@ impl RegistrationLimit {
         }
     }
 
-    /// The token bucket as a generic cell rate algorithm: `tat`, the theoretical arrival
-    /// time in microseconds, becomes the returned value when an issue is admitted at `now`.
-    /// (The SQL store runs the same arithmetic in one `UPDATE`.)
-    pub(crate) fn admit_issue(&self, tat: i64, now: i64) -> Option<i64> {
+    /// The token bucket as a generic cell rate algorithm: `tat` is the theoretical arrival
+    /// time in microseconds; returns its new value and whether an issue is admitted at `now`
+    /// (`tat' = max(tat, now) + interval`, admitted while `tat' - now <= burst * interval`). A
+    /// debt beyond a full bucket's (written by a node whose clock runs ahead, or before this
+    /// clock stepped back) is cut to a full bucket's. The SQL store runs the same arithmetic
+    /// in its statements.
+    pub(crate) fn admit_issue(&self, tat: i64, now: i64) -> (i64, bool) {
         let interval = 1_000_000 / i64::from(self.rate_per_sec.max(1));
+        let full = i64::from(self.burst) * interval;
         let next = tat.max(now) + interval;
-        (next - now <= i64::from(self.burst) * interval).then_some(next)
+        if next - now <= full {
+            (next, true)
+        } else {
+            (tat.min(now + full), false)
+        }
     }
 
-    /// A refusal at `now` added to the refusal bucket: the new `tat`, and whether the
-    /// refusals now pass the threshold within the window.
-    pub(crate) fn add_refusal(&self, tat: i64, now: i64) -> (i64, bool) {
-        if self.refusal_threshold == 0 {
-            return (tat, false);
-        }
-        let window = i64::from(self.refusal_window_secs) * 1_000_000;
-        let next = tat.max(now) + window / i64::from(self.refusal_threshold);
-        (next, next - now > window)
+    /// The refusal window in microseconds.
+    pub(crate) fn window_micros(&self) -> i64 {
+        i64::from(self.refusal_window_secs) * 1_000_000
     }
 }
 
@@ -164,6 +194,9 @@ pub enum LimitError {
     /// The burst is 0.
     #[error("the registration burst must be at least 1")]
     Burst,
+    /// The refusal threshold is above [`RegistrationLimit::MAX_REFUSAL_THRESHOLD`].
+    #[error("the refusal threshold must be at most 100000")]
+    Threshold,
     /// The refusal window is 0 s.
     #[error("the refusal window must be at least 1 s")]
     Window,
@@ -501,7 +534,7 @@ pub trait ProductStore: Send + Sync {
         setting: PreRegistrationFree,
     ) -> Result<(), StoreError>;
 
-    /// Sets the product's [`RegistrationLimit`].
+    /// Sets the product's [`RegistrationLimit`], and fills its token bucket.
     ///
     /// # Errors
     /// [`StoreError::NotFound`]; [`StoreError::Unavailable`].
@@ -524,10 +557,12 @@ pub trait ProductStore: Send + Sync {
         now: UnixMillis,
     ) -> Result<bool, StoreError>;
 
-    /// Counts a registration refusal at `now` while dynamic registration is on; when the
-    /// refusals pass [`RegistrationLimit::refusal_threshold`] within the window, switches
+    /// Counts a registration refusal at `now` while dynamic registration is on (and the
+    /// threshold is not 0); when more than [`RegistrationLimit::refusal_threshold`] refusals
+    /// were counted within the last [`RegistrationLimit::refusal_window_secs`], switches
     /// dynamic registration off and records when ([`ProductRecord::switched_off_by_breaker_at`]).
     /// Returns whether this call switched it off (of concurrent calls, one does).
+    /// [`ProductStore::set_dynamic_registration`] forgets the refusals counted.
     ///
     /// # Errors
     /// [`StoreError::Unavailable`].
@@ -600,9 +635,9 @@ pub trait DeviceStore: Send + Sync {
         update: DeviceUpdate,
     ) -> Result<(), StoreError>;
 
-    /// Records that a registration of the device used `random` at `now`: `false` when it was
-    /// recorded before (a replay), atomically. Keeps the newest [`RANDOM_HISTORY`] per device
-    /// name, across resets and deletions.
+    /// Records that a registration of the device used `random`: `false` when it was recorded
+    /// before (a replay), atomically. Keeps the [`RANDOM_HISTORY`] recorded last per device
+    /// name (in the order they were recorded), across resets and deletions.
     ///
     /// # Errors
     /// [`StoreError::Unavailable`].
@@ -611,7 +646,6 @@ pub trait DeviceStore: Send + Sync {
         product_key: &ProductKey,
         device_name: &DeviceName,
         random: &str,
-        now: UnixMillis,
     ) -> Result<bool, StoreError>;
 
     /// Whether the store serves requests now: a round trip to it, for readiness probes
@@ -769,10 +803,9 @@ macro_rules! forward_store {
                 product_key: &ProductKey,
                 device_name: &DeviceName,
                 random: &str,
-                now: UnixMillis,
             ) -> Result<bool, StoreError> {
                 (**self)
-                    .record_registration_random(product_key, device_name, random, now)
+                    .record_registration_random(product_key, device_name, random)
                     .await
             }
             async fn check_ready(&self) -> Result<(), StoreError> {

@@ -30,6 +30,8 @@ const NONCE_LEN: usize = 24;
 const TAG_LEN: usize = 16;
 /// The associated data's domain, so that a sealed value of another format never opens.
 const DOMAIN: &[u8] = b"iotauth sealed secret v1";
+/// The most a key file read takes, in bytes.
+const KEY_FILE_READ: usize = 128;
 
 /// Which stored secret a value is: part of the associated data.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -98,9 +100,12 @@ pub enum KeyFileError {
         /// The file.
         path: PathBuf,
     },
-    /// Other users may read the file.
-    #[error("master key file {path}: other users may read it (chmod 600 or 640)")]
-    WorldReadable {
+    /// Other users may read or write the file, or its group may write it.
+    #[error(
+        "master key file {path}: other users may read or write it, or its group may write it \
+         (chmod 600 or 640)"
+    )]
+    Exposed {
         /// The file.
         path: PathBuf,
     },
@@ -113,7 +118,7 @@ impl From<KeyFileError> for StoreError {
     fn from(e: KeyFileError) -> Self {
         let kind = match &e {
             KeyFileError::Io { source, .. } => FailureKind::of_io(source),
-            KeyFileError::WorldReadable { .. } => FailureKind::Permission,
+            KeyFileError::Exposed { .. } => FailureKind::Permission,
             KeyFileError::Malformed { .. } | KeyFileError::Entropy(_) => FailureKind::Configuration,
         };
         StoreError::failure(kind, e)
@@ -149,22 +154,33 @@ impl MasterKey {
     }
 
     /// Reads a key file: 64 hex digits (e.g. `openssl rand -hex 32`), optionally followed by a
-    /// newline. The file must not be readable by other users.
+    /// newline. Other users may neither read nor write it, nor may its group write it (it is
+    /// checked on the open file, so it cannot be swapped between the check and the read). A
+    /// symbolic link is followed (secret volumes, as Kubernetes mounts them, are links).
     ///
     /// # Errors
     /// [`KeyFileError`], naming the file.
     pub fn read_file(path: &Path) -> Result<Self, KeyFileError> {
+        use std::io::Read;
         let io = |source| KeyFileError::Io {
             path: path.to_owned(),
             source,
         };
-        let metadata = std::fs::metadata(path).map_err(io)?;
-        if metadata.permissions().mode() & 0o004 != 0 {
-            return Err(KeyFileError::WorldReadable {
+        let file = std::fs::File::open(path).map_err(io)?;
+        let metadata = file.metadata().map_err(io)?;
+        if metadata.is_dir() {
+            return Err(io(std::io::Error::from(std::io::ErrorKind::IsADirectory)));
+        }
+        if metadata.permissions().mode() & 0o026 != 0 {
+            return Err(KeyFileError::Exposed {
                 path: path.to_owned(),
             });
         }
-        let text = Zeroizing::new(std::fs::read(path).map_err(io)?);
+        // 64 digits, a line break, and room to tell a longer file: never more than that read.
+        let mut text = Zeroizing::new(Vec::with_capacity(KEY_FILE_READ));
+        file.take(KEY_FILE_READ as u64)
+            .read_to_end(&mut text)
+            .map_err(io)?;
         let digits = text.strip_suffix(b"\n").unwrap_or(&text[..]);
         let mut bytes = Zeroizing::new([0u8; 32]);
         hex::decode_to_slice(digits, &mut bytes[..]).map_err(|_| KeyFileError::Malformed {
@@ -192,22 +208,42 @@ impl MasterKey {
         let mut staged = path.as_os_str().to_owned();
         staged.push(format!(".{}.tmp", hex::encode(suffix)));
         let staged = PathBuf::from(staged);
-        let written = (|| {
-            let mut file = std::fs::OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .mode(0o600)
-                .open(&staged)?;
-            let mut text = Zeroizing::new(hex::encode(&bytes[..]));
-            text.push('\n');
-            file.write_all(text.as_bytes())?;
-            file.sync_all()?;
-            std::fs::hard_link(&staged, path)
-        })();
+        let placed = write_key_file(&staged, &bytes).and_then(|()| {
+            match std::fs::hard_link(&staged, path) {
+                // A file system without hard links (EPERM): the name is taken exclusively
+                // instead; a reader may then see the file before it is complete, and fail.
+                Err(e)
+                    if e.kind() == std::io::ErrorKind::Unsupported
+                        || e.raw_os_error() == Some(1) =>
+                {
+                    write_key_file(path, &bytes)
+                }
+                other => other,
+            }
+        });
         let _ = std::fs::remove_file(&staged);
-        written.map_err(io)?;
+        placed.map_err(io)?;
+        // The name is on disk before any secret is sealed under the key.
+        if let Some(directory) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::File::open(directory)
+                .and_then(|d| d.sync_all())
+                .map_err(io)?;
+        }
         Ok(Self::from_bytes(*bytes))
     }
+}
+
+/// Writes `key` in hex and a line break to a new file at `path` (mode 0600), on disk.
+fn write_key_file(path: &Path, key: &[u8; 32]) -> std::io::Result<()> {
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)?;
+    let text = Zeroizing::new(hex::encode(key));
+    file.write_all(text.as_bytes())?;
+    file.write_all(b"\n")?;
+    file.sync_all()
 }
 
 /// The keys a store seals and opens with: one that seals, and older ones that still open
@@ -383,7 +419,9 @@ pub(crate) fn sealed_parts(stored: &str) -> Option<(&str, &str)> {
 fn associated_data(field: SecretField, (product_key, device_name): (&str, &str)) -> Vec<u8> {
     let mut data = DOMAIN.to_vec();
     for part in [field.column(), product_key, device_name] {
-        data.push(u8::try_from(part.len()).unwrap_or(u8::MAX));
+        // Identifiers are at most 64 bytes; a longer part would not fit the prefix.
+        let len = u16::try_from(part.len()).unwrap_or(u16::MAX);
+        data.extend_from_slice(&len.to_be_bytes());
         data.extend_from_slice(part.as_bytes());
     }
     data
@@ -399,12 +437,19 @@ pub(crate) fn given_keyring(config: &SecretsAtRest) -> Result<Option<Keyring>, K
         return Ok(None);
     };
     let sealing = MasterKey::read_file(path)?;
-    let previous = config
+    Ok(Some(Keyring::new(sealing, previous_keys(config)?)))
+}
+
+/// The keys of `config`'s previous key files.
+///
+/// # Errors
+/// [`KeyFileError`] for a file that cannot be read.
+pub(crate) fn previous_keys(config: &SecretsAtRest) -> Result<Vec<MasterKey>, KeyFileError> {
+    config
         .previous_key_files
         .iter()
         .map(|path| MasterKey::read_file(path))
-        .collect::<Result<_, _>>()?;
-    Ok(Some(Keyring::new(sealing, previous)))
+        .collect()
 }
 
 #[cfg(test)]
@@ -501,7 +546,7 @@ mod tests {
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
         assert!(matches!(
             MasterKey::read_file(&path),
-            Err(KeyFileError::WorldReadable { .. })
+            Err(KeyFileError::Exposed { .. })
         ));
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
         std::fs::write(&path, "abcd\n").unwrap();

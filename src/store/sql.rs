@@ -91,14 +91,21 @@ const MIGRATIONS: &[(i64, &[&str])] = &[
             "ALTER TABLE iotauth_products ADD COLUMN refusal_window_secs BIGINT NOT NULL DEFAULT 60",
             "ALTER TABLE iotauth_products ADD COLUMN unique_random BIGINT NOT NULL DEFAULT 0",
             "ALTER TABLE iotauth_products ADD COLUMN issue_tat BIGINT NOT NULL DEFAULT 0",
-            "ALTER TABLE iotauth_products ADD COLUMN refusal_tat BIGINT NOT NULL DEFAULT 0",
             "ALTER TABLE iotauth_products ADD COLUMN breaker_tripped_at BIGINT",
+            "CREATE TABLE IF NOT EXISTS iotauth_registration_refusals (
+            product_key TEXT NOT NULL,
+            at BIGINT NOT NULL)",
+            "CREATE INDEX IF NOT EXISTS iotauth_registration_refusals_by_product
+            ON iotauth_registration_refusals (product_key, at)",
             "CREATE TABLE IF NOT EXISTS iotauth_registration_randoms (
             product_key TEXT NOT NULL,
             device_name TEXT NOT NULL,
             random TEXT NOT NULL,
-            seen_at BIGINT NOT NULL,
+            seq BIGINT NOT NULL,
             PRIMARY KEY (product_key, device_name, random))",
+            "CREATE TABLE IF NOT EXISTS iotauth_settings (
+            name TEXT PRIMARY KEY,
+            value TEXT NOT NULL)",
         ],
     ),
 ];
@@ -164,13 +171,39 @@ struct FileReplaced {
     path: PathBuf,
 }
 
-/// Which secrets [`SqlStore::reseal`] seals again.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Reseal {
-    /// Those in clear.
-    InClear,
-    /// Those in clear or under another key than the sealing key.
-    NotUnderSealingKey,
+/// Whether and under which keys a store's secrets are sealed ([`SqlStore::sealing_state`]).
+struct SealingState {
+    /// The key recorded when the store was first sealed, or by the last rekey.
+    recorded: Option<String>,
+    /// The key ids its sealed values carry.
+    key_ids: Vec<String>,
+}
+
+impl SealingState {
+    /// A store that was never sealed and holds no sealed value: written in clear.
+    fn in_clear(&self) -> bool {
+        self.recorded.is_none() && self.key_ids.is_empty()
+    }
+
+    /// Refuses a keyring that does not open every key the store is sealed under, and a store
+    /// in clear for a sealed store.
+    fn check(&self, keyring: Option<&Keyring>) -> Result<(), StoreError> {
+        let unknown = self
+            .recorded
+            .iter()
+            .chain(&self.key_ids)
+            .find(|id| keyring.is_none_or(|ring| !ring.has(id)));
+        match unknown {
+            Some(key_id) => Err(StoreError::failure(
+                FailureKind::Configuration,
+                seal::UnknownKey {
+                    column: "secret",
+                    key_id: key_id.clone(),
+                },
+            )),
+            None => Ok(()),
+        }
+    }
 }
 
 /// The master keys given do not fit the store.
@@ -500,34 +533,36 @@ impl SqlStore {
             file.record_companions();
         }
         store.keyring = store.keyring_for(secrets).await?.map(Arc::new);
-        if store.keyring.is_some() {
-            store.reseal(Reseal::InClear).await?;
-        }
         Ok(store)
     }
 
     /// The keyring `secrets` gives this store, checked against the keys its secrets are
-    /// sealed under.
+    /// sealed under; a store in clear is sealed here, once (see [`SqlStore::connect_with`]).
     async fn keyring_for(&self, secrets: &SecretsAtRest) -> Result<Option<Keyring>, StoreError> {
         let configuration = |message: &'static str| {
             StoreError::failure(FailureKind::Configuration, SecretsSetting(message))
         };
-        if secrets.insecure_plaintext && secrets.master_key_file.is_some() {
+        if secrets.insecure_plaintext
+            && (secrets.master_key_file.is_some() || !secrets.previous_key_files.is_empty())
+        {
             return Err(configuration(
-                "a master key file and insecure plaintext secrets were both asked for",
+                "master key files and insecure plaintext secrets were both asked for",
             ));
         }
-        let sealed_under = self.sealing_key_ids().await?;
-        let keyring = match (seal::given_keyring(secrets)?, &self.file) {
-            (Some(keyring), _) => Some(keyring),
-            (None, _) if secrets.insecure_plaintext => None,
-            (None, Some(file)) => Some(Keyring::new(
-                default_key(&file.path, sealed_under.first())?,
-                Vec::new(),
+        let state = self.sealing_state().await?;
+        let keyring = match (secrets.master_key_file.is_some(), &self.file) {
+            _ if secrets.insecure_plaintext => None,
+            (true, _) => seal::given_keyring(secrets)?,
+            (false, Some(file)) => Some(Keyring::new(
+                default_key(
+                    &file.path,
+                    state.recorded.as_ref().or(state.key_ids.first()),
+                )?,
+                seal::previous_keys(secrets)?,
             )),
             // In-memory SQLite: nothing outlives the process, nor need its key.
-            (None, None) if self.sqlite => Some(Keyring::new(MasterKey::generate()?, Vec::new())),
-            (None, None) => {
+            (false, None) if self.sqlite => Some(Keyring::new(MasterKey::generate()?, Vec::new())),
+            (false, None) => {
                 return Err(configuration(
                     "a PostgreSQL store needs a master key file shared by its nodes \
                      (--master-key-file, IOTAUTH_MASTER_KEY_FILE), or \
@@ -535,25 +570,25 @@ impl SqlStore {
                 ));
             }
         };
-        let unknown = sealed_under
-            .iter()
-            .find(|id| keyring.as_ref().is_none_or(|ring| !ring.has(id)));
-        if let Some(key_id) = unknown {
-            return Err(StoreError::failure(
-                FailureKind::Configuration,
-                seal::UnknownKey {
-                    column: "secret",
-                    key_id: key_id.clone(),
-                },
-            ));
+        state.check(keyring.as_ref())?;
+        if let Some(keyring) = &keyring
+            && state.in_clear()
+        {
+            self.seal_store_in_clear(keyring).await?;
         }
         Ok(keyring)
     }
 
-    /// The ids of the keys the store's secrets are sealed under (values in clear not
-    /// counted).
-    async fn sealing_key_ids(&self) -> Result<Vec<String>, StoreError> {
-        let ids: Vec<String> = sqlx::query_scalar(
+    /// Whether and under which keys the store's secrets are sealed: the key recorded when it
+    /// was first sealed (`iotauth_settings.sealed_under`), and the key ids its values carry
+    /// (a scan of both tables).
+    async fn sealing_state(&self) -> Result<SealingState, StoreError> {
+        let recorded: Option<String> =
+            sqlx::query_scalar("SELECT value FROM iotauth_settings WHERE name = 'sealed_under'")
+                .fetch_optional(&self.pool)
+                .await
+                .map_err(failure)?;
+        let key_ids: Vec<String> = sqlx::query_scalar(
             "SELECT DISTINCT SUBSTR(device_secret, 9, 8) FROM iotauth_devices \
              WHERE LENGTH(device_secret) > 64 \
              UNION SELECT DISTINCT SUBSTR(product_secret, 9, 8) FROM iotauth_products \
@@ -562,24 +597,111 @@ impl SqlStore {
         .fetch_all(&self.pool)
         .await
         .map_err(failure)?;
-        Ok(ids)
+        Ok(SealingState { recorded, key_ids })
     }
 
-    /// Re-seals under the sealing key every secret that is not sealed under it (in clear, or
-    /// under a previous key): `iotauth store rekey`. (Opening a store seals the secrets it
-    /// holds in clear, and leaves those under previous keys to this.) Online: each row is
-    /// rewritten only if it still holds the value read (a concurrent change wins), in batches
-    /// of 500 rows, each one transaction. Returns how many secrets were re-sealed.
+    /// Seals every secret of a store in clear (written by a version before sealing, or with
+    /// --insecure-plaintext-secrets), records the key, and says how many it sealed. Under the
+    /// write lock (SQLite) or the migration lock (PostgreSQL), and only while the store is
+    /// still in clear: of processes opening it at once, one seals, and the others find it
+    /// sealed (and refuse a key other than the one recorded).
+    async fn seal_store_in_clear(&self, keyring: &Keyring) -> Result<(), StoreError> {
+        let mut tx = self.write_transaction().await?;
+        let recorded: Option<String> =
+            sqlx::query_scalar("SELECT value FROM iotauth_settings WHERE name = 'sealed_under'")
+                .fetch_optional(&mut *tx)
+                .await
+                .map_err(failure)?;
+        if let Some(recorded) = recorded {
+            // Another process sealed it meanwhile.
+            return SealingState {
+                recorded: Some(recorded),
+                key_ids: Vec::new(),
+            }
+            .check(Some(keyring));
+        }
+        let mut sealed = 0;
+        for field in [SecretField::ProductSecret, SecretField::DeviceSecret] {
+            let (select, update) = match field {
+                SecretField::ProductSecret => (
+                    "SELECT product_key, '' AS device_name, product_secret AS secret \
+                     FROM iotauth_products WHERE LENGTH(product_secret) <= 64",
+                    "UPDATE iotauth_products SET product_secret = $1 \
+                     WHERE product_key = $2 AND product_secret = $3",
+                ),
+                SecretField::DeviceSecret => (
+                    "SELECT product_key, device_name, device_secret AS secret \
+                     FROM iotauth_devices WHERE LENGTH(device_secret) <= 64",
+                    "UPDATE iotauth_devices SET device_secret = $1 \
+                     WHERE product_key = $2 AND device_name = $4 AND device_secret = $3",
+                ),
+            };
+            let rows = sqlx::query(select)
+                .fetch_all(&mut *tx)
+                .await
+                .map_err(failure)?;
+            for row in &rows {
+                let pk: String = column(row, "product_key")?;
+                let dn: String = column(row, "device_name")?;
+                let stored: String = column(row, "secret")?;
+                let mut query = sqlx::query(update)
+                    .bind(keyring.seal(field, (&pk, &dn), &stored)?)
+                    .bind(&pk)
+                    .bind(&stored);
+                if field == SecretField::DeviceSecret {
+                    query = query.bind(&dn);
+                }
+                sealed += query
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(failure)?
+                    .rows_affected();
+            }
+        }
+        sqlx::query("INSERT INTO iotauth_settings (name, value) VALUES ('sealed_under', $1)")
+            .bind(keyring.sealing_key_id().to_string())
+            .execute(&mut *tx)
+            .await
+            .map_err(failure)?;
+        tx.commit().await.map_err(failure)?;
+        if sealed > 0 {
+            tracing::warn!(
+                secrets = sealed,
+                key_id = %keyring.sealing_key_id(),
+                "sealed the secrets of a store that kept them in clear"
+            );
+        }
+        Ok(())
+    }
+
+    /// A transaction that holds the database's write lock from its start (SQLite's `BEGIN
+    /// IMMEDIATE`; PostgreSQL's migration lock), so that reading and then writing cannot
+    /// interleave with another process doing the same.
+    async fn write_transaction(&self) -> Result<sqlx::Transaction<'_, sqlx::Any>, StoreError> {
+        self.check_file()?;
+        if self.sqlite {
+            return self
+                .pool
+                .begin_with("BEGIN IMMEDIATE")
+                .await
+                .map_err(failure);
+        }
+        let mut tx = self.pool.begin().await.map_err(failure)?;
+        tx.execute(PG_MIGRATION_LOCK).await.map_err(failure)?;
+        Ok(tx)
+    }
+
+    /// Re-seals under the sealing key every secret sealed under another key (a previous one):
+    /// `iotauth store rekey`. Online: in batches of 500 rows, each one write transaction, each
+    /// row rewritten only if it still holds the value read; then records the sealing key as
+    /// the store's. Returns how many secrets were re-sealed. A value in clear in a sealed
+    /// store is not sealed (it is not this crate's: it reads as corrupt).
     ///
     /// # Errors
-    /// [`StoreError::Unavailable`]; [`FailureKind::Configuration`] without a keyring (a store
-    /// in clear) or when secrets remain under other keys after a pass that changed nothing
-    /// (another process sealing under an older key).
+    /// [`StoreError::Unavailable`]; [`FailureKind::Configuration`] for a store in clear, or
+    /// when secrets remain under other keys after a pass that changed nothing (another process
+    /// sealing under an older key).
     pub async fn rekey(&self) -> Result<u64, StoreError> {
-        self.reseal(Reseal::NotUnderSealingKey).await
-    }
-
-    async fn reseal(&self, which: Reseal) -> Result<u64, StoreError> {
         let Some(keyring) = self.keyring.as_deref() else {
             return Err(StoreError::failure(
                 FailureKind::Configuration,
@@ -588,13 +710,12 @@ impl SqlStore {
         };
         let key_id = keyring.sealing_key_id().to_string();
         let mut resealed = 0;
-        for table in [SecretField::ProductSecret, SecretField::DeviceSecret] {
-            let (select, update) = match table {
+        for field in [SecretField::ProductSecret, SecretField::DeviceSecret] {
+            let (select, update) = match field {
                 SecretField::ProductSecret => (
                     "SELECT product_key, '' AS device_name, product_secret AS secret \
                      FROM iotauth_products \
-                     WHERE LENGTH(product_secret) <= 64 \
-                     OR ($2 = 1 AND SUBSTR(product_secret, 9, 8) <> $1) \
+                     WHERE LENGTH(product_secret) > 64 AND SUBSTR(product_secret, 9, 8) <> $1 \
                      LIMIT 500",
                     "UPDATE iotauth_products SET product_secret = $1 \
                      WHERE product_key = $2 AND product_secret = $3",
@@ -602,19 +723,16 @@ impl SqlStore {
                 SecretField::DeviceSecret => (
                     "SELECT product_key, device_name, device_secret AS secret \
                      FROM iotauth_devices \
-                     WHERE LENGTH(device_secret) <= 64 \
-                     OR ($2 = 1 AND SUBSTR(device_secret, 9, 8) <> $1) \
+                     WHERE LENGTH(device_secret) > 64 AND SUBSTR(device_secret, 9, 8) <> $1 \
                      LIMIT 500",
                     "UPDATE iotauth_devices SET device_secret = $1 \
-                     WHERE product_key = $2 AND device_name = $3 AND device_secret = $4",
+                     WHERE product_key = $2 AND device_name = $4 AND device_secret = $3",
                 ),
             };
             loop {
-                self.check_file()?;
-                let mut tx = self.pool.begin().await.map_err(failure)?;
+                let mut tx = self.write_transaction().await?;
                 let rows = sqlx::query(select)
                     .bind(&key_id)
-                    .bind(i64::from(which == Reseal::NotUnderSealingKey))
                     .fetch_all(&mut *tx)
                     .await
                     .map_err(failure)?;
@@ -624,23 +742,18 @@ impl SqlStore {
                     let dn: String = column(row, "device_name")?;
                     let stored: String = column(row, "secret")?;
                     let identity = (pk.as_str(), dn.as_str());
-                    let sealed = if seal::sealed_parts(&stored).is_some() {
-                        keyring.open(table, identity, &stored, |secret| {
-                            keyring.seal(table, identity, secret)
-                        })?
-                    } else {
-                        keyring.seal(table, identity, &stored)?
-                    };
-                    let mut query = sqlx::query(update).bind(sealed).bind(&pk);
-                    if table == SecretField::DeviceSecret {
+                    let sealed = keyring.open(field, identity, &stored, |secret| {
+                        keyring.seal(field, identity, secret)
+                    })?;
+                    let mut query = sqlx::query(update).bind(sealed).bind(&pk).bind(&stored);
+                    if field == SecretField::DeviceSecret {
                         query = query.bind(&dn);
                     }
-                    let done = query
-                        .bind(&stored)
+                    changed += query
                         .execute(&mut *tx)
                         .await
-                        .map_err(failure)?;
-                    changed += done.rows_affected();
+                        .map_err(failure)?
+                        .rows_affected();
                 }
                 tx.commit().await.map_err(failure)?;
                 resealed += changed;
@@ -658,6 +771,17 @@ impl SqlStore {
                 }
             }
         }
+        let mut tx = self.write_transaction().await?;
+        sqlx::query("DELETE FROM iotauth_settings WHERE name = 'sealed_under'")
+            .execute(&mut *tx)
+            .await
+            .map_err(failure)?;
+        sqlx::query("INSERT INTO iotauth_settings (name, value) VALUES ('sealed_under', $1)")
+            .bind(&key_id)
+            .execute(&mut *tx)
+            .await
+            .map_err(failure)?;
+        tx.commit().await.map_err(failure)?;
         Ok(resealed)
     }
 
@@ -933,13 +1057,7 @@ impl SqlStore {
                 )?,
                 device_quota: number(row, "device_quota")?,
             },
-            registration_limit: RegistrationLimit {
-                rate_per_sec: number(row, "registration_rate")?,
-                burst: number(row, "registration_burst")?,
-                refusal_threshold: number(row, "refusal_threshold")?,
-                refusal_window_secs: number(row, "refusal_window_secs")?,
-                unique_random: flag(column(row, "unique_random")?, "unique_random")?,
-            },
+            registration_limit: registration_limit(row)?,
             switched_off_by_breaker_at: column::<Option<i64>>(row, "breaker_tripped_at")?
                 .map(|at| {
                     u64::try_from(at).map(UnixMillis).map_err(|_| {
@@ -1018,6 +1136,32 @@ fn client_ids_from_column(text: &str) -> Result<Vec<ClientIdRecord>, StoreError>
     Ok(records)
 }
 
+/// A product's registration limits as stored, checked as [`RegistrationLimit`]'s builders
+/// check them.
+fn registration_limit(row: &AnyRow) -> Result<RegistrationLimit, StoreError> {
+    let (rate, burst) = (
+        number(row, "registration_rate")?,
+        number(row, "registration_burst")?,
+    );
+    let (threshold, window) = (
+        number(row, "refusal_threshold")?,
+        number(row, "refusal_window_secs")?,
+    );
+    let unique_random = flag(column(row, "unique_random")?, "unique_random")?;
+    RegistrationLimit::DEFAULT
+        .with_rate(rate, burst)
+        .and_then(|limit| limit.with_refusals(threshold, window))
+        .map(|limit| limit.with_unique_random(unique_random))
+        .map_err(|_| {
+            StoreError::failure(
+                FailureKind::Corrupt,
+                Corrupt {
+                    column: "registration_rate",
+                },
+            )
+        })
+}
+
 /// A `u32` column.
 fn number(row: &AnyRow, name: &'static str) -> Result<u32, StoreError> {
     u32::try_from(column::<i64>(row, name)?)
@@ -1079,11 +1223,11 @@ impl ProductStore for SqlStore {
         .bind(product.name)
         .bind(i64::from(product.pre_registration_free.on))
         .bind(i64::from(product.pre_registration_free.device_quota))
-        .bind(i64::from(product.registration_limit.rate_per_sec))
-        .bind(i64::from(product.registration_limit.burst))
-        .bind(i64::from(product.registration_limit.refusal_threshold))
-        .bind(i64::from(product.registration_limit.refusal_window_secs))
-        .bind(i64::from(product.registration_limit.unique_random))
+        .bind(i64::from(product.registration_limit.rate_per_sec()))
+        .bind(i64::from(product.registration_limit.burst()))
+        .bind(i64::from(product.registration_limit.refusal_threshold()))
+        .bind(i64::from(product.registration_limit.refusal_window_secs()))
+        .bind(i64::from(product.registration_limit.unique_random()))
         .bind(
             product
                 .switched_off_by_breaker_at
@@ -1133,13 +1277,19 @@ impl ProductStore for SqlStore {
         product_key: &ProductKey,
         switch: DynamicRegistration,
     ) -> Result<(), StoreError> {
-        // An operator's setting: the breaker's mark and its refusals are cleared.
+        // An operator's setting: the breaker's mark and the refusals it counted are cleared.
         let query = sqlx::query(
-            "UPDATE iotauth_products SET dynamic_registration = $1, breaker_tripped_at = NULL, \
-             refusal_tat = 0 WHERE product_key = $2",
+            "UPDATE iotauth_products SET dynamic_registration = $1, breaker_tripped_at = NULL \
+             WHERE product_key = $2",
         )
         .bind(switch_value(switch));
-        self.update_product(query, product_key).await
+        self.update_product(query, product_key).await?;
+        sqlx::query("DELETE FROM iotauth_registration_refusals WHERE product_key = $1")
+            .bind(product_key.as_str())
+            .execute(&self.pool)
+            .await
+            .map_err(failure)?;
+        Ok(())
     }
 
     async fn set_pre_registration_free(
@@ -1161,16 +1311,17 @@ impl ProductStore for SqlStore {
         product_key: &ProductKey,
         limit: RegistrationLimit,
     ) -> Result<(), StoreError> {
+        // The bucket is filled: a debt run up under the old rate does not outlive it.
         let query = sqlx::query(
             "UPDATE iotauth_products SET registration_rate = $1, registration_burst = $2, \
-             refusal_threshold = $3, refusal_window_secs = $4, unique_random = $5 \
-             WHERE product_key = $6",
+             refusal_threshold = $3, refusal_window_secs = $4, unique_random = $5, \
+             issue_tat = 0 WHERE product_key = $6",
         )
-        .bind(i64::from(limit.rate_per_sec))
-        .bind(i64::from(limit.burst))
-        .bind(i64::from(limit.refusal_threshold))
-        .bind(i64::from(limit.refusal_window_secs))
-        .bind(i64::from(limit.unique_random));
+        .bind(i64::from(limit.rate_per_sec()))
+        .bind(i64::from(limit.burst()))
+        .bind(i64::from(limit.refusal_threshold()))
+        .bind(i64::from(limit.refusal_window_secs()))
+        .bind(i64::from(limit.unique_random()));
         self.update_product(query, product_key).await
     }
 
@@ -1180,9 +1331,10 @@ impl ProductStore for SqlStore {
         now: UnixMillis,
     ) -> Result<bool, StoreError> {
         self.check_file()?;
+        let now = micros_value(now)?;
         // RegistrationLimit::admit_issue in one statement, so that every process shares the
         // bucket: tat' = max(tat, now) + interval, admitted while tat' - now <= burst * interval.
-        let done = sqlx::query(
+        let admitted = sqlx::query(
             "UPDATE iotauth_products SET issue_tat = \
                (CASE WHEN issue_tat > $1 THEN issue_tat ELSE $1 END) + 1000000 / registration_rate \
              WHERE product_key = $2 AND registration_rate > 0 \
@@ -1190,12 +1342,29 @@ impl ProductStore for SqlStore {
                + 1000000 / registration_rate - $1 \
                <= registration_burst * (1000000 / registration_rate)",
         )
-        .bind(micros_value(now)?)
+        .bind(now)
         .bind(product_key.as_str())
         .execute(&self.pool)
         .await
-        .map_err(failure)?;
-        Ok(done.rows_affected() == 1)
+        .map_err(failure)?
+        .rows_affected()
+            == 1;
+        if !admitted {
+            // A debt beyond a full bucket's (written by a node whose clock runs ahead, or
+            // before this clock stepped back) is cut to a full bucket's.
+            sqlx::query(
+                "UPDATE iotauth_products \
+                 SET issue_tat = $1 + registration_burst * (1000000 / registration_rate) \
+                 WHERE product_key = $2 AND registration_rate > 0 \
+                 AND issue_tat > $1 + registration_burst * (1000000 / registration_rate)",
+            )
+            .bind(now)
+            .bind(product_key.as_str())
+            .execute(&self.pool)
+            .await
+            .map_err(failure)?;
+        }
+        Ok(admitted)
     }
 
     async fn record_registration_refusal(
@@ -1205,33 +1374,55 @@ impl ProductStore for SqlStore {
     ) -> Result<bool, StoreError> {
         self.check_file()?;
         let now_micros = micros_value(now)?;
-        // RegistrationLimit::add_refusal: the refusal is added, then one statement switches
-        // the product off if the refusals pass the threshold; its row count says which
-        // process did (one, however many race).
-        sqlx::query(
-            "UPDATE iotauth_products SET refusal_tat = \
-               (CASE WHEN refusal_tat > $1 THEN refusal_tat ELSE $1 END) \
-               + refusal_window_secs * 1000000 / refusal_threshold \
-             WHERE product_key = $2 AND refusal_threshold > 0 AND dynamic_registration = 1",
+        // Counted only while dynamic registration is on: a product switched off is not
+        // written to by refusals.
+        let counted = sqlx::query(
+            "INSERT INTO iotauth_registration_refusals (product_key, at) \
+             SELECT product_key, $1 FROM iotauth_products \
+             WHERE product_key = $2 AND dynamic_registration = 1 AND refusal_threshold > 0",
         )
         .bind(now_micros)
         .bind(product_key.as_str())
         .execute(&self.pool)
         .await
         .map_err(failure)?;
+        if counted.rows_affected() == 0 {
+            return Ok(false);
+        }
+        sqlx::query(
+            "DELETE FROM iotauth_registration_refusals WHERE product_key = $1 AND at <= $2 - \
+             (SELECT refusal_window_secs FROM iotauth_products WHERE product_key = $1) * 1000000",
+        )
+        .bind(product_key.as_str())
+        .bind(now_micros)
+        .execute(&self.pool)
+        .await
+        .map_err(failure)?;
+        // One statement decides the switch-off; its row count says which process did it (one,
+        // however many race: the others find the switch off).
         let tripped = sqlx::query(
-            "UPDATE iotauth_products SET dynamic_registration = 0, breaker_tripped_at = $1, \
-               refusal_tat = 0 \
-             WHERE product_key = $2 AND refusal_threshold > 0 AND dynamic_registration = 1 \
-             AND refusal_tat - $3 > refusal_window_secs * 1000000",
+            "UPDATE iotauth_products SET dynamic_registration = 0, breaker_tripped_at = $1 \
+             WHERE product_key = $2 AND dynamic_registration = 1 AND refusal_threshold > 0 \
+             AND (SELECT COUNT(*) FROM iotauth_registration_refusals \
+                  WHERE product_key = $2 AND at > $3 - refusal_window_secs * 1000000) \
+                 > refusal_threshold",
         )
         .bind(millis_value(now)?)
         .bind(product_key.as_str())
         .bind(now_micros)
         .execute(&self.pool)
         .await
-        .map_err(failure)?;
-        Ok(tripped.rows_affected() == 1)
+        .map_err(failure)?
+        .rows_affected()
+            == 1;
+        if tripped {
+            sqlx::query("DELETE FROM iotauth_registration_refusals WHERE product_key = $1")
+                .bind(product_key.as_str())
+                .execute(&self.pool)
+                .await
+                .map_err(failure)?;
+        }
+        Ok(tripped)
     }
 }
 
@@ -1295,18 +1486,19 @@ impl DeviceStore for SqlStore {
         product_key: &ProductKey,
         device_name: &DeviceName,
         random: &str,
-        now: UnixMillis,
     ) -> Result<bool, StoreError> {
         self.check_file()?;
         let mut tx = self.pool.begin().await.map_err(failure)?;
+        // `seq` numbers a device's randoms in the order they were recorded (two recorded at
+        // once may share one; the primary key still refuses a random recorded twice).
         let inserted = sqlx::query(
-            "INSERT INTO iotauth_registration_randoms (product_key, device_name, random, seen_at) \
-             VALUES ($1, $2, $3, $4)",
+            "INSERT INTO iotauth_registration_randoms (product_key, device_name, random, seq) \
+             SELECT $1, $2, $3, COALESCE(MAX(seq), 0) + 1 FROM iotauth_registration_randoms \
+             WHERE product_key = $1 AND device_name = $2",
         )
         .bind(product_key.as_str())
         .bind(device_name.as_str())
         .bind(random)
-        .bind(micros_value(now)?)
         .execute(&mut *tx)
         .await;
         match inserted {
@@ -1316,10 +1508,9 @@ impl DeviceStore for SqlStore {
         }
         sqlx::query(
             "DELETE FROM iotauth_registration_randoms \
-             WHERE product_key = $1 AND device_name = $2 AND random NOT IN \
-             (SELECT random FROM iotauth_registration_randoms \
-              WHERE product_key = $1 AND device_name = $2 \
-              ORDER BY seen_at DESC, random DESC LIMIT $3)",
+             WHERE product_key = $1 AND device_name = $2 AND seq <= \
+             (SELECT MAX(seq) FROM iotauth_registration_randoms \
+              WHERE product_key = $1 AND device_name = $2) - $3",
         )
         .bind(product_key.as_str())
         .bind(device_name.as_str())

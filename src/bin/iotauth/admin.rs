@@ -238,11 +238,11 @@ impl<'a> ProductJson<'a> {
             pre_registration_free: product.pre_registration_free.on,
             device_quota: product.pre_registration_free.device_quota,
             registration_limit: LimitJson {
-                rate: product.registration_limit.rate_per_sec,
-                burst: product.registration_limit.burst,
-                refusal_threshold: product.registration_limit.refusal_threshold,
-                refusal_window_secs: product.registration_limit.refusal_window_secs,
-                unique_random: product.registration_limit.unique_random,
+                rate: product.registration_limit.rate_per_sec(),
+                burst: product.registration_limit.burst(),
+                refusal_threshold: product.registration_limit.refusal_threshold(),
+                refusal_window_secs: product.registration_limit.refusal_window_secs(),
+                unique_random: product.registration_limit.unique_random(),
             },
             switched_off_by_breaker_at: product.switched_off_by_breaker_at.map(|at| at.0),
             name: product.name.as_deref(),
@@ -423,18 +423,18 @@ pub(crate) async fn product(store: Arc<dyn Store>, command: ProductCommand) -> R
             let current = product_of(&store, &product_key).await?.registration_limit;
             let limit = current
                 .with_rate(
-                    rate.unwrap_or(current.rate_per_sec),
-                    burst.unwrap_or(current.burst),
+                    rate.unwrap_or(current.rate_per_sec()),
+                    burst.unwrap_or(current.burst()),
                 )
                 .and_then(|limit| {
                     limit.with_refusals(
-                        refusal_threshold.unwrap_or(current.refusal_threshold),
-                        refusal_window_secs.unwrap_or(current.refusal_window_secs),
+                        refusal_threshold.unwrap_or(current.refusal_threshold()),
+                        refusal_window_secs.unwrap_or(current.refusal_window_secs()),
                     )
                 })
                 .map_err(|e| Failure::Usage(e.to_string()))?
                 .with_unique_random(
-                    unique_random.map_or(current.unique_random, |s| matches!(s, Switch::On)),
+                    unique_random.map_or(current.unique_random(), |s| matches!(s, Switch::On)),
                 );
             admin.set_registration_limit(&product_key, limit).await?;
             print_json(&ProductJson::of(
