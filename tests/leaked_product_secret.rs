@@ -126,7 +126,8 @@ fn a_harvesting_loop_gets_at_most_the_burst_then_429_and_the_product_is_switched
     assert_eq!(warnings.len(), 1, "one warn line: {warnings:?}");
     assert!(warnings[0].contains("WARN") && warnings[0].contains(&fleet.pk));
 
-    // The operator turns it back on: registrations are served again.
+    // The operator turns it back on (and sets the limits again, which fills the bucket):
+    // registrations are served again.
     cli(
         &store,
         &["product", "dynamic-registration", &fleet.pk, "on"],
@@ -134,6 +135,13 @@ fn a_harvesting_loop_gets_at_most_the_burst_then_429_and_the_product_is_switched
     let shown = product(&fleet);
     assert_eq!(shown["dynamicRegistration"], true);
     assert!(shown.get("switchedOffByBreakerAt").is_none(), "{shown}");
+    cli(
+        &store,
+        &["product", "registration-limit", &fleet.pk, "--rate", "10"],
+    );
+    let throttled = &names[names.len() - 1];
+    let reply = server.register(&form(&fleet, throttled, "after"));
+    assert_eq!(code(&reply), 200, "{throttled}, throttled before: {reply}");
 }
 
 #[test]

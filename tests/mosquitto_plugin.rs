@@ -319,9 +319,14 @@ fn the_master_key_option_is_checked_and_a_created_key_file_is_logged() {
             wrong.display()
         ),
     );
+    // The key id the secrets need: the first four bytes of the SHA-256 of the key, in hex.
+    let key_text = std::fs::read_to_string(dir.join("fleet.db.key")).unwrap();
+    let key = hex::decode(key_text.trim()).unwrap();
+    let key_id = hex::encode(&<sha2::Sha256 as sha2::Digest>::digest(&key)[..4]);
     assert!(
-        log.contains("iotauth: not loaded") && log.contains("is sealed under master key"),
-        "{log}"
+        log.contains("iotauth: not loaded")
+            && log.contains(&format!("is sealed under master key {key_id}")),
+        "{key_id}: {log}"
     );
     // A new store: the plugin creates fleet2.db.key and says where.
     let broker = Mosquitto::start(

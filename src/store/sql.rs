@@ -6,21 +6,37 @@
 //! ```sql
 //! CREATE TABLE iotauth_products (
 //!     product_key TEXT PRIMARY KEY,
-//!     product_secret TEXT NOT NULL,
+//!     product_secret TEXT NOT NULL,                   -- sealed (see below)
 //!     dynamic_registration BIGINT NOT NULL,           -- 0 off, 1 on
 //!     name TEXT,
 //!     pre_registration_free BIGINT NOT NULL DEFAULT 0, -- 0 off, 1 on (version 2)
-//!     device_quota BIGINT NOT NULL DEFAULT 10000);     -- (version 2)
+//!     device_quota BIGINT NOT NULL DEFAULT 10000,     -- (version 2)
+//!     registration_rate BIGINT NOT NULL DEFAULT 10,   -- (version 3) RegistrationLimit
+//!     registration_burst BIGINT NOT NULL DEFAULT 100,
+//!     refusal_threshold BIGINT NOT NULL DEFAULT 100,
+//!     refusal_window_secs BIGINT NOT NULL DEFAULT 60,
+//!     unique_random BIGINT NOT NULL DEFAULT 0,
+//!     issue_tat BIGINT NOT NULL DEFAULT 0,            -- the token bucket, Unix µs
+//!     breaker_tripped_at BIGINT);                     -- Unix ms
 //! CREATE TABLE iotauth_devices (
 //!     product_key TEXT NOT NULL REFERENCES iotauth_products (product_key),
 //!     device_name TEXT NOT NULL,
-//!     device_secret TEXT NOT NULL,
+//!     device_secret TEXT NOT NULL,                    -- sealed (see below)
 //!     state TEXT NOT NULL CHECK (state IN ('inactive', 'issued', 'active')),
 //!     enabled BIGINT NOT NULL,                        -- 0 disabled, 1 enabled
 //!     revision BIGINT NOT NULL,
 //!     client_ids TEXT NOT NULL DEFAULT '',            -- (version 2) see below
 //!     PRIMARY KEY (product_key, device_name));
+//! -- version 3:
+//! CREATE TABLE iotauth_registration_refusals (product_key TEXT NOT NULL, at BIGINT NOT NULL);
+//! CREATE TABLE iotauth_registration_randoms (product_key TEXT NOT NULL,
+//!     device_name TEXT NOT NULL, random TEXT NOT NULL, seq BIGINT NOT NULL,
+//!     PRIMARY KEY (product_key, device_name, random));
+//! CREATE TABLE iotauth_settings (name TEXT PRIMARY KEY, value TEXT NOT NULL);
 //! ```
+//! Secrets are stored sealed, `sealed1:KEYID:HEX` (see [`MasterKey`]); `iotauth_settings`
+//! holds `sealed_under`, the key the store was first sealed (or last re-keyed) under. A store
+//! kept in clear (`--insecure-plaintext-secrets`) holds the secrets themselves.
 //! `client_ids` lists a device's ClientIDs and the SHA-256 of each one's DeviceToken as
 //! `CLIENTID:HEXDIGEST` separated by commas, oldest first (at most five): in the device's row,
 //! so that compare-and-set changes them atomically with the rest. No token is stored.

@@ -122,32 +122,30 @@ pub(crate) fn store(
             ));
         }
     };
-    let created = match MasterKey::create_file(&new_key_file) {
-        Ok(_) => true,
-        Err(KeyFileError::Io { source, .. })
-            if source.kind() == std::io::ErrorKind::AlreadyExists =>
-        {
-            false
-        }
-        Err(e) => return Err(StoreError::from(e).into()),
-    };
-    secrets.previous_key_files.insert(0, current);
-    secrets.master_key_file = Some(new_key_file.clone());
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .map_err(|e| Failure::Rejected(format!("cannot start the runtime: {e}")))?;
     let (key_id, resealed) = runtime.block_on(async {
+        // The store opens with the keys it has now before a new key is made: a refusal
+        // leaves no stray key file behind.
+        SqlStore::connect_with(url, &secrets).await?.close().await;
+        match MasterKey::create_file(&new_key_file) {
+            Ok(_) => eprintln!(
+                "created {} (mode 0600): secrets are being re-sealed under it; give it to \
+                 every process of this store",
+                new_key_file.display()
+            ),
+            Err(KeyFileError::Io { source, .. })
+                if source.kind() == std::io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(StoreError::from(e)),
+        }
+        secrets.previous_key_files.insert(0, current);
+        secrets.master_key_file = Some(new_key_file.clone());
         let store = SqlStore::connect_with(url, &secrets).await?;
         let resealed = store.rekey().await?;
         Ok::<_, StoreError>((store.sealing_key_id(), resealed))
     })?;
-    if created {
-        eprintln!(
-            "created {} (mode 0600): give it to every process of this store",
-            new_key_file.display()
-        );
-    }
     print_json(&RekeyedJson {
         key_id: key_id.map(|id| id.to_string()).unwrap_or_default(),
         key_file: new_key_file.display().to_string(),
