@@ -24,8 +24,9 @@ use zeroize::Zeroizing;
 use super::{FailureKind, SecretsAtRest, StoreError};
 use crate::random::{Entropy, OsEntropy};
 
-/// What a sealed value starts with (format version 1).
-const PREFIX: &str = "sealed1:";
+/// What a sealed value starts with (format version 1). The SQL store finds the key id at
+/// characters 9 to 16 and tells sealed values by their length (over 64): see its test.
+pub(crate) const PREFIX: &str = "sealed1:";
 const NONCE_LEN: usize = 24;
 const TAG_LEN: usize = 16;
 /// The associated data's domain, so that a sealed value of another format never opens.

@@ -1770,6 +1770,29 @@ mod tests {
         }
     }
 
+    /// The statements find a sealed value's key id as `SUBSTR(x, 9, 8)` and tell it from a
+    /// secret in clear as `LENGTH(x) > 64`: what `seal` writes.
+    #[test]
+    fn the_statements_read_sealed_values_as_seal_writes_them() {
+        let keyring = Keyring::new(MasterKey::from_bytes([1; 32]), Vec::new());
+        // The shortest secret, one character.
+        let sealed = keyring
+            .seal(SecretField::DeviceSecret, ("a1pk", "dev"), "x")
+            .unwrap();
+        assert_eq!(seal::PREFIX.len(), 8);
+        assert_eq!(
+            &sealed[8..16],
+            keyring.sealing_key_id().to_string(),
+            "SUBSTR(x, 9, 8)"
+        );
+        assert!(sealed.len() > 64, "LENGTH(x) > 64 for every sealed value");
+        assert_eq!(
+            DeviceSecret::MAX_LEN.max(ProductSecret::MAX_LEN),
+            64,
+            "LENGTH(x) <= 64 for every secret"
+        );
+    }
+
     #[test]
     fn a_sqlite_url_names_its_file_as_sqlx_reads_it() {
         assert_eq!(
