@@ -623,18 +623,29 @@ unsafe fn text<'a>(ptr: *const c_char) -> Option<&'a str> {
     unsafe { CStr::from_ptr(ptr) }.to_str().ok()
 }
 
-/// Runs `body`, turning a panic into `denied` so that no unwind crosses into C.
+/// Runs `body`, turning a panic into `denied` so that no unwind crosses into C; then writes
+/// the library's queued log lines.
 fn guarded(denied: c_int, body: impl FnOnce() -> c_int) -> c_int {
-    catch_unwind(AssertUnwindSafe(body)).unwrap_or_else(|_| {
+    let rc = catch_unwind(AssertUnwindSafe(body)).unwrap_or_else(|_| {
         log(MOSQ_LOG_ERR, "a callback panicked; denied");
         denied
-    })
+    });
+    write_library_lines();
+    rc
 }
 
-/// One formatted line of the library's log, written to Mosquitto's log when dropped.
-struct MosquittoLogLine(Vec<u8>);
+/// The library's `warn` lines not yet in Mosquitto's log, oldest first. The library may log
+/// from any thread (a runtime worker), and Mosquitto's log is called from its own thread only:
+/// the lines wait here until a callback ([`guarded`]) writes them.
+static LIBRARY_LINES: Mutex<Vec<String>> = Mutex::new(Vec::new());
 
-impl std::io::Write for MosquittoLogLine {
+/// The most lines waiting; more are dropped (and counted in the last one).
+const MAX_LIBRARY_LINES: usize = 64;
+
+/// One formatted line of the library's log, queued for Mosquitto's log when dropped.
+struct LibraryLine(Vec<u8>);
+
+impl std::io::Write for LibraryLine {
     fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
         self.0.extend_from_slice(bytes);
         Ok(bytes.len())
@@ -645,24 +656,33 @@ impl std::io::Write for MosquittoLogLine {
     }
 }
 
-impl Drop for MosquittoLogLine {
+impl Drop for LibraryLine {
     fn drop(&mut self) {
-        let line = String::from_utf8_lossy(&self.0);
-        if !line.trim().is_empty() {
-            log(MOSQ_LOG_WARNING, line.trim_end());
+        let line = String::from_utf8_lossy(&self.0).trim_end().to_owned();
+        let mut lines = lock(&LIBRARY_LINES);
+        if !line.is_empty() && lines.len() < MAX_LIBRARY_LINES {
+            lines.push(line);
         }
     }
 }
 
+/// Writes the library's queued lines to Mosquitto's log (from a callback: Mosquitto's thread).
+fn write_library_lines() {
+    let lines = std::mem::take(&mut *lock(&LIBRARY_LINES));
+    for line in lines {
+        log(MOSQ_LOG_WARNING, &line);
+    }
+}
+
 /// The library's `warn` lines (a product switched off by the registration circuit breaker, a
-/// master key file created beside the store) go to Mosquitto's log. A second plugin load in one
-/// process keeps the first one's.
+/// master key file created beside the store), and only its own, go to Mosquitto's log. A
+/// second plugin load in one process keeps the first one's.
 fn forward_library_warnings() {
     let _ = tracing_subscriber::fmt()
-        .with_max_level(tracing::Level::WARN)
+        .with_env_filter(tracing_subscriber::EnvFilter::new("iotauth=warn"))
         .with_ansi(false)
         .without_time()
-        .with_writer(|| MosquittoLogLine(Vec::new()))
+        .with_writer(|| LibraryLine(Vec::new()))
         .try_init();
 }
 
