@@ -639,7 +639,7 @@ fn guarded(denied: c_int, body: impl FnOnce() -> c_int) -> c_int {
 /// the lines wait here until a callback ([`guarded`]) writes them.
 static LIBRARY_LINES: Mutex<Vec<String>> = Mutex::new(Vec::new());
 
-/// The most lines waiting; more are dropped (and counted in the last one).
+/// The most lines waiting; more are dropped until the queue is written.
 const MAX_LIBRARY_LINES: usize = 64;
 
 /// One formatted line of the library's log, queued for Mosquitto's log when dropped.

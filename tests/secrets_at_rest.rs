@@ -19,7 +19,7 @@ mod iotauth_support;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use iotauth::service::{AuthError, Authenticator};
+use iotauth::service::{Admin, AuthError, Authenticator};
 use iotauth::store::{
     DeviceStore, FailureKind, MasterKey, ProductStore, SecretsAtRest, SqlStore, conformance,
 };
@@ -522,9 +522,10 @@ fn the_cli_rekeys_a_store_to_a_new_key_file() {
     assert_eq!(again["resealed"], 0, "{again}");
 }
 
-/// Someone with write access to the database, and not the key, plants a secret of their own in
-/// clear (or cuts a sealed value down to 64 characters) in a sealed store: it is never sealed
-/// (not by the next open, nor by a rekey) and never logs in; it reads as corrupt.
+/// Someone with write access to the database, and not the key, plants secrets of their own in
+/// clear (or cuts a sealed value down to 64 characters) in a sealed store, and removes what
+/// says the store is sealed: they are never sealed (not by the next open, nor by a rekey) and
+/// never log in; they read as corrupt.
 #[test]
 fn a_secret_planted_in_clear_in_a_sealed_store_is_corrupt_and_never_sealed() {
     let dir = Dir::new("planted");
@@ -533,16 +534,25 @@ fn a_secret_planted_in_clear_in_a_sealed_store_is_corrupt_and_never_sealed() {
         conformance::hand_out_secrets(&store, "planted").await;
         store.close().await;
     });
+    let pk = python_sqlite(
+        &dir.db(),
+        "print(sqlite3.connect(sys.argv[1]).execute('SELECT product_key FROM iotauth_products').fetchone()[0])",
+        "",
+    );
+    let pk = ProductKey::new(pk.trim()).unwrap();
     sqlite_exec(
         &dir.db(),
         "UPDATE iotauth_devices SET device_secret = 'AttackerChosenSecret0123456789ab' \
          WHERE device_name = 'dev2'; \
          UPDATE iotauth_devices SET device_secret = SUBSTR(device_secret, 1, 64) \
-         WHERE device_name = 'dev3'",
+         WHERE device_name = 'dev3'; \
+         UPDATE iotauth_products SET product_secret = 'AttackerProductSecret0123456789a'; \
+         DELETE FROM iotauth_settings",
     );
     block(async {
         let store = connect(&dir.url(), &SecretsAtRest::default()).await;
-        let pk = store.products().await.unwrap()[0].product_key;
+        let e = store.product(&pk).await.unwrap_err();
+        assert_eq!(e.failure_kind(), Some(FailureKind::Corrupt));
         for planted in ["dev2", "dev3"] {
             let dn = DeviceName::new(planted).unwrap();
             let e = store.device(&pk, &dn).await.unwrap_err();
@@ -577,7 +587,36 @@ fn a_secret_planted_in_clear_in_a_sealed_store_is_corrupt_and_never_sealed() {
     });
     let dump = sqlite_dump(&dir.db());
     assert!(
-        dump.contains("AttackerChosenSecret0123456789ab"),
+        dump.contains("AttackerChosenSecret0123456789ab")
+            && dump.contains("AttackerProductSecret0123456789a"),
         "left as planted"
     );
+}
+
+/// The same in a store that holds one product and no device: with every sealed value replaced
+/// and the settings deleted, nothing says it was sealed but the absence of the mark a new store
+/// is born with; the planted ProductSecret is still not sealed.
+#[test]
+fn a_product_only_store_wiped_and_planted_is_not_sealed_again() {
+    let dir = Dir::new("wiped");
+    let product = block(async {
+        let store = connect(&dir.url(), &SecretsAtRest::default()).await;
+        let product = Admin::new(store.clone())
+            .create_product(None, DynamicRegistration::On)
+            .await
+            .unwrap();
+        store.close().await;
+        product.product_key
+    });
+    sqlite_exec(
+        &dir.db(),
+        "UPDATE iotauth_products SET product_secret = 'AttackerProductSecret0123456789a'; \
+         DELETE FROM iotauth_settings",
+    );
+    block(async {
+        let store = connect(&dir.url(), &SecretsAtRest::default()).await;
+        let e = store.product(&product).await.unwrap_err();
+        assert_eq!(e.failure_kind(), Some(FailureKind::Corrupt));
+    });
+    assert!(sqlite_dump(&dir.db()).contains("AttackerProductSecret0123456789a"));
 }

@@ -66,7 +66,8 @@ async fn open(url: &str) -> SqlStore {
 fn sqlite_store_passes_the_conformance_suite() {
     let db = TempDb::new("conformance");
     block(async {
-        let store = open(&db.url()).await;
+        // The suite sets the time of the registration limits itself.
+        let store = open(&db.url()).await.with_caller_clock();
         conformance::run_all(|| store.clone()).await;
     });
 }
@@ -154,7 +155,7 @@ fn database_url() -> Option<String> {
 fn postgres_store_passes_the_conformance_suite() {
     let Some(url) = database_url() else { return };
     block(async {
-        let store = open(&url).await;
+        let store = open(&url).await.with_caller_clock();
         conformance::run_all(|| store.clone()).await;
     });
 }
@@ -376,5 +377,74 @@ fn a_sqlite_lock_held_past_the_busy_timeout_fails_as_busy() {
         assert_eq!(refused.failure_kind(), Some(FailureKind::Busy), "{text}");
         assert!(text.contains("locked"), "{text}");
         holder.wait().unwrap();
+    });
+}
+
+/// By default the registration limits read the database's clock: two nodes whose clocks are an
+/// hour apart, each way, share one bucket as if their clocks agreed (of 20 takes in a row with
+/// a burst of 3 at 1 a second, 3 succeed, or 4 if a second passed), and refusals counted by
+/// both fill one window.
+async fn nodes_with_wrong_clocks_share_the_limits(node: impl Fn() -> SqlStore) {
+    let (a, b) = (node(), node());
+    let admin = Admin::new(a.clone());
+    let product = admin
+        .create_product(None, DynamicRegistration::On)
+        .await
+        .unwrap();
+    let pk = product.product_key;
+    let limit = iotauth::store::RegistrationLimit::DEFAULT
+        .with_rate(1, 3)
+        .and_then(|l| l.with_refusals(4, 3600))
+        .unwrap();
+    admin.set_registration_limit(&pk, limit).await.unwrap();
+    let real = SystemClock.now().0;
+    let (ahead, behind) = (UnixMillis(real + 3_600_000), UnixMillis(real - 3_600_000));
+    let started = std::time::Instant::now();
+    let mut taken = 0;
+    for i in 0..20 {
+        let (store, now) = if i % 2 == 0 {
+            (&a, ahead)
+        } else {
+            (&b, behind)
+        };
+        taken += usize::from(store.take_registration_token(&pk, now).await.unwrap());
+    }
+    let allowed = if started.elapsed().as_secs() >= 1 {
+        4
+    } else {
+        3
+    };
+    assert!((3..=allowed).contains(&taken), "{taken} taken");
+    let mut switched = Vec::new();
+    for i in 0..5 {
+        let (store, now) = if i % 2 == 0 {
+            (&a, behind)
+        } else {
+            (&b, ahead)
+        };
+        switched.push(store.record_registration_refusal(&pk, now).await.unwrap());
+    }
+    assert_eq!(
+        switched,
+        [false, false, false, false, true],
+        "the 5th of both nodes"
+    );
+}
+
+#[test]
+fn sqlite_nodes_with_wrong_clocks_share_the_limits() {
+    let db = TempDb::new("clocks");
+    block(async {
+        let store = open(&db.url()).await;
+        nodes_with_wrong_clocks_share_the_limits(|| store.clone()).await;
+    });
+}
+
+#[test]
+fn postgres_nodes_with_wrong_clocks_share_the_limits() {
+    let Some(url) = database_url() else { return };
+    block(async {
+        let store = open(&url).await;
+        nodes_with_wrong_clocks_share_the_limits(|| store.clone()).await;
     });
 }

@@ -167,11 +167,22 @@ impl MasterKey {
             path: path.to_owned(),
             source,
         };
+        // A regular file, before it is opened (opening a FIFO would wait for a writer), and
+        // again as opened.
+        let regular = |metadata: &std::fs::Metadata| {
+            if metadata.is_file() {
+                Ok(())
+            } else {
+                Err(io(std::io::Error::new(
+                    std::io::ErrorKind::InvalidInput,
+                    "not a regular file",
+                )))
+            }
+        };
+        regular(&std::fs::metadata(path).map_err(io)?)?;
         let file = std::fs::File::open(path).map_err(io)?;
         let metadata = file.metadata().map_err(io)?;
-        if metadata.is_dir() {
-            return Err(io(std::io::Error::from(std::io::ErrorKind::IsADirectory)));
-        }
+        regular(&metadata)?;
         if metadata.permissions().mode() & 0o026 != 0 {
             return Err(KeyFileError::Exposed {
                 path: path.to_owned(),

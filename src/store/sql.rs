@@ -122,6 +122,9 @@ const MIGRATIONS: &[(i64, &[&str])] = &[
             "CREATE TABLE IF NOT EXISTS iotauth_settings (
             name TEXT PRIMARY KEY,
             value TEXT NOT NULL)",
+            // Every store that reaches this version, from an earlier one or new, is sealed by
+            // the first open with a key; once sealed, a value in clear is never sealed.
+            "INSERT INTO iotauth_settings (name, value) VALUES ('seal', 'pending')",
         ],
     ),
 ];
@@ -149,6 +152,9 @@ pub struct SqlStore {
     /// The master keys secrets are sealed under; `None`: in clear
     /// ([`SecretsAtRest::insecure_plaintext`]).
     keyring: Option<Arc<Keyring>>,
+    /// Whether the registration limits take the time callers pass rather than the database's
+    /// ([`SqlStore::with_caller_clock`]).
+    caller_clock: bool,
 }
 
 /// The store cannot be opened: the URL names no compiled-in database.
@@ -191,14 +197,19 @@ struct FileReplaced {
 struct SealingState {
     /// The key recorded when the store was first sealed, or by the last rekey.
     recorded: Option<String>,
+    /// Whether the store still waits for its first sealing (`iotauth_settings.seal`).
+    pending: bool,
     /// The key ids its sealed values carry.
     key_ids: Vec<String>,
 }
 
 impl SealingState {
-    /// A store that was never sealed and holds no sealed value: written in clear.
+    /// A store that waits for its first sealing, was never sealed and holds no sealed value:
+    /// written in clear (by a version before sealing, or with --insecure-plaintext-secrets).
+    /// A store without the mark is never sealed on open, so that values planted in clear by
+    /// someone who removed what says the store is sealed read as corrupt.
     fn in_clear(&self) -> bool {
-        self.recorded.is_none() && self.key_ids.is_empty()
+        self.pending && self.recorded.is_none() && self.key_ids.is_empty()
     }
 
     /// Refuses a keyring that does not open every key the store is sealed under, and a store
@@ -245,12 +256,13 @@ fn default_key(database: &Path, sealed_under: Option<&String>) -> Result<MasterK
                 }
                 Err(e) => return Err(e.into()),
             };
+            let shown = std::fs::canonicalize(&path).unwrap_or_else(|_| path.clone());
             tracing::warn!(
-                key_file = %path.display(),
+                key_file = %shown.display(),
                 key_id = %key.id(),
-                "created a master key file: the store's secrets are sealed under it; keep it \
-                 beside the database and back it up apart from it (without it the secrets \
-                 cannot be read)"
+                "created a master key file: the store's secrets are sealed under it; back it \
+                 up apart from the database (without it the secrets cannot be read), and \
+                 beyond one machine keep it elsewhere and give it with --master-key-file"
             );
             Ok(key)
         }
@@ -543,6 +555,7 @@ impl SqlStore {
             sqlite,
             file,
             keyring: None,
+            caller_clock: false,
         };
         store.migrate().await?;
         if let Some(file) = &store.file {
@@ -567,7 +580,13 @@ impl SqlStore {
         }
         let state = self.sealing_state().await?;
         let keyring = match (secrets.master_key_file.is_some(), &self.file) {
-            _ if secrets.insecure_plaintext => None,
+            _ if secrets.insecure_plaintext => {
+                tracing::warn!(
+                    "secrets are kept in clear (--insecure-plaintext-secrets): a copy of the \
+                     database is every device's credentials"
+                );
+                None
+            }
             (true, _) => seal::given_keyring(secrets)?,
             (false, Some(file)) => Some(Keyring::new(
                 default_key(
@@ -604,6 +623,11 @@ impl SqlStore {
                 .fetch_optional(&self.pool)
                 .await
                 .map_err(failure)?;
+        let pending: Option<String> =
+            sqlx::query_scalar("SELECT value FROM iotauth_settings WHERE name = 'seal'")
+                .fetch_optional(&self.pool)
+                .await
+                .map_err(failure)?;
         let key_ids: Vec<String> = sqlx::query_scalar(
             "SELECT DISTINCT SUBSTR(device_secret, 9, 8) FROM iotauth_devices \
              WHERE LENGTH(device_secret) > 64 \
@@ -613,7 +637,11 @@ impl SqlStore {
         .fetch_all(&self.pool)
         .await
         .map_err(failure)?;
-        Ok(SealingState { recorded, key_ids })
+        Ok(SealingState {
+            recorded,
+            pending: pending.is_some(),
+            key_ids,
+        })
     }
 
     /// Seals every secret of a store in clear (written by a version before sealing, or with
@@ -632,6 +660,7 @@ impl SqlStore {
             // Another process sealed it meanwhile.
             return SealingState {
                 recorded: Some(recorded),
+                pending: false,
                 key_ids: Vec::new(),
             }
             .check(Some(keyring));
@@ -676,6 +705,10 @@ impl SqlStore {
         }
         sqlx::query("INSERT INTO iotauth_settings (name, value) VALUES ('sealed_under', $1)")
             .bind(keyring.sealing_key_id().to_string())
+            .execute(&mut *tx)
+            .await
+            .map_err(failure)?;
+        sqlx::query("DELETE FROM iotauth_settings WHERE name = 'seal'")
             .execute(&mut *tx)
             .await
             .map_err(failure)?;
@@ -801,10 +834,47 @@ impl SqlStore {
         Ok(resealed)
     }
 
+    /// The registration limits ([`ProductStore::take_registration_token`],
+    /// [`ProductStore::record_registration_refusal`]) take the `now` their callers pass
+    /// instead of the database's clock: for tests of time windows, and one process alone. By
+    /// default every process on the store reads one clock, the database's, so that a node
+    /// whose clock is wrong can neither starve the others nor let anyone past the limits.
+    #[must_use]
+    pub fn with_caller_clock(mut self) -> Self {
+        self.caller_clock = true;
+        self
+    }
+
+    /// Now for the registration limits: the database's clock, or `caller`'s
+    /// ([`SqlStore::with_caller_clock`]).
+    async fn limits_now(&self, caller: UnixMillis) -> Result<UnixMillis, StoreError> {
+        if self.caller_clock {
+            return Ok(caller);
+        }
+        let sql = if self.sqlite {
+            "SELECT CAST((julianday('now') - 2440587.5) * 86400000.0 AS BIGINT)"
+        } else {
+            "SELECT CAST(EXTRACT(EPOCH FROM clock_timestamp()) * 1000 AS BIGINT)"
+        };
+        let millis: i64 = sqlx::query_scalar(sql)
+            .fetch_one(&self.pool)
+            .await
+            .map_err(failure)?;
+        u64::try_from(millis)
+            .map(UnixMillis)
+            .map_err(|_| StoreError::failure(FailureKind::Corrupt, Corrupt { column: "now" }))
+    }
+
     /// The key file a store at `url` seals under by default: `PATH.key` for `sqlite://PATH`;
     /// `None` for other URLs (and in-memory SQLite).
     pub fn default_key_file(url: &str) -> Option<PathBuf> {
-        sqlite_path(url).map(|path| SecretsAtRest::default_key_file(&path))
+        Self::sqlite_file(url).map(|path| SecretsAtRest::default_key_file(&path))
+    }
+
+    /// The database file of a `sqlite://PATH` URL, as sqlx reads it (percent-decoded); `None`
+    /// for other URLs and in-memory SQLite.
+    pub fn sqlite_file(url: &str) -> Option<PathBuf> {
+        sqlite_path(url)
     }
 
     /// The id of the key new secrets are sealed under; `None` for a store in clear.
@@ -1347,7 +1417,7 @@ impl ProductStore for SqlStore {
         now: UnixMillis,
     ) -> Result<bool, StoreError> {
         self.check_file()?;
-        let now = micros_value(now)?;
+        let now = micros_value(self.limits_now(now).await?)?;
         // RegistrationLimit::admit_issue in one statement, so that every process shares the
         // bucket: tat' = max(tat, now) + interval, admitted while tat' - now <= burst * interval.
         let admitted = sqlx::query(
@@ -1389,6 +1459,7 @@ impl ProductStore for SqlStore {
         now: UnixMillis,
     ) -> Result<bool, StoreError> {
         self.check_file()?;
+        let now = self.limits_now(now).await?;
         let now_micros = micros_value(now)?;
         // Counted only while dynamic registration is on: a product switched off is not
         // written to by refusals.

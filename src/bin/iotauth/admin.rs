@@ -88,6 +88,7 @@ pub(crate) enum StoreCommand {
     /// and any --previous-key-file still open what is sealed under them. Online: give every
     /// server the new key first (see the README). Prints the new key's id and the count.
     Rekey {
+        /// The new master key file: read when it exists, else created with a fresh key.
         #[arg(long)]
         new_key_file: std::path::PathBuf,
     },
@@ -113,6 +114,15 @@ pub(crate) fn store(
             "store rekey seals secrets: drop --insecure-plaintext-secrets".into(),
         ));
     }
+    // A rekey works on a store that exists: a mistyped path would create an empty one.
+    if let Some(database) = SqlStore::sqlite_file(url)
+        && !database.exists()
+    {
+        return Err(Failure::Rejected(format!(
+            "no store at {}: nothing to re-seal",
+            database.display()
+        )));
+    }
     let current = match (&secrets.master_key_file, SqlStore::default_key_file(url)) {
         (Some(file), _) => file.clone(),
         (None, Some(default)) => default,
@@ -127,9 +137,17 @@ pub(crate) fn store(
         .build()
         .map_err(|e| Failure::Rejected(format!("cannot start the runtime: {e}")))?;
     let (key_id, resealed) = runtime.block_on(async {
-        // The store opens with the keys it has now before a new key is made: a refusal
-        // leaves no stray key file behind.
-        SqlStore::connect_with(url, &secrets).await?.close().await;
+        // The store opens with the keys it has now (and the new one, when it exists: processes
+        // given it may have sealed under it already) before a new key is made, so that a
+        // refusal leaves no stray key file behind.
+        let mut current_keys = secrets.clone();
+        if new_key_file.exists() {
+            current_keys.previous_key_files.push(new_key_file.clone());
+        }
+        SqlStore::connect_with(url, &current_keys)
+            .await?
+            .close()
+            .await;
         match MasterKey::create_file(&new_key_file) {
             Ok(_) => eprintln!(
                 "created {} (mode 0600): secrets are being re-sealed under it; give it to \
@@ -434,7 +452,10 @@ pub(crate) async fn product(store: Arc<dyn Store>, command: ProductCommand) -> R
                 .with_unique_random(
                     unique_random.map_or(current.unique_random(), |s| matches!(s, Switch::On)),
                 );
-            admin.set_registration_limit(&product_key, limit).await?;
+            // Setting the limits fills the bucket: a call that changes nothing does not.
+            if limit != current {
+                admin.set_registration_limit(&product_key, limit).await?;
+            }
             print_json(&ProductJson::of(
                 &product_of(&store, &product_key).await?,
                 false,

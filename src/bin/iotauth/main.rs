@@ -26,6 +26,7 @@ const PRODUCT_SECRET_ENV: &str = "IOTAUTH_PRODUCT_SECRET";
 const DEVICE_TOKEN_ENV: &str = "IOTAUTH_DEVICE_TOKEN";
 const STORE_ENV: &str = "IOTAUTH_STORE";
 const MASTER_KEY_FILE_ENV: &str = "IOTAUTH_MASTER_KEY_FILE";
+const PREVIOUS_KEY_FILE_ENV: &str = "IOTAUTH_PREVIOUS_KEY_FILE";
 const DEFAULT_STORE: &str = "sqlite://iotauth.db";
 
 #[derive(Parser)]
@@ -44,7 +45,7 @@ struct Cli {
     #[arg(long, global = true)]
     master_key_file: Option<PathBuf>,
     /// An older master key file whose sealed secrets still open, while the store is re-sealed
-    /// under a new one (repeatable)
+    /// under a new one (repeatable) [env: IOTAUTH_PREVIOUS_KEY_FILE, one file]
     #[arg(long, global = true)]
     previous_key_file: Vec<PathBuf>,
     /// Keep secrets in clear in a store without a key: a dump of the database is then every
@@ -486,6 +487,7 @@ fn serve_until_stopped(
     let requested = std::env::var("RUST_LOG").unwrap_or_default();
     tracing_subscriber::fmt()
         .with_env_filter(log_filter(&requested))
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr)
         .init();
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -508,6 +510,7 @@ where
         .map_err(|e| Failure::Rejected(format!("cannot start the runtime: {e}")))?;
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::new("warn"))
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr)
         .init();
     runtime.block_on(async {
@@ -541,6 +544,11 @@ fn main() -> ExitCode {
             .map(PathBuf::from)
     });
     secrets.previous_key_files = cli.previous_key_file;
+    if secrets.previous_key_files.is_empty() && !cli.insecure_plaintext_secrets {
+        secrets
+            .previous_key_files
+            .extend(flag_or_env(None, PREVIOUS_KEY_FILE_ENV).map(PathBuf::from));
+    }
     secrets.insecure_plaintext = cli.insecure_plaintext_secrets;
     let outcome = match cli.command {
         Command::Sign(SignCommand::Mqtt(args)) => sign_mqtt(args),
