@@ -25,24 +25,52 @@ impl Mosquitto {
     /// own user).
     pub fn start(dir: &Path, lines: &str) -> Self {
         std::fs::create_dir_all(dir).unwrap();
-        let port = TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let config = dir.join("mosquitto.conf");
-        let text = format!(
-            "listener {port} 127.0.0.1\nallow_anonymous false\npersistence false\nuser root\n\
-             log_dest stderr\nlog_type all\n{lines}\n"
-        );
-        std::fs::write(&config, text).unwrap();
-        let mut broker = Self {
-            child: Self::spawn(dir),
-            port,
-            dir: dir.to_owned(),
-        };
-        broker.wait_up();
-        broker
+        // A free port is only free until someone binds it: another test may pick the same one
+        // before this broker binds it, and then this broker exits ("Address already in use")
+        // while the port answers for the other one. Such a start is retried on another port.
+        for _ in 0..5 {
+            let port = TcpListener::bind("127.0.0.1:0")
+                .unwrap()
+                .local_addr()
+                .unwrap()
+                .port();
+            let config = dir.join("mosquitto.conf");
+            let text = format!(
+                "listener {port} 127.0.0.1\nallow_anonymous false\npersistence false\nuser root\n\
+                 log_dest stderr\nlog_type all\n{lines}\n"
+            );
+            std::fs::write(&config, text).unwrap();
+            let mut broker = Self {
+                child: Self::spawn(dir),
+                port,
+                dir: dir.to_owned(),
+            };
+            if broker.wait_connectable() && broker.owns_its_port() {
+                return broker;
+            }
+        }
+        panic!("mosquitto found no free port in 5 tries");
+    }
+
+    /// Whether this broker, not another one, listens on its port: it logged opening it and is
+    /// still running.
+    fn owns_its_port(&mut self) -> bool {
+        let opened = format!("listen socket on port {}.", self.port);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if self.child.try_wait().unwrap().is_some() {
+                return false;
+            }
+            if self.log().contains(&opened) {
+                return true;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "mosquitto did not say it listens: {}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 
     /// `mosquitto -c DIR/mosquitto.conf`, appending to DIR/mosquitto.log.
@@ -62,15 +90,28 @@ impl Mosquitto {
     }
 
     fn wait_up(&mut self) {
+        assert!(
+            self.wait_connectable(),
+            "mosquitto did not come up: {}",
+            self.log()
+        );
+    }
+
+    /// Waits until the port accepts connections: `false` when the broker exited first.
+    fn wait_connectable(&mut self) -> bool {
         let deadline = Instant::now() + Duration::from_secs(10);
         while TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            if self.child.try_wait().unwrap().is_some() {
+                return false;
+            }
             assert!(
-                self.child.try_wait().unwrap().is_none() && Instant::now() < deadline,
+                Instant::now() < deadline,
                 "mosquitto did not come up: {}",
                 self.log()
             );
             std::thread::sleep(Duration::from_millis(50));
         }
+        true
     }
 
     /// Stops the broker the way a service manager does (SIGTERM: Mosquitto saves its
