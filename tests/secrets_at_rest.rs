@@ -116,6 +116,20 @@ fn postgres_dump(url: &str) -> String {
     String::from_utf8(out.stdout).unwrap()
 }
 
+/// A login with `cert` against `store` is refused as an outage: never a success, nor a panic.
+async fn assert_login_is_an_outage(store: &SqlStore, cert: &DeviceCertificate) {
+    let login = build_login(cert, &LoginOptions::default()).unwrap();
+    let refused = Authenticator::new(store.clone())
+        .authenticate(
+            login.client_id(),
+            login.username(),
+            &login.expose_password(),
+        )
+        .await
+        .unwrap_err();
+    assert!(matches!(refused, AuthError::Store(_)), "{refused:?}");
+}
+
 fn assert_no_secret(dump: &str, secrets: &[String], when: &str) {
     assert!(
         dump.contains("sealed1:"),
@@ -243,16 +257,7 @@ fn a_sealed_value_copied_onto_another_device_does_not_open_and_says_so_without_t
         let dn2 = DeviceName::new("dev2").unwrap();
         let dev2 = store.device(&pk, &dn2).await.unwrap().unwrap();
         let cert = DeviceCertificate::new(pk, dn3, dev2.device_secret.clone_secret());
-        let login = build_login(&cert, &LoginOptions::default()).unwrap();
-        let refused = Authenticator::new(store.clone())
-            .authenticate(
-                login.client_id(),
-                login.username(),
-                &login.expose_password(),
-            )
-            .await
-            .unwrap_err();
-        assert!(matches!(refused, AuthError::Store(_)), "{refused:?}");
+        assert_login_is_an_outage(&store, &cert).await;
     });
 }
 
@@ -569,16 +574,7 @@ fn a_secret_planted_in_clear_in_a_sealed_store_is_corrupt_and_never_sealed() {
             dn,
             DeviceSecret::new("AttackerChosenSecret0123456789ab").unwrap(),
         );
-        let login = build_login(&cert, &LoginOptions::default()).unwrap();
-        let refused = Authenticator::new(store.clone())
-            .authenticate(
-                login.client_id(),
-                login.username(),
-                &login.expose_password(),
-            )
-            .await
-            .unwrap_err();
-        assert!(matches!(refused, AuthError::Store(_)), "{refused:?}");
+        assert_login_is_an_outage(&store, &cert).await;
         assert_eq!(
             store.rekey().await.unwrap(),
             0,
