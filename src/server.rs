@@ -40,7 +40,7 @@ use crate::service::{
     Admin, AdminError, AuthError, Authenticator, IssuedClientIdToken, IssuedSecret, RegisterError,
     Registrar,
 };
-use crate::store::{CachedStore, FailureKind, SecretsAtRest, Store, StoreError};
+use crate::store::{Actor, CachedStore, FailureKind, SecretsAtRest, Store, StoreError};
 use crate::verified::{DeviceIdentity, Verified};
 
 /// Cap on any request body, in bytes (a registration form is at most 4096).
@@ -63,6 +63,9 @@ pub struct ServerConfig {
     /// How the store keeps secrets (`master_key_file`, `previous_key_file`,
     /// `insecure_plaintext_secrets`).
     pub secrets: SecretsAtRest,
+    /// Who the store's events name as having made the changes this process makes (`actor`):
+    /// `server:HOST-PID` by default.
+    pub actor: Actor,
     /// Whether `topic_template` was set: the first one replaces the defaults.
     templates_set: bool,
 }
@@ -76,6 +79,7 @@ impl Default for ServerConfig {
             topics: TopicRule::alibaba(),
             cache_ttl: Duration::ZERO,
             secrets: SecretsAtRest::default(),
+            actor: Actor::server(&Actor::this_node()).unwrap_or_else(|_| Actor::library()),
             templates_set: false,
         }
     }
@@ -113,6 +117,7 @@ impl ServerConfig {
     /// | `master_key_file` | the file of the master key secrets are sealed under ([`SecretsAtRest`]) |
     /// | `previous_key_file` | a file of an older master key whose sealed secrets still open; repeatable |
     /// | `insecure_plaintext_secrets` | `true` or `false`: keep secrets in clear |
+    /// | `actor` | who the event log names for this process's changes: `server:NODE` or `plugin:NODE` ([`Actor`]) |
     ///
     /// # Errors
     /// [`ConfigError`]: an unknown key, or a value that does not parse.
@@ -137,6 +142,12 @@ impl ServerConfig {
             }
             "cache_ttl_secs" => self.cache_ttl = Duration::from_secs(seconds("cache_ttl_secs")?),
             "master_key_file" => self.secrets.master_key_file = Some(value.into()),
+            "actor" => {
+                self.actor = Actor::parse(value).map_err(|_| ConfigError::Invalid {
+                    key: "actor",
+                    expected: "server:NODE or plugin:NODE (NODE: 1-64 of A-Za-z0-9._-)",
+                })?;
+            }
             "previous_key_file" => self.secrets.previous_key_files.push(value.into()),
             "insecure_plaintext_secrets" => {
                 self.secrets.insecure_plaintext =
@@ -166,7 +177,7 @@ impl ServerConfig {
     /// # Errors
     /// As [`crate::store::open`].
     pub async fn open_store(&self, url: &str) -> Result<Arc<dyn Store>, StoreError> {
-        let store = crate::store::open_with(url, &self.secrets).await?;
+        let store = crate::store::open_with(url, &self.secrets, self.actor.clone()).await?;
         Ok(if self.cache_ttl.is_zero() {
             store
         } else {

@@ -85,6 +85,20 @@ mod broken {
     }
 
     #[async_trait]
+    impl EventLog for IgnoresRevision {
+        async fn events_after(
+            &self,
+            after: u64,
+            limit: usize,
+        ) -> Result<Vec<EventRecord>, StoreError> {
+            self.0.events_after(after, limit).await
+        }
+        async fn event_head(&self) -> Result<ChainHead, StoreError> {
+            self.0.event_head().await
+        }
+    }
+
+    #[async_trait]
     impl DeviceStore for IgnoresRevision {
         async fn record_registration_random(
             &self,
@@ -144,6 +158,7 @@ mod broken {
             } = update
             {
                 let revoke = DeviceUpdate::Set {
+                    event: EventKind::Reset,
                     status,
                     device_secret: None,
                     client_ids: ClientIdChange::RevokeAll,
@@ -152,6 +167,7 @@ mod broken {
                     .compare_and_set(pk, dn, current.revision, revoke)
                     .await?;
                 let add = DeviceUpdate::Set {
+                    event: EventKind::ClientIdIssued,
                     status,
                     device_secret: None,
                     client_ids: ClientIdChange::Add(record),
@@ -245,7 +261,7 @@ async fn cached_product() -> (
 
 #[tokio::test]
 async fn the_cache_serves_a_snapshot_for_its_ttl_and_writes_through_it_drop_it() {
-    use iotauth::store::{DeviceStore, DeviceUpdate};
+    use iotauth::store::{DeviceStore, DeviceUpdate, EventKind};
     use iotauth::{DeviceName, DeviceState, DeviceStatus, Event};
     let (inner, cached, admin, pk) = cached_product().await;
     let dn = DeviceName::new("cached-01").unwrap();
@@ -271,6 +287,7 @@ async fn the_cache_serves_a_snapshot_for_its_ttl_and_writes_through_it_drop_it()
             &dn,
             0,
             DeviceUpdate::Set {
+                event: EventKind::Disabled,
                 status: disabled,
                 device_secret: None,
                 client_ids: ClientIdChange::Keep,

@@ -372,6 +372,16 @@ async fn admin_generates_from_the_injected_entropy() {
 /// A store that is down.
 struct Down;
 
+#[async_trait]
+impl EventLog for Down {
+    async fn events_after(&self, _: u64, _: usize) -> Result<Vec<EventRecord>, StoreError> {
+        Err(down())
+    }
+    async fn event_head(&self) -> Result<ChainHead, StoreError> {
+        Err(down())
+    }
+}
+
 fn down() -> StoreError {
     StoreError::unavailable(std::io::Error::new(
         std::io::ErrorKind::ConnectionRefused,
@@ -564,6 +574,16 @@ async fn hooks_answer_an_outage_with_undecided_not_deny() {
 
 /// A store that never answers.
 struct Stuck;
+
+#[async_trait]
+impl EventLog for Stuck {
+    async fn events_after(&self, _: u64, _: usize) -> Result<Vec<EventRecord>, StoreError> {
+        std::future::pending().await
+    }
+    async fn event_head(&self) -> Result<ChainHead, StoreError> {
+        std::future::pending().await
+    }
+}
 
 #[async_trait]
 impl ProductStore for Stuck {
@@ -768,6 +788,16 @@ async fn hooks_allow_connwl_logins_and_deny_regnwl_which_they_cannot_deliver() {
 /// A store whose compare-and-set takes longer than `STORE_TIMEOUT` (a slow disk, a lock held
 /// just short of the busy timeout) and then commits.
 struct SlowWrites(Arc<MemoryStore>);
+
+#[async_trait]
+impl EventLog for SlowWrites {
+    async fn events_after(&self, after: u64, limit: usize) -> Result<Vec<EventRecord>, StoreError> {
+        self.0.events_after(after, limit).await
+    }
+    async fn event_head(&self) -> Result<ChainHead, StoreError> {
+        self.0.event_head().await
+    }
+}
 
 #[async_trait]
 impl ProductStore for SlowWrites {

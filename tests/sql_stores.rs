@@ -234,6 +234,7 @@ fn a_deleted_or_replaced_sqlite_file_refuses_every_write() {
             }
             let dn = DeviceName::new("meter-01").unwrap();
             let set = DeviceUpdate::Set {
+                event: iotauth::store::EventKind::Enabled,
                 status: DeviceStatus::NEW,
                 device_secret: None,
                 client_ids: ClientIdChange::Keep,

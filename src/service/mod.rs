@@ -15,7 +15,7 @@ use crate::lifecycle::{
 use crate::random::{Entropy, EntropyError};
 use crate::secret::{DeviceSecret, DeviceToken, TokenDigest};
 use crate::store::{
-    ClientIdChange, ClientIdRecord, DeviceRecord, DeviceStore, DeviceUpdate, StoreError,
+    ClientIdChange, ClientIdRecord, DeviceRecord, DeviceStore, DeviceUpdate, EventKind, StoreError,
 };
 
 /// How often a lost compare-and-set is retried before the contention is reported.
@@ -82,6 +82,7 @@ where
                 });
             }
             (Some(status), SecretEffect::Rotate) => DeviceUpdate::Set {
+                event: EventKind::of(event),
                 status,
                 device_secret: Some(DeviceSecret::generate(entropy)?),
                 client_ids: ClientIdChange::RevokeAll,
@@ -95,12 +96,14 @@ where
                 };
                 issued_client_id = Some((client_id, token));
                 DeviceUpdate::Set {
+                    event: EventKind::of(event),
                     status,
                     device_secret: None,
                     client_ids: ClientIdChange::Add(record),
                 }
             }
             (Some(status), _) => DeviceUpdate::Set {
+                event: EventKind::of(event),
                 status,
                 device_secret: None,
                 client_ids: ClientIdChange::Keep,

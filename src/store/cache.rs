@@ -8,8 +8,8 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 
 use super::{
-    DeviceRecord, DeviceStore, DeviceUpdate, PreRegistrationFree, ProductRecord, ProductStore,
-    RegistrationLimit, StoreError,
+    ChainHead, DeviceRecord, DeviceStore, DeviceUpdate, EventLog, EventRecord, PreRegistrationFree,
+    ProductRecord, ProductStore, RegistrationLimit, StoreError,
 };
 use crate::id::{DeviceName, ProductKey};
 use crate::lifecycle::DynamicRegistration;
@@ -28,7 +28,9 @@ const MAX_ENTRIES: usize = 100_000;
 ///
 /// Every write through the cache (issue, login, disable, enable, reset, delete) drops the
 /// device's entry, and so does a lost compare-and-set, so that the retry reads afresh. A change
-/// made around the cache, e.g. by an admin command in another process, is seen within `ttl`.
+/// made around the cache, e.g. by an admin command in another process, is seen within `ttl`,
+/// or at once by a process that follows the store's event log and calls
+/// [`CachedStore::forget`] for each event (`iotauth serve` and the Mosquitto plugin do).
 /// Products are not cached.
 ///
 /// A device that does not exist is cached as absent too, so that a login for an unknown name
@@ -61,7 +63,9 @@ impl<S> CachedStore<S> {
         self.entries.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    fn forget(&self, product_key: &ProductKey, device_name: &DeviceName) {
+    /// Drops the device's entry (a change made around the cache, seen in the event log): the
+    /// next read asks the store, and a read in flight is not cached.
+    pub fn forget(&self, product_key: &ProductKey, device_name: &DeviceName) {
         let mut entries = self.entries();
         self.epoch.fetch_add(1, Ordering::SeqCst);
         entries.remove(&(*product_key, *device_name));
@@ -223,5 +227,27 @@ impl<S: DeviceStore> DeviceStore for CachedStore<S> {
 
     async fn check_ready(&self) -> Result<(), StoreError> {
         self.inner.check_ready().await
+    }
+}
+
+#[async_trait]
+impl<S: EventLog> EventLog for CachedStore<S> {
+    async fn events_after(&self, after: u64, limit: usize) -> Result<Vec<EventRecord>, StoreError> {
+        self.inner.events_after(after, limit).await
+    }
+
+    async fn event_head(&self) -> Result<ChainHead, StoreError> {
+        self.inner.event_head().await
+    }
+
+    async fn appended(&self) -> bool {
+        self.inner.appended().await
+    }
+
+    fn observe(&self, event: &EventRecord) {
+        if let Some(device_name) = &event.device_name {
+            self.forget(&event.product_key, device_name);
+        }
+        self.inner.observe(event);
     }
 }

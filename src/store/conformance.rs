@@ -19,8 +19,8 @@ use std::sync::Arc;
 use tokio::sync::Barrier;
 
 use super::{
-    ClientIdChange, DeviceRecord, DeviceStore, DeviceUpdate, PreRegistrationFree, ProductRecord,
-    ProductStore, RANDOM_HISTORY, RegistrationLimit, StoreError,
+    ClientIdChange, DeviceRecord, DeviceStore, DeviceUpdate, EventKind, PreRegistrationFree,
+    ProductRecord, ProductStore, RANDOM_HISTORY, RegistrationLimit, StoreError,
 };
 use crate::id::{DeviceName, ProductKey};
 use crate::lifecycle::{DeviceState, DeviceStatus, DynamicRegistration, Event, IssuancePolicy};
@@ -580,6 +580,7 @@ pub async fn compare_and_set<S: ProductStore + DeviceStore>(store: S) {
         enabled: true,
     };
     let set = |status| DeviceUpdate::Set {
+        event: EventKind::SecretIssued,
         status,
         device_secret: None,
         client_ids: ClientIdChange::Keep,
@@ -608,6 +609,7 @@ pub async fn compare_and_set<S: ProductStore + DeviceStore>(store: S) {
             &dn,
             1,
             DeviceUpdate::Set {
+                event: EventKind::Reset,
                 status: DeviceStatus::NEW,
                 device_secret: Some(rotated.clone_secret()),
                 client_ids: ClientIdChange::Keep,

@@ -7,12 +7,13 @@ use std::sync::{PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use async_trait::async_trait;
 
 use super::{
-    ClientIdChange, ClientIdRecord, DeviceRecord, DeviceStore, DeviceUpdate, PreRegistrationFree,
+    Actor, ChainHead, ClientIdChange, ClientIdRecord, DeviceRecord, DeviceStore, DeviceUpdate,
+    EventKind, EventLog, EventRecord, MAX_EVENTS_PER_READ, NewEvent, PreRegistrationFree,
     ProductRecord, ProductStore, RANDOM_HISTORY, RegistrationLimit, StoreError,
 };
 use crate::id::{DeviceName, ProductKey};
 use crate::lifecycle::{DeviceStatus, DynamicRegistration, MAX_CLIENT_IDS};
-use crate::policy::UnixMillis;
+use crate::policy::{Clock, SystemClock, UnixMillis};
 use crate::secret::DeviceSecret;
 
 /// A store in lock-guarded maps. Every operation takes the lock once and never across an
@@ -42,9 +43,19 @@ use crate::secret::DeviceSecret;
 /// #     tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(f)
 /// # }
 /// ```
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct MemoryStore {
     inner: RwLock<Maps>,
+    actor: Actor,
+}
+
+impl Default for MemoryStore {
+    fn default() -> Self {
+        Self {
+            inner: RwLock::default(),
+            actor: Actor::library(),
+        }
+    }
 }
 
 #[derive(Debug, Default)]
@@ -58,6 +69,8 @@ struct Maps {
     refusals: HashMap<ProductKey, std::collections::VecDeque<i64>>,
     /// The newest `random` values of each device's registrations, oldest first.
     randoms: HashMap<(ProductKey, DeviceName), std::collections::VecDeque<Box<str>>>,
+    /// The event log, oldest first (`events[i].seq == i + 1`).
+    events: Vec<EventRecord>,
 }
 
 /// `now` in microseconds, as the buckets count.
@@ -93,6 +106,12 @@ impl MemoryStore {
         Self::default()
     }
 
+    /// The store with its events written by `actor` (instead of [`Actor::library`]).
+    pub fn with_actor(mut self, actor: Actor) -> Self {
+        self.actor = actor;
+        self
+    }
+
     // A panic while holding the lock cannot leave a half-applied change: every mutation is a
     // single map operation. So a poisoned lock is still consistent.
     fn read(&self) -> RwLockReadGuard<'_, Maps> {
@@ -106,6 +125,7 @@ impl MemoryStore {
     fn update_product(
         &self,
         product_key: &ProductKey,
+        kind: EventKind,
         change: impl FnOnce(&mut ProductRecord),
     ) -> Result<(), StoreError> {
         let mut maps = self.write();
@@ -114,14 +134,29 @@ impl MemoryStore {
             .get_mut(product_key)
             .ok_or(StoreError::NotFound { what: "product" })?;
         change(product);
+        maps.log(&self.actor, NewEvent::product(*product_key, kind));
         Ok(())
     }
 }
 
 impl Maps {
+    /// Appends the event of a change made under the same lock.
+    fn log(&mut self, actor: &Actor, new: NewEvent) {
+        let head = self
+            .events
+            .last()
+            .map_or(ChainHead::EMPTY, |last| ChainHead {
+                seq: last.seq,
+                hash: last.hash,
+            });
+        let event = EventRecord::chain(head.seq, head.hash, SystemClock.now(), actor, new);
+        self.events.push(event);
+    }
+
     /// Inserts `device`, within `device_quota` devices of its product when given.
     fn insert_device(
         &mut self,
+        actor: &Actor,
         device: DeviceRecord,
         device_quota: Option<u32>,
     ) -> Result<(), StoreError> {
@@ -144,6 +179,14 @@ impl Maps {
                 client_ids: device.client_ids,
             },
         );
+        self.log(
+            actor,
+            NewEvent::device(
+                device.product_key,
+                device.device_name,
+                EventKind::DeviceRegistered,
+            ),
+        );
         Ok(())
     }
 }
@@ -155,7 +198,12 @@ impl ProductStore for MemoryStore {
         if maps.products.contains_key(&product.product_key) {
             return Err(StoreError::AlreadyExists { what: "product" });
         }
-        maps.products.insert(product.product_key, product);
+        let product_key = product.product_key;
+        maps.products.insert(product_key, product);
+        maps.log(
+            &self.actor,
+            NewEvent::product(product_key, EventKind::ProductCreated),
+        );
         Ok(())
     }
 
@@ -189,6 +237,10 @@ impl ProductStore for MemoryStore {
         product.dynamic_registration = switch;
         product.switched_off_by_breaker_at = None;
         maps.refusals.remove(product_key);
+        maps.log(
+            &self.actor,
+            NewEvent::product(*product_key, EventKind::of_switch(switch)),
+        );
         Ok(())
     }
 
@@ -197,7 +249,7 @@ impl ProductStore for MemoryStore {
         product_key: &ProductKey,
         setting: PreRegistrationFree,
     ) -> Result<(), StoreError> {
-        self.update_product(product_key, |product| {
+        self.update_product(product_key, EventKind::PreRegistrationFreeSet, |product| {
             product.pre_registration_free = setting;
         })
     }
@@ -214,6 +266,10 @@ impl ProductStore for MemoryStore {
             .ok_or(StoreError::NotFound { what: "product" })?;
         product.registration_limit = limit;
         maps.issue_tats.remove(product_key);
+        maps.log(
+            &self.actor,
+            NewEvent::product(*product_key, EventKind::RegistrationLimitSet),
+        );
         Ok(())
     }
 
@@ -237,7 +293,8 @@ impl ProductStore for MemoryStore {
         product_key: &ProductKey,
         now: UnixMillis,
     ) -> Result<bool, StoreError> {
-        let mut maps = self.write();
+        let mut guard = self.write();
+        let maps = &mut *guard;
         let Maps {
             products, refusals, ..
         } = &mut *maps;
@@ -263,6 +320,10 @@ impl ProductStore for MemoryStore {
             product.dynamic_registration = DynamicRegistration::Off;
             product.switched_off_by_breaker_at = Some(UnixMillis(now as u64 / 1000));
             refusals.remove(product_key);
+            maps.log(
+                &self.actor,
+                NewEvent::product(*product_key, EventKind::BreakerTripped),
+            );
         }
         Ok(tripped)
     }
@@ -292,7 +353,7 @@ impl DeviceStore for MemoryStore {
     }
 
     async fn insert_device(&self, device: DeviceRecord) -> Result<(), StoreError> {
-        self.write().insert_device(device, None)
+        self.write().insert_device(&self.actor, device, None)
     }
 
     async fn insert_device_within_quota(
@@ -300,7 +361,8 @@ impl DeviceStore for MemoryStore {
         device: DeviceRecord,
         device_quota: u32,
     ) -> Result<(), StoreError> {
-        self.write().insert_device(device, Some(device_quota))
+        self.write()
+            .insert_device(&self.actor, device, Some(device_quota))
     }
 
     async fn device(
@@ -357,30 +419,66 @@ impl DeviceStore for MemoryStore {
         if device.revision != expected_revision {
             return Err(StoreError::Precondition { what: "device" });
         }
-        match update {
+        let kind = match update {
             DeviceUpdate::Set {
+                event,
                 status,
                 device_secret,
                 client_ids,
             } => {
+                // Refused before anything changes: no half-applied update.
+                if matches!(client_ids, ClientIdChange::Add(_))
+                    && device.client_ids.len() >= MAX_CLIENT_IDS
+                {
+                    return Err(StoreError::Precondition { what: "device" });
+                }
                 device.status = status;
                 if let Some(secret) = device_secret {
                     device.device_secret = secret;
                 }
                 match client_ids {
                     ClientIdChange::Keep => {}
-                    ClientIdChange::Add(_) if device.client_ids.len() >= MAX_CLIENT_IDS => {
-                        return Err(StoreError::Precondition { what: "device" });
-                    }
                     ClientIdChange::Add(record) => device.client_ids.push(record),
                     ClientIdChange::RevokeAll => device.client_ids.clear(),
                 }
                 device.revision = device.revision.wrapping_add(1);
+                event
             }
             DeviceUpdate::Delete => {
                 devices.remove(device_name);
+                EventKind::Deleted
             }
-        }
+        };
+        maps.log(
+            &self.actor,
+            NewEvent::device(*product_key, *device_name, kind),
+        );
         Ok(())
+    }
+}
+
+#[async_trait]
+impl EventLog for MemoryStore {
+    async fn events_after(&self, after: u64, limit: usize) -> Result<Vec<EventRecord>, StoreError> {
+        let maps = self.read();
+        let start = usize::try_from(after).unwrap_or(usize::MAX);
+        Ok(maps
+            .events
+            .iter()
+            .skip(start)
+            .take(limit.min(MAX_EVENTS_PER_READ))
+            .cloned()
+            .collect())
+    }
+
+    async fn event_head(&self) -> Result<ChainHead, StoreError> {
+        Ok(self
+            .read()
+            .events
+            .last()
+            .map_or(ChainHead::EMPTY, |last| ChainHead {
+                seq: last.seq,
+                hash: last.hash,
+            }))
     }
 }

@@ -23,6 +23,7 @@ use crate::secret::{DeviceSecret, ProductSecret, TokenDigest};
 mod cache;
 #[cfg(feature = "conformance")]
 pub mod conformance;
+mod event_log;
 #[cfg(feature = "memory")]
 mod memory;
 #[cfg(any(feature = "sqlite", feature = "postgres"))]
@@ -30,6 +31,10 @@ mod seal;
 #[cfg(any(feature = "sqlite", feature = "postgres"))]
 mod sql;
 pub use cache::CachedStore;
+pub use event_log::{
+    Actor, ActorError, ChainBreak, ChainHash, ChainHead, EventKind, EventLog, EventRecord,
+    HashError, MAX_EVENTS_PER_READ, NewEvent, verify_chain,
+};
 #[cfg(feature = "memory")]
 pub use memory::MemoryStore;
 #[cfg(any(feature = "sqlite", feature = "postgres"))]
@@ -289,6 +294,8 @@ impl DeviceRecord {
 pub enum DeviceUpdate {
     /// Set the status, and the secret when one is given.
     Set {
+        /// What the change is, as the event log records it.
+        event: EventKind,
         /// The new status.
         status: DeviceStatus,
         /// The new secret (on reset), or `None` to keep the current one.
@@ -296,7 +303,7 @@ pub enum DeviceUpdate {
         /// What happens to the device's ClientIDs.
         client_ids: ClientIdChange,
     },
-    /// Remove the device.
+    /// Remove the device (logged as [`EventKind::Deleted`]).
     Delete,
 }
 
@@ -664,39 +671,52 @@ pub trait DeviceStore: Send + Sync {
     }
 }
 
-/// Products and devices in one store, as a trait object: `Arc<dyn Store>` serves any adapter
-/// chosen at run time (e.g. by a URL).
-pub trait Store: ProductStore + DeviceStore {}
+/// Products, devices and the log of their changes in one store, as a trait object:
+/// `Arc<dyn Store>` serves any adapter chosen at run time (e.g. by a URL).
+///
+/// Every change an adapter makes through [`ProductStore`] and [`DeviceStore`] (all but the
+/// registration limits' counters: tokens, refusals that do not trip the breaker, `random`
+/// values) appends one [`EventRecord`] to its [`EventLog`] atomically with the change: no
+/// change without its event, no event without its change.
+pub trait Store: ProductStore + DeviceStore + EventLog {}
 
-impl<T: ProductStore + DeviceStore + ?Sized> Store for T {}
+impl<T: ProductStore + DeviceStore + EventLog + ?Sized> Store for T {}
 
 /// Opens the store a URL names: `memory:`, `sqlite://PATH` (feature `sqlite`) or
-/// `postgres://…` (feature `postgres`), with the default [`SecretsAtRest`] (see
-/// [`open_with`]).
+/// `postgres://…` (feature `postgres`), with the default [`SecretsAtRest`], its events
+/// written by [`Actor::library`] (see [`open_with`]).
 ///
 /// # Errors
 /// As [`open_with`].
 pub async fn open(url: &str) -> Result<Arc<dyn Store>, StoreError> {
-    open_with(url, &SecretsAtRest::default()).await
+    open_with(url, &SecretsAtRest::default(), Actor::library()).await
 }
 
 /// Opens the store a URL names (as [`open`]), keeping secrets at rest as `secrets` says (SQL
-/// stores; the memory store ignores it).
+/// stores; the memory store ignores it), its events written by `actor`.
 ///
 /// # Errors
 /// [`StoreError::Unavailable`] for an unsupported URL, an unreachable database, or master
 /// keys that do not fit the store ([`FailureKind::Configuration`]).
-pub async fn open_with(url: &str, secrets: &SecretsAtRest) -> Result<Arc<dyn Store>, StoreError> {
+pub async fn open_with(
+    url: &str,
+    secrets: &SecretsAtRest,
+    actor: Actor,
+) -> Result<Arc<dyn Store>, StoreError> {
     #[cfg(feature = "memory")]
     if url == "memory:" {
-        return Ok(Arc::new(MemoryStore::new()));
+        return Ok(Arc::new(MemoryStore::new().with_actor(actor)));
     }
     #[cfg(any(feature = "sqlite", feature = "postgres"))]
     {
-        Ok(Arc::new(SqlStore::connect_with(url, secrets).await?))
+        Ok(Arc::new(
+            SqlStore::connect_with(url, secrets)
+                .await?
+                .with_actor(actor),
+        ))
     }
     #[cfg(not(any(feature = "sqlite", feature = "postgres")))]
-    let _ = secrets;
+    let _ = (secrets, actor);
     #[cfg(not(any(feature = "sqlite", feature = "postgres")))]
     Err(StoreError::failure(
         FailureKind::Configuration,
@@ -810,6 +830,26 @@ macro_rules! forward_store {
             }
             async fn check_ready(&self) -> Result<(), StoreError> {
                 (**self).check_ready().await
+            }
+        }
+
+        #[async_trait]
+        impl<T: EventLog + ?Sized> EventLog for $pointer {
+            async fn events_after(
+                &self,
+                after: u64,
+                limit: usize,
+            ) -> Result<Vec<EventRecord>, StoreError> {
+                (**self).events_after(after, limit).await
+            }
+            async fn event_head(&self) -> Result<ChainHead, StoreError> {
+                (**self).event_head().await
+            }
+            async fn appended(&self) -> bool {
+                (**self).appended().await
+            }
+            fn observe(&self, event: &EventRecord) {
+                (**self).observe(event)
             }
         }
     )*};

@@ -33,6 +33,12 @@
 //!     device_name TEXT NOT NULL, random TEXT NOT NULL, seq BIGINT NOT NULL,
 //!     PRIMARY KEY (product_key, device_name, random));
 //! CREATE TABLE iotauth_settings (name TEXT PRIMARY KEY, value TEXT NOT NULL);
+//! -- version 4: the event log (see `EventLog`)
+//! CREATE TABLE iotauth_events (seq BIGINT PRIMARY KEY, at BIGINT NOT NULL,  -- Unix ms
+//!     product_key TEXT NOT NULL, device_name TEXT, kind TEXT NOT NULL, actor TEXT NOT NULL,
+//!     prev_hash TEXT NOT NULL, hash TEXT NOT NULL);                        -- 64 hex digits
+//! CREATE TABLE iotauth_event_head (id BIGINT PRIMARY KEY CHECK (id = 1),
+//!     seq BIGINT NOT NULL, hash TEXT NOT NULL);                           -- the last event
 //! ```
 //! Secrets are stored sealed, `sealed1:KEYID:HEX` (see [`MasterKey`]); `iotauth_settings`
 //! holds `sealed_under`, the key the store was first sealed (or last re-keyed) under. A store
@@ -46,7 +52,7 @@
 //!
 //! # Atomicity and durability
 //! Compare-and-set is one `UPDATE … WHERE revision = $expected`; the affected-row count decides
-//! the winner, on one node or many. SQLite runs in WAL mode with `synchronous = FULL`, so an
+//! the winner, on one node or many. Every change and its event are one transaction. SQLite runs in WAL mode with `synchronous = FULL`, so an
 //! issued state is on disk before the secret is returned; PostgreSQL commits each statement.
 
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
@@ -59,15 +65,17 @@ use async_trait::async_trait;
 use sqlx::any::{AnyConnectOptions, AnyPoolOptions, AnyRow};
 use sqlx::{AnyPool, ConnectOptions, Connection, Executor, Row};
 
+use super::event_log::UnreadableEvent;
 use super::seal::{self, Keyring, MasterKey, SecretField};
 use super::{
-    ClientIdChange, ClientIdRecord, DeviceRecord, DeviceStore, DeviceUpdate, FailureKind,
+    Actor, ChainHash, ChainHead, ClientIdChange, ClientIdRecord, DeviceRecord, DeviceStore,
+    DeviceUpdate, EventKind, EventLog, EventRecord, FailureKind, MAX_EVENTS_PER_READ, NewEvent,
     PreRegistrationFree, ProductRecord, ProductStore, RANDOM_HISTORY, RegistrationLimit,
     SecretsAtRest, StoreError,
 };
 use crate::id::{DeviceName, IssuedClientId, ProductKey};
 use crate::lifecycle::{DeviceState, DeviceStatus, DynamicRegistration, MAX_CLIENT_IDS};
-use crate::policy::UnixMillis;
+use crate::policy::{Clock, SystemClock, UnixMillis};
 use crate::secret::{DeviceSecret, ProductSecret, TokenDigest};
 
 /// Schema versions, applied in order, each once.
@@ -127,7 +135,33 @@ const MIGRATIONS: &[(i64, &[&str])] = &[
             "INSERT INTO iotauth_settings (name, value) VALUES ('seal', 'pending')",
         ],
     ),
+    (
+        4,
+        &[
+            "CREATE TABLE IF NOT EXISTS iotauth_events (
+            seq BIGINT PRIMARY KEY,
+            at BIGINT NOT NULL,
+            product_key TEXT NOT NULL,
+            device_name TEXT,
+            kind TEXT NOT NULL,
+            actor TEXT NOT NULL,
+            prev_hash TEXT NOT NULL,
+            hash TEXT NOT NULL)",
+            // One row: the last event's number and hash. Appending updates it first, which
+            // serializes appenders (PostgreSQL's row lock; SQLite's one writer), so numbers
+            // are given without gaps and committed in order.
+            "CREATE TABLE IF NOT EXISTS iotauth_event_head (
+            id BIGINT PRIMARY KEY CHECK (id = 1),
+            seq BIGINT NOT NULL,
+            hash TEXT NOT NULL)",
+            "INSERT INTO iotauth_event_head (id, seq, hash) VALUES (1, 0, \
+            '0000000000000000000000000000000000000000000000000000000000000000')",
+        ],
+    ),
 ];
+
+/// The channel PostgreSQL stores notify of appended events (payload: the event's number).
+const EVENTS_CHANNEL: &str = "iotauth_events";
 
 // `busy_timeout` first: switching to WAL takes the write lock, and a second process starting
 // on the same fresh file must wait for it rather than fail with "database is locked". 1.5 s:
@@ -155,6 +189,55 @@ pub struct SqlStore {
     /// Whether the registration limits take the time callers pass rather than the database's
     /// ([`SqlStore::with_caller_clock`]).
     caller_clock: bool,
+    /// Who the events this handle writes name ([`SqlStore::with_actor`]).
+    actor: Actor,
+    /// PostgreSQL: the connection that listens for appended events, opened on first use.
+    #[cfg(feature = "postgres")]
+    listener: Option<Arc<EventListener>>,
+}
+
+/// A PostgreSQL `LISTEN` connection for [`EventLog::appended`], reopened after a failure.
+#[cfg(feature = "postgres")]
+struct EventListener {
+    url: String,
+    connection: tokio::sync::Mutex<Option<sqlx::postgres::PgListener>>,
+}
+
+#[cfg(feature = "postgres")]
+impl std::fmt::Debug for EventListener {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The URL may hold the database password.
+        f.write_str("EventListener")
+    }
+}
+
+#[cfg(feature = "postgres")]
+impl EventListener {
+    /// Waits for the next notification: `false` at once when the connection cannot be opened,
+    /// and when it fails (then the next call reopens it).
+    async fn next(&self) -> bool {
+        let mut connection = self.connection.lock().await;
+        if connection.is_none() {
+            let Ok(mut listener) = sqlx::postgres::PgListener::connect(&self.url).await else {
+                return false;
+            };
+            if listener.listen(EVENTS_CHANNEL).await.is_err() {
+                return false;
+            }
+            *connection = Some(listener);
+        }
+        let Some(listener) = connection.as_mut() else {
+            return false;
+        };
+        match listener.try_recv().await {
+            Ok(Some(_)) => true,
+            // Closed, or failed: notifications may have been lost, so the caller reads the log.
+            Ok(None) | Err(_) => {
+                *connection = None;
+                false
+            }
+        }
+    }
 }
 
 /// The store cannot be opened: the URL names no compiled-in database.
@@ -556,6 +639,14 @@ impl SqlStore {
             file,
             keyring: None,
             caller_clock: false,
+            actor: Actor::library(),
+            #[cfg(feature = "postgres")]
+            listener: (!sqlite).then(|| {
+                Arc::new(EventListener {
+                    url: url.clone(),
+                    connection: tokio::sync::Mutex::new(None),
+                })
+            }),
         };
         store.migrate().await?;
         if let Some(file) = &store.file {
@@ -719,6 +810,63 @@ impl SqlStore {
                 key_id = %keyring.sealing_key_id(),
                 "sealed the secrets of a store that kept them in clear"
             );
+        }
+        Ok(())
+    }
+
+    /// The store with its events written by `actor` (instead of [`Actor::library`]).
+    pub fn with_actor(mut self, actor: Actor) -> Self {
+        self.actor = actor;
+        self
+    }
+
+    /// Appends the event of a change made in `tx`, in the same transaction: the head row is
+    /// updated first (serializing appenders), then the event is inserted; PostgreSQL notifies
+    /// followers on commit.
+    async fn append_event(
+        &self,
+        tx: &mut sqlx::AnyConnection,
+        new: NewEvent,
+    ) -> Result<(), StoreError> {
+        let head = sqlx::query("UPDATE iotauth_event_head SET seq = seq + 1 RETURNING seq, hash")
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(failure)?;
+        let seq: i64 = column(&head, "seq")?;
+        let prev_hash = ChainHash::from_hex(&column::<String>(&head, "hash")?)
+            .map_err(|_| StoreError::failure(FailureKind::Corrupt, Corrupt { column: "hash" }))?;
+        let prev_seq = u64::try_from(seq - 1)
+            .map_err(|_| StoreError::failure(FailureKind::Corrupt, Corrupt { column: "seq" }))?;
+        let event = EventRecord::chain(prev_seq, prev_hash, SystemClock.now(), &self.actor, new);
+        let hash = event.hash.to_hex();
+        sqlx::query(
+            "INSERT INTO iotauth_events \
+             (seq, at, product_key, device_name, kind, actor, prev_hash, hash) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+        )
+        .bind(seq)
+        .bind(millis_value(event.at)?)
+        .bind(event.product_key.as_str())
+        .bind(event.device_name.as_ref().map(DeviceName::as_str))
+        .bind(event.kind.name())
+        .bind(event.actor.as_str())
+        .bind(prev_hash.to_hex())
+        .bind(&hash)
+        .execute(&mut *tx)
+        .await
+        .map_err(failure)?;
+        sqlx::query("UPDATE iotauth_event_head SET hash = $1")
+            .bind(hash)
+            .execute(&mut *tx)
+            .await
+            .map_err(failure)?;
+        if !self.sqlite {
+            sqlx::query("SELECT pg_notify($1, $2)")
+                .bind(EVENTS_CHANNEL)
+                .bind(seq.to_string())
+                .execute(&mut *tx)
+                .await
+                .map_err(failure)?;
         }
         Ok(())
     }
@@ -1294,6 +1442,8 @@ macro_rules! device_columns {
 impl ProductStore for SqlStore {
     async fn insert_product(&self, product: ProductRecord) -> Result<(), StoreError> {
         self.check_file()?;
+        let product_key = product.product_key;
+        let mut tx = self.pool.begin().await.map_err(failure)?;
         let result = sqlx::query(concat!(
             "INSERT INTO iotauth_products (",
             product_columns!(),
@@ -1320,13 +1470,21 @@ impl ProductStore for SqlStore {
                 .map(millis_value)
                 .transpose()?,
         )
-        .execute(&self.pool)
+        .execute(&mut *tx)
         .await;
         match result {
-            Ok(_) => Ok(()),
-            Err(e) if is_unique_violation(&e) => Err(StoreError::AlreadyExists { what: "product" }),
-            Err(e) => Err(failure(e)),
+            Ok(_) => {}
+            Err(e) if is_unique_violation(&e) => {
+                return Err(StoreError::AlreadyExists { what: "product" });
+            }
+            Err(e) => return Err(failure(e)),
         }
+        self.append_event(
+            &mut tx,
+            NewEvent::product(product_key, EventKind::ProductCreated),
+        )
+        .await?;
+        tx.commit().await.map_err(failure)
     }
 
     async fn product(&self, product_key: &ProductKey) -> Result<Option<ProductRecord>, StoreError> {
@@ -1369,13 +1527,15 @@ impl ProductStore for SqlStore {
              WHERE product_key = $2",
         )
         .bind(switch_value(switch));
-        self.update_product(query, product_key).await?;
-        sqlx::query("DELETE FROM iotauth_registration_refusals WHERE product_key = $1")
-            .bind(product_key.as_str())
-            .execute(&self.pool)
-            .await
-            .map_err(failure)?;
-        Ok(())
+        let cleared =
+            sqlx::query("DELETE FROM iotauth_registration_refusals WHERE product_key = $1");
+        self.update_product(
+            query,
+            product_key,
+            EventKind::of_switch(switch),
+            Some(cleared),
+        )
+        .await
     }
 
     async fn set_pre_registration_free(
@@ -1389,7 +1549,8 @@ impl ProductStore for SqlStore {
         )
         .bind(i64::from(setting.on))
         .bind(i64::from(setting.device_quota));
-        self.update_product(query, product_key).await
+        self.update_product(query, product_key, EventKind::PreRegistrationFreeSet, None)
+            .await
     }
 
     async fn set_registration_limit(
@@ -1408,7 +1569,8 @@ impl ProductStore for SqlStore {
         .bind(i64::from(limit.refusal_threshold()))
         .bind(i64::from(limit.refusal_window_secs()))
         .bind(i64::from(limit.unique_random()));
-        self.update_product(query, product_key).await
+        self.update_product(query, product_key, EventKind::RegistrationLimitSet, None)
+            .await
     }
 
     async fn take_registration_token(
@@ -1487,6 +1649,7 @@ impl ProductStore for SqlStore {
         .map_err(failure)?;
         // One statement decides the switch-off; its row count says which process did it (one,
         // however many race: the others find the switch off).
+        let mut tx = self.pool.begin().await.map_err(failure)?;
         let tripped = sqlx::query(
             "UPDATE iotauth_products SET dynamic_registration = 0, breaker_tripped_at = $1 \
              WHERE product_key = $2 AND dynamic_registration = 1 AND refusal_threshold > 0 \
@@ -1497,7 +1660,7 @@ impl ProductStore for SqlStore {
         .bind(millis_value(now)?)
         .bind(product_key.as_str())
         .bind(now_micros)
-        .execute(&self.pool)
+        .execute(&mut *tx)
         .await
         .map_err(failure)?
         .rows_affected()
@@ -1505,32 +1668,68 @@ impl ProductStore for SqlStore {
         if tripped {
             sqlx::query("DELETE FROM iotauth_registration_refusals WHERE product_key = $1")
                 .bind(product_key.as_str())
-                .execute(&self.pool)
+                .execute(&mut *tx)
                 .await
                 .map_err(failure)?;
+            self.append_event(
+                &mut tx,
+                NewEvent::product(*product_key, EventKind::BreakerTripped),
+            )
+            .await?;
         }
+        tx.commit().await.map_err(failure)?;
         Ok(tripped)
     }
 }
 
 impl SqlStore {
-    /// Runs `query` (an `UPDATE` of one product whose last parameter is the product key).
+    /// Runs `query` (an `UPDATE` of one product whose last parameter is the product key),
+    /// then `also` (a statement whose one parameter is the product key), and logs `kind`, in
+    /// one transaction.
     async fn update_product(
         &self,
         query: sqlx::query::Query<'_, sqlx::Any, sqlx::any::AnyArguments>,
         product_key: &ProductKey,
+        kind: EventKind,
+        also: Option<sqlx::query::Query<'_, sqlx::Any, sqlx::any::AnyArguments>>,
     ) -> Result<(), StoreError> {
         self.check_file()?;
+        let mut tx = self.pool.begin().await.map_err(failure)?;
         let done = query
             .bind(product_key.as_str())
-            .execute(&self.pool)
+            .execute(&mut *tx)
             .await
             .map_err(failure)?;
-        if done.rows_affected() == 1 {
-            Ok(())
-        } else {
-            Err(StoreError::NotFound { what: "product" })
+        if done.rows_affected() != 1 {
+            return Err(StoreError::NotFound { what: "product" });
         }
+        if let Some(also) = also {
+            also.bind(product_key.as_str())
+                .execute(&mut *tx)
+                .await
+                .map_err(failure)?;
+        }
+        self.append_event(&mut tx, NewEvent::product(*product_key, kind))
+            .await?;
+        tx.commit().await.map_err(failure)
+    }
+
+    /// Inserts a device and logs it, in `tx`.
+    async fn insert_device_logged(
+        &self,
+        tx: &mut sqlx::AnyConnection,
+        device: &DeviceRecord,
+    ) -> Result<(), StoreError> {
+        insert_device_row(&mut *tx, device, self.stored_device_secret(device)?).await?;
+        self.append_event(
+            tx,
+            NewEvent::device(
+                device.product_key,
+                device.device_name,
+                EventKind::DeviceRegistered,
+            ),
+        )
+        .await
     }
 }
 
@@ -1611,8 +1810,9 @@ impl DeviceStore for SqlStore {
 
     async fn insert_device(&self, device: DeviceRecord) -> Result<(), StoreError> {
         self.check_file()?;
-        let secret = self.stored_device_secret(&device)?;
-        insert_device_row(&self.pool, &device, secret).await
+        let mut tx = self.pool.begin().await.map_err(failure)?;
+        self.insert_device_logged(&mut tx, &device).await?;
+        tx.commit().await.map_err(failure)
     }
 
     async fn insert_device_within_quota(
@@ -1665,7 +1865,7 @@ impl DeviceStore for SqlStore {
         if count >= i64::from(device_quota) {
             return Err(StoreError::QuotaReached);
         }
-        insert_device_row(&mut *tx, &device, self.stored_device_secret(&device)?).await?;
+        self.insert_device_logged(&mut tx, &device).await?;
         tx.commit().await.map_err(failure)
     }
 
@@ -1734,6 +1934,10 @@ impl DeviceStore for SqlStore {
             )?),
             _ => None,
         };
+        let kind = match &update {
+            DeviceUpdate::Set { event, .. } => *event,
+            DeviceUpdate::Delete => EventKind::Deleted,
+        };
         let query = match &update {
             DeviceUpdate::Set {
                 status, client_ids, ..
@@ -1763,16 +1967,20 @@ impl DeviceStore for SqlStore {
                  WHERE product_key = $1 AND device_name = $2 AND revision = $3",
             ),
         };
+        let mut tx = self.pool.begin().await.map_err(failure)?;
         let done = query
             .bind(product_key.as_str())
             .bind(device_name.as_str())
             .bind(expected)
-            .execute(&self.pool)
+            .execute(&mut *tx)
             .await
             .map_err(failure)?;
         if done.rows_affected() == 1 {
-            return Ok(());
+            self.append_event(&mut tx, NewEvent::device(*product_key, *device_name, kind))
+                .await?;
+            return tx.commit().await.map_err(failure);
         }
+        drop(tx);
         // Lost: tell a concurrent change from a missing device.
         match self.device(product_key, device_name).await? {
             Some(_) => Err(StoreError::Precondition { what: "device" }),
@@ -1789,6 +1997,67 @@ impl DeviceStore for SqlStore {
             .await
             .map_err(failure)?;
         Ok(())
+    }
+}
+
+fn event_from_row(row: &AnyRow) -> Result<EventRecord, StoreError> {
+    let seq: i64 = column(row, "seq")?;
+    let unreadable = |column: &'static str| {
+        StoreError::failure(FailureKind::Corrupt, UnreadableEvent { seq, column })
+    };
+    let text = |name: &'static str| column::<String>(row, name);
+    let device_name: Option<String> = column(row, "device_name")?;
+    Ok(EventRecord {
+        seq: u64::try_from(seq).map_err(|_| unreadable("seq"))?,
+        at: UnixMillis(u64::try_from(column::<i64>(row, "at")?).map_err(|_| unreadable("at"))?),
+        product_key: ProductKey::new(&text("product_key")?)
+            .map_err(|_| unreadable("product_key"))?,
+        device_name: device_name
+            .map(|name| DeviceName::new(&name))
+            .transpose()
+            .map_err(|_| unreadable("device_name"))?,
+        kind: EventKind::from_name(&text("kind")?).ok_or_else(|| unreadable("kind"))?,
+        actor: Actor::parse(&text("actor")?).map_err(|_| unreadable("actor"))?,
+        prev_hash: ChainHash::from_hex(&text("prev_hash")?).map_err(|_| unreadable("prev_hash"))?,
+        hash: ChainHash::from_hex(&text("hash")?).map_err(|_| unreadable("hash"))?,
+    })
+}
+
+#[async_trait]
+impl EventLog for SqlStore {
+    async fn events_after(&self, after: u64, limit: usize) -> Result<Vec<EventRecord>, StoreError> {
+        let limit = i64::try_from(limit.min(MAX_EVENTS_PER_READ)).unwrap_or(0);
+        let rows = sqlx::query(
+            "SELECT seq, at, product_key, device_name, kind, actor, prev_hash, hash \
+             FROM iotauth_events WHERE seq > $1 ORDER BY seq LIMIT $2",
+        )
+        .bind(i64::try_from(after).unwrap_or(i64::MAX))
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(failure)?;
+        rows.iter().map(event_from_row).collect()
+    }
+
+    async fn event_head(&self) -> Result<ChainHead, StoreError> {
+        let row = sqlx::query("SELECT seq, hash FROM iotauth_event_head WHERE id = 1")
+            .fetch_one(&self.pool)
+            .await
+            .map_err(failure)?;
+        let corrupt = |column| StoreError::failure(FailureKind::Corrupt, Corrupt { column });
+        Ok(ChainHead {
+            seq: u64::try_from(column::<i64>(&row, "seq")?).map_err(|_| corrupt("seq"))?,
+            hash: ChainHash::from_hex(&column::<String>(&row, "hash")?)
+                .map_err(|_| corrupt("hash"))?,
+        })
+    }
+
+    async fn appended(&self) -> bool {
+        #[cfg(feature = "postgres")]
+        if let Some(listener) = &self.listener {
+            return listener.next().await;
+        }
+        false
     }
 }
 

@@ -5,13 +5,14 @@
 //! the offered password or sign.
 
 mod admin;
+mod audit;
 mod serve;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
-use iotauth::store::SecretsAtRest;
+use iotauth::store::{Actor, SecretsAtRest};
 use iotauth::{
     Clock, ConnectKind, ConnectRequest, DeviceCertificate, DeviceName, DeviceSecret, DeviceToken,
     Entropy, FixedClock, Freshness, IssuedClientId, LoginOptions, OsEntropy, ProductCertificate,
@@ -75,6 +76,11 @@ enum Command {
     /// Operate on the store itself.
     #[command(subcommand)]
     Store(admin::StoreCommand),
+    /// Check the store's lifecycle event log.
+    #[command(subcommand)]
+    Audit(audit::AuditCommand),
+    /// Print the store's lifecycle events as JSON lines.
+    Events(audit::Events),
 }
 
 #[derive(Subcommand)]
@@ -514,7 +520,7 @@ where
         .with_writer(std::io::stderr)
         .init();
     runtime.block_on(async {
-        let store = iotauth::store::open_with(url, secrets).await?;
+        let store = iotauth::store::open_with(url, secrets, Actor::cli()).await?;
         command(store).await
     })
 }
@@ -563,6 +569,12 @@ fn main() -> ExitCode {
             with_store(&store_url, &secrets, |store| admin::device(store, command))
         }
         Command::Store(command) => admin::store(&store_url, secrets, command),
+        Command::Audit(command) => {
+            with_store(&store_url, &secrets, |store| audit::audit(store, command))
+        }
+        Command::Events(args) => {
+            with_store(&store_url, &secrets, |store| audit::events(store, args))
+        }
     };
     match outcome {
         Ok(()) => ExitCode::SUCCESS,
