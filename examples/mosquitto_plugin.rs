@@ -11,7 +11,8 @@
 //! plugin_opt_store sqlite:///var/lib/iotauth/iotauth.db
 //! plugin_opt_max_skew_secs 900     # optional: a timestamp window for logins
 //! plugin_opt_issuance once         # or redeliver-until-first-login
-//! plugin_opt_cache_ttl_secs 5      # reuse a device read this long (0: off)
+//! plugin_opt_cache_ttl_secs 600    # reuse a device read this long (0: off)
+//! plugin_opt_actor plugin:mqtt-1   # this broker's name in the event log [plugin:HOST-PID]
 //! plugin_opt_topic_template devices/{pk}/{dn}/#   # repeatable; replaces Alibaba's topics
 //! plugin_opt_sessions_file /var/lib/mosquitto/iotauth-sessions  # with `persistence true`
 //! plugin_opt_max_sessions 100000   # persistent sessions whose owner is kept
@@ -38,6 +39,11 @@
 //!
 //! See [`Sessions`] for what is remembered, and for how long.
 //!
+//! The plugin follows the store's event log (`iotauth::store::follow`): a change made by any
+//! process of the store (the admin CLI, `iotauth serve`, another broker) drops the device's
+//! cache entry within about 200 ms, and a device disabled, reset or deleted is disconnected
+//! (every connection of it, logins and registrations) by the next tick callback.
+//!
 //! The FFI declarations are written by hand from Debian's `mosquitto_broker.h` and
 //! `mosquitto_plugin.h` (2.0.11): a handful of functions and three event structs, less to audit
 //! than bindgen output and no libclang at build time. This file is the only `unsafe` code of
@@ -61,13 +67,14 @@ use std::time::{Duration, Instant};
 
 use iotauth::server::{ConfigError, ServerConfig};
 use iotauth::service::{Authenticator, RegisterError, Registrar};
-use iotauth::store::Store;
+use iotauth::store::{Actor, Store, follow};
 use iotauth::{
     ConnectKind, ConnectRequest, DeviceIdentity, DeviceName, ProductKey, TopicRule, parse_username,
 };
 
 /// How long a device read is reused (`plugin_opt_cache_ttl_secs`; 0 turns the cache off).
-const DEFAULT_CACHE_TTL: Duration = Duration::from_secs(5);
+/// Long: the event log's follower drops an entry as soon as its device changes.
+const DEFAULT_CACHE_TTL: Duration = Duration::from_secs(600);
 /// The longest a callback waits for the store.
 const STORE_TIMEOUT: Duration = Duration::from_secs(2);
 /// How many persistent sessions may have a remembered owner (`plugin_opt_max_sessions`).
@@ -196,6 +203,9 @@ struct Plugin {
     deliveries: Mutex<Vec<Delivery>>,
     /// Session owners and the live connections this plugin let in.
     sessions: Mutex<Sessions>,
+    /// Devices disabled, reset or deleted (read from the event log by the follower's task),
+    /// to be disconnected by the next tick on Mosquitto's thread.
+    revoked: Arc<Mutex<Vec<DeviceIdentity>>>,
 }
 
 /// Who may resume which MQTT session, and the live connections this plugin let in.
@@ -401,6 +411,15 @@ impl Sessions {
                 self.owners.remove(&connection.client_id);
             }
         }
+    }
+
+    /// The client ids of `device`'s live connections (logins and registrations).
+    fn client_ids_of(&self, device: &DeviceIdentity) -> Vec<String> {
+        self.connections
+            .values()
+            .filter(|c| c.device == *device)
+            .map(|c| c.client_id.clone())
+            .collect()
     }
 
     /// Whether `client` is a live registration connection.
@@ -692,6 +711,9 @@ fn plugin_options(options: *const MosquittoOpt, count: c_int) -> Result<Plugin, 
     // flags are; only the cache's default differs (on here: Mosquitto asks on every connect).
     let mut config = ServerConfig::default();
     config.cache_ttl = DEFAULT_CACHE_TTL;
+    if let Ok(actor) = Actor::plugin(&Actor::this_node()) {
+        config.actor = actor;
+    }
     let mut store = None;
     let (mut sessions_file, mut max_sessions) = (None, DEFAULT_MAX_SESSIONS);
     for i in 0..usize::try_from(count).unwrap_or_default() {
@@ -742,6 +764,18 @@ fn plugin_options(options: *const MosquittoOpt, count: c_int) -> Result<Plugin, 
     let store = runtime
         .block_on(config.open_store(&store_url))
         .map_err(|e| format!("cannot open the store: {}", iotauth::ErrorChain(&e)))?;
+    let revoked = Arc::new(Mutex::new(Vec::new()));
+    {
+        let revoked = revoked.clone();
+        let _runtime = runtime.enter();
+        follow(store.clone(), move |event| {
+            if event.kind.revokes()
+                && let Some(device_name) = event.device_name
+            {
+                lock(&revoked).push(DeviceIdentity::new(event.product_key, device_name));
+            }
+        });
+    }
     Ok(Plugin {
         runtime,
         authenticator: Authenticator::new(store.clone()).with_freshness(config.freshness),
@@ -749,6 +783,7 @@ fn plugin_options(options: *const MosquittoOpt, count: c_int) -> Result<Plugin, 
         topics: config.topics,
         deliveries: Mutex::new(Vec::new()),
         sessions: Mutex::new(Sessions::new(max_sessions, journal)),
+        revoked,
     })
 }
 
@@ -1134,8 +1169,33 @@ unsafe extern "C" fn tick(
             }
         });
         sessions(plugin, Sessions::compact);
+        disconnect_revoked(plugin);
         MOSQ_ERR_SUCCESS
     })
+}
+
+/// Disconnects every connection of the devices the event log named as disabled, reset or
+/// deleted since the last tick.
+fn disconnect_revoked(plugin: &Plugin) {
+    let revoked = std::mem::take(&mut *lock(&plugin.revoked));
+    for device in revoked {
+        let client_ids = sessions(plugin, |s| s.client_ids_of(&device));
+        for client_id in client_ids {
+            log(
+                MOSQ_LOG_NOTICE,
+                &format!(
+                    "revoked: disconnecting {}/{}",
+                    device.product_key(),
+                    device.device_name()
+                ),
+            );
+            let Ok(id) = CString::new(client_id) else {
+                continue;
+            };
+            // SAFETY: called on Mosquitto's thread (a tick callback) with a NUL-terminated id.
+            unsafe { mosquitto_kick_client_by_clientid(id.as_ptr(), false) };
+        }
+    }
 }
 
 /// Sends the secret to its client alone; whether the broker took the message.

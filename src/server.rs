@@ -619,8 +619,25 @@ impl Services {
         failure
     }
 
+    /// Follows the store's event log ([`crate::store::follow`]) for as long as the process
+    /// runs: each change made by any process of the store (the admin CLI, another node) drops
+    /// the device's cache entry here, and a device disabled, reset or deleted is named on
+    /// [`Services::revocations`], so that every broker of these services disconnects it.
+    pub fn follow_store_events(&self) -> tokio::task::JoinHandle<()> {
+        let revocations = self.revocations.clone();
+        crate::store::follow(self.store.clone(), move |event| {
+            if event.kind.revokes()
+                && let Some(device_name) = event.device_name
+            {
+                // No receiver (no broker) is not an error.
+                let _ = revocations.send(DeviceIdentity::new(event.product_key, device_name));
+            }
+        })
+    }
+
     /// Devices whose connections must end now (disabled, reset or deleted through
-    /// [`Services::apply_operator_event`]), for a broker to act on.
+    /// [`Services::apply_operator_event`], or by any process of the store while
+    /// [`Services::follow_store_events`] runs), for a broker to act on.
     pub fn revocations(&self) -> tokio::sync::broadcast::Receiver<DeviceIdentity> {
         self.revocations.subscribe()
     }

@@ -19,8 +19,9 @@ use std::sync::Arc;
 use tokio::sync::Barrier;
 
 use super::{
-    ClientIdChange, DeviceRecord, DeviceStore, DeviceUpdate, EventKind, PreRegistrationFree,
-    ProductRecord, ProductStore, RANDOM_HISTORY, RegistrationLimit, StoreError,
+    ChainHead, ClientIdChange, DeviceRecord, DeviceStore, DeviceUpdate, EventKind, EventLog,
+    EventRecord, MAX_EVENTS_PER_READ, PreRegistrationFree, ProductRecord, ProductStore,
+    RANDOM_HISTORY, RegistrationLimit, StoreError, verify_chain,
 };
 use crate::id::{DeviceName, ProductKey};
 use crate::lifecycle::{DeviceState, DeviceStatus, DynamicRegistration, Event, IssuancePolicy};
@@ -44,9 +45,11 @@ pub const RACERS: usize = 64;
 /// Every property, in order; `new_store` is called once per property.
 pub async fn run_all<S, F>(new_store: F)
 where
-    S: ProductStore + DeviceStore + Clone + 'static,
+    S: ProductStore + DeviceStore + EventLog + Clone + 'static,
     F: Fn() -> S,
 {
+    event_log_records_every_change(new_store()).await;
+    race_event_log(new_store()).await;
     products(new_store()).await;
     devices(new_store()).await;
     compare_and_set(new_store()).await;
@@ -64,6 +67,226 @@ where
     refusals_switch_registration_off(new_store()).await;
     race_registration_randoms(new_store()).await;
     registration_limits_of_the_registrar(new_store()).await;
+}
+
+/// Every event appended after `after`, read in pages, checked to link up from `after` (numbers
+/// without gaps, each hash its contents' and its predecessor's) up to the store's head.
+pub async fn events_since<S: EventLog>(store: &S, after: ChainHead) -> Vec<EventRecord> {
+    let mut events = Vec::new();
+    let mut last = after.seq;
+    loop {
+        let page = store
+            .events_after(last, MAX_EVENTS_PER_READ)
+            .await
+            .unwrap_or_else(|e| panic!("events_after: {e}"));
+        let Some(end) = page.last() else { break };
+        last = end.seq;
+        events.extend(page);
+    }
+    let reached = verify_chain(after, &events).unwrap_or_else(|e| panic!("event chain: {e}"));
+    let head = store.event_head().await.unwrap();
+    // Other tests may append meanwhile (a shared database): the head is at or after the end.
+    assert!(
+        head.seq >= reached.seq,
+        "the head ({}) is behind the last event ({})",
+        head.seq,
+        reached.seq
+    );
+    if head.seq == reached.seq {
+        assert_eq!(head, reached, "the head is the last event");
+    }
+    events
+}
+
+/// The events of `product_key` (and of its devices) after `after`: (device name, kind).
+async fn product_events<S: EventLog>(
+    store: &S,
+    after: ChainHead,
+    product_key: &ProductKey,
+) -> Vec<(Option<String>, EventKind)> {
+    events_since(store, after)
+        .await
+        .into_iter()
+        .filter(|e| e.product_key == *product_key)
+        .map(|e| (e.device_name.map(|d| d.as_str().to_owned()), e.kind))
+        .collect()
+}
+
+/// The event log records each change, once, atomically with it: after every operation that
+/// changed something, exactly its event is new; after every operation that failed or changed
+/// nothing (a duplicate, a lost compare-and-set, a refused login or registration, an unknown
+/// key), nothing is. The log links up, and the store's head is its last event.
+pub async fn event_log_records_every_change<S>(store: S)
+where
+    S: ProductStore + DeviceStore + EventLog,
+{
+    let mut head = store.event_head().await.unwrap();
+    let (admin, product) = new_product(&store, DynamicRegistration::Off).await;
+    let pk = product.product_key;
+    let dn = name("event-dev");
+    let device_of = |kind| (Some("event-dev".to_owned()), kind);
+    let mut check = async |expected: Vec<(Option<String>, EventKind)>, what: &str| {
+        let found = product_events(&store, head, &pk).await;
+        assert_eq!(found, expected, "events after {what}");
+        head = store.event_head().await.unwrap();
+    };
+    check(vec![(None, EventKind::ProductCreated)], "create product").await;
+
+    // Failures write nothing.
+    assert!(matches!(
+        store.insert_product(product.clone_record()).await,
+        Err(StoreError::AlreadyExists { .. })
+    ));
+    let ghost = ProductKey::new("a1EventGhst").unwrap();
+    assert!(
+        store
+            .set_dynamic_registration(&ghost, DynamicRegistration::On)
+            .await
+            .is_err()
+    );
+    check(vec![], "a duplicate product and an unknown one").await;
+
+    admin
+        .set_dynamic_registration(&pk, DynamicRegistration::On)
+        .await
+        .unwrap();
+    admin
+        .set_pre_registration_free(&pk, PreRegistrationFree::OFF)
+        .await
+        .unwrap();
+    admin
+        .set_registration_limit(&pk, RegistrationLimit::DEFAULT)
+        .await
+        .unwrap();
+    check(
+        vec![
+            (None, EventKind::DynamicRegistrationOn),
+            (None, EventKind::PreRegistrationFreeSet),
+            (None, EventKind::RegistrationLimitSet),
+        ],
+        "the product's settings",
+    )
+    .await;
+
+    let device = admin.register_device(pk, dn).await.unwrap();
+    assert!(admin.register_device(pk, dn).await.is_err());
+    check(
+        vec![device_of(EventKind::DeviceRegistered)],
+        "register (and a duplicate)",
+    )
+    .await;
+
+    let product = store.product(&pk).await.unwrap().unwrap();
+    let registrar = Registrar::new(&store);
+    register(&registrar, &product, dn).await.unwrap();
+    assert!(register(&registrar, &product, dn).await.is_err());
+    check(
+        vec![device_of(EventKind::SecretIssued)],
+        "issue (and a refused second issue)",
+    )
+    .await;
+
+    let impostor = DeviceRecord {
+        device_secret: DeviceSecret::new("not-the-device-secret").unwrap(),
+        ..device.clone_record()
+    };
+    assert!(login(&store, &impostor).await.is_err());
+    login(&store, &device).await.unwrap();
+    login(&store, &device).await.unwrap();
+    check(
+        vec![device_of(EventKind::Activated)],
+        "a refused login and two good ones",
+    )
+    .await;
+
+    let stale = store
+        .compare_and_set(
+            &pk,
+            &dn,
+            0,
+            DeviceUpdate::Set {
+                event: EventKind::Disabled,
+                status: DeviceStatus::NEW,
+                device_secret: None,
+                client_ids: ClientIdChange::Keep,
+            },
+        )
+        .await;
+    assert!(matches!(stale, Err(StoreError::Precondition { .. })));
+    check(vec![], "a lost compare-and-set").await;
+
+    for event in [Event::Disable, Event::Enable, Event::Reset, Event::Delete] {
+        admin.apply(&pk, &dn, event).await.unwrap();
+    }
+    assert!(admin.apply(&pk, &dn, Event::Delete).await.is_err());
+    check(
+        vec![
+            device_of(EventKind::Disabled),
+            device_of(EventKind::Enabled),
+            device_of(EventKind::Reset),
+            device_of(EventKind::Deleted),
+        ],
+        "disable, enable, reset, delete (and a second delete)",
+    )
+    .await;
+}
+
+/// Under [`RACERS`] concurrent changes the log stays one chain, numbered without gaps: each
+/// racer registers and disables a device of its own, and all race to disable one shared device
+/// at the same revision; exactly the winners' events are logged, each once.
+pub async fn race_event_log<S>(store: S)
+where
+    S: ProductStore + DeviceStore + EventLog + Clone + 'static,
+{
+    let (admin, product) = new_product(&store, DynamicRegistration::Off).await;
+    let pk = product.product_key;
+    let shared = name("shared-dev");
+    admin.register_device(pk, shared).await.unwrap();
+    let head = store.event_head().await.unwrap();
+    let disabled = DeviceStatus {
+        state: DeviceState::Inactive,
+        enabled: false,
+    };
+    let racer = move |store: S| async move {
+        let mut own = [0u8; 8];
+        getrandom::fill(&mut own).unwrap();
+        let own = name(&format!("racer-{}", hex::encode(own)));
+        let admin = Admin::new(&store);
+        admin.register_device(pk, own).await.unwrap();
+        admin.apply(&pk, &own, Event::Disable).await.unwrap();
+        let update = DeviceUpdate::Set {
+            event: EventKind::Disabled,
+            status: disabled,
+            device_secret: None,
+            client_ids: ClientIdChange::Keep,
+        };
+        store.compare_and_set(&pk, &shared, 0, update).await.is_ok()
+    };
+    let winners = racers_succeeding(&store, racer).await;
+    assert_eq!(winners, 1, "one compare-and-set wins");
+    let events = product_events(&store, head, &pk).await;
+    let count = |kind| events.iter().filter(|(_, k)| *k == kind).count();
+    assert_eq!(count(EventKind::DeviceRegistered), RACERS);
+    assert_eq!(count(EventKind::Disabled), RACERS + 1);
+    assert_eq!(events.len(), 2 * RACERS + 1);
+    let shared_events: Vec<_> = events
+        .iter()
+        .filter(|(dn, _)| dn.as_deref() == Some("shared-dev"))
+        .collect();
+    assert_eq!(shared_events.len(), 1, "the shared device's one change");
+    // Each racer's own device: registered before disabled.
+    for (dn, kind) in &events {
+        if *kind == EventKind::Disabled && dn.as_deref() != Some("shared-dev") {
+            let registered = events
+                .iter()
+                .position(|e| e == &(dn.clone(), EventKind::DeviceRegistered));
+            let disabled = events.iter().position(|e| e == &(dn.clone(), *kind));
+            assert!(
+                registered < disabled,
+                "{dn:?}: events in the order of the changes"
+            );
+        }
+    }
 }
 
 /// Creates a product named `name` with dynamic registration on, registers four devices

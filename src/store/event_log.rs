@@ -502,6 +502,66 @@ pub trait EventLog: Send + Sync {
     }
 }
 
+/// How often a follower reads the log when the store sends no notification (SQLite, the
+/// memory store, or PostgreSQL while its `LISTEN` connection is down).
+pub const FOLLOW_POLL_INTERVAL: std::time::Duration = std::time::Duration::from_millis(200);
+
+/// Follows `store`'s event log from its head on, for as long as the process runs: each event
+/// appended by any process of the store is passed to [`EventLog::observe`] (a cache drops the
+/// device's entry) and then to `on_event` (e.g. to disconnect a device that was disabled,
+/// reset or deleted), in order, once. The log is read every [`FOLLOW_POLL_INTERVAL`], and at
+/// once when PostgreSQL notifies an append. While the store fails, the follower retries from
+/// the last event it passed on, so it misses nothing; it logs the first failure (`warn`) and
+/// the recovery (`info`), not every retry.
+#[cfg(feature = "server")]
+pub fn follow(
+    store: std::sync::Arc<dyn super::Store>,
+    mut on_event: impl FnMut(&EventRecord) + Send + 'static,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut after = None;
+        let mut failing = false;
+        loop {
+            let read = match after {
+                None => store.event_head().await.map(|head| {
+                    after = Some(head.seq);
+                    Vec::new()
+                }),
+                Some(seq) => store.events_after(seq, MAX_EVENTS_PER_READ).await,
+            };
+            match read {
+                Ok(events) => {
+                    if failing {
+                        tracing::info!(after, "following the event log again");
+                        failing = false;
+                    }
+                    for event in &events {
+                        store.observe(event);
+                        on_event(event);
+                        after = Some(event.seq);
+                    }
+                    if events.len() == MAX_EVENTS_PER_READ {
+                        continue;
+                    }
+                }
+                Err(e) if !failing => {
+                    failing = true;
+                    tracing::warn!(
+                        after,
+                        error = %crate::ErrorChain(&e),
+                        "cannot read the event log; retrying (revocations wait)"
+                    );
+                }
+                Err(_) => {}
+            }
+            tokio::select! {
+                () = tokio::time::sleep(FOLLOW_POLL_INTERVAL) => {}
+                true = store.appended() => {}
+            }
+        }
+    })
+}
+
 /// A stored event that does not parse.
 #[derive(Debug)]
 pub(crate) struct UnreadableEvent {

@@ -31,9 +31,11 @@ mod seal;
 #[cfg(any(feature = "sqlite", feature = "postgres"))]
 mod sql;
 pub use cache::CachedStore;
+#[cfg(feature = "server")]
+pub use event_log::follow;
 pub use event_log::{
     Actor, ActorError, ChainBreak, ChainHash, ChainHead, EventKind, EventLog, EventRecord,
-    HashError, MAX_EVENTS_PER_READ, NewEvent, verify_chain,
+    FOLLOW_POLL_INTERVAL, HashError, MAX_EVENTS_PER_READ, NewEvent, verify_chain,
 };
 #[cfg(feature = "memory")]
 pub use memory::MemoryStore;

@@ -196,11 +196,15 @@ pub struct SqlStore {
     listener: Option<Arc<EventListener>>,
 }
 
-/// A PostgreSQL `LISTEN` connection for [`EventLog::appended`], reopened after a failure.
+/// PostgreSQL's notifications of appended events for [`EventLog::appended`]: a task started
+/// on first use holds a `LISTEN` connection (reopened after a failure, every second) and
+/// wakes the waiter; a lost connection wakes it too, since notifications may have been lost
+/// meanwhile. Waiting is cancel-safe (a permit stays for the next wait).
 #[cfg(feature = "postgres")]
 struct EventListener {
     url: String,
-    connection: tokio::sync::Mutex<Option<sqlx::postgres::PgListener>>,
+    started: std::sync::Once,
+    appended: tokio::sync::Notify,
 }
 
 #[cfg(feature = "postgres")]
@@ -213,29 +217,28 @@ impl std::fmt::Debug for EventListener {
 
 #[cfg(feature = "postgres")]
 impl EventListener {
-    /// Waits for the next notification: `false` at once when the connection cannot be opened,
-    /// and when it fails (then the next call reopens it).
-    async fn next(&self) -> bool {
-        let mut connection = self.connection.lock().await;
-        if connection.is_none() {
-            let Ok(mut listener) = sqlx::postgres::PgListener::connect(&self.url).await else {
-                return false;
-            };
-            if listener.listen(EVENTS_CHANNEL).await.is_err() {
-                return false;
+    async fn next(self: &Arc<Self>) -> bool {
+        self.started.call_once(|| {
+            tokio::spawn(Arc::clone(self).listen());
+        });
+        self.appended.notified().await;
+        true
+    }
+
+    async fn listen(self: Arc<Self>) {
+        loop {
+            if let Ok(mut listener) = sqlx::postgres::PgListener::connect(&self.url).await
+                && listener.listen(EVENTS_CHANNEL).await.is_ok()
+            {
+                // Events appended before the LISTEN took effect are read by the follower now.
+                self.appended.notify_one();
+                while let Ok(notification) = listener.try_recv().await {
+                    // `None`: the connection was lost (and is reopened by the next call).
+                    let _ = notification;
+                    self.appended.notify_one();
+                }
             }
-            *connection = Some(listener);
-        }
-        let Some(listener) = connection.as_mut() else {
-            return false;
-        };
-        match listener.try_recv().await {
-            Ok(Some(_)) => true,
-            // Closed, or failed: notifications may have been lost, so the caller reads the log.
-            Ok(None) | Err(_) => {
-                *connection = None;
-                false
-            }
+            tokio::time::sleep(Duration::from_secs(1)).await;
         }
     }
 }
@@ -644,7 +647,8 @@ impl SqlStore {
             listener: (!sqlite).then(|| {
                 Arc::new(EventListener {
                     url: url.clone(),
-                    connection: tokio::sync::Mutex::new(None),
+                    started: std::sync::Once::new(),
+                    appended: tokio::sync::Notify::new(),
                 })
             }),
         };

@@ -60,12 +60,15 @@ pub(crate) struct Serve {
     /// default).
     #[arg(long)]
     max_skew_secs: Option<String>,
-    /// Reuse a device read for this long, in seconds (0: off). This server's own writes drop
-    /// the entry at once; a change made elsewhere (an admin command, another server on the
-    /// same PostgreSQL) is seen within the period, a device created elsewhere too once its
-    /// name was looked up (unknown names are cached as absent: no timing oracle).
-    #[arg(long, default_value = "0")]
+    /// Reuse a device read for this long, in seconds (0: off). Every change to the store (by
+    /// this server, an admin command, another server on the same database) drops the entry
+    /// within about 200 ms: the server follows the store's event log. Only a change made
+    /// around iotauth (SQL by hand) waits for the period.
+    #[arg(long, default_value = "600")]
     cache_ttl_secs: String,
+    /// This server's name in the store's event log (`server:NODE`) [default: HOST-PID].
+    #[arg(long, value_name = "NODE")]
+    node_id: Option<String>,
     /// A topic template devices may use ({pk} and {dn} are whole levels); repeat for several.
     /// [default: Alibaba's /{pk}/{dn}/#, /sys/{pk}/{dn}/#, /ext/+/{pk}/{dn}/#,
     /// /shadow/+/{pk}/{dn}, /ota/device/+/{pk}/{dn}]
@@ -99,6 +102,7 @@ pub(crate) async fn serve(
     config.secrets = secrets;
     let store = config.open_store(store_url).await?;
     let services = Arc::new(Services::new(store.clone(), config));
+    services.follow_store_events();
     hint_when_empty(&store, store_url).await?;
     let tls = tls_files(&args);
     let scheme = if tls.is_some() { "TLS" } else { "plain TCP" };
@@ -206,7 +210,9 @@ fn tls_files(args: &Serve) -> Option<TlsFiles> {
 /// Mosquitto plugin's `plugin_opt_*` are).
 fn server_config(args: &Serve) -> Result<ServerConfig, Failure> {
     let mut config = ServerConfig::default();
+    let actor = args.node_id.as_ref().map(|node| format!("server:{node}"));
     let settings = [
+        ("actor", actor.as_ref()),
         ("issuance", Some(&args.issuance)),
         ("max_skew_secs", args.max_skew_secs.as_ref()),
         ("cache_ttl_secs", Some(&args.cache_ttl_secs)),
@@ -215,9 +221,10 @@ fn server_config(args: &Serve) -> Result<ServerConfig, Failure> {
     .filter_map(|(key, value)| Some((key, value?)))
     .chain(args.topic_templates.iter().map(|t| ("topic_template", t)));
     for (key, value) in settings {
-        config
-            .set(key, value)
-            .map_err(|e| Failure::Usage(format!("--{}: {e}", key.replace('_', "-"))))?;
+        config.set(key, value).map_err(|e| {
+            let flag = if key == "actor" { "node_id" } else { key };
+            Failure::Usage(format!("--{}: {e}", flag.replace('_', "-")))
+        })?;
     }
     Ok(config)
 }
