@@ -532,6 +532,9 @@ struct SessionTable {
     sessions: HashMap<DeviceIdentity, Id>,
     /// Devices revoked within the window, oldest first.
     revoked: VecDeque<(DeviceIdentity, Instant)>,
+    /// Client id → when its pending CONNECT's admission began (before its store read), until
+    /// the connection is confirmed or the claim lapses.
+    admissions: HashMap<String, Instant>,
 }
 
 struct Owner {
@@ -560,10 +563,19 @@ impl DeviceSessions {
         self.inner.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Claims `client_id` for `device`; false when another device's session or claim holds it.
+    /// Claims `client_id` for `device`, whose CONNECT began to be admitted at `now`; false
+    /// when another device's session or claim holds it.
     fn claim(&self, client_id: &str, device: DeviceIdentity, now: Instant) -> bool {
         let mut table = self.table();
         table.forget_before(now.checked_sub(self.window));
+        let claimed = table
+            .owners
+            .get(client_id)
+            .is_none_or(|owner| owner.device == device);
+        if claimed {
+            table.admissions.insert(client_id.to_owned(), now);
+            table.claims.push_back((client_id.to_owned(), now));
+        }
         match table.owners.get(client_id) {
             Some(owner) => owner.device == device,
             None => {
@@ -574,7 +586,6 @@ impl DeviceSessions {
                         hold: Hold::Claimed(now),
                     },
                 );
-                table.claims.push_back((client_id.to_owned(), now));
                 true
             }
         }
@@ -582,12 +593,15 @@ impl DeviceSessions {
 
     /// Records `id` as held by `device`, and for a `login` as the device's session. Returns
     /// the sessions to end: for a login, the device's older session under another client id,
-    /// and this one if the device was revoked within the window (its CONNECT may have been
-    /// admitted before the revocation). A registration connection (closed moments later)
-    /// ends nothing: a `regnwl` for a device that is logged in must not take its connection.
+    /// and this one if the device was revoked since its CONNECT began to be admitted (the
+    /// admission may have read the device before the revocation; one that began after it read
+    /// the change). A registration connection (closed moments later) ends nothing: a `regnwl`
+    /// for a device that is logged in must not take its connection.
     fn connected(&self, device: DeviceIdentity, id: &Id, login: bool, now: Instant) -> Vec<Id> {
         let mut table = self.table();
         table.forget_before(now.checked_sub(self.window));
+        // Unknown (the claim lapsed): every revocation within the window counts.
+        let admitted = table.admissions.remove(&*id.client_id);
         table.owners.insert(
             id.client_id.to_string(),
             Owner {
@@ -604,7 +618,11 @@ impl DeviceSessions {
             .filter(|older| older.client_id != id.client_id)
             .into_iter()
             .collect();
-        if table.revoked.iter().any(|(revoked, _)| *revoked == device) {
+        if table
+            .revoked
+            .iter()
+            .any(|(revoked, at)| *revoked == device && admitted.is_none_or(|began| *at >= began))
+        {
             ended.push(id.clone());
         }
         ended
@@ -661,6 +679,9 @@ impl SessionTable {
                 .is_some_and(|owner| owner.hold == Hold::Claimed(*at))
             {
                 self.owners.remove(client_id);
+            }
+            if self.admissions.get(client_id) == Some(at) {
+                self.admissions.remove(client_id);
             }
             self.claims.pop_front();
         }
@@ -746,6 +767,8 @@ impl Hooks {
             tracing::warn!("login refused: missing or non-UTF-8 password");
             return AuthResult::BadUsernameOrPassword;
         };
+        // Before the store is read: a revocation from now on may not be in what it reads.
+        let began = Instant::now();
         let admission = match self.services.admit(client_id, username, password).await {
             Ok(admission) => admission,
             Err(ConnectRefusal::BadCredentials) => return AuthResult::BadUsernameOrPassword,
@@ -762,7 +785,7 @@ impl Hooks {
                 return AuthResult::NotAuthorized;
             }
         }
-        if !self.sessions.claim(client_id, device, Instant::now()) {
+        if !self.sessions.claim(client_id, device, began) {
             tracing::warn!(product_key = %device.product_key(), device_name = %device.device_name(), "CONNECT refused: the client id names another device's session");
             return AuthResult::NotAuthorized;
         }

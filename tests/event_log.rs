@@ -515,3 +515,56 @@ fn the_follower_survives_a_postgres_restart_and_misses_nothing() {
     }
     wait_for_line(&server.log, "following the event log again");
 }
+
+/// Connects, retrying while a broker has not yet read a change that lets the login in.
+fn connect_once_served(port: u16, login: &[String; 3]) -> MqttClient {
+    let deadline = Instant::now() + PROMPT;
+    loop {
+        match MqttClient::connect(port, [&login[0], &login[1], &login[2]], true) {
+            Ok(client) => return client,
+            Err(code) => assert!(Instant::now() < deadline, "still refused: {code:?}"),
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn a_device_enabled_or_reset_again_logs_in_at_once_and_is_not_cut_by_the_old_revocation() {
+    let dir = Dir::new("re-enable");
+    let store = sqlite(&dir.0.join("fleet.db"));
+    let fleet = Fleet::new(store.clone());
+    let server = Server::start(
+        &store,
+        dir.0.join("serve.log"),
+        &["--cache-ttl-secs", TEN_MINUTES],
+    );
+    let secret = fleet.device("comes-back");
+    let login = fleet.login("comes-back", &secret, "back");
+    let mut client = connect(server.mqtt, &login);
+    cli(&store, &["device", "disable", &fleet.pk, "comes-back"]);
+    assert!(closed_within(&mut client).is_some());
+    cli(&store, &["device", "enable", &fleet.pk, "comes-back"]);
+    // Within the broker's 10 s revocation window: a login admitted after the revocation stays.
+    let mut client = connect_once_served(server.mqtt, &login);
+    assert!(
+        client.is_served(PROMPT),
+        "the login after the enable was cut"
+    );
+
+    let reset = cli(&store, &["device", "reset", &fleet.pk, "comes-back"]);
+    assert!(closed_within(&mut client).is_some());
+    let new_secret = text_of(&reset, "deviceSecret");
+    let mut client =
+        connect_once_served(server.mqtt, &fleet.login("comes-back", &new_secret, "back"));
+    assert!(
+        client.is_served(PROMPT),
+        "the login with the new secret was cut"
+    );
+}
+
+fn text_of(value: &Value, field: &str) -> String {
+    value[field]
+        .as_str()
+        .unwrap_or_else(|| panic!("no {field}"))
+        .to_owned()
+}
