@@ -3,7 +3,8 @@
 #   - wrk, 64 keep-alive connections, LOAD_SECONDS (default 20) each, against
 #       GET  /healthz             the same server doing no authentication (the baseline),
 #       POST /hooks/emqx/authn    logins of DEVICES (default 1000) active devices, in turn;
-#     on the embedded SQLite store, without and with --cache-ttl-secs;
+#     on the embedded SQLite store and, when DATABASE_URL is set, on PostgreSQL: uncached
+#     (--cache-ttl-secs 0) and with the default 600 s cache (kept coherent by the event log);
 #   - then the broker's connects/s with and without authentication (benches/connect_rate.rs).
 # wrk and the server share this machine's cores: the figures are a floor, not a ceiling.
 # Usage: bash benches/load.sh            (installs wrk from Debian if it is missing)
@@ -27,12 +28,12 @@ SERVER=
 cleanup() { [ -n "$SERVER" ] && kill "$SERVER" 2>/dev/null; wait 2>/dev/null; rm -rf "$WORK"; }
 trap cleanup EXIT
 
-# A fleet in a SQLite file: DEVICES registered devices and each one's EMQX authn body.
-export IOTAUTH_STORE="sqlite://$WORK/load.db"
-PK=$("$BIN" product create | sed -n 's/.*"productKey":"\([^"]*\)".*/\1/p')
-seq -f "load-%05g" 1 "$DEVICES" > "$WORK/names"
-"$BIN" device register-batch "$PK" "$WORK/names" 2>/dev/null > "$WORK/devices.jsonl"
-python3 - "$WORK/devices.jsonl" "$WORK/bodies" <<'PY'
+# A fleet in a store: DEVICES registered devices and each one's EMQX authn body.
+fleet() {  # fleet STORE_URL BODIES
+  local pk
+  pk=$(IOTAUTH_STORE=$1 "$BIN" product create | sed -n 's/.*"productKey":"\([^"]*\)".*/\1/p')
+  IOTAUTH_STORE=$1 "$BIN" device register-batch "$pk" "$WORK/names" 2>/dev/null > "$WORK/devices.jsonl"
+  python3 - "$WORK/devices.jsonl" "$2" <<'PY'
 import hashlib, hmac, json, sys
 with open(sys.argv[1]) as devices, open(sys.argv[2], "w") as out:
     for line in devices:
@@ -45,6 +46,16 @@ with open(sys.argv[1]) as devices, open(sys.argv[2], "w") as out:
                 "username": f"{dn}&{pk}", "password": password}
         out.write(json.dumps(body, separators=(",", ":")) + "\n")
 PY
+}
+seq -f "load-%05g" 1 "$DEVICES" > "$WORK/names"
+export IOTAUTH_STORE="sqlite://$WORK/load.db"
+fleet "$IOTAUTH_STORE" "$WORK/bodies"
+if [ -n "${DATABASE_URL:-}" ]; then
+  # The key .ci/postgres.sh made for its cluster.
+  export IOTAUTH_MASTER_KEY_FILE=${IOTAUTH_TEST_MASTER_KEY_FILE:?}
+  fleet "$DATABASE_URL" "$WORK/pg-bodies"
+  unset IOTAUTH_MASTER_KEY_FILE
+fi
 
 PORT=18080
 start() {  # start STORE_URL [serve options...]
@@ -66,22 +77,34 @@ run() {  # run NAME PATH wrk-script-args...
     *) echo "$name: some requests failed or were not allowed" >&2; exit 1 ;;
   esac
 }
-warm() {  # one login of every device (makes them active; later logins only read)
+warm() {  # warm BODIES: one login of every device (makes them active; later logins only read)
   while read -r body; do
     curl -fs -H 'Content-Type: application/json' -d "$body" "http://127.0.0.1:$PORT/hooks/emqx/authn" | grep -q '"allow"'
-  done < "$WORK/bodies"
+  done < "$1"
 }
 
 echo "wrk -t2 -c$CONNECTIONS -d${SECONDS_EACH}s on $(nproc) cores, $DEVICES devices, server and wrk on one machine"
-start "$IOTAUTH_STORE"
-warm
+start "$IOTAUTH_STORE" --cache-ttl-secs 0
+warm "$WORK/bodies"
 run "healthz (baseline)" /healthz healthz
-run "emqx authn, sqlite" /hooks/emqx/authn hook "$WORK/bodies"
+run "emqx authn, sqlite, uncached" /hooks/emqx/authn hook "$WORK/bodies"
 stop
-start "$IOTAUTH_STORE" --cache-ttl-secs 5
-run "healthz (baseline), cache" /healthz healthz
-run "emqx authn, sqlite + 5 s cache" /hooks/emqx/authn hook "$WORK/bodies"
+start "$IOTAUTH_STORE" --cache-ttl-secs 600
+run "emqx authn, sqlite + 600 s cache" /hooks/emqx/authn hook "$WORK/bodies"
 stop
+if [ -n "${DATABASE_URL:-}" ]; then
+  export IOTAUTH_MASTER_KEY_FILE=$IOTAUTH_TEST_MASTER_KEY_FILE
+  start "$DATABASE_URL" --cache-ttl-secs 0
+  warm "$WORK/pg-bodies"
+  run "emqx authn, postgres, uncached" /hooks/emqx/authn hook "$WORK/pg-bodies"
+  stop
+  start "$DATABASE_URL" --cache-ttl-secs 600
+  run "emqx authn, postgres + 600 s cache" /hooks/emqx/authn hook "$WORK/pg-bodies"
+  stop
+  unset IOTAUTH_MASTER_KEY_FILE
+else
+  echo "postgres skipped: DATABASE_URL is not set (source .ci/postgres.sh)"
+fi
 echo
 echo "broker connects/s (benches/connect_rate.rs):"
 IOTAUTH_CONNECT_SECONDS=$SECONDS_EACH cargo bench --all-features --bench connect_rate --quiet 2>/dev/null \

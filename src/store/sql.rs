@@ -191,6 +191,9 @@ pub struct SqlStore {
     caller_clock: bool,
     /// Who the events this handle writes name ([`SqlStore::with_actor`]).
     actor: Actor,
+    /// A SQLite file store's device reads ([`SqliteReaders`]).
+    #[cfg(feature = "sqlite")]
+    readers: Option<Arc<SqliteReaders>>,
     /// PostgreSQL: the connection that listens for appended events, opened on first use.
     #[cfg(feature = "postgres")]
     listener: Option<Arc<EventListener>>,
@@ -643,6 +646,8 @@ impl SqlStore {
             keyring: None,
             caller_clock: false,
             actor: Actor::library(),
+            #[cfg(feature = "sqlite")]
+            readers: None,
             #[cfg(feature = "postgres")]
             listener: (!sqlite).then(|| {
                 Arc::new(EventListener {
@@ -655,6 +660,10 @@ impl SqlStore {
         store.migrate().await?;
         if let Some(file) = &store.file {
             file.record_companions();
+            #[cfg(feature = "sqlite")]
+            {
+                store.readers = Some(Arc::new(SqliteReaders::open(&file.path)?));
+            }
         }
         store.keyring = store.keyring_for(secrets).await?.map(Arc::new);
         Ok(store)
@@ -1312,11 +1321,27 @@ impl SqlStore {
     }
 
     fn device_from_row(&self, row: &AnyRow) -> Result<DeviceRecord, StoreError> {
-        let pk: String = column(row, "product_key")?;
-        let dn: String = column(row, "device_name")?;
-        let secret: String = column(row, "device_secret")?;
-        let state: String = column(row, "state")?;
-        let revision: i64 = column(row, "revision")?;
+        self.device_from_columns(DeviceColumns {
+            product_key: column(row, "product_key")?,
+            device_name: column(row, "device_name")?,
+            device_secret: column(row, "device_secret")?,
+            state: column(row, "state")?,
+            enabled: column(row, "enabled")?,
+            revision: column(row, "revision")?,
+            client_ids: column(row, "client_ids")?,
+        })
+    }
+
+    fn device_from_columns(&self, row: DeviceColumns) -> Result<DeviceRecord, StoreError> {
+        let DeviceColumns {
+            product_key: pk,
+            device_name: dn,
+            device_secret: secret,
+            state,
+            enabled,
+            revision,
+            client_ids,
+        } = row;
         Ok(DeviceRecord {
             product_key: ProductKey::new(&pk).map_err(corrupt("product_key"))?,
             device_name: DeviceName::new(&dn).map_err(corrupt("device_name"))?,
@@ -1331,14 +1356,144 @@ impl SqlStore {
                     FailureKind::Corrupt,
                     Corrupt { column: "state" },
                 ))?,
-                enabled: flag(column(row, "enabled")?, "enabled")?,
+                enabled: flag(enabled, "enabled")?,
             },
             revision: u64::try_from(revision).map_err(|_| {
                 StoreError::failure(FailureKind::Corrupt, Corrupt { column: "revision" })
             })?,
-            client_ids: client_ids_from_column(&column::<String>(row, "client_ids")?)?,
+            client_ids: client_ids_from_column(&client_ids)?,
         })
     }
+}
+
+/// The column lists, as macros so that every statement is a `&'static str`.
+macro_rules! product_columns {
+    () => {
+        "product_key, product_secret, dynamic_registration, name, pre_registration_free, device_quota, \
+         registration_rate, registration_burst, refusal_threshold, refusal_window_secs, \
+         unique_random, breaker_tripped_at"
+    };
+}
+macro_rules! device_columns {
+    () => {
+        "product_key, device_name, device_secret, state, enabled, revision, client_ids"
+    };
+}
+
+/// A device row's columns as read, in [`device_columns!`]'s order.
+struct DeviceColumns {
+    product_key: String,
+    device_name: String,
+    device_secret: String,
+    state: String,
+    enabled: i64,
+    revision: i64,
+    client_ids: String,
+}
+
+/// Connections of rusqlite's to a SQLite file store that serve device reads in the caller's
+/// thread: a point read by primary key with a cached prepared statement takes microseconds,
+/// less than handing it to sqlx's worker thread and back. WAL readers do not wait for the
+/// writer, so a read blocks its thread no longer than the read itself. `query_only`: they
+/// never write.
+#[cfg(feature = "sqlite")]
+struct SqliteReaders {
+    connections: Vec<std::sync::Mutex<rusqlite::Connection>>,
+    next: std::sync::atomic::AtomicUsize,
+}
+
+#[cfg(feature = "sqlite")]
+impl std::fmt::Debug for SqliteReaders {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "SqliteReaders({})", self.connections.len())
+    }
+}
+
+#[cfg(feature = "sqlite")]
+impl SqliteReaders {
+    /// As many connections as the pool's writers (4): enough for the runtime's threads.
+    const CONNECTIONS: usize = 4;
+
+    fn open(path: &Path) -> Result<Self, StoreError> {
+        use rusqlite::OpenFlags;
+        let connections = (0..Self::CONNECTIONS)
+            .map(|_| {
+                let connection = rusqlite::Connection::open_with_flags(
+                    path,
+                    OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+                )?;
+                connection.execute_batch("PRAGMA busy_timeout = 1500; PRAGMA query_only = 1;")?;
+                Ok(std::sync::Mutex::new(connection))
+            })
+            .collect::<Result<_, rusqlite::Error>>()
+            .map_err(reader_failure)?;
+        Ok(Self {
+            connections,
+            next: std::sync::atomic::AtomicUsize::new(0),
+        })
+    }
+
+    /// Runs `read` on a free connection (the next one in turn when all are busy).
+    fn read<T>(
+        &self,
+        read: impl FnOnce(&rusqlite::Connection) -> rusqlite::Result<T>,
+    ) -> Result<T, StoreError> {
+        let start = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let count = self.connections.len();
+        let free = (0..count)
+            .map(|i| &self.connections[(start + i) % count])
+            .find_map(|connection| connection.try_lock().ok());
+        let connection = match free {
+            Some(connection) => connection,
+            // A panic during a read leaves the connection as usable as before it.
+            None => self.connections[start % count]
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+        };
+        read(&connection).map_err(reader_failure)
+    }
+
+    fn device(
+        &self,
+        product_key: &str,
+        device_name: &str,
+    ) -> Result<Option<DeviceColumns>, StoreError> {
+        use rusqlite::OptionalExtension;
+        self.read(|connection| {
+            connection
+                .prepare_cached(concat!(
+                    "SELECT ",
+                    device_columns!(),
+                    " FROM iotauth_devices WHERE product_key = ?1 AND device_name = ?2"
+                ))?
+                .query_row([product_key, device_name], |row| {
+                    Ok(DeviceColumns {
+                        product_key: row.get(0)?,
+                        device_name: row.get(1)?,
+                        device_secret: row.get(2)?,
+                        state: row.get(3)?,
+                        enabled: row.get(4)?,
+                        revision: row.get(5)?,
+                        client_ids: row.get(6)?,
+                    })
+                })
+                .optional()
+        })
+    }
+}
+
+/// The [`StoreError`] of a rusqlite error: SQLite's result code's kind, or corrupt for a value
+/// of another type than the column's.
+#[cfg(feature = "sqlite")]
+fn reader_failure(e: rusqlite::Error) -> StoreError {
+    let kind = match &e {
+        rusqlite::Error::SqliteFailure(error, _) => sqlite_failure_kind(error.extended_code),
+        rusqlite::Error::InvalidColumnType(..) | rusqlite::Error::FromSqlConversionFailure(..) => {
+            FailureKind::Corrupt
+        }
+        _ => FailureKind::Unavailable,
+    };
+    StoreError::failure(kind, e)
 }
 
 /// `client_ids` as stored (see the module's schema).
@@ -1427,20 +1582,6 @@ fn revision_value(revision: u64) -> Result<i64, StoreError> {
 
 /// A product's devices, counted (by the primary key's index).
 const DEVICE_COUNT: &str = "SELECT COUNT(*) FROM iotauth_devices WHERE product_key = $1";
-
-/// The column lists, as macros so that every statement is a `&'static str`.
-macro_rules! product_columns {
-    () => {
-        "product_key, product_secret, dynamic_registration, name, pre_registration_free, device_quota, \
-         registration_rate, registration_burst, refusal_threshold, refusal_window_secs, \
-         unique_random, breaker_tripped_at"
-    };
-}
-macro_rules! device_columns {
-    () => {
-        "product_key, device_name, device_secret, state, enabled, revision, client_ids"
-    };
-}
 
 #[async_trait]
 impl ProductStore for SqlStore {
@@ -1878,6 +2019,13 @@ impl DeviceStore for SqlStore {
         product_key: &ProductKey,
         device_name: &DeviceName,
     ) -> Result<Option<DeviceRecord>, StoreError> {
+        #[cfg(feature = "sqlite")]
+        if let Some(readers) = &self.readers {
+            return readers
+                .device(product_key.as_str(), device_name.as_str())?
+                .map(|columns| self.device_from_columns(columns))
+                .transpose();
+        }
         let sql = concat!(
             "SELECT ",
             device_columns!(),
