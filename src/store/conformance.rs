@@ -431,11 +431,12 @@ where
 /// switch forgets the refusals counted.
 pub async fn refusals_switch_registration_off<S>(store: S)
 where
-    S: ProductStore + DeviceStore + Clone + 'static,
+    S: ProductStore + DeviceStore + EventLog + Clone + 'static,
 {
     let limit = RegistrationLimit::DEFAULT.with_refusals(5, 60).unwrap();
     let (admin, product) = limited_product(&store, limit).await;
     let pk = product.product_key;
+    let head = store.event_head().await.unwrap();
     let at = |seconds: u64| UnixMillis(1_800_000_000_000 + seconds * 1000);
     let refuse = |seconds: u64| {
         let store = store.clone();
@@ -494,6 +495,17 @@ where
     assert_eq!(switched, 1, "switched off once");
     let off = store.product(&pk).await.unwrap().unwrap();
     assert_eq!(off.dynamic_registration, DynamicRegistration::Off);
+    // Each switch-off, by the breaker or an operator, is an event; counted refusals are not.
+    assert_eq!(
+        product_events(&store, head, &pk).await,
+        [
+            EventKind::BreakerTripped,
+            EventKind::DynamicRegistrationOn,
+            EventKind::DynamicRegistrationOn,
+            EventKind::BreakerTripped,
+        ]
+        .map(|kind| (None, kind))
+    );
 }
 
 /// The `random` history: of concurrent records of one random, one is new; a random seen
