@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 
 use cli_support::{BIN, cli, with_key_for};
 use serve_support::{Dir, Fleet, Server};
-use support::{Incoming, Mosquitto, MqttClient};
+use support::{Incoming, Mosquitto, MqttClient, connect_when_allowed};
 
 /// The longest a trial waits for a connection to close, or for a login after the enable.
 const GIVE_UP: Duration = Duration::from_secs(10);
@@ -33,18 +33,6 @@ const GIVE_UP: Duration = Duration::from_secs(10);
 struct Target {
     name: &'static str,
     port: u16,
-}
-
-fn connect_retrying(port: u16, login: &[String; 3]) -> MqttClient {
-    let deadline = Instant::now() + GIVE_UP;
-    loop {
-        // Right after an enable, a broker may not have read it yet (within ~200 ms).
-        match MqttClient::connect(port, [&login[0], &login[1], &login[2]], true) {
-            Ok(client) => return client,
-            Err(code) if Instant::now() > deadline => panic!("login refused on {port}: {code:?}"),
-            Err(_) => std::thread::sleep(Duration::from_millis(20)),
-        }
-    }
 }
 
 /// Per target, the latency of each trial.
@@ -60,7 +48,10 @@ fn measure(fleet: &Fleet, targets: &[Target], trials: usize) -> Vec<Vec<Duration
         let mut clients: Vec<MqttClient> = targets
             .iter()
             .zip(&logins)
-            .map(|(t, login)| connect_retrying(t.port, login))
+            .map(|(t, login)| {
+                connect_when_allowed(t.port, [&login[0], &login[1], &login[2]], GIVE_UP)
+                    .unwrap_or_else(|code| panic!("login refused on {}: {code:?}", t.port))
+            })
             .collect();
         let mut jitter = [0u8; 1];
         getrandom::fill(&mut jitter).unwrap();

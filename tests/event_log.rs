@@ -22,7 +22,7 @@ mod support;
 
 use cli_support::{BIN, cli, required_env, with_key_for};
 use serve_support::{Dir, Fleet, Server, free_port, http_request};
-use support::{Incoming, Mosquitto, MqttClient};
+use support::{Incoming, Mosquitto, MqttClient, connect_when_allowed};
 
 /// How long a test waits for what should happen within a second (the revocation bench
 /// measures how long it takes).
@@ -516,16 +516,10 @@ fn the_follower_survives_a_postgres_restart_and_misses_nothing() {
     wait_for_line(&server.log, "following the event log again");
 }
 
-/// Connects, retrying while a broker has not yet read a change that lets the login in.
+/// Connects once the broker lets the login in (it may take a moment to read the change).
 fn connect_once_served(port: u16, login: &[String; 3]) -> MqttClient {
-    let deadline = Instant::now() + PROMPT;
-    loop {
-        match MqttClient::connect(port, [&login[0], &login[1], &login[2]], true) {
-            Ok(client) => return client,
-            Err(code) => assert!(Instant::now() < deadline, "still refused: {code:?}"),
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    connect_when_allowed(port, [&login[0], &login[1], &login[2]], PROMPT)
+        .unwrap_or_else(|code| panic!("still refused: {code:?}"))
 }
 
 #[test]

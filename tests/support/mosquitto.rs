@@ -151,6 +151,23 @@ pub fn connect_once(port: u16, client_id: &str, username: &str, password: &str) 
         .is_ok()
 }
 
+/// CONNECTs with `login` until the broker accepts it, every 20 ms within `wait`: a change that
+/// lets the login in (a device enabled again) may take the broker a moment to read. The last
+/// refusal's CONNACK code otherwise.
+pub fn connect_when_allowed(
+    port: u16,
+    login: [&str; 3],
+    wait: Duration,
+) -> Result<MqttClient, Option<u8>> {
+    let deadline = Instant::now() + wait;
+    loop {
+        match MqttClient::connect(port, login, true) {
+            Err(_) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(20)),
+            outcome => return outcome,
+        }
+    }
+}
+
 /// How long a raw client waits for the broker's answer to CONNECT or SUBSCRIBE.
 const ANSWER: Duration = Duration::from_secs(5);
 
