@@ -1177,7 +1177,10 @@ unsafe extern "C" fn tick(
 /// Disconnects every connection of the devices the event log named as disabled, reset or
 /// deleted since the last tick.
 fn disconnect_revoked(plugin: &Plugin) {
-    let revoked = std::mem::take(&mut *lock(&plugin.revoked));
+    let mut revoked = std::mem::take(&mut *lock(&plugin.revoked));
+    // A device named twice (disabled, then deleted) is looked up once.
+    revoked.sort_unstable();
+    revoked.dedup();
     for device in revoked {
         let client_ids = sessions(plugin, |s| s.client_ids_of(&device));
         for client_id in client_ids {

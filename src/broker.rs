@@ -573,7 +573,13 @@ impl DeviceSessions {
             .get(client_id)
             .is_none_or(|owner| owner.device == device);
         if claimed {
-            table.admissions.insert(client_id.to_owned(), now);
+            // Two CONNECTs in flight on one client id: the earlier admission counts (the later
+            // one's connection ends the earlier one's anyway).
+            table
+                .admissions
+                .entry(client_id.to_owned())
+                .and_modify(|began| *began = (*began).min(now))
+                .or_insert(now);
             table.claims.push_back((client_id.to_owned(), now));
         }
         match table.owners.get(client_id) {

@@ -143,10 +143,13 @@ impl ServerConfig {
             "cache_ttl_secs" => self.cache_ttl = Duration::from_secs(seconds("cache_ttl_secs")?),
             "master_key_file" => self.secrets.master_key_file = Some(value.into()),
             "actor" => {
-                self.actor = Actor::parse(value).map_err(|_| ConfigError::Invalid {
-                    key: "actor",
-                    expected: "server:NODE or plugin:NODE (NODE: 1-64 of A-Za-z0-9._-)",
-                })?;
+                self.actor = Actor::parse(value)
+                    .ok()
+                    .filter(|actor| actor.as_str().contains(':'))
+                    .ok_or(ConfigError::Invalid {
+                        key: "actor",
+                        expected: "server:NODE or plugin:NODE (NODE: 1-64 of A-Za-z0-9._-)",
+                    })?;
             }
             "previous_key_file" => self.secrets.previous_key_files.push(value.into()),
             "insecure_plaintext_secrets" => {
@@ -225,8 +228,9 @@ pub const REGISTER_TOPIC: &str = "/ext/register";
 /// DeviceToken (PROTOCOL.md §c).
 pub const REGNWL_TOPIC: &str = "/ext/regnwl";
 
-/// How many revocations a slow broker may lag behind before it must resynchronize.
-const REVOCATION_BACKLOG: usize = 1024;
+/// How many revocations a slow broker may lag behind before it must resynchronize (by ending
+/// every session): room for a mass disable or reset read from the event log in one go.
+const REVOCATION_BACKLOG: usize = 65_536;
 
 /// The services behind the routes, shared by every request (and by MQTT listeners).
 pub struct Services {

@@ -129,6 +129,18 @@ fn audit_verify_names_the_first_edited_deleted_or_swapped_event() {
             "UPDATE iotauth_events SET device_name = 'bad name!' WHERE seq = 2",
             "event 2 was edited: its device_name does not parse",
         ),
+        (
+            "set the head back",
+            "UPDATE iotauth_event_head SET seq = 4, \
+             hash = (SELECT hash FROM iotauth_events WHERE seq = 4)",
+            "the log goes on to event 6 past the store's head, event 4",
+        ),
+        (
+            "edit one and make a later one unparsable",
+            "UPDATE iotauth_events SET kind = 'enabled' WHERE seq = 3; \
+             UPDATE iotauth_events SET device_name = 'bad name!' WHERE seq = 5",
+            "event 3 was edited: its hash",
+        ),
     ];
     for (what, sql, expected) in cases {
         let copy = dir.0.join(format!("{}.db", what.replace(' ', "-")));

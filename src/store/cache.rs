@@ -250,4 +250,12 @@ impl<S: EventLog> EventLog for CachedStore<S> {
         }
         self.inner.observe(event);
     }
+
+    fn observe_lost_events(&self) {
+        let mut entries = self.entries();
+        self.epoch.fetch_add(1, Ordering::SeqCst);
+        entries.clear();
+        drop(entries);
+        self.inner.observe_lost_events();
+    }
 }

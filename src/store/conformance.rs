@@ -113,8 +113,9 @@ async fn product_events<S: EventLog>(
 }
 
 /// The event log records each change, once, atomically with it: after every operation that
-/// changed something, exactly its event is new; after every operation that failed or changed
-/// nothing (a duplicate, a lost compare-and-set, a refused login or registration, an unknown
+/// changed something (and every operator's setting, also of an unchanged value), exactly its
+/// event is new; after every operation that failed or changed nothing (a duplicate, a lost
+/// compare-and-set, a refused login or registration, a login of an active device, an unknown
 /// key), nothing is. The log links up, and the store's head is its last event.
 pub async fn event_log_records_every_change<S>(store: S)
 where
@@ -229,6 +230,33 @@ where
         "disable, enable, reset, delete (and a second delete)",
     )
     .await;
+
+    // Registration without pre-registration creates the device and issues it a ClientID; one
+    // over the quota, and one after the switch went off, log nothing.
+    let setting = PreRegistrationFree {
+        on: true,
+        device_quota: 1,
+    };
+    admin.set_pre_registration_free(&pk, setting).await.unwrap();
+    let product = store.product(&pk).await.unwrap().unwrap();
+    regnwl(&registrar, &product, "regnwl-dev").await.unwrap();
+    assert!(regnwl(&registrar, &product, "regnwl-other").await.is_err());
+    admin
+        .set_dynamic_registration(&pk, DynamicRegistration::Off)
+        .await
+        .unwrap();
+    assert!(regnwl(&registrar, &product, "regnwl-dev").await.is_err());
+    let regnwl_of = |kind| (Some("regnwl-dev".to_owned()), kind);
+    check(
+        vec![
+            (None, EventKind::PreRegistrationFreeSet),
+            regnwl_of(EventKind::DeviceRegistered),
+            regnwl_of(EventKind::ClientIdIssued),
+            (None, EventKind::DynamicRegistrationOff),
+        ],
+        "regnwl (and one over the quota, one switched off)",
+    )
+    .await;
 }
 
 /// Under [`RACERS`] concurrent changes the log stays one chain, numbered without gaps: each
@@ -277,12 +305,14 @@ where
     // Each racer's own device: registered before disabled.
     for (dn, kind) in &events {
         if *kind == EventKind::Disabled && dn.as_deref() != Some("shared-dev") {
-            let registered = events
-                .iter()
-                .position(|e| e == &(dn.clone(), EventKind::DeviceRegistered));
-            let disabled = events.iter().position(|e| e == &(dn.clone(), *kind));
+            let position = |kind| {
+                events
+                    .iter()
+                    .position(|e| e == &(dn.clone(), kind))
+                    .unwrap_or_else(|| panic!("{dn:?}: no {kind} event"))
+            };
             assert!(
-                registered < disabled,
+                position(EventKind::DeviceRegistered) < position(EventKind::Disabled),
                 "{dn:?}: events in the order of the changes"
             );
         }

@@ -435,6 +435,22 @@ pub enum ChainBreak {
         /// The head's event number.
         head: u64,
     },
+    /// The log goes on past the head the store keeps: the head was set back (to hide the
+    /// events after it).
+    #[error("the log goes on to event {last} past the store's head, event {head}")]
+    BeyondHead {
+        /// The last event found.
+        last: u64,
+        /// The head's event number.
+        head: u64,
+    },
+    /// The head names the last event's number with another hash: the head or the event was
+    /// edited.
+    #[error("the store's head does not hold event {seq}'s hash")]
+    HeadMismatch {
+        /// The last event's number.
+        seq: u64,
+    },
 }
 
 /// Checks `events` (in order, starting after `after`, whose hash is `after_hash`) link up:
@@ -500,6 +516,10 @@ pub trait EventLog: Send + Sync {
     fn observe(&self, event: &EventRecord) {
         let _ = event;
     }
+
+    /// Called by a follower that could not read some events (an unreadable row, a log that
+    /// went back): a cache drops every entry; a store keeps nothing to drop (the default).
+    fn observe_lost_events(&self) {}
 }
 
 /// How often a follower reads the log when the store sends no notification (SQLite, the
@@ -510,49 +530,26 @@ pub const FOLLOW_POLL_INTERVAL: std::time::Duration = std::time::Duration::from_
 /// appended by any process of the store is passed to [`EventLog::observe`] (a cache drops the
 /// device's entry) and then to `on_event` (e.g. to disconnect a device that was disabled,
 /// reset or deleted), in order, once. The log is read every [`FOLLOW_POLL_INTERVAL`], and at
-/// once when PostgreSQL notifies an append. While the store fails, the follower retries from
-/// the last event it passed on, so it misses nothing; it logs the first failure (`warn`) and
-/// the recovery (`info`), not every retry.
+/// once when PostgreSQL notifies an append.
+///
+/// While the store fails (or a read takes over 5 s), the follower retries from the last event
+/// it passed on, so it misses nothing; it logs the first failure (`warn`) and the recovery
+/// (`info`), not every retry. Where events cannot be passed on, it says so (`error`) and calls
+/// [`EventLog::observe_lost_events`] (a cache drops every entry), then goes on: an event row
+/// that does not parse (edited, or of a kind a newer version wrote) is skipped, and a log that
+/// no longer continues the events passed on (a database restored from a backup, or failed over
+/// to a replica that lagged) is followed from where it is now. Revocations recorded by events
+/// not passed on do not disconnect anyone.
 #[cfg(feature = "server")]
 pub fn follow(
     store: std::sync::Arc<dyn super::Store>,
     mut on_event: impl FnMut(&EventRecord) + Send + 'static,
 ) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
-        let mut after = None;
-        let mut failing = false;
+        let mut follower = Follower::default();
         loop {
-            let read = match after {
-                None => store.event_head().await.map(|head| {
-                    after = Some(head.seq);
-                    Vec::new()
-                }),
-                Some(seq) => store.events_after(seq, MAX_EVENTS_PER_READ).await,
-            };
-            match read {
-                Ok(events) => {
-                    if failing {
-                        tracing::info!(after, "following the event log again");
-                        failing = false;
-                    }
-                    for event in &events {
-                        store.observe(event);
-                        on_event(event);
-                        after = Some(event.seq);
-                    }
-                    if events.len() == MAX_EVENTS_PER_READ {
-                        continue;
-                    }
-                }
-                Err(e) if !failing => {
-                    failing = true;
-                    tracing::warn!(
-                        after,
-                        error = %crate::ErrorChain(&e),
-                        "cannot read the event log; retrying (revocations wait)"
-                    );
-                }
-                Err(_) => {}
+            if follower.step(&*store, &mut on_event).await {
+                continue;
             }
             tokio::select! {
                 () = tokio::time::sleep(FOLLOW_POLL_INTERVAL) => {}
@@ -560,6 +557,150 @@ pub fn follow(
             }
         }
     })
+}
+
+/// A follower's state between reads ([`follow`]).
+#[cfg(feature = "server")]
+#[derive(Default)]
+struct Follower {
+    /// The last event passed on (its hash unknown after a skipped row); `None` until the head
+    /// was read.
+    position: Option<(u64, Option<ChainHash>)>,
+    /// Whether the last read failed (logged once).
+    failing: bool,
+    /// Reads that found nothing new since the head was last checked.
+    idle_reads: u32,
+}
+
+#[cfg(feature = "server")]
+impl Follower {
+    /// The longest a read may take before it counts as a failure.
+    const READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+    /// Idle reads between checks that the log did not go back (25: every ~5 s).
+    const HEAD_CHECK_EVERY: u32 = 25;
+
+    async fn read<T>(
+        &mut self,
+        read: impl Future<Output = Result<T, StoreError>>,
+    ) -> Option<Result<T, StoreError>> {
+        let outcome = match tokio::time::timeout(Self::READ_TIMEOUT, read).await {
+            Ok(outcome) => outcome,
+            Err(_) => Err(StoreError::unavailable(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                "the store did not answer in time",
+            ))),
+        };
+        match outcome {
+            Err(e) if e.failure_kind() != Some(super::FailureKind::Corrupt) => {
+                if !self.failing {
+                    self.failing = true;
+                    tracing::warn!(
+                        after = self.position.map(|(seq, _)| seq),
+                        error = %crate::ErrorChain(&e),
+                        "cannot read the event log; retrying (revocations wait)"
+                    );
+                }
+                None
+            }
+            outcome => {
+                if std::mem::take(&mut self.failing) {
+                    tracing::info!(
+                        after = self.position.map(|(seq, _)| seq),
+                        "following the event log again"
+                    );
+                }
+                Some(outcome)
+            }
+        }
+    }
+
+    /// One read: passes on what it found; whether there may be more to read at once.
+    async fn step(
+        &mut self,
+        store: &dyn EventLog,
+        on_event: &mut impl FnMut(&EventRecord),
+    ) -> bool {
+        let Some((after, hash)) = self.position else {
+            if let Some(Ok(head)) = self.read(store.event_head()).await {
+                self.position = Some((head.seq, Some(head.hash)));
+            }
+            return false;
+        };
+        let events = match self
+            .read(store.events_after(after, MAX_EVENTS_PER_READ))
+            .await
+        {
+            None => return false,
+            Some(Ok(events)) => events,
+            Some(Err(_)) => {
+                // A row does not parse: the next one, or a later one of the page?
+                return match self.read(store.events_after(after, 1)).await {
+                    Some(Ok(events)) => {
+                        self.pass_on(store, on_event, &events, hash);
+                        !events.is_empty()
+                    }
+                    Some(Err(e)) => {
+                        tracing::error!(
+                            event = after + 1,
+                            error = %crate::ErrorChain(&e),
+                            "an event of the log does not parse: skipped, the cache dropped \
+                             (run iotauth audit verify)"
+                        );
+                        store.observe_lost_events();
+                        self.position = Some((after + 1, None));
+                        true
+                    }
+                    None => false,
+                };
+            }
+        };
+        if events.is_empty() {
+            self.idle_reads += 1;
+            if self.idle_reads >= Self::HEAD_CHECK_EVERY {
+                self.idle_reads = 0;
+                if let Some(Ok(head)) = self.read(store.event_head()).await
+                    && head.seq < after
+                {
+                    tracing::error!(
+                        after,
+                        head = head.seq,
+                        "the event log went back (a restore, or a failover to a replica that \
+                         lagged): following it from its head, the cache dropped"
+                    );
+                    store.observe_lost_events();
+                    self.position = Some((head.seq, Some(head.hash)));
+                }
+            }
+            return false;
+        }
+        self.idle_reads = 0;
+        self.pass_on(store, on_event, &events, hash);
+        events.len() == MAX_EVENTS_PER_READ
+    }
+
+    fn pass_on(
+        &mut self,
+        store: &dyn EventLog,
+        on_event: &mut impl FnMut(&EventRecord),
+        events: &[EventRecord],
+        hash: Option<ChainHash>,
+    ) {
+        if let (Some(first), Some(hash)) = (events.first(), hash)
+            && first.prev_hash != hash
+        {
+            tracing::error!(
+                event = first.seq,
+                "the event log does not continue the events passed on (a restore, or a \
+                 failover to a replica that lagged): the cache dropped"
+            );
+            store.observe_lost_events();
+        }
+        for event in events {
+            store.observe(event);
+            on_event(event);
+            self.position = Some((event.seq, Some(event.hash)));
+        }
+    }
 }
 
 /// A stored event that does not parse.
@@ -663,6 +804,142 @@ mod tests {
             verify_chain(ChainHead::EMPTY, &rehashed),
             Err(ChainBreak::Unlinked { seq: 2 })
         );
+    }
+
+    /// A log whose reads fail on demand, with an unreadable row on demand, that records what
+    /// a follower told it.
+    #[cfg(feature = "server")]
+    #[derive(Default)]
+    struct ScriptedLog {
+        events: std::sync::Mutex<Vec<EventRecord>>,
+        down: std::sync::atomic::AtomicBool,
+        unreadable: std::sync::Mutex<Option<u64>>,
+        lost: std::sync::atomic::AtomicUsize,
+    }
+
+    #[cfg(feature = "server")]
+    impl ScriptedLog {
+        fn append(&self, kind: EventKind) {
+            let mut events = self.events.lock().unwrap();
+            let head = events.last().map_or(ChainHead::EMPTY, |e| ChainHead {
+                seq: e.seq,
+                hash: e.hash,
+            });
+            events.push(event(head, kind));
+        }
+    }
+
+    #[cfg(feature = "server")]
+    #[async_trait]
+    impl EventLog for ScriptedLog {
+        async fn events_after(
+            &self,
+            after: u64,
+            limit: usize,
+        ) -> Result<Vec<EventRecord>, StoreError> {
+            if self.down.load(std::sync::atomic::Ordering::SeqCst) {
+                return Err(StoreError::unavailable(std::io::Error::other("down")));
+            }
+            let page: Vec<EventRecord> = self
+                .events
+                .lock()
+                .unwrap()
+                .iter()
+                .filter(|e| e.seq > after)
+                .take(limit)
+                .cloned()
+                .collect();
+            let unreadable = *self.unreadable.lock().unwrap();
+            match unreadable {
+                Some(seq) if page.iter().any(|e| e.seq == seq) => Err(StoreError::failure(
+                    super::super::FailureKind::Corrupt,
+                    UnreadableEvent {
+                        seq: seq as i64,
+                        column: "kind",
+                    },
+                )),
+                _ => Ok(page),
+            }
+        }
+
+        async fn event_head(&self) -> Result<ChainHead, StoreError> {
+            Ok(self
+                .events
+                .lock()
+                .unwrap()
+                .last()
+                .map_or(ChainHead::EMPTY, |e| ChainHead {
+                    seq: e.seq,
+                    hash: e.hash,
+                }))
+        }
+
+        fn observe_lost_events(&self) {
+            self.lost.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }
+    }
+
+    /// Steps `follower` until it has nothing more to read at once; the numbers passed on.
+    #[cfg(feature = "server")]
+    async fn drain(follower: &mut Follower, log: &ScriptedLog) -> Vec<u64> {
+        let mut seen = Vec::new();
+        while follower
+            .step(log, &mut |e: &EventRecord| seen.push(e.seq))
+            .await
+        {}
+        seen
+    }
+
+    #[cfg(feature = "server")]
+    #[tokio::test]
+    async fn a_follower_misses_nothing_across_an_outage_and_says_what_it_could_not_pass_on() {
+        use std::sync::atomic::Ordering;
+        let log = ScriptedLog::default();
+        log.append(EventKind::DeviceRegistered);
+        let mut follower = Follower::default();
+        assert!(
+            drain(&mut follower, &log).await.is_empty(),
+            "it starts at the head"
+        );
+
+        // Appended while the store is down: passed on, in order, once it is back.
+        log.down.store(true, Ordering::SeqCst);
+        log.append(EventKind::Disabled);
+        log.append(EventKind::Enabled);
+        assert!(drain(&mut follower, &log).await.is_empty());
+        log.down.store(false, Ordering::SeqCst);
+        assert_eq!(drain(&mut follower, &log).await, [2, 3]);
+        assert_eq!(log.lost.load(Ordering::SeqCst), 0);
+
+        // An unreadable row is skipped, said, and the rest passed on.
+        for kind in [EventKind::Disabled, EventKind::Reset, EventKind::Deleted] {
+            log.append(kind);
+        }
+        *log.unreadable.lock().unwrap() = Some(5);
+        assert_eq!(drain(&mut follower, &log).await, [4, 6]);
+        assert_eq!(log.lost.load(Ordering::SeqCst), 1);
+        *log.unreadable.lock().unwrap() = None;
+
+        // A log that no longer continues what was passed on (restored from an older backup,
+        // then written to): said, and followed.
+        let restored: Vec<EventRecord> = log.events.lock().unwrap()[..2].to_vec();
+        *log.events.lock().unwrap() = restored;
+        for kind in [EventKind::Reset; 6] {
+            log.append(kind);
+        }
+        assert_eq!(drain(&mut follower, &log).await, [7, 8]);
+        assert_eq!(log.lost.load(Ordering::SeqCst), 2);
+
+        // A log that went back below the follower: found by the head check, followed from its
+        // head.
+        let restored: Vec<EventRecord> = log.events.lock().unwrap()[..3].to_vec();
+        *log.events.lock().unwrap() = restored;
+        for _ in 0..Follower::HEAD_CHECK_EVERY {
+            assert!(drain(&mut follower, &log).await.is_empty());
+        }
+        assert_eq!(log.lost.load(Ordering::SeqCst), 3);
+        log.append(EventKind::Enabled);
+        assert_eq!(drain(&mut follower, &log).await, [4]);
     }
 
     #[test]

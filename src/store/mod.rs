@@ -853,6 +853,9 @@ macro_rules! forward_store {
             fn observe(&self, event: &EventRecord) {
                 (**self).observe(event)
             }
+            fn observe_lost_events(&self) {
+                (**self).observe_lost_events()
+            }
         }
     )*};
 }

@@ -663,6 +663,9 @@ impl SqlStore {
             #[cfg(feature = "sqlite")]
             {
                 store.readers = Some(Arc::new(SqliteReaders::open(&file.path)?));
+                // The readers opened the file at the path: the one the pool holds, unless it
+                // was replaced meanwhile.
+                file.check()?;
             }
         }
         store.keyring = store.keyring_for(secrets).await?.map(Arc::new);

@@ -5,7 +5,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::{Args, Subcommand};
-use iotauth::store::{ChainHead, EventLog, MAX_EVENTS_PER_READ, Store, verify_chain};
+use std::cmp::Ordering;
+
+use iotauth::store::{
+    ChainBreak, ChainHead, EventLog, FailureKind, MAX_EVENTS_PER_READ, Store, StoreError,
+    verify_chain,
+};
 use iotauth::{DeviceName, ProductKey};
 use serde::Serialize;
 
@@ -51,38 +56,77 @@ pub(crate) async fn audit(store: Arc<dyn Store>, command: AuditCommand) -> Resul
     }
 }
 
-async fn verify(store: &dyn Store) -> Result<(), Failure> {
-    let broken = |cause: String| Failure::Rejected(format!("the event log is broken: {cause}"));
-    // Read first: events appended while the log is walked end beyond it, not before it.
-    let recorded = store.event_head().await?;
-    let mut head = ChainHead::EMPTY;
-    loop {
-        let events = store
-            .events_after(head.seq, MAX_EVENTS_PER_READ)
-            .await
-            .map_err(|e| broken(iotauth::ErrorChain(&e).to_string()))?;
-        let Some(last) = events.last() else { break };
-        if last.seq > recorded.seq {
-            let within: Vec<_> = events.iter().filter(|e| e.seq <= recorded.seq).collect();
-            head = verify_chain(head, within).map_err(|e| broken(e.to_string()))?;
-            break;
-        }
-        head = verify_chain(head, &events).map_err(|e| broken(e.to_string()))?;
+/// The chain's verdict: broken (what a verification found), or not read (an outage).
+fn unreadable(e: &StoreError) -> Failure {
+    let cause = iotauth::ErrorChain(e);
+    if e.failure_kind() == Some(FailureKind::Corrupt) {
+        broken(cause)
+    } else {
+        Failure::Rejected(format!("cannot read the event log: {cause}"))
     }
-    if head != recorded {
-        return Err(broken(
-            iotauth::store::ChainBreak::Truncated {
-                last: head.seq,
-                head: recorded.seq,
-            }
-            .to_string(),
-        ));
+}
+
+fn broken(cause: impl std::fmt::Display) -> Failure {
+    Failure::Rejected(format!("the event log is broken: {cause}"))
+}
+
+async fn verify(store: &dyn Store) -> Result<(), Failure> {
+    let mut walked = ChainHead::EMPTY;
+    loop {
+        // Every event there is, then the head. The head never goes back, so unless it was
+        // edited it is at the last event read, or after it when events were appended meanwhile.
+        let before = walked.seq;
+        walked = walk(store, walked).await?;
+        let head = store.event_head().await.map_err(|e| unreadable(&e))?;
+        let chain_break = match head.seq.cmp(&walked.seq) {
+            Ordering::Equal if head.hash == walked.hash => break,
+            Ordering::Equal => ChainBreak::HeadMismatch { seq: head.seq },
+            Ordering::Less => ChainBreak::BeyondHead {
+                last: walked.seq,
+                head: head.seq,
+            },
+            Ordering::Greater if walked.seq > before => continue,
+            Ordering::Greater => ChainBreak::Truncated {
+                last: walked.seq,
+                head: head.seq,
+            },
+        };
+        return Err(broken(chain_break));
     }
     print_json(&ChainJson {
         valid: true,
-        events: head.seq,
-        head_hash: head.hash.to_hex(),
+        events: walked.seq,
+        head_hash: walked.hash.to_hex(),
     })
+}
+
+/// Verifies every event after `from` to the end of the log; where it ends.
+async fn walk(store: &dyn Store, from: ChainHead) -> Result<ChainHead, Failure> {
+    let mut head = from;
+    loop {
+        let events = match store.events_after(head.seq, MAX_EVENTS_PER_READ).await {
+            Ok(events) => events,
+            Err(e) if e.failure_kind() == Some(FailureKind::Corrupt) => {
+                // A row of the page does not parse: the ones before it first, one at a time,
+                // so that an earlier broken link is the one named.
+                loop {
+                    let one = store
+                        .events_after(head.seq, 1)
+                        .await
+                        .map_err(|e| unreadable(&e))?;
+                    if one.is_empty() {
+                        return Ok(head);
+                    }
+                    head = verify_chain(head, &one).map_err(broken)?;
+                }
+            }
+            Err(e) => return Err(unreadable(&e)),
+        };
+        if events.is_empty() {
+            return Ok(head);
+        }
+        head = verify_chain(head, &events).map_err(broken)?;
+    }
 }
 
 pub(crate) async fn events(store: Arc<dyn Store>, args: Events) -> Result<(), Failure> {
