@@ -79,6 +79,15 @@ fn audit_verify_names_the_first_edited_deleted_or_swapped_event() {
         (Some(true), Some(6))
     );
 
+    let missing = sqlite(&dir.0.join("typo.db"));
+    let (code, out, err) = run(&missing, &["audit", "verify"]);
+    assert_eq!((code, out.as_str()), (Some(1), ""), "{err}");
+    assert!(err.contains("no store at"), "{err}");
+    assert!(
+        !dir.0.join("typo.db").exists(),
+        "a mistyped path creates nothing"
+    );
+
     let (_, events, _) = run(&store, &["events", "--device", "meter-01"]);
     let kinds: Vec<String> = events
         .lines()
@@ -128,6 +137,11 @@ fn audit_verify_names_the_first_edited_deleted_or_swapped_event() {
             "unparsable",
             "UPDATE iotauth_events SET device_name = 'bad name!' WHERE seq = 2",
             "event 2 was edited: its device_name does not parse",
+        ),
+        (
+            "delete the head",
+            "DELETE FROM iotauth_event_head",
+            "iotauth_event_head has no row",
         ),
         (
             "set the head back",

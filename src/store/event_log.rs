@@ -133,7 +133,7 @@ impl fmt::Display for EventKind {
     }
 }
 
-/// Who made a change: `cli`, `admin-api`, `server:NODE`, `plugin:NODE`, or `library` (a
+/// Who made a change: `cli`, `server:NODE`, `plugin:NODE`, or `library` (a
 /// store opened without saying). A node id is 1 to 64 bytes of ASCII letters, digits and
 /// `.`, `-`, `_`.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, serde::Serialize)]
@@ -142,20 +142,13 @@ pub struct Actor(Box<str>);
 
 /// An [`Actor`] that does not parse.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-#[error(
-    "an actor is cli, admin-api, library, server:NODE or plugin:NODE (NODE: 1-64 of A-Za-z0-9._-)"
-)]
+#[error("an actor is cli, library, server:NODE or plugin:NODE (NODE: 1-64 of A-Za-z0-9._-)")]
 pub struct ActorError;
 
 impl Actor {
     /// The admin command-line tool.
     pub fn cli() -> Self {
         Self("cli".into())
-    }
-
-    /// An admin HTTP API.
-    pub fn admin_api() -> Self {
-        Self("admin-api".into())
     }
 
     /// A store opened without naming who writes through it.
@@ -193,7 +186,7 @@ impl Actor {
         let valid = match text.split_once(':') {
             Some(("server" | "plugin", node)) => node_ok(node),
             Some(_) => false,
-            None => matches!(text, "cli" | "admin-api" | "library"),
+            None => matches!(text, "cli" | "library"),
         };
         if valid {
             Ok(Self(text.into()))
@@ -621,8 +614,16 @@ impl Follower {
         on_event: &mut impl FnMut(&EventRecord),
     ) -> bool {
         let Some((after, hash)) = self.position else {
-            if let Some(Ok(head)) = self.read(store.event_head()).await {
-                self.position = Some((head.seq, Some(head.hash)));
+            match self.read(store.event_head()).await {
+                Some(Ok(head)) => self.position = Some((head.seq, Some(head.hash))),
+                Some(Err(e)) if !std::mem::replace(&mut self.failing, true) => {
+                    tracing::error!(
+                        error = %crate::ErrorChain(&e),
+                        "cannot read where the event log ends: not following it \
+                         (run iotauth audit verify)"
+                    );
+                }
+                _ => {}
             }
             return false;
         };
@@ -948,13 +949,7 @@ mod tests {
             assert_eq!(EventKind::from_name(kind.name()), Some(kind));
         }
         assert_eq!(EventKind::from_name("hacked"), None);
-        for text in [
-            "cli",
-            "admin-api",
-            "library",
-            "server:node-1",
-            "plugin:a.b_c",
-        ] {
+        for text in ["cli", "library", "server:node-1", "plugin:a.b_c"] {
             assert_eq!(Actor::parse(text).unwrap().as_str(), text);
         }
         for text in [
@@ -964,6 +959,7 @@ mod tests {
             "server:a b",
             "plugin:\u{e9}",
             "cli:x",
+            "admin-api",
         ] {
             assert_eq!(Actor::parse(text), Err(ActorError), "{text:?}");
         }

@@ -2195,15 +2195,17 @@ impl EventLog for SqlStore {
     }
 
     async fn event_head(&self) -> Result<ChainHead, StoreError> {
-        let row = sqlx::query("SELECT seq, hash FROM iotauth_event_head WHERE id = 1")
-            .fetch_one(&self.pool)
-            .await
-            .map_err(failure)?;
         let corrupt = |column| StoreError::failure(FailureKind::Corrupt, Corrupt { column });
+        let row = sqlx::query("SELECT seq, hash FROM iotauth_event_head WHERE id = 1")
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(failure)?
+            .ok_or_else(|| corrupt("event head (iotauth_event_head has no row)"))?;
         Ok(ChainHead {
-            seq: u64::try_from(column::<i64>(&row, "seq")?).map_err(|_| corrupt("seq"))?,
+            seq: u64::try_from(column::<i64>(&row, "seq")?)
+                .map_err(|_| corrupt("event head's seq"))?,
             hash: ChainHash::from_hex(&column::<String>(&row, "hash")?)
-                .map_err(|_| corrupt("hash"))?,
+                .map_err(|_| corrupt("event head's hash"))?,
         })
     }
 

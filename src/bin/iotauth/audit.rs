@@ -8,8 +8,8 @@ use clap::{Args, Subcommand};
 use std::cmp::Ordering;
 
 use iotauth::store::{
-    ChainBreak, ChainHead, EventLog, FailureKind, MAX_EVENTS_PER_READ, Store, StoreError,
-    verify_chain,
+    ChainBreak, ChainHead, EventLog, EventRecord, FailureKind, MAX_EVENTS_PER_READ, Store,
+    StoreError, verify_chain,
 };
 use iotauth::{DeviceName, ProductKey};
 use serde::Serialize;
@@ -100,32 +100,42 @@ async fn verify(store: &dyn Store) -> Result<(), Failure> {
     })
 }
 
+/// The events after `after`, at most a page: all of them, or, when one of the page does not
+/// parse, those before it (read one at a time) and the error.
+async fn page_after(store: &dyn Store, after: u64) -> (Vec<EventRecord>, Option<StoreError>) {
+    match store.events_after(after, MAX_EVENTS_PER_READ).await {
+        Ok(events) => (events, None),
+        Err(e) if e.failure_kind() == Some(FailureKind::Corrupt) => {
+            let mut readable = Vec::new();
+            let mut last = after;
+            loop {
+                match store.events_after(last, 1).await {
+                    Ok(one) if one.is_empty() => return (readable, None),
+                    Ok(one) => {
+                        last = one[0].seq;
+                        readable.extend(one);
+                    }
+                    Err(e) => return (readable, Some(e)),
+                }
+            }
+        }
+        Err(e) => (Vec::new(), Some(e)),
+    }
+}
+
 /// Verifies every event after `from` to the end of the log; where it ends.
 async fn walk(store: &dyn Store, from: ChainHead) -> Result<ChainHead, Failure> {
     let mut head = from;
     loop {
-        let events = match store.events_after(head.seq, MAX_EVENTS_PER_READ).await {
-            Ok(events) => events,
-            Err(e) if e.failure_kind() == Some(FailureKind::Corrupt) => {
-                // A row of the page does not parse: the ones before it first, one at a time,
-                // so that an earlier broken link is the one named.
-                loop {
-                    let one = store
-                        .events_after(head.seq, 1)
-                        .await
-                        .map_err(|e| unreadable(&e))?;
-                    if one.is_empty() {
-                        return Ok(head);
-                    }
-                    head = verify_chain(head, &one).map_err(broken)?;
-                }
-            }
-            Err(e) => return Err(unreadable(&e)),
-        };
+        let (events, failed) = page_after(store, head.seq).await;
+        // An earlier broken link is the one named, before a row that does not parse.
+        head = verify_chain(head, &events).map_err(broken)?;
+        if let Some(e) = failed {
+            return Err(unreadable(&e));
+        }
         if events.is_empty() {
             return Ok(head);
         }
-        head = verify_chain(head, &events).map_err(broken)?;
     }
 }
 
@@ -133,7 +143,8 @@ pub(crate) async fn events(store: Arc<dyn Store>, args: Events) -> Result<(), Fa
     let mut after = args.since;
     let stdout = std::io::stdout();
     loop {
-        let events = store.events_after(after, MAX_EVENTS_PER_READ).await?;
+        // What is readable is printed before a row that does not parse is reported.
+        let (events, failed) = page_after(&*store, after).await;
         for event in &events {
             after = event.seq;
             if args.product.is_some_and(|pk| pk != event.product_key)
@@ -146,6 +157,9 @@ pub(crate) async fn events(store: Arc<dyn Store>, args: Events) -> Result<(), Fa
             if writeln!(stdout.lock(), "{line}").is_err() {
                 return Ok(());
             }
+        }
+        if let Some(e) = failed {
+            return Err(unreadable(&e));
         }
         if events.len() == MAX_EVENTS_PER_READ {
             continue;

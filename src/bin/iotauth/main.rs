@@ -503,6 +503,18 @@ fn serve_until_stopped(
     runtime.block_on(serve::serve(url, secrets, args))
 }
 
+/// Refuses a SQLite store that does not exist, for commands that only read it: a mistyped path
+/// would create an empty store, whose empty log verifies.
+fn existing_store(url: &str) -> Result<(), Failure> {
+    match iotauth::store::SqlStore::sqlite_file(url) {
+        Some(database) if !database.exists() => Err(Failure::Rejected(format!(
+            "no store at {}",
+            database.display()
+        ))),
+        _ => Ok(()),
+    }
+}
+
 /// Opens the store and runs `command` on it, on a single-threaded runtime; warnings (a key
 /// file created) go to stderr.
 fn with_store<F, Fut>(url: &str, secrets: &SecretsAtRest, command: F) -> Result<(), Failure>
@@ -569,12 +581,10 @@ fn main() -> ExitCode {
             with_store(&store_url, &secrets, |store| admin::device(store, command))
         }
         Command::Store(command) => admin::store(&store_url, secrets, command),
-        Command::Audit(command) => {
-            with_store(&store_url, &secrets, |store| audit::audit(store, command))
-        }
-        Command::Events(args) => {
-            with_store(&store_url, &secrets, |store| audit::events(store, args))
-        }
+        Command::Audit(command) => existing_store(&store_url)
+            .and_then(|()| with_store(&store_url, &secrets, |store| audit::audit(store, command))),
+        Command::Events(args) => existing_store(&store_url)
+            .and_then(|()| with_store(&store_url, &secrets, |store| audit::events(store, args))),
     };
     match outcome {
         Ok(()) => ExitCode::SUCCESS,

@@ -66,7 +66,8 @@ pub(crate) struct Serve {
     /// around iotauth (SQL by hand) waits for the period.
     #[arg(long, default_value = "600")]
     cache_ttl_secs: String,
-    /// This server's name in the store's event log (`server:NODE`) [default: HOST-PID].
+    /// This server's name in the store's event log (`server:NODE`; 1-64 of A-Za-z0-9._-)
+    /// [default: HOST-PID, or pid-PID when the host name is not a valid NODE].
     #[arg(long, value_name = "NODE")]
     node_id: Option<String>,
     /// A topic template devices may use ({pk} and {dn} are whole levels); repeat for several.
@@ -221,9 +222,11 @@ fn server_config(args: &Serve) -> Result<ServerConfig, Failure> {
     .filter_map(|(key, value)| Some((key, value?)))
     .chain(args.topic_templates.iter().map(|t| ("topic_template", t)));
     for (key, value) in settings {
-        config.set(key, value).map_err(|e| {
-            let flag = if key == "actor" { "node_id" } else { key };
-            Failure::Usage(format!("--{}: {e}", flag.replace('_', "-")))
+        config.set(key, value).map_err(|e| match key {
+            "actor" => Failure::Usage(
+                "--node-id: expected 1-64 of A-Za-z0-9._- (recorded as server:NODE)".into(),
+            ),
+            _ => Failure::Usage(format!("--{}: {e}", key.replace('_', "-"))),
         })?;
     }
     Ok(config)
