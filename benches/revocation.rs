@@ -6,7 +6,7 @@
 //!   (`IOTAUTH_MOSQUITTO_PLUGIN`); skipped with a printed reason without them.
 //!
 //! Each trial connects the device to every broker, waits a random 0–250 ms (so that the
-//! disable falls anywhere in the followers' 200 ms polling period, not always at the same
+//! disable falls anywhere in the followers' 50 ms polling period, not always at the same
 //! phase), disables it and waits for every connection to close, then enables it again (not
 //! timed). Prints p50, p99 and the maximum per
 //! broker. Run: `cargo bench --all-features --bench revocation`.

@@ -41,7 +41,7 @@
 //!
 //! The plugin follows the store's event log (`iotauth::store::follow`): a change made by any
 //! process of the store (the admin CLI, `iotauth serve`, another broker) drops the device's
-//! cache entry within about 200 ms, and a device disabled, reset or deleted is disconnected
+//! cache entry within about 50 ms, and a device disabled, reset or deleted is disconnected
 //! (every connection of it, logins and registrations) by the next tick callback.
 //!
 //! The FFI declarations are written by hand from Debian's `mosquitto_broker.h` and
@@ -764,11 +764,12 @@ fn plugin_options(options: *const MosquittoOpt, count: c_int) -> Result<Plugin, 
     let store = runtime
         .block_on(config.open_store(&store_url))
         .map_err(|e| format!("cannot open the store: {}", iotauth::ErrorChain(&e)))?;
+    let stores = config.service_stores(store);
     let revoked = Arc::new(Mutex::new(Vec::new()));
     {
         let revoked = revoked.clone();
         let _runtime = runtime.enter();
-        follow(store.clone(), move |event| {
+        follow(stores.logins.clone(), move |event| {
             if event.kind.revokes()
                 && let Some(device_name) = event.device_name
             {
@@ -778,8 +779,8 @@ fn plugin_options(options: *const MosquittoOpt, count: c_int) -> Result<Plugin, 
     }
     Ok(Plugin {
         runtime,
-        authenticator: Authenticator::new(store.clone()).with_freshness(config.freshness),
-        registrar: Registrar::new(store).with_policy(config.issuance),
+        authenticator: Authenticator::new(stores.logins).with_freshness(config.freshness),
+        registrar: Registrar::new(stores.decisions).with_policy(config.issuance),
         topics: config.topics,
         deliveries: Mutex::new(Vec::new()),
         sessions: Mutex::new(Sessions::new(max_sessions, journal)),

@@ -174,19 +174,43 @@ impl ServerConfig {
         Ok(())
     }
 
-    /// The store at `url` ([`crate::store::open_with`] with [`ServerConfig::secrets`]), behind a cache when [`ServerConfig::cache_ttl`]
-    /// is not zero.
+    /// The store at `url` ([`crate::store::open_with`] with [`ServerConfig::secrets`] and
+    /// [`ServerConfig::actor`]); [`Services::new`] puts the cache in front of it.
     ///
     /// # Errors
     /// As [`crate::store::open`].
     pub async fn open_store(&self, url: &str) -> Result<Arc<dyn Store>, StoreError> {
-        let store = crate::store::open_with(url, &self.secrets, self.actor.clone()).await?;
-        Ok(if self.cache_ttl.is_zero() {
-            store
-        } else {
-            Arc::new(CachedStore::new(store, self.cache_ttl))
-        })
+        crate::store::open_with(url, &self.secrets, self.actor.clone()).await
     }
+
+    /// `store` as the services use it: logins through a cache of [`ServerConfig::cache_ttl`]
+    /// (none when zero), registrations and operators' changes reading the store itself (see
+    /// [`CachedStore::with_fresh_reads`]).
+    pub fn service_stores(&self, store: Arc<dyn Store>) -> ServiceStores {
+        if self.cache_ttl.is_zero() {
+            return ServiceStores {
+                logins: store.clone(),
+                decisions: store,
+            };
+        }
+        let cached = CachedStore::new(store, self.cache_ttl);
+        ServiceStores {
+            decisions: Arc::new(cached.with_fresh_reads()),
+            logins: Arc::new(cached),
+        }
+    }
+}
+
+/// A store as the services use it ([`ServerConfig::service_stores`]).
+#[derive(Clone)]
+#[non_exhaustive]
+pub struct ServiceStores {
+    /// For logins: cached. It is the handle to follow the event log with
+    /// ([`crate::store::follow`]), so that the cache drops what changed.
+    pub logins: Arc<dyn Store>,
+    /// For registrations and operators' changes: reading the store itself, dropping the
+    /// cache's entries when writing.
+    pub decisions: Arc<dyn Store>,
 }
 
 /// The longest a decision waits for the store; then it is an outage ("unavailable"), never a
@@ -322,13 +346,16 @@ impl ConnectRefusal {
 }
 
 impl Services {
-    /// The services over `store`.
+    /// The services over `store`, behind the cache `config` asks for
+    /// ([`ServerConfig::service_stores`]).
     pub fn new(store: Arc<dyn Store>, config: ServerConfig) -> Self {
+        let stores = config.service_stores(store);
         Self {
-            authenticator: Authenticator::new(store.clone()).with_freshness(config.freshness),
-            registrar: Registrar::new(store.clone()).with_policy(config.issuance),
-            admin: Admin::new(store.clone()),
-            store,
+            authenticator: Authenticator::new(stores.logins.clone())
+                .with_freshness(config.freshness),
+            registrar: Registrar::new(stores.decisions.clone()).with_policy(config.issuance),
+            admin: Admin::new(stores.decisions),
+            store: stores.logins,
             topics: config.topics,
             metrics: Metrics::default(),
             revocations: tokio::sync::broadcast::channel(REVOCATION_BACKLOG).0,

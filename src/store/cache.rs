@@ -2,7 +2,7 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
@@ -41,6 +41,14 @@ const MAX_ENTRIES: usize = 100_000;
 pub struct CachedStore<S> {
     inner: S,
     ttl: Duration,
+    shared: Arc<Shared>,
+    /// Device reads go to the store ([`CachedStore::with_fresh_reads`]).
+    fresh_reads: bool,
+}
+
+/// The entries, shared by a cache's handles.
+#[derive(Debug, Default)]
+struct Shared {
     entries: Mutex<Entries>,
     /// Bumped by every invalidation: a read that saw another value when it started may have
     /// read what a write just replaced, so it is not cached.
@@ -53,21 +61,40 @@ impl<S> CachedStore<S> {
         Self {
             inner,
             ttl,
-            entries: Mutex::new(HashMap::new()),
-            epoch: AtomicU64::new(0),
+            shared: Arc::default(),
+            fresh_reads: false,
+        }
+    }
+
+    /// Another handle on the same cache whose device reads go to the store (and are not
+    /// cached), while its writes drop entries as every handle's do: for decisions that must
+    /// see the latest state, such as a registration right after an operator deleted and
+    /// registered the device again in another process, while logins use the cache.
+    pub fn with_fresh_reads(&self) -> Self
+    where
+        S: Clone,
+    {
+        Self {
+            inner: self.inner.clone(),
+            ttl: self.ttl,
+            shared: Arc::clone(&self.shared),
+            fresh_reads: true,
         }
     }
 
     fn entries(&self) -> MutexGuard<'_, Entries> {
         // Every change is a single map operation: a panic elsewhere cannot leave it half done.
-        self.entries.lock().unwrap_or_else(PoisonError::into_inner)
+        self.shared
+            .entries
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
     }
 
     /// Drops the device's entry (a change made around the cache, seen in the event log): the
     /// next read asks the store, and a read in flight is not cached.
     pub fn forget(&self, product_key: &ProductKey, device_name: &DeviceName) {
         let mut entries = self.entries();
-        self.epoch.fetch_add(1, Ordering::SeqCst);
+        self.shared.epoch.fetch_add(1, Ordering::SeqCst);
         entries.remove(&(*product_key, *device_name));
     }
 }
@@ -161,6 +188,9 @@ impl<S: DeviceStore> DeviceStore for CachedStore<S> {
         product_key: &ProductKey,
         device_name: &DeviceName,
     ) -> Result<Option<DeviceRecord>, StoreError> {
+        if self.fresh_reads {
+            return self.inner.device(product_key, device_name).await;
+        }
         let key = (*product_key, *device_name);
         if let Some((read_at, record)) = self.entries().get(&key)
             && read_at.elapsed() < self.ttl
@@ -168,10 +198,10 @@ impl<S: DeviceStore> DeviceStore for CachedStore<S> {
             return Ok(record.as_ref().map(DeviceRecord::clone_record));
         }
         let read_at = Instant::now();
-        let epoch = self.epoch.load(Ordering::SeqCst);
+        let epoch = self.shared.epoch.load(Ordering::SeqCst);
         let fresh = self.inner.device(product_key, device_name).await?;
         let mut entries = self.entries();
-        if self.epoch.load(Ordering::SeqCst) == epoch {
+        if self.shared.epoch.load(Ordering::SeqCst) == epoch {
             if entries.len() >= MAX_ENTRIES {
                 // Absent names go first: anyone can add them (a refused login with a new
                 // name), and they must not push the fleet's devices out.
@@ -253,7 +283,7 @@ impl<S: EventLog> EventLog for CachedStore<S> {
 
     fn observe_lost_events(&self) {
         let mut entries = self.entries();
-        self.epoch.fetch_add(1, Ordering::SeqCst);
+        self.shared.epoch.fetch_add(1, Ordering::SeqCst);
         entries.clear();
         drop(entries);
         self.inner.observe_lost_events();

@@ -517,7 +517,7 @@ pub trait EventLog: Send + Sync {
 
 /// How often a follower reads the log when the store sends no notification (SQLite, the
 /// memory store, or PostgreSQL while its `LISTEN` connection is down).
-pub const FOLLOW_POLL_INTERVAL: std::time::Duration = std::time::Duration::from_millis(200);
+pub const FOLLOW_POLL_INTERVAL: std::time::Duration = std::time::Duration::from_millis(50);
 
 /// Follows `store`'s event log from its head on, for as long as the process runs: each event
 /// appended by any process of the store is passed to [`EventLog::observe`] (a cache drops the
@@ -569,8 +569,8 @@ struct Follower {
 impl Follower {
     /// The longest a read may take before it counts as a failure.
     const READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
-    /// Idle reads between checks that the log did not go back (25: every ~5 s).
-    const HEAD_CHECK_EVERY: u32 = 25;
+    /// Idle reads between checks that the log did not go back (every ~5 s).
+    const HEAD_CHECK_EVERY: u32 = 100;
 
     async fn read<T>(
         &mut self,

@@ -17,7 +17,7 @@ use serde::Serialize;
 use crate::{Failure, print_json};
 
 /// How often `events --follow` reads the log when the store sends no notifications.
-const FOLLOW_POLL: Duration = Duration::from_millis(200);
+const FOLLOW_POLL: Duration = Duration::from_millis(50);
 
 #[derive(Subcommand)]
 pub(crate) enum AuditCommand {

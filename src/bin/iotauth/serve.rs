@@ -62,7 +62,7 @@ pub(crate) struct Serve {
     max_skew_secs: Option<String>,
     /// Reuse a device read for this long, in seconds (0: off). Every change to the store (by
     /// this server, an admin command, another server on the same database) drops the entry
-    /// within about 200 ms: the server follows the store's event log. Only a change made
+    /// within about 50 ms: the server follows the store's event log. Only a change made
     /// around iotauth (SQL by hand) waits for the period.
     #[arg(long, default_value = "600")]
     cache_ttl_secs: String,
