@@ -9,6 +9,8 @@ use crate::store::{
     StoreError,
 };
 
+use subtle::ConstantTimeEq;
+
 use super::{MAX_ATTEMPTS, apply_event};
 
 /// Why an administrative operation failed.
@@ -27,6 +29,39 @@ pub enum AdminError {
     /// A product name must be 1–64 characters without control characters.
     #[error("a product name must be 1 to 64 characters without control characters")]
     InvalidName,
+    /// An imported product or device exists with another value of `field` (a secret, never
+    /// shown).
+    #[error("the stored {what} has another {field}")]
+    Conflict {
+        /// `"product"` or `"device"`.
+        what: &'static str,
+        /// The field that differs, by Alibaba's name (`ProductSecret`, `DeviceSecret`).
+        field: &'static str,
+    },
+}
+
+/// What an import did with one product or device ([`Admin::import_product`],
+/// [`Admin::import_device`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Imported {
+    /// It was created as given.
+    Created,
+    /// It existed with the same secret: left as it is (a re-run of an import changes nothing;
+    /// a device's state, which its logins move on, is not set back).
+    Unchanged,
+}
+
+/// A product name as stored: 1–64 characters without control characters.
+fn valid_name(name: Option<&str>) -> Result<Option<String>, AdminError> {
+    match name {
+        Some(name)
+            if !(1..=64).contains(&name.chars().count()) || name.chars().any(char::is_control) =>
+        {
+            Err(AdminError::InvalidName)
+        }
+        name => Ok(name.map(str::to_owned)),
+    }
 }
 
 /// Creates products and devices with generated keys and secrets, and drives the operator's
@@ -63,13 +98,7 @@ impl<S: ProductStore + DeviceStore> Admin<S> {
         name: Option<&str>,
         dynamic_registration: DynamicRegistration,
     ) -> Result<ProductRecord, AdminError> {
-        if let Some(name) = name {
-            let chars = name.chars().count();
-            if !(1..=64).contains(&chars) || name.chars().any(char::is_control) {
-                return Err(AdminError::InvalidName);
-            }
-        }
-        let name = name.map(str::to_owned);
+        let name = valid_name(name)?;
         let mut attempts = 0;
         loop {
             attempts += 1;
@@ -180,6 +209,118 @@ impl<S: ProductStore + DeviceStore> Admin<S> {
             revision: 0,
             client_ids: Vec::new(),
         })
+    }
+
+    /// What [`Admin::import_product`] would do, without writing: for an import to check every
+    /// line before it writes any.
+    ///
+    /// # Errors
+    /// As [`Admin::import_product`].
+    pub async fn check_product_import(
+        &self,
+        product_key: &ProductKey,
+        product_secret: &ProductSecret,
+    ) -> Result<Imported, AdminError> {
+        match self.store.product(product_key).await? {
+            None => Ok(Imported::Created),
+            Some(existing) if bool::from(existing.product_secret.ct_eq(product_secret)) => {
+                Ok(Imported::Unchanged)
+            }
+            Some(_) => Err(AdminError::Conflict {
+                what: "product",
+                field: "ProductSecret",
+            }),
+        }
+    }
+
+    /// What [`Admin::import_device`] would do, without writing.
+    ///
+    /// # Errors
+    /// As [`Admin::import_device`].
+    pub async fn check_device_import(
+        &self,
+        product_key: &ProductKey,
+        device_name: &DeviceName,
+        device_secret: &DeviceSecret,
+    ) -> Result<Imported, AdminError> {
+        match self.store.device(product_key, device_name).await? {
+            None if self.store.product(product_key).await?.is_none() => {
+                Err(StoreError::NotFound { what: "product" }.into())
+            }
+            None => Ok(Imported::Created),
+            Some(existing) if bool::from(existing.device_secret.ct_eq(device_secret)) => {
+                Ok(Imported::Unchanged)
+            }
+            Some(_) => Err(AdminError::Conflict {
+                what: "device",
+                field: "DeviceSecret",
+            }),
+        }
+    }
+
+    /// Brings in a product whose key and secret were issued elsewhere (Alibaba's), unchanged,
+    /// with dynamic registration `switch` and an optional `name`. A product that exists with
+    /// the same secret is left as it is.
+    ///
+    /// # Errors
+    /// [`AdminError::Conflict`] when it exists with another secret; [`AdminError::InvalidName`];
+    /// an outage.
+    pub async fn import_product(
+        &self,
+        product_key: ProductKey,
+        product_secret: ProductSecret,
+        name: Option<&str>,
+        switch: DynamicRegistration,
+    ) -> Result<Imported, AdminError> {
+        if self
+            .check_product_import(&product_key, &product_secret)
+            .await?
+            == Imported::Unchanged
+        {
+            return Ok(Imported::Unchanged);
+        }
+        self.store
+            .insert_product(ProductRecord {
+                product_key,
+                product_secret,
+                dynamic_registration: switch,
+                name: valid_name(name)?,
+                pre_registration_free: PreRegistrationFree::OFF,
+                registration_limit: RegistrationLimit::DEFAULT,
+                switched_off_by_breaker_at: None,
+            })
+            .await?;
+        Ok(Imported::Created)
+    }
+
+    /// Brings in a device whose DeviceSecret was issued elsewhere (Alibaba's), unchanged, with
+    /// `status`. A device that exists with the same secret is left as it is.
+    ///
+    /// # Errors
+    /// [`AdminError::Conflict`] when it exists with another secret; [`StoreError::NotFound`]
+    /// for an unknown product; an outage.
+    pub async fn import_device(
+        &self,
+        product_key: ProductKey,
+        device_name: DeviceName,
+        device_secret: DeviceSecret,
+        status: DeviceStatus,
+    ) -> Result<Imported, AdminError> {
+        let check = self.check_device_import(&product_key, &device_name, &device_secret);
+        if check.await? == Imported::Unchanged {
+            return Ok(Imported::Unchanged);
+        }
+        self.store
+            .insert_device(DeviceRecord {
+                product_key,
+                device_name,
+                device_secret,
+                status,
+                revision: 0,
+                client_ids: Vec::new(),
+            })
+            .await?;
+        Ok(Imported::Created)
     }
 
     /// Applies an operator's event: [`Event::Disable`], [`Event::Enable`], [`Event::Reset`]

@@ -4,7 +4,7 @@ mod admin;
 mod authenticator;
 mod registrar;
 
-pub use admin::{Admin, AdminError};
+pub use admin::{Admin, AdminError, Imported};
 pub use authenticator::{AuthError, Authenticator};
 pub use registrar::{IssuedClientIdToken, IssuedSecret, RegisterError, Registrar};
 

@@ -43,6 +43,11 @@ pub(crate) enum ProductCommand {
         #[arg(long)]
         show_secret: bool,
     },
+    /// Bring in products issued by Alibaba Cloud, keys and secrets unchanged: JSON lines or
+    /// CSV with a header row, fields ProductKey, ProductSecret [, ProductName,
+    /// DynamicRegistration (true/false)]; other fields are ignored. All or nothing; a re-run
+    /// changes nothing. Prints {"created","unchanged"}.
+    Import { file: std::path::PathBuf },
     /// Turn a product's dynamic registration on or off.
     DynamicRegistration { product_key: String, switch: Switch },
     /// Set a product's limits on dynamic registration: the issue rate (token bucket: --rate a
@@ -189,6 +194,11 @@ pub(crate) enum DeviceCommand {
         product_key: String,
         file: std::path::PathBuf,
     },
+    /// Bring in device certificates issued by Alibaba Cloud, secrets unchanged: JSON lines or
+    /// CSV with a header row, fields ProductKey, DeviceName, DeviceSecret [, Status:
+    /// UNACTIVE, ONLINE, OFFLINE, DISABLE] as QueryDeviceDetail returns them; other fields are
+    /// ignored. All or nothing; a re-run changes nothing. Prints {"created","unchanged"}.
+    Import { file: std::path::PathBuf },
     /// Show one device (never its secret).
     Show {
         product_key: String,
@@ -397,6 +407,7 @@ pub(crate) async fn product(store: Arc<dyn Store>, command: ProductCommand) -> R
                 show_secret,
             ))
         }
+        ProductCommand::Import { file } => crate::import::import_products(store, &file).await,
         ProductCommand::List { show_secret } => {
             let products = store.products().await?;
             print_json(
@@ -506,6 +517,7 @@ pub(crate) async fn device(store: Arc<dyn Store>, command: DeviceCommand) -> Res
                 .map_err(|e| named(e, &product_key, &device_name))?;
             print_json(&IssuedJson::of(&device))
         }
+        DeviceCommand::Import { file } => crate::import::import_devices(store, &file).await,
         DeviceCommand::RegisterBatch { product_key, file } => {
             register_batch(&admin, &store, ProductKey::new(&product_key)?, &file).await
         }

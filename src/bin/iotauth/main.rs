@@ -6,6 +6,7 @@
 
 mod admin;
 mod audit;
+mod import;
 mod serve;
 
 use std::path::PathBuf;
