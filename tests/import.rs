@@ -158,6 +158,36 @@ fn an_alibaba_export_is_imported_unchanged_and_its_devices_log_in_with_their_sec
         "active"
     );
     server.assert_log_clean(&[PRODUCT_SECRET.to_owned()]);
+    drop(server);
+
+    // Exported in the same shape, and read back into another store unchanged.
+    let (code, listed, _) = run(&store, &["device", "export", PK]);
+    assert_eq!(code, Some(0));
+    assert!(
+        !listed.contains("DeviceSecret"),
+        "no secret without --show-secret"
+    );
+    let (code, exported, _) = run(&store, &["device", "export", PK, "--show-secret"]);
+    assert_eq!(code, Some(0));
+    let statuses: Vec<Value> = exported
+        .lines()
+        .map(|line| serde_json::from_str::<Value>(line).unwrap()["Status"].clone())
+        .collect();
+    assert_eq!(
+        statuses,
+        ["DISABLE", "OFFLINE", "OFFLINE"],
+        "by name; meter-unactive logged in"
+    );
+    let copy = format!("sqlite://{}", dir.0.join("copy.db").display());
+    assert_eq!(run(&copy, &["product", "import", &products]).0, Some(0));
+    let export_file = write(&dir.0, "export.jsonl", &exported);
+    let (code, out, err) = run(&copy, &["device", "import", &export_file]);
+    assert_eq!(code, Some(0), "{err}");
+    assert_eq!(serde_json::from_str::<Value>(&out).unwrap()["created"], 3);
+    assert_eq!(
+        run(&copy, &["device", "export", PK, "--show-secret"]).1,
+        exported
+    );
 }
 
 #[test]

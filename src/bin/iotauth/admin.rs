@@ -206,6 +206,13 @@ pub(crate) enum DeviceCommand {
     },
     /// List a product's devices.
     List { product_key: String },
+    /// A product's devices as JSON lines by Alibaba's field names (ProductKey, DeviceName,
+    /// Status, and DeviceSecret with --show-secret): what `device import` reads back.
+    Export {
+        product_key: String,
+        #[arg(long)]
+        show_secret: bool,
+    },
     /// Disable a device: it can neither log in nor register.
     Disable {
         product_key: String,
@@ -527,6 +534,15 @@ pub(crate) async fn device(store: Arc<dyn Store>, command: DeviceCommand) -> Res
         } => {
             let (pk, dn) = identify(&product_key, &device_name)?;
             print_json(&DeviceJson::of(&device_of(&store, &pk, &dn).await?))
+        }
+        DeviceCommand::Export {
+            product_key,
+            show_secret,
+        } => {
+            let product_key = ProductKey::new(&product_key)?;
+            product_of(&store, &product_key).await?;
+            let devices = store.devices(&product_key).await?;
+            crate::import::export_devices(&devices, show_secret)
         }
         DeviceCommand::List { product_key } => {
             let product_key = ProductKey::new(&product_key)?;

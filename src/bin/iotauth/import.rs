@@ -8,11 +8,12 @@
 //! imported as it is; a field read twice in one row is refused.
 
 use std::collections::HashMap;
+use std::io::Write;
 use std::path::Path;
 use std::sync::Arc;
 
 use iotauth::service::{Admin, AdminError, Imported};
-use iotauth::store::Store;
+use iotauth::store::{DeviceRecord, Store};
 use iotauth::{
     DeviceName, DeviceSecret, DeviceState, DeviceStatus, DynamicRegistration, ProductKey,
     ProductSecret,
@@ -179,6 +180,17 @@ fn switch(text: &str) -> Result<DynamicRegistration, &'static str> {
     }
 }
 
+/// Alibaba's device `Status` of a stored status, for `device export`: `DISABLE` when
+/// disabled, else `OFFLINE` once active (whether it is online is the broker's to say), else
+/// `UNACTIVE` (also for a device whose secret was issued and never used).
+fn alibaba_status(status: DeviceStatus) -> &'static str {
+    match (status.enabled, status.state) {
+        (false, _) => "DISABLE",
+        (true, DeviceState::Active) => "OFFLINE",
+        (true, _) => "UNACTIVE",
+    }
+}
+
 /// Alibaba's device `Status` (QueryDeviceDetail): `UNACTIVE` is inactive; `ONLINE` and
 /// `OFFLINE`, active; `DISABLE`, active and disabled.
 fn status(text: &str) -> Result<DeviceStatus, &'static str> {
@@ -189,6 +201,43 @@ fn status(text: &str) -> Result<DeviceStatus, &'static str> {
         _ => return Err("must be UNACTIVE, ONLINE, OFFLINE or DISABLE"),
     };
     Ok(DeviceStatus { state, enabled })
+}
+
+/// One line of `device export`.
+#[derive(Serialize)]
+#[serde(rename_all = "PascalCase")]
+struct ExportedDevice<'a> {
+    product_key: ProductKey,
+    device_name: DeviceName,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    device_secret: Option<&'a str>,
+    status: &'static str,
+}
+
+/// Prints `devices` as `device import` reads them, one JSON object a line; their secrets only
+/// with `show_secret`. A closed pipe ends the output quietly.
+pub(crate) fn export_devices(devices: &[DeviceRecord], show_secret: bool) -> Result<(), Failure> {
+    let mut out = std::io::stdout().lock();
+    for device in devices {
+        let line = serde_json::to_string(&ExportedDevice {
+            product_key: device.product_key,
+            device_name: device.device_name,
+            device_secret: show_secret.then(|| device.device_secret.expose_secret()),
+            status: alibaba_status(device.status),
+        })?;
+        if writeln!(out, "{line}").is_err() {
+            return Ok(());
+        }
+    }
+    Ok(())
+}
+
+/// Says how far a long import got, on stderr, every 1,000 rows (files under 1,000 rows say
+/// nothing).
+fn progress(what: &str, done: usize, total: usize) {
+    if total >= 1000 && (done.is_multiple_of(1000) || done == total) {
+        eprintln!("{what} {done}/{total}");
+    }
 }
 
 #[derive(Serialize)]
@@ -268,17 +317,21 @@ pub(crate) async fn import_devices(store: Arc<dyn Store>, file: &Path) -> Result
         devices.push((row, product_key, device_name, device_secret, status));
     }
     let admin = Admin::new(store);
-    for (row, product_key, device_name, device_secret, _) in &devices {
+    let total = devices.len();
+    for (done, (row, product_key, device_name, device_secret, _)) in devices.iter().enumerate() {
         admin
             .check_device_import(product_key, device_name, device_secret)
             .await
             .map_err(|e| row_failure(row, e))?;
+        progress("checked", done + 1, total);
     }
     let mut summary = ImportJson {
         created: 0,
         unchanged: 0,
     };
-    for (row, product_key, device_name, device_secret, status) in devices {
+    for (done, (row, product_key, device_name, device_secret, status)) in
+        devices.into_iter().enumerate()
+    {
         match admin
             .import_device(product_key, device_name, device_secret, status)
             .await
@@ -287,6 +340,7 @@ pub(crate) async fn import_devices(store: Arc<dyn Store>, file: &Path) -> Result
             Imported::Created => summary.created += 1,
             _ => summary.unchanged += 1,
         }
+        progress("imported", done + 1, total);
     }
     print_json(&summary)
 }
