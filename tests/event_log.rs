@@ -21,7 +21,7 @@ mod serve_support;
 mod support;
 
 use cli_support::{BIN, cli, required_env, with_key_for};
-use serve_support::{Dir, Fleet, Server, free_port, http_request};
+use serve_support::{Dir, Fleet, Server, emqx_allows, free_port};
 use support::{Incoming, Mosquitto, MqttClient, connect_when_allowed};
 
 /// How long a test waits for what should happen within a second (the revocation bench
@@ -195,21 +195,6 @@ fn connect(port: u16, login: &[String; 3]) -> MqttClient {
 
 fn refused(port: u16, login: &[String; 3]) -> bool {
     MqttClient::connect(port, [&login[0], &login[1], &login[2]], true).is_err()
-}
-
-/// An EMQX hook login through a server's HTTP port: whether it was allowed.
-fn emqx_allows(http: u16, [id, user, password]: &[String; 3]) -> bool {
-    let body = serde_json::json!({"clientid": id, "username": user, "password": password});
-    let (status, reply) = http_request(
-        http,
-        "POST",
-        "/hooks/emqx/authn",
-        &body.to_string(),
-        &[("content-type", "application/json")],
-    )
-    .unwrap();
-    assert_eq!(status, 200, "{reply}");
-    reply.contains("\"allow\"")
 }
 
 /// For each of disable, reset and delete, a device connected to every MQTT port in `ports`

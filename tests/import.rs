@@ -18,7 +18,7 @@ mod serve_support;
 mod support;
 
 use cli_support::{BIN, cli, sign_login};
-use serve_support::{Dir, Server, http_request};
+use serve_support::{Dir, Server, emqx_allows};
 use support::MqttClient;
 
 const PK: &str = "a1ImPoRtEd1";
@@ -59,20 +59,6 @@ const DEVICES: [(&str, &str, &str); 3] = [
         "DISABLE",
     ),
 ];
-
-fn emqx_allows(http: u16, [id, user, password]: &[String; 3]) -> bool {
-    let body = serde_json::json!({"clientid": id, "username": user, "password": password});
-    let (status, reply) = http_request(
-        http,
-        "POST",
-        "/hooks/emqx/authn",
-        &body.to_string(),
-        &[("content-type", "application/json")],
-    )
-    .unwrap();
-    assert_eq!(status, 200, "{reply}");
-    reply.contains("\"allow\"")
-}
 
 #[test]
 fn an_alibaba_export_is_imported_unchanged_and_its_devices_log_in_with_their_secrets() {

@@ -170,6 +170,22 @@ pub fn http_request(
     Ok((status, body))
 }
 
+/// An EMQX hook login (`POST /hooks/emqx/authn`, JSON) through a server's HTTP port with
+/// `[client id, user name, password]`: whether it was allowed.
+pub fn emqx_allows(http: u16, [id, user, password]: &[String; 3]) -> bool {
+    let body = serde_json::json!({"clientid": id, "username": user, "password": password});
+    let (status, reply) = http_request(
+        http,
+        "POST",
+        "/hooks/emqx/authn",
+        &body.to_string(),
+        &[("content-type", "application/json")],
+    )
+    .unwrap();
+    assert_eq!(status, 200, "{reply}");
+    reply.contains("\"allow\"")
+}
+
 pub fn text(value: &Value, field: &str) -> String {
     value[field]
         .as_str()
