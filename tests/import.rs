@@ -121,10 +121,30 @@ fn an_alibaba_export_is_imported_unchanged_and_its_devices_log_in_with_their_sec
         serde_json::from_str(&run(&store, &["product", "import", &products]).1).unwrap();
     assert_eq!(again, serde_json::json!({"created": 0, "unchanged": 1}));
     assert_eq!(run(&store, &["events"]).1, events_before);
+    let kinds: Vec<String> = events_before
+        .lines()
+        .map(|line| {
+            let event: Value = serde_json::from_str(line).unwrap();
+            format!(
+                "{} {}",
+                event["kind"].as_str().unwrap(),
+                event["deviceName"]
+            )
+        })
+        .collect();
     assert_eq!(
-        events_before.lines().count(),
-        4,
-        "one event per product and device"
+        kinds,
+        [
+            "product_created null".to_owned(),
+            format!("device_registered \"{}\"", DEVICES[0].0),
+            format!("activated \"{}\"", DEVICES[0].0),
+            format!("device_registered \"{}\"", DEVICES[1].0),
+            format!("device_registered \"{}\"", DEVICES[2].0),
+            format!("activated \"{}\"", DEVICES[2].0),
+            format!("disabled \"{}\"", DEVICES[2].0),
+        ],
+        "the product's event, then each device's as imported: registered, activated once \
+         ONLINE or OFFLINE, disabled when DISABLE"
     );
 
     let server = Server::start(&store, dir.0.join("serve.log"), &[]);
@@ -220,7 +240,7 @@ fn a_bad_line_or_a_conflicting_secret_aborts_the_whole_file_naming_the_line_and_
                 "{{\"ProductKey\":\"{PK}\",\"DeviceName\":\"meter-01\",\"DeviceSecret\":\"{secret}\"}}\n\
                  {{\"ProductKey\":\"{PK}\",\"DeviceName\":\"meter-02\",\"DeviceSecret\":\"a\",\"DeviceSecret\":\"b\"}}\n"
             ),
-            "line 2: DeviceSecret appears twice",
+            "line 2: DeviceSecret: appears twice",
         ),
     ];
     for (what, text, expected) in cases {

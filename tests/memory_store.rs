@@ -124,6 +124,9 @@ mod broken {
             }
             self.0.insert_device(d).await
         }
+        async fn insert_devices(&self, d: Vec<DeviceRecord>) -> Result<(), StoreError> {
+            self.0.insert_devices(d).await
+        }
         async fn device(
             &self,
             pk: &ProductKey,

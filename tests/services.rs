@@ -457,6 +457,9 @@ impl DeviceStore for Down {
     async fn insert_device_within_quota(&self, _: DeviceRecord, _: u32) -> Result<(), StoreError> {
         Err(down())
     }
+    async fn insert_devices(&self, _: Vec<DeviceRecord>) -> Result<(), StoreError> {
+        Err(down())
+    }
     async fn device(
         &self,
         _: &ProductKey,
@@ -651,6 +654,9 @@ impl DeviceStore for Stuck {
         std::future::pending().await
     }
     async fn insert_device_within_quota(&self, _: DeviceRecord, _: u32) -> Result<(), StoreError> {
+        std::future::pending().await
+    }
+    async fn insert_devices(&self, _: Vec<DeviceRecord>) -> Result<(), StoreError> {
         std::future::pending().await
     }
     async fn device(
@@ -862,6 +868,9 @@ impl DeviceStore for SlowWrites {
     }
     async fn insert_device_within_quota(&self, d: DeviceRecord, q: u32) -> Result<(), StoreError> {
         self.0.insert_device_within_quota(d, q).await
+    }
+    async fn insert_devices(&self, d: Vec<DeviceRecord>) -> Result<(), StoreError> {
+        self.0.insert_devices(d).await
     }
     async fn device(
         &self,

@@ -9,7 +9,14 @@ use crate::store::{
     StoreError,
 };
 
+#[cfg(feature = "import")]
+use std::collections::{HashMap, hash_map::Entry};
+
+#[cfg(feature = "import")]
 use subtle::ConstantTimeEq;
+
+#[cfg(feature = "import")]
+use super::import::{DeviceImport, ImportError, ImportSummary, ProductImport};
 
 use super::{MAX_ATTEMPTS, apply_event};
 
@@ -38,18 +45,6 @@ pub enum AdminError {
         /// The field that differs, by Alibaba's name (`ProductSecret`, `DeviceSecret`).
         field: &'static str,
     },
-}
-
-/// What an import did with one product or device ([`Admin::import_product`],
-/// [`Admin::import_device`]).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum Imported {
-    /// It was created as given.
-    Created,
-    /// It existed with the same secret: left as it is (a re-run of an import changes nothing;
-    /// a device's state, which its logins move on, is not set back).
-    Unchanged,
 }
 
 /// A product name as stored: 1–64 characters without control characters.
@@ -211,116 +206,152 @@ impl<S: ProductStore + DeviceStore> Admin<S> {
         })
     }
 
-    /// What [`Admin::import_product`] would do, without writing: for an import to check every
-    /// line before it writes any.
+    /// Brings in products whose keys and secrets were issued elsewhere (Alibaba's),
+    /// unchanged: every one is checked against the store before any is written. A product
+    /// that exists with the same secret is left as it is (its switches too), so a re-run of
+    /// an import changes nothing.
     ///
     /// # Errors
-    /// As [`Admin::import_product`].
-    pub async fn check_product_import(
+    /// [`ImportError::Store`] naming the line: [`AdminError::Conflict`] when a product exists
+    /// with another secret, [`AdminError::InvalidName`], an outage. A failure while writing
+    /// (an outage, or a product created meanwhile) leaves the products written before it,
+    /// which a re-run finds unchanged.
+    #[cfg(feature = "import")]
+    pub async fn import_products(
         &self,
-        product_key: &ProductKey,
-        product_secret: &ProductSecret,
-    ) -> Result<Imported, AdminError> {
-        match self.store.product(product_key).await? {
-            None => Ok(Imported::Created),
-            Some(existing) if bool::from(existing.product_secret.ct_eq(product_secret)) => {
-                Ok(Imported::Unchanged)
+        products: Vec<ProductImport>,
+    ) -> Result<ImportSummary, ImportError> {
+        let mut summary = ImportSummary::default();
+        let mut new = Vec::new();
+        for product in products {
+            let at = |source| ImportError::Store {
+                line: product.line,
+                source,
+            };
+            let existing = self.store.product(&product.product_key).await;
+            match existing.map_err(|e| at(e.into()))? {
+                None => {
+                    let name = valid_name(product.name.as_deref()).map_err(at)?;
+                    new.push((product, name));
+                }
+                Some(existing)
+                    if bool::from(existing.product_secret.ct_eq(&product.product_secret)) =>
+                {
+                    summary.unchanged += 1;
+                }
+                Some(_) => {
+                    return Err(at(AdminError::Conflict {
+                        what: "product",
+                        field: "ProductSecret",
+                    }));
+                }
             }
-            Some(_) => Err(AdminError::Conflict {
-                what: "product",
-                field: "ProductSecret",
-            }),
         }
-    }
-
-    /// What [`Admin::import_device`] would do, without writing.
-    ///
-    /// # Errors
-    /// As [`Admin::import_device`].
-    pub async fn check_device_import(
-        &self,
-        product_key: &ProductKey,
-        device_name: &DeviceName,
-        device_secret: &DeviceSecret,
-    ) -> Result<Imported, AdminError> {
-        match self.store.device(product_key, device_name).await? {
-            None if self.store.product(product_key).await?.is_none() => {
-                Err(StoreError::NotFound { what: "product" }.into())
-            }
-            None => Ok(Imported::Created),
-            Some(existing) if bool::from(existing.device_secret.ct_eq(device_secret)) => {
-                Ok(Imported::Unchanged)
-            }
-            Some(_) => Err(AdminError::Conflict {
-                what: "device",
-                field: "DeviceSecret",
-            }),
-        }
-    }
-
-    /// Brings in a product whose key and secret were issued elsewhere (Alibaba's), unchanged,
-    /// with dynamic registration `switch` and an optional `name`. A product that exists with
-    /// the same secret is left as it is.
-    ///
-    /// # Errors
-    /// [`AdminError::Conflict`] when it exists with another secret; [`AdminError::InvalidName`];
-    /// an outage.
-    pub async fn import_product(
-        &self,
-        product_key: ProductKey,
-        product_secret: ProductSecret,
-        name: Option<&str>,
-        switch: DynamicRegistration,
-    ) -> Result<Imported, AdminError> {
-        if self
-            .check_product_import(&product_key, &product_secret)
-            .await?
-            == Imported::Unchanged
-        {
-            return Ok(Imported::Unchanged);
-        }
-        self.store
-            .insert_product(ProductRecord {
-                product_key,
-                product_secret,
-                dynamic_registration: switch,
-                name: valid_name(name)?,
+        for (product, name) in new {
+            let record = ProductRecord {
+                product_key: product.product_key,
+                product_secret: product.product_secret,
+                dynamic_registration: product.dynamic_registration,
+                name,
                 pre_registration_free: PreRegistrationFree::OFF,
                 registration_limit: RegistrationLimit::DEFAULT,
                 switched_off_by_breaker_at: None,
-            })
-            .await?;
-        Ok(Imported::Created)
+            };
+            self.store
+                .insert_product(record)
+                .await
+                .map_err(|e| ImportError::Store {
+                    line: product.line,
+                    source: e.into(),
+                })?;
+            summary.created += 1;
+        }
+        Ok(summary)
     }
 
-    /// Brings in a device whose DeviceSecret was issued elsewhere (Alibaba's), unchanged, with
-    /// `status`. A device that exists with the same secret is left as it is.
+    /// Brings in devices whose DeviceSecrets were issued elsewhere (Alibaba's), unchanged,
+    /// with their statuses: every one is checked against the store (one read of each
+    /// product's devices), then the new ones are inserted in one write
+    /// ([`DeviceStore::insert_devices`]), all or none. A device that exists with the same
+    /// secret is left as it is (its state, which its logins move on, is not set back), so a
+    /// re-run of an import changes nothing. `checked` is told how many devices have been
+    /// checked, for a progress display.
     ///
     /// # Errors
-    /// [`AdminError::Conflict`] when it exists with another secret; [`StoreError::NotFound`]
-    /// for an unknown product; an outage.
-    pub async fn import_device(
+    /// [`ImportError::Store`] naming the line: [`AdminError::Conflict`] when a device exists
+    /// with another secret, [`StoreError::NotFound`] for an unknown product, an outage;
+    /// [`ImportError::Write`] when the write is refused (a device registered meanwhile, an
+    /// outage). Nothing is written then.
+    #[cfg(feature = "import")]
+    pub async fn import_devices(
         &self,
-        product_key: ProductKey,
-        device_name: DeviceName,
-        device_secret: DeviceSecret,
-        status: DeviceStatus,
-    ) -> Result<Imported, AdminError> {
-        let check = self.check_device_import(&product_key, &device_name, &device_secret);
-        if check.await? == Imported::Unchanged {
-            return Ok(Imported::Unchanged);
+        devices: Vec<DeviceImport>,
+        mut checked: impl FnMut(usize),
+    ) -> Result<ImportSummary, ImportError> {
+        let mut summary = ImportSummary::default();
+        let mut stored: HashMap<ProductKey, HashMap<DeviceName, DeviceRecord>> = HashMap::new();
+        let mut new = Vec::new();
+        for (done, device) in devices.into_iter().enumerate() {
+            let at = |source| ImportError::Store {
+                line: device.line,
+                source,
+            };
+            let devices = match stored.entry(device.product_key) {
+                Entry::Occupied(devices) => devices.into_mut(),
+                Entry::Vacant(entry) => {
+                    entry.insert(self.stored_devices(&device.product_key).await.map_err(at)?)
+                }
+            };
+            match devices.get(&device.device_name) {
+                None => new.push(DeviceRecord {
+                    product_key: device.product_key,
+                    device_name: device.device_name,
+                    device_secret: device.device_secret,
+                    status: device.status,
+                    revision: 0,
+                    client_ids: Vec::new(),
+                }),
+                Some(existing)
+                    if bool::from(existing.device_secret.ct_eq(&device.device_secret)) =>
+                {
+                    summary.unchanged += 1;
+                }
+                Some(_) => {
+                    return Err(at(AdminError::Conflict {
+                        what: "device",
+                        field: "DeviceSecret",
+                    }));
+                }
+            }
+            checked(done + 1);
         }
-        self.store
-            .insert_device(DeviceRecord {
-                product_key,
-                device_name,
-                device_secret,
-                status,
-                revision: 0,
-                client_ids: Vec::new(),
-            })
-            .await?;
-        Ok(Imported::Created)
+        summary.created = new.len() as u64;
+        if !new.is_empty() {
+            self.store
+                .insert_devices(new)
+                .await
+                .map_err(|e| ImportError::Write { source: e.into() })?;
+        }
+        Ok(summary)
+    }
+
+    /// The devices of `product_key`, by name.
+    ///
+    /// # Errors
+    /// [`StoreError::NotFound`] for an unknown product; an outage.
+    #[cfg(feature = "import")]
+    async fn stored_devices(
+        &self,
+        product_key: &ProductKey,
+    ) -> Result<HashMap<DeviceName, DeviceRecord>, AdminError> {
+        if self.store.product(product_key).await?.is_none() {
+            return Err(StoreError::NotFound { what: "product" }.into());
+        }
+        let devices = self.store.devices(product_key).await?;
+        Ok(devices
+            .into_iter()
+            .map(|device| (device.device_name, device))
+            .collect())
     }
 
     /// Applies an operator's event: [`Event::Disable`], [`Event::Enable`], [`Event::Reset`]

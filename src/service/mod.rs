@@ -2,10 +2,17 @@
 
 mod admin;
 mod authenticator;
+#[cfg(feature = "import")]
+mod import;
 mod registrar;
 
-pub use admin::{Admin, AdminError, Imported};
+pub use admin::{Admin, AdminError};
 pub use authenticator::{AuthError, Authenticator};
+#[cfg(feature = "import")]
+pub use import::{
+    DeviceExport, DeviceImport, ImportError, ImportSummary, MAX_IMPORT_BYTES, ProductImport,
+    alibaba_status, parse_device_import, parse_product_import, status_of_alibaba,
+};
 pub use registrar::{IssuedClientIdToken, IssuedSecret, RegisterError, Registrar};
 
 use crate::id::{DeviceName, IssuedClientId, ProductKey};

@@ -183,6 +183,18 @@ impl<S: DeviceStore> DeviceStore for CachedStore<S> {
         result
     }
 
+    async fn insert_devices(&self, devices: Vec<DeviceRecord>) -> Result<(), StoreError> {
+        let keys: Vec<_> = devices
+            .iter()
+            .map(|device| (device.product_key, device.device_name))
+            .collect();
+        let result = self.inner.insert_devices(devices).await;
+        for (product_key, device_name) in &keys {
+            self.forget(product_key, device_name);
+        }
+        result
+    }
+
     async fn device(
         &self,
         product_key: &ProductKey,

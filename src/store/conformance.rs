@@ -50,6 +50,7 @@ where
 {
     event_log_records_every_change(new_store()).await;
     race_event_log(new_store()).await;
+    insert_devices_all_or_none(new_store()).await;
     products(new_store()).await;
     devices(new_store()).await;
     compare_and_set(new_store()).await;
@@ -709,6 +710,119 @@ where
         stored.device_secret.expose_secret(),
         "a fresh random gets the new secret"
     );
+}
+
+/// [`DeviceStore::insert_devices`] inserts all or none: a batch that holds a taken name, a
+/// name twice or a device of an unknown product inserts nothing and logs nothing; a batch
+/// that succeeds stores every device as given (secret, status) and logs each one's events in
+/// order: `device_registered`, then `activated` for an Active one and `disabled` for a
+/// disabled one. A batch larger than one SQL statement's rows is one write too.
+pub async fn insert_devices_all_or_none<S>(store: S)
+where
+    S: ProductStore + DeviceStore + EventLog,
+{
+    let (admin, product) = new_product(&store, DynamicRegistration::Off).await;
+    let pk = product.product_key;
+    admin
+        .register_device(pk, name("batch-taken"))
+        .await
+        .unwrap();
+    let device = |text: &str, state, enabled| DeviceRecord {
+        product_key: pk,
+        device_name: name(text),
+        device_secret: DeviceSecret::new(&format!("secret-of-{text}")).unwrap(),
+        status: DeviceStatus { state, enabled },
+        revision: 0,
+        client_ids: Vec::new(),
+    };
+    let batch = |last: DeviceRecord| {
+        let mut devices: Vec<DeviceRecord> = (0..250)
+            .map(|i| device(&format!("batch-{i:03}"), DeviceState::Inactive, true))
+            .collect();
+        devices.push(last);
+        devices
+    };
+    let head = store.event_head().await.unwrap();
+    let ghost = ProductKey::new("a1BatchGhst").unwrap();
+    let refusals = [
+        (
+            batch(device("batch-taken", DeviceState::Inactive, true)),
+            "a taken name",
+        ),
+        (
+            batch(device("batch-007", DeviceState::Inactive, true)),
+            "a name twice",
+        ),
+        (
+            batch(DeviceRecord {
+                product_key: ghost,
+                ..device("batch-ghost", DeviceState::Inactive, true)
+            }),
+            "an unknown product",
+        ),
+    ];
+    for (devices, what) in refusals {
+        let refused = store.insert_devices(devices).await;
+        assert!(
+            matches!(
+                refused,
+                Err(StoreError::AlreadyExists { .. } | StoreError::NotFound { .. })
+            ),
+            "a batch with {what} is refused: {refused:?}"
+        );
+        assert!(
+            store
+                .device(&pk, &name("batch-000"))
+                .await
+                .unwrap()
+                .is_none(),
+            "a batch with {what} inserts nothing"
+        );
+        assert_eq!(
+            product_events(&store, head, &pk).await,
+            vec![],
+            "a batch with {what} logs nothing"
+        );
+    }
+
+    let mut devices = batch(device("batch-online", DeviceState::Active, true));
+    devices.push(device("batch-disabled", DeviceState::Active, false));
+    devices.push(device("batch-unactive-off", DeviceState::Inactive, false));
+    store.insert_devices(devices).await.unwrap();
+    let stored = store
+        .device(&pk, &name("batch-249"))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(stored.device_secret.expose_secret(), "secret-of-batch-249");
+    assert_eq!(stored.status, DeviceStatus::NEW);
+    let stored = store
+        .device(&pk, &name("batch-disabled"))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        stored.status,
+        DeviceStatus {
+            state: DeviceState::Active,
+            enabled: false
+        }
+    );
+    assert_eq!(store.device_count(&pk).await.unwrap(), 254);
+    let registered = |text: &str| (Some(text.to_owned()), EventKind::DeviceRegistered);
+    let mut expected: Vec<_> = (0..250)
+        .map(|i| registered(&format!("batch-{i:03}")))
+        .collect();
+    expected.extend([
+        registered("batch-online"),
+        (Some("batch-online".to_owned()), EventKind::Activated),
+        registered("batch-disabled"),
+        (Some("batch-disabled".to_owned()), EventKind::Activated),
+        (Some("batch-disabled".to_owned()), EventKind::Disabled),
+        registered("batch-unactive-off"),
+        (Some("batch-unactive-off".to_owned()), EventKind::Disabled),
+    ]);
+    assert_eq!(product_events(&store, head, &pk).await, expected);
 }
 
 fn name(text: &str) -> DeviceName {

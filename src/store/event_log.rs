@@ -17,7 +17,7 @@ use sha2::{Digest, Sha256};
 
 use super::StoreError;
 use crate::id::{DeviceName, ProductKey};
-use crate::lifecycle::{DynamicRegistration, Event};
+use crate::lifecycle::{DeviceState, DeviceStatus, DynamicRegistration, Event};
 use crate::policy::UnixMillis;
 
 /// What an event records.
@@ -312,6 +312,26 @@ impl NewEvent {
             device_name: Some(device_name),
             kind,
         }
+    }
+
+    /// The events of inserting a device with `status`: `device_registered`, then `activated`
+    /// for a device inserted Active and `disabled` for one inserted disabled (an import of
+    /// Alibaba's `ONLINE` or `DISABLE`), so that the log says what the device may do, and a
+    /// follower disconnects a disabled device that was connected elsewhere.
+    pub fn of_insert(
+        product_key: ProductKey,
+        device_name: DeviceName,
+        status: DeviceStatus,
+    ) -> impl Iterator<Item = Self> {
+        let kinds = [
+            Some(EventKind::DeviceRegistered),
+            (status.state == DeviceState::Active).then_some(EventKind::Activated),
+            (!status.enabled).then_some(EventKind::Disabled),
+        ];
+        kinds
+            .into_iter()
+            .flatten()
+            .map(move |kind| Self::device(product_key, device_name, kind))
     }
 }
 

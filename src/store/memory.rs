@@ -179,14 +179,9 @@ impl Maps {
                 client_ids: device.client_ids,
             },
         );
-        self.log(
-            actor,
-            NewEvent::device(
-                device.product_key,
-                device.device_name,
-                EventKind::DeviceRegistered,
-            ),
-        );
+        for new in NewEvent::of_insert(device.product_key, device.device_name, device.status) {
+            self.log(actor, new);
+        }
         Ok(())
     }
 }
@@ -363,6 +358,28 @@ impl DeviceStore for MemoryStore {
     ) -> Result<(), StoreError> {
         self.write()
             .insert_device(&self.actor, device, Some(device_quota))
+    }
+
+    async fn insert_devices(&self, devices: Vec<DeviceRecord>) -> Result<(), StoreError> {
+        let mut maps = self.write();
+        // Every device is checked before any is inserted: all or none.
+        let mut names = std::collections::HashSet::new();
+        for device in &devices {
+            if !maps.products.contains_key(&device.product_key) {
+                return Err(StoreError::NotFound { what: "product" });
+            }
+            let taken = maps
+                .devices
+                .get(&device.product_key)
+                .is_some_and(|names| names.contains_key(&device.device_name));
+            if taken || !names.insert((device.product_key, device.device_name)) {
+                return Err(StoreError::AlreadyExists { what: "device" });
+            }
+        }
+        for device in devices {
+            maps.insert_device(&self.actor, device, None)?;
+        }
+        Ok(())
     }
 
     async fn device(

@@ -605,6 +605,15 @@ pub trait DeviceStore: Send + Sync {
         device_quota: u32,
     ) -> Result<(), StoreError>;
 
+    /// Inserts new devices, all or none, in one write (an import: 100,000 devices must not
+    /// take 100,000 transactions). Each device's events are logged as
+    /// [`DeviceStore::insert_device`] logs them, in the order given.
+    ///
+    /// # Errors
+    /// As [`DeviceStore::insert_device`], for the first device refused (also for a name given
+    /// twice); then none is inserted.
+    async fn insert_devices(&self, devices: Vec<DeviceRecord>) -> Result<(), StoreError>;
+
     /// The device, if any, read as one consistent snapshot.
     ///
     /// # Errors
@@ -795,6 +804,9 @@ macro_rules! forward_store {
                 device_quota: u32,
             ) -> Result<(), StoreError> {
                 (**self).insert_device_within_quota(device, device_quota).await
+            }
+            async fn insert_devices(&self, devices: Vec<DeviceRecord>) -> Result<(), StoreError> {
+                (**self).insert_devices(devices).await
             }
             async fn device(
                 &self,

@@ -55,6 +55,7 @@
 //! the winner, on one node or many. Every change and its event are one transaction. SQLite runs in WAL mode with `synchronous = FULL`, so an
 //! issued state is on disk before the secret is returned; PostgreSQL commits each statement.
 
+use std::fmt::Write as _;
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
@@ -836,50 +837,75 @@ impl SqlStore {
         self
     }
 
-    /// Appends the event of a change made in `tx`, in the same transaction: the head row is
-    /// updated first (serializing appenders), then the event is inserted; PostgreSQL notifies
-    /// followers on commit.
+    /// Appends the event of a change made in `tx`, in the same transaction
+    /// ([`SqlStore::append_events`]).
     async fn append_event(
         &self,
         tx: &mut sqlx::AnyConnection,
         new: NewEvent,
     ) -> Result<(), StoreError> {
-        let head = sqlx::query("UPDATE iotauth_event_head SET seq = seq + 1 RETURNING seq, hash")
+        self.append_events(tx, vec![new]).await
+    }
+
+    /// Appends the events of a change made in `tx`, in the same transaction and in order: the
+    /// head row is moved on by their count first (serializing appenders), then the events are
+    /// chained here and inserted [`ROWS_PER_INSERT`] to a statement; PostgreSQL notifies
+    /// followers on commit.
+    async fn append_events(
+        &self,
+        tx: &mut sqlx::AnyConnection,
+        news: Vec<NewEvent>,
+    ) -> Result<(), StoreError> {
+        let Some(count) = i64::try_from(news.len()).ok().filter(|&count| count > 0) else {
+            return Ok(());
+        };
+        let head = sqlx::query("UPDATE iotauth_event_head SET seq = seq + $1 RETURNING seq, hash")
+            .bind(count)
             .fetch_one(&mut *tx)
             .await
             .map_err(failure)?;
-        let seq: i64 = column(&head, "seq")?;
-        let prev_hash = ChainHash::from_hex(&column::<String>(&head, "hash")?)
-            .map_err(|_| StoreError::failure(FailureKind::Corrupt, Corrupt { column: "hash" }))?;
-        let prev_seq = u64::try_from(seq - 1)
-            .map_err(|_| StoreError::failure(FailureKind::Corrupt, Corrupt { column: "seq" }))?;
-        let event = EventRecord::chain(prev_seq, prev_hash, SystemClock.now(), &self.actor, new);
-        let hash = event.hash.to_hex();
-        sqlx::query(
-            "INSERT INTO iotauth_events \
-             (seq, at, product_key, device_name, kind, actor, prev_hash, hash) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
-        )
-        .bind(seq)
-        .bind(millis_value(event.at)?)
-        .bind(event.product_key.as_str())
-        .bind(event.device_name.as_ref().map(DeviceName::as_str))
-        .bind(event.kind.name())
-        .bind(event.actor.as_str())
-        .bind(prev_hash.to_hex())
-        .bind(&hash)
-        .execute(&mut *tx)
-        .await
-        .map_err(failure)?;
+        let last_seq: i64 = column(&head, "seq")?;
+        let corrupt = |column| StoreError::failure(FailureKind::Corrupt, Corrupt { column });
+        let mut prev_hash =
+            ChainHash::from_hex(&column::<String>(&head, "hash")?).map_err(|_| corrupt("hash"))?;
+        let mut prev_seq = u64::try_from(last_seq - count).map_err(|_| corrupt("seq"))?;
+        let at = SystemClock.now();
+        let mut events = Vec::with_capacity(news.len());
+        for new in news {
+            let event = EventRecord::chain(prev_seq, prev_hash, at, &self.actor, new);
+            (prev_seq, prev_hash) = (event.seq, event.hash);
+            events.push(event);
+        }
+        for chunk in events.chunks(ROWS_PER_INSERT) {
+            let mut query = String::from(
+                "INSERT INTO iotauth_events \
+                 (seq, at, product_key, device_name, kind, actor, prev_hash, hash) VALUES ",
+            );
+            push_placeholders(&mut query, chunk.len(), 8);
+            // Only numbered placeholders are spliced in; every value is bound.
+            let mut insert = sqlx::query(sqlx::AssertSqlSafe(query));
+            for event in chunk {
+                insert = insert
+                    .bind(i64::try_from(event.seq).map_err(|_| corrupt("seq"))?)
+                    .bind(millis_value(event.at)?)
+                    .bind(event.product_key.as_str())
+                    .bind(event.device_name.as_ref().map(DeviceName::as_str))
+                    .bind(event.kind.name())
+                    .bind(event.actor.as_str())
+                    .bind(event.prev_hash.to_hex())
+                    .bind(event.hash.to_hex());
+            }
+            insert.execute(&mut *tx).await.map_err(failure)?;
+        }
         sqlx::query("UPDATE iotauth_event_head SET hash = $1")
-            .bind(hash)
+            .bind(prev_hash.to_hex())
             .execute(&mut *tx)
             .await
             .map_err(failure)?;
         if !self.sqlite {
             sqlx::query("SELECT pg_notify($1, $2)")
                 .bind(EVENTS_CHANNEL)
-                .bind(seq.to_string())
+                .bind(last_seq.to_string())
                 .execute(&mut *tx)
                 .await
                 .map_err(failure)?;
@@ -1862,54 +1888,69 @@ impl SqlStore {
         tx.commit().await.map_err(failure)
     }
 
-    /// Inserts a device and logs it, in `tx`.
-    async fn insert_device_logged(
+    /// Inserts devices and logs them, in `tx`: [`ROWS_PER_INSERT`] rows to a statement.
+    async fn insert_devices_logged(
         &self,
         tx: &mut sqlx::AnyConnection,
-        device: &DeviceRecord,
+        devices: &[DeviceRecord],
     ) -> Result<(), StoreError> {
-        insert_device_row(&mut *tx, device, self.stored_device_secret(device)?).await?;
-        self.append_event(
-            tx,
-            NewEvent::device(
-                device.product_key,
-                device.device_name,
-                EventKind::DeviceRegistered,
-            ),
-        )
-        .await
+        for chunk in devices.chunks(ROWS_PER_INSERT) {
+            let mut query = String::from(concat!(
+                "INSERT INTO iotauth_devices (",
+                device_columns!(),
+                ") VALUES "
+            ));
+            push_placeholders(&mut query, chunk.len(), 7);
+            // Only numbered placeholders are spliced in; every value is bound.
+            let mut insert = sqlx::query(sqlx::AssertSqlSafe(query));
+            for device in chunk {
+                let client_ids: Vec<String> =
+                    device.client_ids.iter().map(encode_client_id).collect();
+                insert = insert
+                    .bind(device.product_key.as_str())
+                    .bind(device.device_name.as_str())
+                    .bind(self.stored_device_secret(device)?)
+                    .bind(device.status.state.name())
+                    .bind(i64::from(device.status.enabled))
+                    .bind(revision_value(device.revision)?)
+                    .bind(client_ids.join(","));
+            }
+            match insert.execute(&mut *tx).await {
+                Ok(_) => {}
+                Err(e) if is_unique_violation(&e) => {
+                    return Err(StoreError::AlreadyExists { what: "device" });
+                }
+                Err(e) if is_foreign_key_violation(&e) => {
+                    return Err(StoreError::NotFound { what: "product" });
+                }
+                Err(e) => return Err(failure(e)),
+            }
+        }
+        let events = devices
+            .iter()
+            .flat_map(|device| {
+                NewEvent::of_insert(device.product_key, device.device_name, device.status)
+            })
+            .collect();
+        self.append_events(tx, events).await
     }
 }
 
-/// Inserts a device row through `executor` (the pool, or a transaction).
-async fn insert_device_row<'e, E>(
-    executor: E,
-    device: &DeviceRecord,
-    stored_secret: String,
-) -> Result<(), StoreError>
-where
-    E: sqlx::Executor<'e, Database = sqlx::Any>,
-{
-    let client_ids: Vec<String> = device.client_ids.iter().map(encode_client_id).collect();
-    let result = sqlx::query(concat!(
-        "INSERT INTO iotauth_devices (",
-        device_columns!(),
-        ") VALUES ($1, $2, $3, $4, $5, $6, $7)"
-    ))
-    .bind(device.product_key.as_str())
-    .bind(device.device_name.as_str())
-    .bind(stored_secret)
-    .bind(device.status.state.name())
-    .bind(i64::from(device.status.enabled))
-    .bind(revision_value(device.revision)?)
-    .bind(client_ids.join(","))
-    .execute(executor)
-    .await;
-    match result {
-        Ok(_) => Ok(()),
-        Err(e) if is_unique_violation(&e) => Err(StoreError::AlreadyExists { what: "device" }),
-        Err(e) if is_foreign_key_violation(&e) => Err(StoreError::NotFound { what: "product" }),
-        Err(e) => Err(failure(e)),
+/// Rows to one multi-row `INSERT`: 800 bind parameters for the events' 8 columns, well within
+/// SQLite's limit (32,766) and PostgreSQL's (65,535).
+const ROWS_PER_INSERT: usize = 100;
+
+/// Appends `rows` groups of `columns` numbered placeholders: `($1, $2), ($3, $4)`.
+fn push_placeholders(query: &mut String, rows: usize, columns: usize) {
+    for row in 0..rows {
+        query.push_str(if row == 0 { "(" } else { ", (" });
+        for column in 0..columns {
+            if column > 0 {
+                query.push_str(", ");
+            }
+            let _ = write!(query, "${}", row * columns + column + 1);
+        }
+        query.push(')');
     }
 }
 
@@ -1959,7 +2000,15 @@ impl DeviceStore for SqlStore {
     async fn insert_device(&self, device: DeviceRecord) -> Result<(), StoreError> {
         self.check_file()?;
         let mut tx = self.pool.begin().await.map_err(failure)?;
-        self.insert_device_logged(&mut tx, &device).await?;
+        self.insert_devices_logged(&mut tx, std::slice::from_ref(&device))
+            .await?;
+        tx.commit().await.map_err(failure)
+    }
+
+    async fn insert_devices(&self, devices: Vec<DeviceRecord>) -> Result<(), StoreError> {
+        self.check_file()?;
+        let mut tx = self.pool.begin().await.map_err(failure)?;
+        self.insert_devices_logged(&mut tx, &devices).await?;
         tx.commit().await.map_err(failure)
     }
 
@@ -2013,7 +2062,8 @@ impl DeviceStore for SqlStore {
         if count >= i64::from(device_quota) {
             return Err(StoreError::QuotaReached);
         }
-        self.insert_device_logged(&mut tx, &device).await?;
+        self.insert_devices_logged(&mut tx, std::slice::from_ref(&device))
+            .await?;
         tx.commit().await.map_err(failure)
     }
 

@@ -12,6 +12,7 @@ use iotauth::store::{
 use iotauth::{DeviceName, DeviceState, DynamicRegistration, Event, IssuedClientId, ProductKey};
 use serde::Serialize;
 
+use crate::progress::Progress;
 use crate::{Failure, print_json};
 
 #[derive(Subcommand)]
@@ -620,7 +621,7 @@ async fn register_batch(
         names.push(name);
     }
     product_of(store, &product_key).await?;
-    let total = names.len();
+    let progress = Progress::new("registered", names.len());
     let mut out = std::io::stdout().lock();
     for (done, name) in names.into_iter().enumerate() {
         let device = admin
@@ -630,9 +631,8 @@ async fn register_batch(
         let line = serde_json::to_string(&IssuedJson::of(&device))
             .map_err(|e| Failure::Rejected(e.to_string()))?;
         writeln!(out, "{line}").map_err(|e| Failure::Rejected(e.to_string()))?;
-        if (done + 1) % 1000 == 0 || done + 1 == total {
-            eprintln!("registered {}/{total}", done + 1);
-        }
+        progress.set(done + 1);
     }
+    progress.finish();
     Ok(())
 }

@@ -7,6 +7,7 @@
 mod admin;
 mod audit;
 mod import;
+mod progress;
 mod serve;
 
 use std::path::PathBuf;
@@ -230,6 +231,7 @@ rejected_from!(
     iotauth::VerifyError,
     iotauth::EntropyError,
     iotauth::service::AdminError,
+    iotauth::service::ImportError,
     iotauth::store::StoreError,
     serde_json::Error
 );
