@@ -22,7 +22,10 @@ const BASELINE: u64 = 1_000;
 
 /// A fresh SQLite store with one product, in `dir`.
 async fn fresh_store(dir: &std::path::Path, run: u64) -> (SqlStore, ProductKey) {
-    let url = format!("sqlite://{}", dir.join(format!("import-{run}.db")).display());
+    let url = format!(
+        "sqlite://{}",
+        dir.join(format!("import-{run}.db")).display()
+    );
     let store = SqlStore::connect_with(&url, &SecretsAtRest::default())
         .await
         .expect("store");

@@ -214,18 +214,30 @@ pub struct ListenerLimits {
     /// Connections one listener holds at most (handshaking, in a request, or idle). Beyond,
     /// new connections wait in the kernel's backlog until one closes.
     pub max_connections: usize,
+    /// The largest request body read, in bytes (HTTP listeners).
+    pub max_body_len: usize,
+    /// The time a request body has to arrive once its head has (HTTP listeners); `None`:
+    /// [`ListenerLimits::handshake_timeout`].
+    pub body_timeout: Option<Duration>,
 }
 
 impl Default for ListenerLimits {
-    /// 10 s handshakes, 60 s idle keep-alive, 1,024 connections.
+    /// 10 s handshakes and bodies, 60 s idle keep-alive, 1,024 connections, bodies of at most
+    /// [`MAX_BODY_LEN`] bytes.
     fn default() -> Self {
         Self {
             handshake_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(60),
             max_connections: 1024,
+            max_body_len: MAX_BODY_LEN,
+            body_timeout: None,
         }
     }
 }
+
+/// A check of a request's head that runs before its body is read ([`HttpListener::admit`]):
+/// `Err` is the reply, and the body is never read.
+pub type HeadCheck = Arc<dyn Fn(&axum::http::HeaderMap) -> Result<(), Response> + Send + Sync>;
 
 /// A TCP listener that holds at most `max_connections` connections and survives accept
 /// errors.
@@ -320,6 +332,7 @@ pub struct HttpListener {
     gate: Gate,
     tls: Option<TlsAcceptor>,
     limits: ListenerLimits,
+    head_check: Option<HeadCheck>,
 }
 
 impl std::fmt::Debug for HttpListener {
@@ -345,21 +358,42 @@ impl HttpListener {
             gate: Gate::new(listener, "http", limits.max_connections),
             tls: tls.map(TlsFiles::acceptor).transpose()?,
             limits,
+            head_check: None,
         })
+    }
+
+    /// Answers a request whose head `check` refuses with its reply, without reading its body
+    /// (and closes the connection): the admin API's credentials are checked before a body of
+    /// up to [`ListenerLimits::max_body_len`] is held in memory.
+    #[must_use]
+    pub fn admit(mut self, check: HeadCheck) -> Self {
+        self.head_check = Some(check);
+        self
     }
 
     /// Serves `app` until `shutdown` completes; then stops accepting and gives the requests in
     /// flight `limits.handshake_timeout` to finish.
     ///
     /// Replies spell header names in Title-Case, as Alibaba's C SDKs read them. A request body
-    /// must arrive within `limits.handshake_timeout` of its head (else 408) and be at most
-    /// [`MAX_BODY_LEN`] bytes (else 413; a broker hook answers either with a deny in its
+    /// must arrive within `limits.body_timeout` of its head (else 408) and be at most
+    /// `limits.max_body_len` bytes (else 413; a broker hook answers either with a deny in its
     /// dialect, see [`UnreadBody`]); both replies close the connection.
     pub async fn serve(self, app: Router, shutdown: impl Future<Output = ()>) {
-        let Self { gate, tls, limits } = self;
+        let Self {
+            gate,
+            tls,
+            limits,
+            head_check,
+        } = self;
         let timeout = limits.handshake_timeout;
+        let body = BodyLimits {
+            max_len: limits.max_body_len,
+            timeout: limits.body_timeout.unwrap_or(timeout),
+        };
         let app = app.layer(axum::middleware::from_fn(
-            move |request: Request, next: Next| read_body_within(timeout, request, next),
+            move |request: Request, next: Next| {
+                read_body_within(body, head_check.clone(), request, next)
+            },
         ));
         let service = TowerToHyperService::new(app);
         let mut http = hyper::server::conn::http1::Builder::new();
@@ -446,19 +480,41 @@ where
     }
 }
 
-/// Reads the whole request body within `timeout` and at most [`MAX_BODY_LEN`] bytes, so that
-/// a client sending its body slowly holds its connection no longer than that. A body that is
-/// too large, too slow or cut short is not passed on: the request goes on with an empty body
-/// and [`UnreadBody`], for its route to answer in its dialect, and the connection closes
-/// after the reply (the rest of the body may still be on its way).
-async fn read_body_within(timeout: Duration, request: Request, next: Next) -> Response {
+/// How much of a request body is read, and for how long.
+#[derive(Clone, Copy)]
+struct BodyLimits {
+    max_len: usize,
+    timeout: Duration,
+}
+
+/// Reads the whole request body within `limits.timeout` and at most `limits.max_len` bytes,
+/// once `head_check` (if any) admits the head, so that a client sending its body slowly holds
+/// its connection no longer than that. A body that is too large, too slow or cut short is not
+/// passed on: the request goes on with an empty body and [`UnreadBody`], for its route to
+/// answer in its dialect, and the connection closes after the reply.
+async fn read_body_within(
+    limits: BodyLimits,
+    head_check: Option<HeadCheck>,
+    request: Request,
+    next: Next,
+) -> Response {
     let (mut parts, body) = request.into_parts();
-    let unread = match tokio::time::timeout(timeout, axum::body::to_bytes(body, MAX_BODY_LEN)).await
+    if let Some(check) = head_check
+        && let Err(mut refusal) = check(&parts.headers)
     {
+        // The body is left unread: the connection cannot be reused.
+        refusal.headers_mut().insert(
+            header::CONNECTION,
+            header::HeaderValue::from_static("close"),
+        );
+        return refusal;
+    }
+    let read = axum::body::to_bytes(body, limits.max_len);
+    let unread = match tokio::time::timeout(limits.timeout, read).await {
         Ok(Ok(body)) => return next.run(Request::from_parts(parts, Body::from(body))).await,
         Ok(Err(e)) if is_length_limit(&e) => UnreadBody {
             status: StatusCode::PAYLOAD_TOO_LARGE,
-            reason: "the request body is over 16 KiB",
+            reason: "the request body is over the size limit",
         },
         Ok(Err(_)) => UnreadBody {
             status: StatusCode::BAD_REQUEST,

@@ -161,7 +161,13 @@ fn admin_flows(cli: &Cli) {
             .collect::<Vec<_>>(),
         ["dev-001", "dev-002", "dev-003"]
     );
-    assert!(String::from_utf8_lossy(&out.stderr).contains("registered 3/3"));
+    // All or none: a file naming a registered device registers none of its others.
+    let again = dir.join("again.txt");
+    std::fs::write(&again, "dev-005\ndev-003\n").unwrap();
+    cli.refused(
+        &["device", "register-batch", &pk, again.to_str().unwrap()],
+        "already registered: none was registered",
+    );
     let bad = dir.join("bad.txt");
     std::fs::write(&bad, "dev-004\nab\n").unwrap();
     cli.refused(

@@ -5,8 +5,8 @@ use crate::lifecycle::{DeviceStatus, DynamicRegistration, Event, IssuancePolicy,
 use crate::random::{Entropy, EntropyError, OsEntropy};
 use crate::secret::{DeviceSecret, ProductSecret};
 use crate::store::{
-    DeviceRecord, DeviceStore, PreRegistrationFree, ProductRecord, ProductStore, RegistrationLimit,
-    StoreError,
+    DeviceRecord, DeviceStore, LimitError, PreRegistrationFree, ProductRecord, ProductStore,
+    RegistrationLimit, StoreError,
 };
 
 #[cfg(feature = "import")]
@@ -36,6 +36,9 @@ pub enum AdminError {
     /// A product name must be 1–64 characters without control characters.
     #[error("a product name must be 1 to 64 characters without control characters")]
     InvalidName,
+    /// A registration limit is out of its range.
+    #[error(transparent)]
+    Limit(#[from] LimitError),
     /// An imported product or device exists with another value of `field` (a secret, never
     /// shown).
     #[error("the stored {what} has another {field}")]
@@ -57,6 +60,28 @@ fn valid_name(name: Option<&str>) -> Result<Option<String>, AdminError> {
         }
         name => Ok(name.map(str::to_owned)),
     }
+}
+
+/// A change to a product's settings ([`Admin::update_product`]): what is `None` is kept.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ProductUpdate {
+    /// Dynamic registration on or off.
+    pub dynamic_registration: Option<DynamicRegistration>,
+    /// Registration without pre-registration (regnwl) on or off.
+    pub pre_registration_free: Option<bool>,
+    /// The most devices the product may have for regnwl to create another.
+    pub device_quota: Option<u32>,
+    /// Registrations issued a second ([`RegistrationLimit::with_rate`]).
+    pub rate: Option<u32>,
+    /// Registrations issued at once.
+    pub burst: Option<u32>,
+    /// Refusals that switch dynamic registration off ([`RegistrationLimit::with_refusals`]).
+    pub refusal_threshold: Option<u32>,
+    /// The window of `refusal_threshold`, in seconds.
+    pub refusal_window_secs: Option<u32>,
+    /// Whether a registration's random must be new for the device.
+    pub unique_random: Option<bool>,
 }
 
 /// Creates products and devices with generated keys and secrets, and drives the operator's
@@ -173,6 +198,127 @@ impl<S: ProductStore + DeviceStore> Admin<S> {
             .store
             .set_registration_limit(product_key, limit)
             .await?)
+    }
+
+    /// A product.
+    ///
+    /// # Errors
+    /// [`StoreError::NotFound`] for an unknown product; an outage.
+    pub async fn product(&self, product_key: &ProductKey) -> Result<ProductRecord, AdminError> {
+        self.store
+            .product(product_key)
+            .await?
+            .ok_or(AdminError::Store(StoreError::NotFound { what: "product" }))
+    }
+
+    /// Every product, by key.
+    ///
+    /// # Errors
+    /// An outage.
+    pub async fn products(&self) -> Result<Vec<ProductRecord>, AdminError> {
+        let mut products = self.store.products().await?;
+        products.sort_by(|a, b| a.product_key.as_str().cmp(b.product_key.as_str()));
+        Ok(products)
+    }
+
+    /// A device.
+    ///
+    /// # Errors
+    /// [`StoreError::NotFound`] for an unknown device (or product); an outage.
+    pub async fn device(
+        &self,
+        product_key: &ProductKey,
+        device_name: &DeviceName,
+    ) -> Result<DeviceRecord, AdminError> {
+        self.store
+            .device(product_key, device_name)
+            .await?
+            .ok_or(AdminError::Store(StoreError::NotFound { what: "device" }))
+    }
+
+    /// A product's devices, by name.
+    ///
+    /// # Errors
+    /// [`StoreError::NotFound`] for an unknown product; an outage.
+    pub async fn devices(&self, product_key: &ProductKey) -> Result<Vec<DeviceRecord>, AdminError> {
+        self.product(product_key).await?;
+        let mut devices = self.store.devices(product_key).await?;
+        devices.sort_by(|a, b| a.device_name.as_str().cmp(b.device_name.as_str()));
+        Ok(devices)
+    }
+
+    /// Changes a product's settings: what `update` leaves `None` is kept. A limit that does
+    /// not change is not written (setting the limits refills the product's bucket). Returns
+    /// the product as it is then.
+    ///
+    /// # Errors
+    /// [`AdminError::Limit`] for a limit out of its range (nothing is written);
+    /// [`StoreError::NotFound`] for an unknown product; an outage.
+    pub async fn update_product(
+        &self,
+        product_key: &ProductKey,
+        update: ProductUpdate,
+    ) -> Result<ProductRecord, AdminError> {
+        let current = self.product(product_key).await?;
+        let was = current.registration_limit;
+        let limit = was
+            .with_rate(
+                update.rate.unwrap_or(was.rate_per_sec()),
+                update.burst.unwrap_or(was.burst()),
+            )?
+            .with_refusals(
+                update.refusal_threshold.unwrap_or(was.refusal_threshold()),
+                update
+                    .refusal_window_secs
+                    .unwrap_or(was.refusal_window_secs()),
+            )?
+            .with_unique_random(update.unique_random.unwrap_or(was.unique_random()));
+        let setting = PreRegistrationFree {
+            on: update
+                .pre_registration_free
+                .unwrap_or(current.pre_registration_free.on),
+            device_quota: update
+                .device_quota
+                .unwrap_or(current.pre_registration_free.device_quota),
+        };
+        if let Some(switch) = update.dynamic_registration {
+            self.set_dynamic_registration(product_key, switch).await?;
+        }
+        if update.pre_registration_free.is_some() || update.device_quota.is_some() {
+            self.set_pre_registration_free(product_key, setting).await?;
+        }
+        if limit != was {
+            self.set_registration_limit(product_key, limit).await?;
+        }
+        self.product(product_key).await
+    }
+
+    /// Registers devices (Inactive, enabled), each with a generated DeviceSecret, all or none
+    /// ([`DeviceStore::insert_devices`]): Alibaba's BatchRegisterDevice.
+    ///
+    /// # Errors
+    /// [`StoreError::NotFound`] for an unknown product, [`StoreError::AlreadyExists`] for a
+    /// taken name or one given twice; an outage. Nothing is registered then.
+    pub async fn register_devices(
+        &self,
+        product_key: ProductKey,
+        device_names: &[DeviceName],
+    ) -> Result<Vec<DeviceRecord>, AdminError> {
+        let mut devices = Vec::with_capacity(device_names.len());
+        for device_name in device_names {
+            devices.push(DeviceRecord {
+                product_key,
+                device_name: *device_name,
+                device_secret: DeviceSecret::generate(&*self.entropy)?,
+                status: DeviceStatus::NEW,
+                revision: 0,
+                client_ids: Vec::new(),
+            });
+        }
+        self.store
+            .insert_devices(devices.iter().map(DeviceRecord::clone_record).collect())
+            .await?;
+        Ok(devices)
     }
 
     /// Registers a device (Inactive, enabled) with a generated DeviceSecret.

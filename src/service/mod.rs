@@ -5,8 +5,9 @@ mod authenticator;
 #[cfg(feature = "import")]
 mod import;
 mod registrar;
+mod view;
 
-pub use admin::{Admin, AdminError};
+pub use admin::{Admin, AdminError, ProductUpdate};
 pub use authenticator::{AuthError, Authenticator};
 #[cfg(feature = "import")]
 pub use import::{
@@ -14,6 +15,7 @@ pub use import::{
     alibaba_status, parse_device_import, parse_product_import, status_of_alibaba,
 };
 pub use registrar::{IssuedClientIdToken, IssuedSecret, RegisterError, Registrar};
+pub use view::{DeviceView, IssuedDeviceView, LimitView, ProductView};
 
 use crate::id::{DeviceName, IssuedClientId, ProductKey};
 use crate::lifecycle::{

@@ -4,15 +4,16 @@ use std::io::{BufRead, BufReader, Write};
 use std::sync::Arc;
 
 use clap::{Subcommand, ValueEnum};
-use iotauth::service::{Admin, AdminError};
+use iotauth::service::{
+    Admin, AdminError, DeviceView, IssuedDeviceView, ProductUpdate, ProductView,
+};
 use iotauth::store::{
     DeviceRecord, DeviceStore, KeyFileError, MasterKey, PreRegistrationFree, ProductRecord,
     ProductStore, SecretsAtRest, SqlStore, Store, StoreError,
 };
-use iotauth::{DeviceName, DeviceState, DynamicRegistration, Event, IssuedClientId, ProductKey};
+use iotauth::{DeviceName, DynamicRegistration, Event, ProductKey};
 use serde::Serialize;
 
-use crate::progress::Progress;
 use crate::{Failure, print_json};
 
 #[derive(Subcommand)]
@@ -236,100 +237,12 @@ pub(crate) enum DeviceCommand {
     },
 }
 
-#[derive(Serialize)]
-#[serde(rename_all = "camelCase")]
-struct ProductJson<'a> {
-    product_key: ProductKey,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    product_secret: Option<&'a str>,
-    dynamic_registration: bool,
-    pre_registration_free: bool,
-    device_quota: u32,
-    registration_limit: LimitJson,
-    /// When the circuit breaker switched dynamic registration off (Unix milliseconds).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    switched_off_by_breaker_at: Option<u64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    name: Option<&'a str>,
-}
-
-#[derive(Serialize)]
-#[serde(rename_all = "camelCase")]
-struct LimitJson {
-    rate: u32,
-    burst: u32,
-    refusal_threshold: u32,
-    refusal_window_secs: u32,
-    unique_random: bool,
-}
-
-impl<'a> ProductJson<'a> {
-    fn of(product: &'a ProductRecord, show_secret: bool) -> Self {
-        Self {
-            product_key: product.product_key,
-            product_secret: show_secret.then(|| product.product_secret.expose_secret()),
-            dynamic_registration: product.dynamic_registration == DynamicRegistration::On,
-            pre_registration_free: product.pre_registration_free.on,
-            device_quota: product.pre_registration_free.device_quota,
-            registration_limit: LimitJson {
-                rate: product.registration_limit.rate_per_sec(),
-                burst: product.registration_limit.burst(),
-                refusal_threshold: product.registration_limit.refusal_threshold(),
-                refusal_window_secs: product.registration_limit.refusal_window_secs(),
-                unique_random: product.registration_limit.unique_random(),
-            },
-            switched_off_by_breaker_at: product.switched_off_by_breaker_at.map(|at| at.0),
-            name: product.name.as_deref(),
-        }
-    }
-}
-
-/// A device's secret, printed once when it is created or replaced.
-#[derive(Serialize)]
-#[serde(rename_all = "camelCase")]
-struct IssuedJson<'a> {
-    product_key: ProductKey,
-    device_name: DeviceName,
-    device_secret: &'a str,
-    state: DeviceState,
-}
-
-impl<'a> IssuedJson<'a> {
-    fn of(device: &'a DeviceRecord) -> Self {
-        Self {
-            product_key: device.product_key,
-            device_name: device.device_name,
-            device_secret: device.device_secret.expose_secret(),
-            state: device.status.state,
-        }
-    }
-}
-
-#[derive(Serialize)]
-#[serde(rename_all = "camelCase")]
-struct DeviceJson {
-    product_key: ProductKey,
-    device_name: DeviceName,
-    state: DeviceState,
-    enabled: bool,
-    /// The ClientIDs issued by regnwl (never their tokens, which are not stored).
-    #[serde(skip_serializing_if = "Vec::is_empty")]
-    client_ids: Vec<IssuedClientId>,
-}
-
-impl DeviceJson {
-    fn of(device: &DeviceRecord) -> Self {
-        Self {
-            product_key: device.product_key,
-            device_name: device.device_name,
-            state: device.status.state,
-            enabled: device.status.enabled,
-            client_ids: device
-                .client_ids
-                .iter()
-                .map(|held| held.client_id)
-                .collect(),
-        }
+/// `product`, with its secret when `show_secret`.
+fn product_view(product: &ProductRecord, show_secret: bool) -> ProductView<'_> {
+    if show_secret {
+        ProductView::exposing_secret(product)
+    } else {
+        ProductView::of(product)
     }
 }
 
@@ -377,7 +290,7 @@ fn named(e: AdminError, pk: &ProductKey, dn: &DeviceName) -> Failure {
 
 pub(crate) async fn product(store: Arc<dyn Store>, command: ProductCommand) -> Result<(), Failure> {
     let admin = Admin::new(store.clone());
-    match command {
+    let (product_key, update) = match command {
         ProductCommand::Create {
             name,
             dynamic_registration,
@@ -395,56 +308,43 @@ pub(crate) async fn product(store: Arc<dyn Store>, command: ProductCommand) -> R
                 device_quota,
             };
             if setting != product.pre_registration_free {
-                admin
-                    .set_pre_registration_free(&product.product_key, setting)
-                    .await?;
+                let mut update = ProductUpdate::default();
+                update.pre_registration_free = Some(pre_registration_free);
+                update.device_quota = Some(device_quota);
+                admin.update_product(&product.product_key, update).await?;
                 product.pre_registration_free = setting;
             }
-            print_json(&ProductJson {
-                name: None,
-                ..ProductJson::of(&product, true)
-            })
+            return print_json(&ProductView::exposing_secret(&product));
         }
         ProductCommand::Show {
             product_key,
             show_secret,
         } => {
             let product_key = ProductKey::new(&product_key)?;
-            print_json(&ProductJson::of(
-                &product_of(&store, &product_key).await?,
-                show_secret,
-            ))
+            let product = product_of(&store, &product_key).await?;
+            return print_json(&product_view(&product, show_secret));
         }
-        ProductCommand::Import { file } => crate::import::import_products(store, &file).await,
+        ProductCommand::Import { file } => {
+            return crate::import::import_products(store, &file).await;
+        }
         ProductCommand::List { show_secret } => {
-            let products = store.products().await?;
-            print_json(
+            let products = admin.products().await?;
+            return print_json(
                 &products
                     .iter()
-                    .map(|p| ProductJson::of(p, show_secret))
+                    .map(|p| product_view(p, show_secret))
                     .collect::<Vec<_>>(),
-            )
+            );
         }
         ProductCommand::PreRegistrationFree {
             product_key,
             switch,
             device_quota,
         } => {
-            let product_key = ProductKey::new(&product_key)?;
-            let current = product_of(&store, &product_key)
-                .await?
-                .pre_registration_free;
-            let setting = PreRegistrationFree {
-                on: matches!(switch, Switch::On),
-                device_quota: device_quota.unwrap_or(current.device_quota),
-            };
-            admin
-                .set_pre_registration_free(&product_key, setting)
-                .await?;
-            print_json(&ProductJson::of(
-                &product_of(&store, &product_key).await?,
-                false,
-            ))
+            let mut update = ProductUpdate::default();
+            update.pre_registration_free = Some(matches!(switch, Switch::On));
+            update.device_quota = device_quota;
+            (product_key, update)
         }
         ProductCommand::RegistrationLimit {
             product_key,
@@ -454,56 +354,38 @@ pub(crate) async fn product(store: Arc<dyn Store>, command: ProductCommand) -> R
             refusal_window_secs,
             unique_random,
         } => {
-            let product_key = ProductKey::new(&product_key)?;
-            let current = product_of(&store, &product_key).await?.registration_limit;
-            let limit = current
-                .with_rate(
-                    rate.unwrap_or(current.rate_per_sec()),
-                    burst.unwrap_or(current.burst()),
-                )
-                .and_then(|limit| {
-                    limit.with_refusals(
-                        refusal_threshold.unwrap_or(current.refusal_threshold()),
-                        refusal_window_secs.unwrap_or(current.refusal_window_secs()),
-                    )
-                })
-                .map_err(|e| Failure::Usage(e.to_string()))?
-                .with_unique_random(
-                    unique_random.map_or(current.unique_random(), |s| matches!(s, Switch::On)),
-                );
-            // Setting the limits fills the bucket: a call that changes nothing does not.
-            if limit != current {
-                admin.set_registration_limit(&product_key, limit).await?;
-            }
-            print_json(&ProductJson::of(
-                &product_of(&store, &product_key).await?,
-                false,
-            ))
+            let mut update = ProductUpdate::default();
+            update.rate = rate;
+            update.burst = burst;
+            update.refusal_threshold = refusal_threshold;
+            update.refusal_window_secs = refusal_window_secs;
+            update.unique_random = unique_random.map(|s| matches!(s, Switch::On));
+            (product_key, update)
         }
         ProductCommand::DynamicRegistration {
             product_key,
             switch,
         } => {
-            let product_key = ProductKey::new(&product_key)?;
-            let switch = match switch {
+            let mut update = ProductUpdate::default();
+            update.dynamic_registration = Some(match switch {
                 Switch::On => DynamicRegistration::On,
                 Switch::Off => DynamicRegistration::Off,
-            };
-            admin
-                .set_dynamic_registration(&product_key, switch)
-                .await
-                .map_err(|e| match e {
-                    AdminError::Store(StoreError::NotFound { .. }) => {
-                        Failure::Rejected(format!("product {product_key} not found"))
-                    }
-                    other => other.into(),
-                })?;
-            print_json(&ProductJson::of(
-                &product_of(&store, &product_key).await?,
-                false,
-            ))
+            });
+            (product_key, update)
         }
-    }
+    };
+    let product_key = ProductKey::new(&product_key)?;
+    let product = admin
+        .update_product(&product_key, update)
+        .await
+        .map_err(|e| match e {
+            AdminError::Store(StoreError::NotFound { .. }) => {
+                Failure::Rejected(format!("product {product_key} not found"))
+            }
+            AdminError::Limit(e) => Failure::Usage(e.to_string()),
+            other => other.into(),
+        })?;
+    print_json(&ProductView::of(&product))
 }
 
 /// Validates a product key and device name given on the command line (exit 1 when bad).
@@ -523,18 +405,18 @@ pub(crate) async fn device(store: Arc<dyn Store>, command: DeviceCommand) -> Res
                 .register_device(product_key, device_name)
                 .await
                 .map_err(|e| named(e, &product_key, &device_name))?;
-            print_json(&IssuedJson::of(&device))
+            print_json(&IssuedDeviceView::exposing_secret(&device))
         }
         DeviceCommand::Import { file } => crate::import::import_devices(store, &file).await,
         DeviceCommand::RegisterBatch { product_key, file } => {
-            register_batch(&admin, &store, ProductKey::new(&product_key)?, &file).await
+            register_batch(&admin, ProductKey::new(&product_key)?, &file).await
         }
         DeviceCommand::Show {
             product_key,
             device_name,
         } => {
             let (pk, dn) = identify(&product_key, &device_name)?;
-            print_json(&DeviceJson::of(&device_of(&store, &pk, &dn).await?))
+            print_json(&DeviceView::of(&device_of(&store, &pk, &dn).await?))
         }
         DeviceCommand::Export {
             product_key,
@@ -549,7 +431,7 @@ pub(crate) async fn device(store: Arc<dyn Store>, command: DeviceCommand) -> Res
             let product_key = ProductKey::new(&product_key)?;
             product_of(&store, &product_key).await?;
             let devices = store.devices(&product_key).await?;
-            print_json(&devices.iter().map(DeviceJson::of).collect::<Vec<_>>())
+            print_json(&devices.iter().map(DeviceView::of).collect::<Vec<_>>())
         }
         DeviceCommand::Disable {
             ref product_key,
@@ -585,18 +467,19 @@ pub(crate) async fn device(store: Arc<dyn Store>, command: DeviceCommand) -> Res
                     deleted: true,
                 }),
                 // The new secret must reach the device once: print it like `register` does.
-                Event::Reset => print_json(&IssuedJson::of(&device_of(&store, &pk, &dn).await?)),
-                _ => print_json(&DeviceJson::of(&device_of(&store, &pk, &dn).await?)),
+                Event::Reset => print_json(&IssuedDeviceView::exposing_secret(
+                    &device_of(&store, &pk, &dn).await?,
+                )),
+                _ => print_json(&DeviceView::of(&device_of(&store, &pk, &dn).await?)),
             }
         }
     }
 }
 
-/// Reads every name first (so a bad line writes nothing), then registers them in order,
-/// printing one JSON line each.
+/// Reads every name first (so a bad line writes nothing), then registers them all or none
+/// (BatchRegisterDevice), printing one JSON line each.
 async fn register_batch(
     admin: &Admin<Arc<dyn Store>>,
-    store: &Arc<dyn Store>,
     product_key: ProductKey,
     file: &std::path::Path,
 ) -> Result<(), Failure> {
@@ -620,19 +503,22 @@ async fn register_batch(
         }
         names.push(name);
     }
-    product_of(store, &product_key).await?;
-    let progress = Progress::new("registered", names.len());
+    let devices = admin
+        .register_devices(product_key, &names)
+        .await
+        .map_err(|e| match e {
+            AdminError::Store(StoreError::AlreadyExists { .. }) => Failure::Rejected(
+                "a device of the file is already registered: none was registered".into(),
+            ),
+            AdminError::Store(StoreError::NotFound { .. }) => {
+                Failure::Rejected(format!("product {product_key} not found"))
+            }
+            other => other.into(),
+        })?;
     let mut out = std::io::stdout().lock();
-    for (done, name) in names.into_iter().enumerate() {
-        let device = admin
-            .register_device(product_key, name)
-            .await
-            .map_err(|e| named(e, &product_key, &name))?;
-        let line = serde_json::to_string(&IssuedJson::of(&device))
-            .map_err(|e| Failure::Rejected(e.to_string()))?;
+    for device in &devices {
+        let line = serde_json::to_string(&IssuedDeviceView::exposing_secret(device))?;
         writeln!(out, "{line}").map_err(|e| Failure::Rejected(e.to_string()))?;
-        progress.set(done + 1);
     }
-    progress.finish();
     Ok(())
 }
