@@ -237,7 +237,7 @@ impl Default for ListenerLimits {
 
 /// A check of a request's head that runs before its body is read ([`HttpListener::admit`]):
 /// `Err` is the reply, and the body is never read.
-pub type HeadCheck = Arc<dyn Fn(&axum::http::HeaderMap) -> Result<(), Response> + Send + Sync>;
+pub type HeadCheck = Arc<dyn Fn(&axum::http::HeaderMap) -> Result<(), Box<Response>> + Send + Sync>;
 
 /// A TCP listener that holds at most `max_connections` connections and survives accept
 /// errors.
@@ -500,8 +500,9 @@ async fn read_body_within(
 ) -> Response {
     let (mut parts, body) = request.into_parts();
     if let Some(check) = head_check
-        && let Err(mut refusal) = check(&parts.headers)
+        && let Err(refusal) = check(&parts.headers)
     {
+        let mut refusal = *refusal;
         // The body is left unread: the connection cannot be reused.
         refusal.headers_mut().insert(
             header::CONNECTION,

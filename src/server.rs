@@ -14,6 +14,15 @@
 //! with a secret. A store outage is answered "ignore" / "next" / 5xx, so that the broker
 //! decides, never as a bad password.
 
+#[cfg(feature = "admin-api")]
+mod admin;
+
+#[cfg(feature = "admin-api")]
+pub use admin::{
+    AdminApi, AdminToken, AdminTokenError, DEFAULT_PAGE_SIZE, ErrorBody, ErrorCode,
+    MAX_BATCH_DEVICES, MAX_PAGE_SIZE, admin_router,
+};
+
 use std::fmt::Write as _;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -619,6 +628,13 @@ impl Services {
                 .send(DeviceIdentity::new(*product_key, *device_name));
         }
         Ok(status)
+    }
+
+    /// Operators' changes that do not end sessions (products, registration, imports) and
+    /// their reads, on the store itself: what the admin API and the CLI share. Disable,
+    /// enable, reset and delete go through [`Services::apply_operator_event`].
+    pub fn admin(&self) -> &Admin<Arc<dyn Store>> {
+        &self.admin
     }
 
     /// Whether the store serves requests now ([`crate::store::DeviceStore::check_ready`]),

@@ -36,6 +36,9 @@ pub enum ImportError {
     /// The input is over [`MAX_IMPORT_BYTES`].
     #[error("the import is over {} MiB", MAX_IMPORT_BYTES >> 20)]
     TooLarge,
+    /// The input holds no product or device.
+    #[error("the import holds no rows")]
+    Empty,
     /// The input is not UTF-8.
     #[error("the import is not UTF-8 text")]
     NotText,
@@ -89,6 +92,7 @@ impl ImportError {
 /// What an import did: how many products or devices it created, and how many it found as
 /// given and left alone (a re-run of a file creates none).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[cfg_attr(feature = "admin-api", derive(utoipa::ToSchema))]
 #[non_exhaustive]
 pub struct ImportSummary {
     /// Created as given.
@@ -266,11 +270,16 @@ fn rows(input: &[u8], fields: &[&'static str]) -> Result<Vec<Row>, ImportError> 
     }
     let text = std::str::from_utf8(input).map_err(|_| ImportError::NotText)?;
     let text = text.strip_prefix('\u{feff}').unwrap_or(text);
-    if text.trim_start().starts_with('{') {
-        json_rows(text, fields)
+    let rows = if text.trim_start().starts_with('{') {
+        json_rows(text, fields)?
     } else {
-        csv_rows(text, fields)
+        csv_rows(text, fields)?
+    };
+    // An empty file is a mistake (a failed export, the wrong file), not an import of nothing.
+    if rows.is_empty() {
+        return Err(ImportError::Empty);
     }
+    Ok(rows)
 }
 
 fn json_rows(text: &str, fields: &[&'static str]) -> Result<Vec<Row>, ImportError> {

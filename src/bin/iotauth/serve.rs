@@ -10,9 +10,11 @@ use clap::Args;
 use iotauth::IssuancePolicy;
 use iotauth::broker::{Broker, BrokerConfig, Transport};
 use iotauth::listener::{HttpListener, ListenerLimits, TlsFiles};
-use iotauth::server::{ServerConfig, Services, router};
+use iotauth::server::{AdminToken, ServerConfig, Services, admin_router, router};
+use iotauth::service::MAX_IMPORT_BYTES;
 use iotauth::store::{FailureKind, SecretsAtRest, Store};
 use tokio::net::TcpListener;
+use zeroize::Zeroizing;
 
 use crate::Failure;
 
@@ -21,6 +23,15 @@ pub(crate) struct Serve {
     /// HTTP: dynamic registration, broker hooks, /healthz, /readyz, /metrics.
     #[arg(long, default_value = "127.0.0.1:8080")]
     http: SocketAddr,
+    /// The admin HTTP API (products and devices by Alibaba's OpenAPI actions; its document at
+    /// /admin/openapi.json), on a listener of its own: off unless given. Needs the bearer
+    /// token in IOTAUTH_ADMIN_TOKEN or --admin-token-file.
+    #[arg(long, value_name = "ADDR")]
+    admin: Option<SocketAddr>,
+    /// The file holding the admin API's bearer token (16-1024 of A-Za-z0-9-._~+/; a final
+    /// line break is ignored) [else IOTAUTH_ADMIN_TOKEN].
+    #[arg(long, requires = "admin", value_name = "FILE")]
+    admin_token_file: Option<PathBuf>,
     /// The embedded MQTT broker (3.1, 3.1.1 and 5): logins, dynamic registration
     /// (authType=register) and the topic rule, all on this port.
     #[arg(long)]
@@ -128,10 +139,15 @@ pub(crate) async fn serve(
     limits.handshake_timeout = handshake_timeout;
     limits.idle_timeout = Duration::from_secs(args.idle_timeout_secs);
     limits.max_connections = usize::try_from(args.max_http_connections).unwrap_or(usize::MAX);
+    let admin = match args.admin {
+        Some(address) => Some(admin_listener(address, &args, limits, tls.as_ref()).await?),
+        None => None,
+    };
     let http = HttpListener::new(http, limits, tls.as_ref())
         .map_err(|e| Failure::Rejected(e.to_string()))?;
     tracing::info!(address = %args.http, scheme, "HTTP: registration, hooks, /healthz, /readyz, /metrics");
     let replaced = tokio::sync::OnceCell::new();
+    let (stopping, stopped) = tokio::sync::watch::channel(false);
     let stop = async {
         tokio::select! {
             () = shutdown_signal() => {}
@@ -140,13 +156,75 @@ pub(crate) async fn serve(
                 let _ = replaced.set(e);
             }
         }
+        let _ = stopping.send(true);
     };
-    http.serve(router(services.clone()), stop).await;
+    let until_stopped = |mut stopped: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = stopped.wait_for(|stop| *stop).await;
+    };
+    let main_stopped = until_stopped(stopped.clone());
+    let main = async {
+        tokio::join!(stop, http.serve(router(services.clone()), main_stopped));
+    };
+    match admin {
+        Some((listener, token)) => {
+            tracing::info!(address = %args.admin.unwrap_or(args.http), scheme, "HTTP: the admin API, /admin/openapi.json");
+            let admin_app = admin_router(services.clone(), token);
+            tokio::join!(main, listener.serve(admin_app, until_stopped(stopped)));
+        }
+        None => main.await,
+    }
     tracing::info!("stopped");
     match replaced.into_inner() {
         Some(e) => Err(e.into()),
         None => Ok(()),
     }
+}
+
+/// The environment variable holding the admin API's bearer token.
+const ADMIN_TOKEN_ENV: &str = "IOTAUTH_ADMIN_TOKEN";
+
+/// Connections the admin listener holds at most: it serves operators' back ends, not a fleet,
+/// and each may carry an import of up to 256 MiB.
+const ADMIN_MAX_CONNECTIONS: usize = 16;
+
+/// The time an admin request's body (an import of up to 256 MiB) has to arrive.
+const ADMIN_BODY_TIMEOUT: Duration = Duration::from_secs(300);
+
+/// The admin API's listener and token (`--admin`): the token is checked before a request's
+/// body is read, so that only an operator can make the server hold an import in memory.
+async fn admin_listener(
+    address: SocketAddr,
+    args: &Serve,
+    mut limits: ListenerLimits,
+    tls: Option<&TlsFiles>,
+) -> Result<(HttpListener, Arc<AdminToken>), Failure> {
+    let token = match &args.admin_token_file {
+        Some(file) => Zeroizing::new(
+            std::fs::read_to_string(file)
+                .map_err(|e| Failure::Rejected(format!("cannot read {}: {e}", file.display())))?,
+        ),
+        None => Zeroizing::new(std::env::var(ADMIN_TOKEN_ENV).map_err(|_| {
+            Failure::Usage(format!(
+                "--admin needs a bearer token: --admin-token-file or {ADMIN_TOKEN_ENV}"
+            ))
+        })?),
+    };
+    let token = token.strip_suffix('\n').unwrap_or(&token);
+    let token = token.strip_suffix('\r').unwrap_or(token);
+    let token = Arc::new(
+        AdminToken::new(token).map_err(|e| Failure::Usage(format!("the admin token: {e}")))?,
+    );
+    limits.max_connections = ADMIN_MAX_CONNECTIONS;
+    limits.max_body_len = MAX_IMPORT_BYTES;
+    limits.body_timeout = Some(ADMIN_BODY_TIMEOUT);
+    let listener = TcpListener::bind(address)
+        .await
+        .map_err(|e| Failure::Rejected(format!("cannot listen on {address}: {e}")))?;
+    let checked = token.clone();
+    let listener = HttpListener::new(listener, limits, tls)
+        .map_err(|e| Failure::Rejected(e.to_string()))?
+        .admit(Arc::new(move |headers| checked.check(headers)));
+    Ok((listener, token))
 }
 
 /// How often `serve` checks that its SQLite file is still the one it opened.
