@@ -206,7 +206,8 @@ impl TlsAcceptor {
 #[non_exhaustive]
 pub struct ListenerLimits {
     /// The time a client has for its TLS handshake, then for its first HTTP request head, and
-    /// for each request body once its head has arrived.
+    /// (unless [`ListenerLimits::body_timeout`] says otherwise) for each request body once its
+    /// head has arrived.
     pub handshake_timeout: Duration,
     /// The time a keep-alive HTTP connection may wait for its next request head (idle, or
     /// sending it): brokers' hook clients keep pooled connections this long.

@@ -19,8 +19,8 @@ mod admin;
 
 #[cfg(feature = "admin-api")]
 pub use admin::{
-    AdminApi, AdminToken, AdminTokenError, DEFAULT_PAGE_SIZE, ErrorBody, ErrorCode,
-    MAX_BATCH_DEVICES, MAX_PAGE_SIZE, admin_router,
+    AdminApi, AdminToken, AdminTokenError, DEFAULT_PAGE_SIZE, ErrorBody, ErrorCode, MAX_PAGE_SIZE,
+    admin_router,
 };
 
 use std::fmt::Write as _;
@@ -632,7 +632,9 @@ impl Services {
 
     /// Operators' changes that do not end sessions (products, registration, imports) and
     /// their reads, on the store itself: what the admin API and the CLI share. Disable,
-    /// enable, reset and delete go through [`Services::apply_operator_event`].
+    /// enable, reset and delete go through [`Services::apply_operator_event`], which also
+    /// tells this process's brokers at once (through [`Admin::apply`] they learn of it from
+    /// the event log, within its polling period).
     pub fn admin(&self) -> &Admin<Arc<dyn Store>> {
         &self.admin
     }

@@ -128,6 +128,26 @@ fn every_admin_action_through_curl_with_the_token_and_none_without_it() {
             assert!(challenge.starts_with("Bearer"), "{what}: {challenge}");
         }
     }
+    // The token is checked before a body is read: a request announcing a large body it never
+    // sends is refused at once, not after the 300 s the admin listener gives a body.
+    {
+        use std::io::{Read, Write};
+        let mut stream = std::net::TcpStream::connect(("127.0.0.1", admin)).unwrap();
+        stream
+            .set_read_timeout(Some(std::time::Duration::from_secs(20)))
+            .unwrap();
+        stream
+            .write_all(
+                b"POST /admin/device-imports HTTP/1.1\r\nhost: x\r\n\
+                  content-type: text/csv\r\ncontent-length: 200000000\r\n\r\n",
+            )
+            .unwrap();
+        let mut reply = [0u8; 12];
+        stream
+            .read_exact(&mut reply)
+            .expect("a reply before any body byte was sent");
+        assert_eq!(&reply, b"HTTP/1.1 401");
+    }
     let basic = Command::new("curl")
         .args([
             "-s",
@@ -174,6 +194,49 @@ fn every_admin_action_through_curl_with_the_token_and_none_without_it() {
     assert_eq!(status, 400, "a malformed key");
     let (status, _) = curl(admin, "GET", "/admin/products/a1NoSuchPrd", None);
     assert_eq!(status, 404);
+
+    // Field-naming errors: the JSON path, never the value; a wrong method is JSON too.
+    let (status, refused) = curl(
+        admin,
+        "PATCH",
+        &format!("/admin/products/{pk}"),
+        Some(json!({"rate": "five-a-second"})),
+    );
+    assert_eq!(status, 400);
+    assert_eq!(
+        refused["message"],
+        "rate has the wrong type, value or range"
+    );
+    let (status, refused) = curl(
+        admin,
+        "PATCH",
+        &format!("/admin/products/{pk}"),
+        Some(json!({"rename": 1})),
+    );
+    assert_eq!(status, 400);
+    assert!(
+        refused["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("unknown field `rename`"),
+        "{refused}"
+    );
+    let (status, refused) = curl(admin, "PUT", &format!("/admin/products/{pk}"), None);
+    assert_eq!(
+        (status, refused["code"].clone()),
+        (405, json!("MethodNotAllowed"))
+    );
+    let (status, refused, _) = curl_with(
+        admin,
+        Some(TOKEN),
+        "POST",
+        "/admin/products",
+        Some(("text/plain", "{}")),
+    );
+    assert_eq!(
+        (status, refused["code"].clone()),
+        (415, json!("UnsupportedMediaType"))
+    );
 
     // QueryProductList pages.
     curl(admin, "POST", "/admin/products", Some(json!({})));
@@ -251,13 +314,17 @@ fn every_admin_action_through_curl_with_the_token_and_none_without_it() {
     );
     assert_eq!(status, 201, "{batch}");
     assert_eq!(batch.as_array().unwrap().len(), 2);
-    let (status, _) = curl(
+    let (status, refused) = curl(
         admin,
         "POST",
         &batches,
         Some(json!({"deviceNames": ["meter-04", "meter-01"]})),
     );
     assert_eq!(status, 409);
+    assert_eq!(
+        refused["message"],
+        "device 1 of the batch (counting from 0) is already registered"
+    );
     let (status, _) = curl(admin, "GET", &format!("{devices}/meter-04"), None);
     assert_eq!(status, 404, "none of a refused batch is registered");
     let (status, _) = curl(
@@ -267,6 +334,8 @@ fn every_admin_action_through_curl_with_the_token_and_none_without_it() {
         Some(json!({"deviceNames": ["meter-05", "meter-05"]})),
     );
     assert_eq!(status, 400, "a name twice");
+    let (status, _) = curl(admin, "POST", &batches, Some(json!({"deviceNames": []})));
+    assert_eq!(status, 400, "no name");
 
     // QueryDevice, QueryDeviceDetail: no secrets.
     let (status, page) = curl(admin, "GET", &format!("{devices}?pageSize=2"), None);
@@ -341,6 +410,32 @@ fn every_admin_action_through_curl_with_the_token_and_none_without_it() {
         );
         assert_eq!((status, summary), (200, expected));
     }
+    // A product name out of its rule is the client's fault, named by line and field.
+    let (status, refused, _) = curl_with(
+        admin,
+        Some(TOKEN),
+        "POST",
+        "/admin/product-imports",
+        Some((
+            "text/csv",
+            &format!(
+                "ProductKey,ProductSecret,ProductName\na1ImPoRtBad,Yr0iF3HIgNkwiaPj,{}\n",
+                "n".repeat(65)
+            ),
+        )),
+    );
+    assert_eq!(
+        (status, refused["code"].clone()),
+        (400, json!("InvalidParameter")),
+        "{refused}"
+    );
+    assert!(
+        refused["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("line 2: ProductName:"),
+        "{refused}"
+    );
     let moved = sign_login(imported_pk, "moved-01", imported_secret, "c2");
     assert!(
         emqx_allows(server.http, &moved),

@@ -166,7 +166,7 @@ fn admin_flows(cli: &Cli) {
     std::fs::write(&again, "dev-005\ndev-003\n").unwrap();
     cli.refused(
         &["device", "register-batch", &pk, again.to_str().unwrap()],
-        "already registered: none was registered",
+        "line 2: device dev-003 is already registered: none was registered",
     );
     let bad = dir.join("bad.txt");
     std::fs::write(&bad, "dev-004\nab\n").unwrap();

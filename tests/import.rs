@@ -147,6 +147,28 @@ fn an_alibaba_export_is_imported_unchanged_and_its_devices_log_in_with_their_sec
          ONLINE or OFFLINE, disabled when DISABLE"
     );
 
+    // An export carries iotauth's State, which Alibaba's Status cannot say; an import reads
+    // it back, so a device whose secret was issued is not restored as inactive.
+    let exported = run(&store, &["device", "export", PK]).1;
+    assert!(
+        exported.contains("\"Status\":\"UNACTIVE\",\"State\":\"inactive\""),
+        "{exported}"
+    );
+    let issued = write(
+        &dir.0,
+        "issued.jsonl",
+        &format!(
+            "{{\"ProductKey\":\"{PK}\",\"DeviceName\":\"meter-issued\",\
+             \"DeviceSecret\":\"0123456789abcdef0123456789abcdef\",\"Status\":\"UNACTIVE\",\"State\":\"issued\",\"Nickname\":null}}\n"
+        ),
+    );
+    assert_eq!(run(&store, &["device", "import", &issued]).0, Some(0));
+    assert_eq!(
+        cli(&store, &["device", "show", PK, "meter-issued"])["state"],
+        "issued"
+    );
+    cli(&store, &["device", "delete", PK, "meter-issued"]);
+
     let server = Server::start(&store, dir.0.join("serve.log"), &[]);
     for (name, secret, status) in DEVICES {
         let login = sign_login(PK, name, secret, name);
@@ -241,6 +263,13 @@ fn a_bad_line_or_a_conflicting_secret_aborts_the_whole_file_naming_the_line_and_
                  {{\"ProductKey\":\"{PK}\",\"DeviceName\":\"meter-02\",\"DeviceSecret\":\"a\",\"DeviceSecret\":\"b\"}}\n"
             ),
             "line 2: DeviceSecret: appears twice",
+        ),
+        (
+            "a number, whose digits would not be kept",
+            format!(
+                "{{\"ProductKey\":\"{PK}\",\"DeviceName\":\"meter-01\",\"DeviceSecret\":12345678901234567890123456789012345}}\n"
+            ),
+            "line 1: DeviceSecret: must be a JSON string",
         ),
     ];
     for (what, text, expected) in cases {

@@ -41,6 +41,9 @@ mod broken {
         async fn insert_product(&self, p: ProductRecord) -> Result<(), StoreError> {
             self.0.insert_product(p).await
         }
+        async fn insert_products(&self, p: Vec<ProductRecord>) -> Result<(), StoreError> {
+            self.0.insert_products(p).await
+        }
         async fn product(&self, pk: &ProductKey) -> Result<Option<ProductRecord>, StoreError> {
             self.0.product(pk).await
         }

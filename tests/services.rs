@@ -394,6 +394,9 @@ impl ProductStore for Down {
     async fn insert_product(&self, _: ProductRecord) -> Result<(), StoreError> {
         Err(down())
     }
+    async fn insert_products(&self, _: Vec<ProductRecord>) -> Result<(), StoreError> {
+        Err(down())
+    }
     async fn product(&self, _: &ProductKey) -> Result<Option<ProductRecord>, StoreError> {
         Err(down())
     }
@@ -591,6 +594,9 @@ impl EventLog for Stuck {
 #[async_trait]
 impl ProductStore for Stuck {
     async fn insert_product(&self, _: ProductRecord) -> Result<(), StoreError> {
+        std::future::pending().await
+    }
+    async fn insert_products(&self, _: Vec<ProductRecord>) -> Result<(), StoreError> {
         std::future::pending().await
     }
     async fn product(&self, _: &ProductKey) -> Result<Option<ProductRecord>, StoreError> {
@@ -809,6 +815,9 @@ impl EventLog for SlowWrites {
 impl ProductStore for SlowWrites {
     async fn insert_product(&self, p: ProductRecord) -> Result<(), StoreError> {
         self.0.insert_product(p).await
+    }
+    async fn insert_products(&self, p: Vec<ProductRecord>) -> Result<(), StoreError> {
+        self.0.insert_products(p).await
     }
     async fn product(&self, pk: &ProductKey) -> Result<Option<ProductRecord>, StoreError> {
         self.0.product(pk).await

@@ -13,7 +13,8 @@
 
 use std::sync::Arc;
 
-use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
+use axum::body::Bytes;
+use axum::extract::rejection::{PathRejection, QueryRejection};
 use axum::extract::{DefaultBodyLimit, Path, Query, Request, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::middleware::Next;
@@ -33,12 +34,10 @@ use crate::id::{DeviceName, ProductKey};
 use crate::lifecycle::{DynamicRegistration, Event};
 use crate::service::{
     Admin, AdminError, DeviceView, ImportError, ImportSummary, IssuedDeviceView, LimitView,
-    MAX_IMPORT_BYTES, ProductUpdate, ProductView, parse_device_import, parse_product_import,
+    MAX_BATCH_DEVICES, MAX_IMPORT_BYTES, ProductUpdate, ProductView, parse_device_import,
+    parse_product_import,
 };
 use crate::store::{Store, StoreError};
-
-/// The most devices one BatchRegisterDevice registers (Alibaba's limit too).
-pub const MAX_BATCH_DEVICES: usize = 10_000;
 
 /// The most items a list returns in one page (`pageSize`).
 pub const MAX_PAGE_SIZE: u32 = 200;
@@ -77,7 +76,8 @@ impl std::fmt::Debug for AdminToken {
 }
 
 impl AdminToken {
-    /// The shortest token accepted (a guessable token would guard every device's secret).
+    /// The shortest token accepted, `=` padding not counted (a guessable token would guard
+    /// every device's secret).
     pub const MIN_LEN: usize = 16;
     /// The longest token accepted.
     pub const MAX_LEN: usize = 1024;
@@ -91,8 +91,9 @@ impl AdminToken {
     /// [`AdminTokenError`] (which never shows the token).
     pub fn new(token: &str) -> Result<Self, AdminTokenError> {
         let body = token.trim_end_matches('=');
-        let valid = (Self::MIN_LEN..=Self::MAX_LEN).contains(&token.len())
-            && !body.is_empty()
+        // The padding adds nothing to guess: the minimum counts what comes before it.
+        let valid = body.len() >= Self::MIN_LEN
+            && token.len() <= Self::MAX_LEN
             && body
                 .bytes()
                 .all(|b| b.is_ascii_alphanumeric() || b"-._~+/".contains(&b));
@@ -241,6 +242,7 @@ pub fn admin_router(services: Arc<Services>, token: Arc<AdminToken>) -> Router {
             post(reset_thing),
         )
         .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
         .route_layer(axum::middleware::from_fn(refuse_unread_body))
         .layer(axum::middleware::from_fn(
             move |request: Request, next: Next| {
@@ -253,6 +255,7 @@ pub fn admin_router(services: Arc<Services>, token: Arc<AdminToken>) -> Router {
                 }
             },
         ))
+        .layer(axum::middleware::map_response(no_store))
         .layer(DefaultBodyLimit::max(MAX_IMPORT_BYTES))
         .with_state(services)
 }
@@ -272,6 +275,8 @@ pub enum ErrorCode {
     UnsupportedMediaType,
     /// No such product, device or route (404).
     NotFound,
+    /// The route does not take the method (405).
+    MethodNotAllowed,
     /// It exists already, or exists with another secret, or the lifecycle refuses (409).
     Conflict,
     /// The store failed (503): try again.
@@ -316,34 +321,56 @@ fn invalid(message: impl Into<String>) -> Failure {
     ))
 }
 
+/// The status and code of an operation's failure; the store's and the random source's
+/// failures are logged here (their causes are the operator's to read, not the client's).
+fn classify(e: &AdminError) -> (StatusCode, ErrorCode) {
+    match e {
+        AdminError::Store(StoreError::NotFound { .. }) => {
+            (StatusCode::NOT_FOUND, ErrorCode::NotFound)
+        }
+        AdminError::Store(
+            StoreError::AlreadyExists { .. }
+            | StoreError::QuotaReached
+            | StoreError::Precondition { .. },
+        )
+        | AdminError::Conflict { .. }
+        | AdminError::Transition(_) => (StatusCode::CONFLICT, ErrorCode::Conflict),
+        AdminError::InBatch {
+            reason: "is already registered",
+            ..
+        } => (StatusCode::CONFLICT, ErrorCode::Conflict),
+        AdminError::InvalidName
+        | AdminError::Limit(_)
+        | AdminError::BatchSize { .. }
+        | AdminError::InBatch { .. } => (StatusCode::BAD_REQUEST, ErrorCode::InvalidParameter),
+        _ => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            ErrorCode::ServiceUnavailable,
+        ),
+    }
+}
+
+/// What a 503 says: the failure's kind, never its cause.
+fn unavailable(e: &AdminError) -> String {
+    tracing::warn!(error = %ErrorChain(e), "admin API: the operation failed");
+    match e {
+        AdminError::Store(store) => format!(
+            "the store failed ({})",
+            store
+                .failure_kind()
+                .map_or_else(|| "unavailable".to_owned(), |kind| kind.to_string())
+        ),
+        AdminError::Entropy(_) => "the random source failed".to_owned(),
+        _ => "the operation failed".to_owned(),
+    }
+}
+
 impl From<AdminError> for Failure {
     fn from(e: AdminError) -> Self {
-        let message = ErrorChain(&e).to_string();
-        let (status, code) = match &e {
-            AdminError::Store(StoreError::NotFound { .. }) => {
-                (StatusCode::NOT_FOUND, ErrorCode::NotFound)
-            }
-            AdminError::Store(StoreError::AlreadyExists { .. } | StoreError::QuotaReached)
-            | AdminError::Conflict { .. }
-            | AdminError::Transition(_) => (StatusCode::CONFLICT, ErrorCode::Conflict),
-            AdminError::InvalidName | AdminError::Limit(_) => {
-                (StatusCode::BAD_REQUEST, ErrorCode::InvalidParameter)
-            }
-            _ => {
-                // The cause is the operator's to read in the log; the reply says the kind.
-                tracing::warn!(error = %message, "admin API: the store failed");
-                let kind = match &e {
-                    AdminError::Store(store) => store
-                        .failure_kind()
-                        .map_or_else(|| "failed".to_owned(), |kind| kind.to_string()),
-                    _ => "the random source failed".to_owned(),
-                };
-                return Failure::of(refusal(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    ErrorCode::ServiceUnavailable,
-                    format!("the store failed ({kind})"),
-                ));
-            }
+        let (status, code) = classify(&e);
+        let message = match status {
+            StatusCode::SERVICE_UNAVAILABLE => unavailable(&e),
+            _ => ErrorChain(&e).to_string(),
         };
         Failure::of(refusal(status, code, message))
     }
@@ -351,46 +378,60 @@ impl From<AdminError> for Failure {
 
 impl From<ImportError> for Failure {
     fn from(e: ImportError) -> Self {
-        let message = ErrorChain(&e).to_string();
-        match e {
-            ImportError::Store { source, .. } | ImportError::Write { source } => {
-                let Failure(mut reply) = Failure::from(source);
-                if reply.status() != StatusCode::SERVICE_UNAVAILABLE {
-                    *reply = refusal(
-                        reply.status(),
-                        if reply.status() == StatusCode::NOT_FOUND {
-                            ErrorCode::NotFound
-                        } else {
-                            ErrorCode::Conflict
-                        },
-                        message,
-                    );
-                }
-                Failure(reply)
-            }
-            ImportError::TooLarge => Failure::of(refusal(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                ErrorCode::InvalidParameter,
-                message,
-            )),
-            _ => invalid(message),
-        }
+        let (status, code) = match &e {
+            ImportError::Store { source, .. } | ImportError::Write { source } => classify(source),
+            ImportError::TooLarge => (StatusCode::PAYLOAD_TOO_LARGE, ErrorCode::InvalidParameter),
+            _ => (StatusCode::BAD_REQUEST, ErrorCode::InvalidParameter),
+        };
+        let message = match (&e, status) {
+            (
+                ImportError::Store { source, .. } | ImportError::Write { source },
+                StatusCode::SERVICE_UNAVAILABLE,
+            ) => unavailable(source),
+            _ => ErrorChain(&e).to_string(),
+        };
+        Failure::of(refusal(status, code, message))
     }
 }
 
-impl From<JsonRejection> for Failure {
-    fn from(rejection: JsonRejection) -> Self {
-        // serde's messages quote the values they refuse: only the kind is said.
-        match rejection {
-            JsonRejection::MissingJsonContentType(_) => Failure::of(refusal(
-                StatusCode::UNSUPPORTED_MEDIA_TYPE,
-                ErrorCode::UnsupportedMediaType,
-                "the body must be application/json".into(),
-            )),
-            JsonRejection::JsonSyntaxError(_) => invalid("the body is not JSON"),
-            _ => invalid("the body is not JSON of this operation's schema"),
-        }
+/// A JSON body of `T`, refused naming the field at fault (serde's own messages quote the
+/// values they refuse, so only the field's path and the kind of fault are said).
+fn json_body<T: serde::de::DeserializeOwned>(headers: &HeaderMap, body: &[u8]) -> Reply<T> {
+    let is_json = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.split(';').next())
+        .is_some_and(|media| media.trim().eq_ignore_ascii_case("application/json"));
+    if !is_json {
+        return Err(Failure::of(refusal(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            ErrorCode::UnsupportedMediaType,
+            "the body must be application/json".into(),
+        )));
     }
+    let mut deserializer = serde_json::Deserializer::from_slice(body);
+    let value = serde_path_to_error::deserialize(&mut deserializer).map_err(|e| {
+        let message = e.inner().to_string();
+        // serde names an unknown or missing field (the client's own key, not a value).
+        if (message.starts_with("unknown field") || message.starts_with("missing field"))
+            && message.len() <= 200
+        {
+            return invalid(message);
+        }
+        let fault = match e.inner().classify() {
+            serde_json::error::Category::Data => "has the wrong type, value or range",
+            serde_json::error::Category::Syntax | serde_json::error::Category::Eof => "is not JSON",
+            serde_json::error::Category::Io => "could not be read",
+        };
+        match e.path().to_string().as_str() {
+            "." => invalid(format!("the body {fault}")),
+            path => invalid(format!("{path} {fault}")),
+        }
+    })?;
+    deserializer
+        .end()
+        .map_err(|_| invalid("the body holds more than one JSON value"))?;
+    Ok(value)
 }
 
 impl From<PathRejection> for Failure {
@@ -401,22 +442,44 @@ impl From<PathRejection> for Failure {
 
 impl From<QueryRejection> for Failure {
     fn from(_: QueryRejection) -> Self {
-        invalid("currentPage and pageSize must be whole numbers")
+        invalid("the query takes currentPage and pageSize only, as whole numbers")
     }
 }
 
 /// A product key from the path.
 fn product_key(text: &str) -> Reply<ProductKey> {
-    ProductKey::new(text).map_err(|e| invalid(format!("productKey: {}", ErrorChain(&e))))
+    // The parser's error names the field.
+    ProductKey::new(text).map_err(|e| invalid(ErrorChain(&e).to_string()))
 }
 
 /// A device name from the path or a body.
 fn device_name(text: &str) -> Reply<DeviceName> {
-    DeviceName::new(text).map_err(|e| invalid(format!("deviceName: {}", ErrorChain(&e))))
+    DeviceName::new(text).map_err(|e| invalid(ErrorChain(&e).to_string()))
 }
 
 fn admin(services: &Services) -> &Admin<Arc<dyn Store>> {
     services.admin()
+}
+
+/// A product's path: `/admin/products/{product_key}…`.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Path)]
+struct ProductPath {
+    /// `ProductKey`: 1–32 ASCII letters or digits.
+    #[param(pattern = "^[A-Za-z0-9]{1,32}$")]
+    product_key: String,
+}
+
+/// A device's path: `/admin/products/{product_key}/devices/{device_name}…`.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Path)]
+struct DevicePath {
+    /// `ProductKey`: 1–32 ASCII letters or digits.
+    #[param(pattern = "^[A-Za-z0-9]{1,32}$")]
+    product_key: String,
+    /// `DeviceName`: 4–32 of `A-Za-z0-9_-.@:`.
+    #[param(pattern = "^[A-Za-z0-9_.@:-]{4,32}$")]
+    device_name: String,
 }
 
 /// A page of a list.
@@ -644,9 +707,10 @@ async fn query_product_list(
 )]
 async fn create_product(
     State(services): Shared,
-    body: Result<Json<CreateProductRequest>, JsonRejection>,
+    headers: HeaderMap,
+    body: Bytes,
 ) -> Reply<Response> {
-    let Json(request) = body?;
+    let request: CreateProductRequest = json_body(&headers, &body)?;
     let admin = admin(&services);
     let switch = if request.dynamic_registration {
         DynamicRegistration::On
@@ -678,7 +742,7 @@ async fn create_product(
     get,
     path = "/admin/products/{product_key}",
     operation_id = "QueryProduct",
-    params(("product_key" = String, Path, description = "ProductKey", pattern = "^[A-Za-z0-9]{1,32}$")),
+    params(ProductPath),
     responses(
         (status = 200, body = ProductView),
         (status = 400, description = "A malformed ProductKey", body = ErrorBody),
@@ -689,9 +753,9 @@ async fn create_product(
 )]
 async fn query_product(
     State(services): Shared,
-    path: Result<Path<String>, PathRejection>,
+    path: Result<Path<ProductPath>, PathRejection>,
 ) -> Reply<Response> {
-    let product_key = product_key(&path?.0)?;
+    let product_key = product_key(&path?.0.product_key)?;
     let product = admin(&services).product(&product_key).await?;
     Ok(Json(ProductView::of(&product)).into_response())
 }
@@ -702,7 +766,7 @@ async fn query_product(
     patch,
     path = "/admin/products/{product_key}",
     operation_id = "UpdateProduct",
-    params(("product_key" = String, Path, description = "ProductKey", pattern = "^[A-Za-z0-9]{1,32}$")),
+    params(ProductPath),
     request_body = UpdateProductRequest,
     responses(
         (status = 200, description = "The product as it is now", body = ProductView),
@@ -715,11 +779,12 @@ async fn query_product(
 )]
 async fn update_product(
     State(services): Shared,
-    path: Result<Path<String>, PathRejection>,
-    body: Result<Json<UpdateProductRequest>, JsonRejection>,
+    path: Result<Path<ProductPath>, PathRejection>,
+    headers: HeaderMap,
+    body: Bytes,
 ) -> Reply<Response> {
-    let product_key = product_key(&path?.0)?;
-    let Json(request) = body?;
+    let product_key = product_key(&path?.0.product_key)?;
+    let request: UpdateProductRequest = json_body(&headers, &body)?;
     let update = ProductUpdate {
         dynamic_registration: request.dynamic_registration.map(|on| {
             if on {
@@ -779,7 +844,7 @@ async fn import_products(State(services): Shared, body: axum::body::Bytes) -> Re
     get,
     path = "/admin/products/{product_key}/devices",
     operation_id = "QueryDevice",
-    params(("product_key" = String, Path, description = "ProductKey", pattern = "^[A-Za-z0-9]{1,32}$"), PageParams),
+    params(ProductPath, PageParams),
     responses(
         (status = 200, body = DevicePage),
         (status = 400, description = "A malformed ProductKey or paging parameter", body = ErrorBody),
@@ -790,10 +855,10 @@ async fn import_products(State(services): Shared, body: axum::body::Bytes) -> Re
 )]
 async fn query_device(
     State(services): Shared,
-    path: Result<Path<String>, PathRejection>,
+    path: Result<Path<ProductPath>, PathRejection>,
     params: Result<Query<PageParams>, QueryRejection>,
 ) -> Reply<Response> {
-    let product_key = product_key(&path?.0)?;
+    let product_key = product_key(&path?.0.product_key)?;
     let Query(params) = params?;
     let devices = admin(&services).devices(&product_key).await?;
     let (range, current_page, page_size) = params.range(devices.len())?;
@@ -812,7 +877,7 @@ async fn query_device(
     post,
     path = "/admin/products/{product_key}/devices",
     operation_id = "RegisterDevice",
-    params(("product_key" = String, Path, description = "ProductKey", pattern = "^[A-Za-z0-9]{1,32}$")),
+    params(ProductPath),
     request_body = RegisterDeviceRequest,
     responses(
         (status = 201, description = "Registered; deviceSecret shown this once", body = IssuedDeviceView),
@@ -826,11 +891,12 @@ async fn query_device(
 )]
 async fn register_device(
     State(services): Shared,
-    path: Result<Path<String>, PathRejection>,
-    body: Result<Json<RegisterDeviceRequest>, JsonRejection>,
+    path: Result<Path<ProductPath>, PathRejection>,
+    headers: HeaderMap,
+    body: Bytes,
 ) -> Reply<Response> {
-    let product_key = product_key(&path?.0)?;
-    let Json(request) = body?;
+    let product_key = product_key(&path?.0.product_key)?;
+    let request: RegisterDeviceRequest = json_body(&headers, &body)?;
     let device_name = device_name(&request.device_name)?;
     let device = admin(&services)
         .register_device(product_key, device_name)
@@ -849,7 +915,7 @@ async fn register_device(
     post,
     path = "/admin/products/{product_key}/device-batches",
     operation_id = "BatchRegisterDevice",
-    params(("product_key" = String, Path, description = "ProductKey", pattern = "^[A-Za-z0-9]{1,32}$")),
+    params(ProductPath),
     request_body = BatchRegisterDeviceRequest,
     responses(
         (status = 201, description = "All registered; deviceSecrets shown this once", body = Vec<IssuedDeviceView>),
@@ -863,26 +929,21 @@ async fn register_device(
 )]
 async fn batch_register_device(
     State(services): Shared,
-    path: Result<Path<String>, PathRejection>,
-    body: Result<Json<BatchRegisterDeviceRequest>, JsonRejection>,
+    path: Result<Path<ProductPath>, PathRejection>,
+    headers: HeaderMap,
+    body: Bytes,
 ) -> Reply<Response> {
-    let product_key = product_key(&path?.0)?;
-    let Json(request) = body?;
-    if !(1..=MAX_BATCH_DEVICES).contains(&request.device_names.len()) {
-        return Err(invalid("deviceNames: must hold 1 to 10000 names"));
-    }
-    let mut names = Vec::with_capacity(request.device_names.len());
-    let mut seen = std::collections::HashSet::new();
-    for (index, text) in request.device_names.iter().enumerate() {
-        let name = DeviceName::new(text)
-            .map_err(|e| invalid(format!("deviceNames[{index}]: {}", ErrorChain(&e))))?;
-        if !seen.insert(name) {
-            return Err(invalid(format!(
-                "deviceNames[{index}]: repeats an earlier name"
-            )));
-        }
-        names.push(name);
-    }
+    let product_key = product_key(&path?.0.product_key)?;
+    let request: BatchRegisterDeviceRequest = json_body(&headers, &body)?;
+    let names = request
+        .device_names
+        .iter()
+        .enumerate()
+        .map(|(index, text)| {
+            DeviceName::new(text)
+                .map_err(|e| invalid(format!("deviceNames[{index}]: {}", ErrorChain(&e))))
+        })
+        .collect::<Reply<Vec<_>>>()?;
     let devices = admin(&services)
         .register_devices(product_key, &names)
         .await?;
@@ -928,13 +989,11 @@ async fn import_devices(State(services): Shared, body: axum::body::Bytes) -> Rep
 }
 
 /// The product key and device name of a device's path.
-fn device_path(
-    path: Result<Path<(String, String)>, PathRejection>,
-) -> Reply<(ProductKey, DeviceName)> {
-    let Path((product_key_text, device_name_text)) = path?;
+fn device_path(path: Result<Path<DevicePath>, PathRejection>) -> Reply<(ProductKey, DeviceName)> {
+    let Path(path) = path?;
     Ok((
-        product_key(&product_key_text)?,
-        device_name(&device_name_text)?,
+        product_key(&path.product_key)?,
+        device_name(&path.device_name)?,
     ))
 }
 
@@ -943,10 +1002,7 @@ fn device_path(
     get,
     path = "/admin/products/{product_key}/devices/{device_name}",
     operation_id = "QueryDeviceDetail",
-    params(
-        ("product_key" = String, Path, description = "ProductKey", pattern = "^[A-Za-z0-9]{1,32}$"),
-        ("device_name" = String, Path, description = "DeviceName", pattern = "^[A-Za-z0-9_.@:-]{4,32}$"),
-    ),
+    params(DevicePath),
     responses(
         (status = 200, body = DeviceView),
         (status = 400, description = "A malformed ProductKey or DeviceName", body = ErrorBody),
@@ -957,7 +1013,7 @@ fn device_path(
 )]
 async fn query_device_detail(
     State(services): Shared,
-    path: Result<Path<(String, String)>, PathRejection>,
+    path: Result<Path<DevicePath>, PathRejection>,
 ) -> Reply<Response> {
     let (product_key, device_name) = device_path(path)?;
     let device = admin(&services).device(&product_key, &device_name).await?;
@@ -968,7 +1024,7 @@ async fn query_device_detail(
 /// it revokes), and replies with the device as it is then.
 async fn operator_event(
     services: &Services,
-    path: Result<Path<(String, String)>, PathRejection>,
+    path: Result<Path<DevicePath>, PathRejection>,
     event: Event,
 ) -> Reply<Response> {
     let (product_key, device_name) = device_path(path)?;
@@ -992,10 +1048,7 @@ async fn operator_event(
     delete,
     path = "/admin/products/{product_key}/devices/{device_name}",
     operation_id = "DeleteDevice",
-    params(
-        ("product_key" = String, Path, description = "ProductKey", pattern = "^[A-Za-z0-9]{1,32}$"),
-        ("device_name" = String, Path, description = "DeviceName", pattern = "^[A-Za-z0-9_.@:-]{4,32}$"),
-    ),
+    params(DevicePath),
     responses(
         (status = 204, description = "Deleted"),
         (status = 400, description = "A malformed ProductKey or DeviceName", body = ErrorBody),
@@ -1006,7 +1059,7 @@ async fn operator_event(
 )]
 async fn delete_device(
     State(services): Shared,
-    path: Result<Path<(String, String)>, PathRejection>,
+    path: Result<Path<DevicePath>, PathRejection>,
 ) -> Reply<Response> {
     operator_event(&services, path, Event::Delete).await
 }
@@ -1017,10 +1070,7 @@ async fn delete_device(
     post,
     path = "/admin/products/{product_key}/devices/{device_name}/disable",
     operation_id = "DisableThing",
-    params(
-        ("product_key" = String, Path, description = "ProductKey", pattern = "^[A-Za-z0-9]{1,32}$"),
-        ("device_name" = String, Path, description = "DeviceName", pattern = "^[A-Za-z0-9_.@:-]{4,32}$"),
-    ),
+    params(DevicePath),
     responses(
         (status = 200, description = "The device as it is now", body = DeviceView),
         (status = 400, description = "A malformed ProductKey or DeviceName", body = ErrorBody),
@@ -1031,7 +1081,7 @@ async fn delete_device(
 )]
 async fn disable_thing(
     State(services): Shared,
-    path: Result<Path<(String, String)>, PathRejection>,
+    path: Result<Path<DevicePath>, PathRejection>,
 ) -> Reply<Response> {
     operator_event(&services, path, Event::Disable).await
 }
@@ -1041,10 +1091,7 @@ async fn disable_thing(
     post,
     path = "/admin/products/{product_key}/devices/{device_name}/enable",
     operation_id = "EnableThing",
-    params(
-        ("product_key" = String, Path, description = "ProductKey", pattern = "^[A-Za-z0-9]{1,32}$"),
-        ("device_name" = String, Path, description = "DeviceName", pattern = "^[A-Za-z0-9_.@:-]{4,32}$"),
-    ),
+    params(DevicePath),
     responses(
         (status = 200, description = "The device as it is now", body = DeviceView),
         (status = 400, description = "A malformed ProductKey or DeviceName", body = ErrorBody),
@@ -1055,7 +1102,7 @@ async fn disable_thing(
 )]
 async fn enable_thing(
     State(services): Shared,
-    path: Result<Path<(String, String)>, PathRejection>,
+    path: Result<Path<DevicePath>, PathRejection>,
 ) -> Reply<Response> {
     operator_event(&services, path, Event::Enable).await
 }
@@ -1066,10 +1113,7 @@ async fn enable_thing(
     post,
     path = "/admin/products/{product_key}/devices/{device_name}/reset",
     operation_id = "ResetThing",
-    params(
-        ("product_key" = String, Path, description = "ProductKey", pattern = "^[A-Za-z0-9]{1,32}$"),
-        ("device_name" = String, Path, description = "DeviceName", pattern = "^[A-Za-z0-9_.@:-]{4,32}$"),
-    ),
+    params(DevicePath),
     responses(
         (status = 200, description = "Reset; the new deviceSecret shown this once", body = IssuedDeviceView),
         (status = 400, description = "A malformed ProductKey or DeviceName", body = ErrorBody),
@@ -1080,9 +1124,27 @@ async fn enable_thing(
 )]
 async fn reset_thing(
     State(services): Shared,
-    path: Result<Path<(String, String)>, PathRejection>,
+    path: Result<Path<DevicePath>, PathRejection>,
 ) -> Reply<Response> {
     operator_event(&services, path, Event::Reset).await
+}
+
+/// `Cache-Control: no-store` on every reply: some carry secrets, none may be kept by a proxy
+/// or a client's cache.
+async fn no_store(mut reply: Response) -> Response {
+    reply.headers_mut().insert(
+        header::CACHE_CONTROL,
+        header::HeaderValue::from_static("no-store"),
+    );
+    reply
+}
+
+async fn method_not_allowed() -> Response {
+    refusal(
+        StatusCode::METHOD_NOT_ALLOWED,
+        ErrorCode::MethodNotAllowed,
+        "this route does not take this method".into(),
+    )
 }
 
 async fn not_found() -> Response {

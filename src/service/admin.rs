@@ -36,6 +36,20 @@ pub enum AdminError {
     /// A product name must be 1–64 characters without control characters.
     #[error("a product name must be 1 to 64 characters without control characters")]
     InvalidName,
+    /// A batch registration names no device, or more than `max`.
+    #[error("a batch registers 1 to {max} devices")]
+    BatchSize {
+        /// [`MAX_BATCH_DEVICES`].
+        max: usize,
+    },
+    /// A name of a batch registration is refused (never shown: named by its index).
+    #[error("device {index} of the batch (counting from 0) {reason}")]
+    InBatch {
+        /// Its index in the batch, from 0.
+        index: usize,
+        /// Why: it "repeats an earlier name", or "is already registered".
+        reason: &'static str,
+    },
     /// A registration limit is out of its range.
     #[error(transparent)]
     Limit(#[from] LimitError),
@@ -61,6 +75,10 @@ fn valid_name(name: Option<&str>) -> Result<Option<String>, AdminError> {
         name => Ok(name.map(str::to_owned)),
     }
 }
+
+/// The most devices one batch registration ([`Admin::register_devices`]) registers:
+/// Alibaba's BatchRegisterDevice limit.
+pub const MAX_BATCH_DEVICES: usize = 10_000;
 
 /// A change to a product's settings ([`Admin::update_product`]): what is `None` is kept.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -293,17 +311,33 @@ impl<S: ProductStore + DeviceStore> Admin<S> {
         self.product(product_key).await
     }
 
-    /// Registers devices (Inactive, enabled), each with a generated DeviceSecret, all or none
-    /// ([`DeviceStore::insert_devices`]): Alibaba's BatchRegisterDevice.
+    /// Registers 1 to [`MAX_BATCH_DEVICES`] devices (Inactive, enabled), each with a
+    /// generated DeviceSecret, all or none ([`DeviceStore::insert_devices`]): Alibaba's
+    /// BatchRegisterDevice.
     ///
     /// # Errors
-    /// [`StoreError::NotFound`] for an unknown product, [`StoreError::AlreadyExists`] for a
-    /// taken name or one given twice; an outage. Nothing is registered then.
+    /// [`AdminError::BatchSize`]; [`AdminError::InBatch`] naming the first name given twice
+    /// or already registered (by its index in `device_names`);
+    /// [`StoreError::NotFound`] for an unknown product; an outage. Nothing is registered
+    /// then.
     pub async fn register_devices(
         &self,
         product_key: ProductKey,
         device_names: &[DeviceName],
     ) -> Result<Vec<DeviceRecord>, AdminError> {
+        if !(1..=MAX_BATCH_DEVICES).contains(&device_names.len()) {
+            return Err(AdminError::BatchSize {
+                max: MAX_BATCH_DEVICES,
+            });
+        }
+        let mut seen = std::collections::HashSet::with_capacity(device_names.len());
+        if let Some(index) = device_names.iter().position(|name| !seen.insert(*name)) {
+            return Err(AdminError::InBatch {
+                index,
+                reason: "repeats an earlier name",
+            });
+        }
+        self.product(&product_key).await?;
         let mut devices = Vec::with_capacity(device_names.len());
         for device_name in device_names {
             devices.push(DeviceRecord {
@@ -315,10 +349,26 @@ impl<S: ProductStore + DeviceStore> Admin<S> {
                 client_ids: Vec::new(),
             });
         }
-        self.store
+        let inserted = self
+            .store
             .insert_devices(devices.iter().map(DeviceRecord::clone_record).collect())
-            .await?;
-        Ok(devices)
+            .await;
+        match inserted {
+            Ok(()) => Ok(devices),
+            Err(StoreError::AlreadyExists { .. }) => {
+                // Which one, for the operator: read only on this path.
+                for (index, name) in device_names.iter().enumerate() {
+                    if self.store.device(&product_key, name).await?.is_some() {
+                        return Err(AdminError::InBatch {
+                            index,
+                            reason: "is already registered",
+                        });
+                    }
+                }
+                Err(StoreError::AlreadyExists { what: "device" }.into())
+            }
+            Err(e) => Err(e.into()),
+        }
     }
 
     /// Registers a device (Inactive, enabled) with a generated DeviceSecret.
@@ -353,15 +403,16 @@ impl<S: ProductStore + DeviceStore> Admin<S> {
     }
 
     /// Brings in products whose keys and secrets were issued elsewhere (Alibaba's),
-    /// unchanged: every one is checked against the store before any is written. A product
-    /// that exists with the same secret is left as it is (its switches too), so a re-run of
-    /// an import changes nothing.
+    /// unchanged: every one is checked against the store, then the new ones are inserted in
+    /// one write ([`ProductStore::insert_products`]), all or none. A product that exists with
+    /// the same secret is left as it is (its name and switches too: an import creates, it
+    /// never updates), so a re-run of an import changes nothing.
     ///
     /// # Errors
-    /// [`ImportError::Store`] naming the line: [`AdminError::Conflict`] when a product exists
-    /// with another secret, [`AdminError::InvalidName`], an outage. A failure while writing
-    /// (an outage, or a product created meanwhile) leaves the products written before it,
-    /// which a re-run finds unchanged.
+    /// [`ImportError::Store`] naming the line ([`AdminError::Conflict`] when a product exists
+    /// with another secret, an outage); [`ImportError::Field`] for a `ProductName` out of its
+    /// rule; [`ImportError::Write`] when the write is refused (a product created meanwhile,
+    /// an outage). Nothing is written then.
     #[cfg(feature = "import")]
     pub async fn import_products(
         &self,
@@ -377,7 +428,12 @@ impl<S: ProductStore + DeviceStore> Admin<S> {
             let existing = self.store.product(&product.product_key).await;
             match existing.map_err(|e| at(e.into()))? {
                 None => {
-                    let name = valid_name(product.name.as_deref()).map_err(at)?;
+                    let name =
+                        valid_name(product.name.as_deref()).map_err(|e| ImportError::Field {
+                            line: product.line,
+                            field: "ProductName",
+                            reason: e.to_string(),
+                        })?;
                     new.push((product, name));
                 }
                 Some(existing)
@@ -393,8 +449,10 @@ impl<S: ProductStore + DeviceStore> Admin<S> {
                 }
             }
         }
-        for (product, name) in new {
-            let record = ProductRecord {
+        summary.created = new.len() as u64;
+        let records = new
+            .into_iter()
+            .map(|(product, name)| ProductRecord {
                 product_key: product.product_key,
                 product_secret: product.product_secret,
                 dynamic_registration: product.dynamic_registration,
@@ -402,15 +460,13 @@ impl<S: ProductStore + DeviceStore> Admin<S> {
                 pre_registration_free: PreRegistrationFree::OFF,
                 registration_limit: RegistrationLimit::DEFAULT,
                 switched_off_by_breaker_at: None,
-            };
+            })
+            .collect::<Vec<_>>();
+        if !records.is_empty() {
             self.store
-                .insert_product(record)
+                .insert_products(records)
                 .await
-                .map_err(|e| ImportError::Store {
-                    line: product.line,
-                    source: e.into(),
-                })?;
-            summary.created += 1;
+                .map_err(|e| ImportError::Write { source: e.into() })?;
         }
         Ok(summary)
     }

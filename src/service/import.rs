@@ -5,8 +5,10 @@
 //!
 //! A file is JSON lines (one object a line) or CSV with a header row, with the field names
 //! Alibaba's exports use: `ProductKey`, `ProductSecret`, `ProductName`, `DynamicRegistration`
-//! for products; `ProductKey`, `DeviceName`, `DeviceSecret`, `Status` (as QueryDeviceDetail
-//! and BatchQueryDeviceDetail return them, and the console's certificate CSV) for devices.
+//! for products; `ProductKey`, `DeviceName`, `DeviceSecret`, `Status` (the records of
+//! QueryDeviceDetail and BatchQueryDeviceDetail replies, the `Data` objects, one per line;
+//! the console's certificate CSV) for devices, and `State` (iotauth's own, which its exports
+//! carry). A field that is `null` or empty is not given.
 //! Other fields are ignored, so an export is imported as it is; a field given twice in one
 //! row, or a product or device given twice in one file, is refused. Keys and secrets are
 //! checked by the rules of [`ProductKey`], [`DeviceName`], [`ProductSecret`] and
@@ -24,6 +26,7 @@ use crate::lifecycle::{DeviceState, DeviceStatus, DynamicRegistration};
 use crate::secret::{DeviceSecret, ProductSecret};
 
 use super::AdminError;
+use super::view::Exposed;
 
 /// The most bytes an import may have (a million devices are about 100 MB).
 pub const MAX_IMPORT_BYTES: usize = 256 << 20;
@@ -143,12 +146,19 @@ const PRODUCT_FIELDS: [&str; 4] = [
 ];
 
 /// The device fields read.
-const DEVICE_FIELDS: [&str; 4] = ["ProductKey", "DeviceName", "DeviceSecret", "Status"];
+const DEVICE_FIELDS: [&str; 5] = [
+    "ProductKey",
+    "DeviceName",
+    "DeviceSecret",
+    "Status",
+    "State",
+];
 
 /// Parses the products of an import (JSON lines or CSV, see the module's documentation).
 ///
 /// # Errors
-/// [`ImportError`] for the first line refused.
+/// [`ImportError::TooLarge`], [`ImportError::NotText`], [`ImportError::Empty`], or
+/// [`ImportError::Line`] / [`ImportError::Field`] for the first line refused.
 pub fn parse_product_import(input: &[u8]) -> Result<Vec<ProductImport>, ImportError> {
     let rows = rows(input, &PRODUCT_FIELDS)?;
     let mut seen: HashMap<ProductKey, u64> = HashMap::new();
@@ -175,7 +185,8 @@ pub fn parse_product_import(input: &[u8]) -> Result<Vec<ProductImport>, ImportEr
 /// Parses the devices of an import (JSON lines or CSV, see the module's documentation).
 ///
 /// # Errors
-/// [`ImportError`] for the first line refused.
+/// [`ImportError::TooLarge`], [`ImportError::NotText`], [`ImportError::Empty`], or
+/// [`ImportError::Line`] / [`ImportError::Field`] for the first line refused.
 pub fn parse_device_import(input: &[u8]) -> Result<Vec<DeviceImport>, ImportError> {
     let rows = rows(input, &DEVICE_FIELDS)?;
     let mut seen: HashMap<(ProductKey, DeviceName), u64> = HashMap::new();
@@ -191,10 +202,7 @@ pub fn parse_device_import(input: &[u8]) -> Result<Vec<DeviceImport>, ImportErro
                 product_key,
                 device_name,
                 device_secret: row.parsed("DeviceSecret", DeviceSecret::new)?,
-                status: match row.optional("Status") {
-                    Some(_) => row.parsed("Status", status_of_alibaba)?,
-                    None => DeviceStatus::NEW,
-                },
+                status: row.status()?,
             })
         })
         .collect()
@@ -231,7 +239,7 @@ fn switch(text: &str) -> Result<DynamicRegistration, &'static str> {
     match text.to_ascii_lowercase().as_str() {
         "true" | "on" | "1" => Ok(DynamicRegistration::On),
         "false" | "off" | "0" => Ok(DynamicRegistration::Off),
-        _ => Err("must be true or false"),
+        _ => Err("must be true or false (or on/off, 1/0)"),
     }
 }
 
@@ -244,6 +252,21 @@ struct Row {
 impl Row {
     fn refused(&self, field: &'static str, why: impl std::fmt::Display) -> ImportError {
         ImportError::field(self.line, field, why)
+    }
+
+    /// A device's status: `Status` (Alibaba's), its state replaced by `State` (iotauth's
+    /// own field, which exports carry) when given.
+    fn status(&self) -> Result<DeviceStatus, ImportError> {
+        let mut status = match self.optional("Status") {
+            Some(_) => self.parsed("Status", status_of_alibaba)?,
+            None => DeviceStatus::NEW,
+        };
+        if self.optional("State").is_some() {
+            status.state = self.parsed("State", |text| {
+                DeviceState::from_name(text).ok_or("must be inactive, issued or active")
+            })?;
+        }
+        Ok(status)
     }
 
     fn optional(&self, field: &'static str) -> Option<&str> {
@@ -296,12 +319,11 @@ fn json_rows(text: &str, fields: &[&'static str]) -> Result<Vec<Row>, ImportErro
         let mut deserializer = serde_json::Deserializer::from_str(line);
         let object = deserializer
             .deserialize_map(RowVisitor { fields })
-            .map_err(|_| refused("not a JSON object of strings, numbers and booleans"))?;
+            .map_err(|_| refused("not one JSON object on the line"))?;
         deserializer
             .end()
             .map_err(|_| refused("more than one JSON value"))?;
-        let fields =
-            object.map_err(|field| ImportError::field(line_number, field, "appears twice"))?;
+        let fields = object.map_err(|(field, why)| ImportError::field(line_number, field, why))?;
         rows.push(Row {
             line: line_number,
             fields,
@@ -315,8 +337,11 @@ struct RowVisitor<'f> {
     fields: &'f [&'static str],
 }
 
+/// A field refused while reading a row: the field, and why.
+type FieldFault = (&'static str, &'static str);
+
 impl<'de> Visitor<'de> for RowVisitor<'_> {
-    type Value = Result<HashMap<&'static str, String>, &'static str>;
+    type Value = Result<HashMap<&'static str, String>, FieldFault>;
 
     fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("a JSON object")
@@ -324,23 +349,34 @@ impl<'de> Visitor<'de> for RowVisitor<'_> {
 
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
         let mut kept = HashMap::new();
-        let mut twice = None;
+        let mut seen = Vec::new();
+        let mut fault = None;
         while let Some(key) = map.next_key::<String>()? {
             let value: serde_json::Value = map.next_value()?;
             let Some(field) = self.fields.iter().find(|f| **f == key) else {
                 continue;
             };
+            if seen.contains(field) {
+                fault.get_or_insert((*field, "appears twice"));
+            }
+            seen.push(*field);
+            // A number is refused, not turned into text: its text is not kept (a long one
+            // would come back rounded), and keys, names and secrets are strings.
             let text = match value {
                 serde_json::Value::String(text) => text,
                 serde_json::Value::Bool(flag) => flag.to_string(),
-                serde_json::Value::Number(number) => number.to_string(),
-                _ => return Err(serde::de::Error::custom("not text")),
+                // As an empty CSV cell: not given.
+                serde_json::Value::Null => continue,
+                _ => {
+                    fault.get_or_insert((*field, "must be a JSON string"));
+                    continue;
+                }
             };
-            if kept.insert(*field, text).is_some() {
-                twice.get_or_insert(*field);
+            if !text.is_empty() {
+                kept.insert(*field, text);
             }
         }
-        Ok(twice.map_or(Ok(kept), Err))
+        Ok(fault.map_or(Ok(kept), Err))
     }
 }
 
@@ -396,9 +432,13 @@ pub struct DeviceExport<'a> {
     pub device_name: DeviceName,
     /// `DeviceSecret`: exposed, when asked for.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub device_secret: Option<&'a str>,
+    pub device_secret: Option<Exposed<'a>>,
     /// `Status` ([`alibaba_status`]).
     pub status: &'static str,
+    /// `State`: iotauth's own field (`inactive`, `issued`, `active`), which Alibaba's Status
+    /// cannot say (a device whose secret was delivered and not yet used is `UNACTIVE` there):
+    /// read back by an import, so that a restored device is not issued its secret again.
+    pub state: DeviceState,
 }
 
 impl<'a> DeviceExport<'a> {
@@ -407,8 +447,9 @@ impl<'a> DeviceExport<'a> {
         Self {
             product_key: device.product_key,
             device_name: device.device_name,
-            device_secret: expose_secret.then(|| device.device_secret.expose_secret()),
+            device_secret: expose_secret.then(|| Exposed(device.device_secret.expose_secret())),
             status: alibaba_status(device.status),
+            state: device.status.state,
         }
     }
 }

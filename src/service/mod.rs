@@ -7,7 +7,7 @@ mod import;
 mod registrar;
 mod view;
 
-pub use admin::{Admin, AdminError, ProductUpdate};
+pub use admin::{Admin, AdminError, MAX_BATCH_DEVICES, ProductUpdate};
 pub use authenticator::{AuthError, Authenticator};
 #[cfg(feature = "import")]
 pub use import::{
@@ -15,7 +15,7 @@ pub use import::{
     alibaba_status, parse_device_import, parse_product_import, status_of_alibaba,
 };
 pub use registrar::{IssuedClientIdToken, IssuedSecret, RegisterError, Registrar};
-pub use view::{DeviceView, IssuedDeviceView, LimitView, ProductView};
+pub use view::{DeviceView, Exposed, IssuedDeviceView, LimitView, ProductView};
 
 use crate::id::{DeviceName, IssuedClientId, ProductKey};
 use crate::lifecycle::{

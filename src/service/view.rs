@@ -8,6 +8,25 @@ use crate::id::{DeviceName, IssuedClientId, ProductKey};
 use crate::lifecycle::{DeviceState, DynamicRegistration};
 use crate::store::{DeviceRecord, ProductRecord};
 
+/// A secret a view exposes: serialized as its text, shown by `Debug` as `"[redacted]"`, so
+/// that logging a view never logs the secret it carries.
+#[derive(Clone, Copy, Serialize)]
+#[serde(transparent)]
+pub struct Exposed<'a>(pub(super) &'a str);
+
+impl Exposed<'_> {
+    /// The secret's text.
+    pub fn expose_secret(&self) -> &str {
+        self.0
+    }
+}
+
+impl std::fmt::Debug for Exposed<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("\"[redacted]\"")
+    }
+}
+
 /// A product. `productSecret` only in [`ProductView::exposing_secret`].
 #[derive(Debug, Serialize)]
 #[cfg_attr(feature = "admin-api", derive(utoipa::ToSchema))]
@@ -20,7 +39,7 @@ pub struct ProductView<'a> {
     /// `ProductSecret`: only when the product is created.
     #[serde(skip_serializing_if = "Option::is_none")]
     #[cfg_attr(feature = "admin-api", schema(value_type = Option<String>))]
-    pub product_secret: Option<&'a str>,
+    pub product_secret: Option<Exposed<'a>>,
     /// Dynamic registration on.
     pub dynamic_registration: bool,
     /// Registration without pre-registration (regnwl) on.
@@ -80,7 +99,7 @@ impl<'a> ProductView<'a> {
     /// `product` with its secret: for the reply that creates it.
     pub fn exposing_secret(product: &'a ProductRecord) -> Self {
         Self {
-            product_secret: Some(product.product_secret.expose_secret()),
+            product_secret: Some(Exposed(product.product_secret.expose_secret())),
             ..Self::of(product)
         }
     }
@@ -141,7 +160,7 @@ pub struct IssuedDeviceView<'a> {
     pub device_name: DeviceName,
     /// `DeviceSecret`.
     #[cfg_attr(feature = "admin-api", schema(value_type = String))]
-    pub device_secret: &'a str,
+    pub device_secret: Exposed<'a>,
     /// `inactive` (a new or reset device).
     #[cfg_attr(feature = "admin-api", schema(value_type = String, pattern = "^(inactive|issued|active)$"))]
     pub state: DeviceState,
@@ -153,8 +172,62 @@ impl<'a> IssuedDeviceView<'a> {
         Self {
             product_key: device.product_key,
             device_name: device.device_name,
-            device_secret: device.device_secret.expose_secret(),
+            device_secret: Exposed(device.device_secret.expose_secret()),
             state: device.status.state,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::lifecycle::DeviceStatus;
+    use crate::secret::{DeviceSecret, ProductSecret};
+    use crate::store::{PreRegistrationFree, RegistrationLimit};
+
+    /// The views that expose a secret serialize it and never show it in `Debug`.
+    #[test]
+    fn debug_of_a_view_never_shows_its_secret() {
+        let product = ProductRecord {
+            product_key: ProductKey::new("a1ViewTest1").unwrap(),
+            product_secret: ProductSecret::new("product-secret-in-view").unwrap(),
+            dynamic_registration: DynamicRegistration::On,
+            name: None,
+            pre_registration_free: PreRegistrationFree::OFF,
+            registration_limit: RegistrationLimit::DEFAULT,
+            switched_off_by_breaker_at: None,
+        };
+        let device = DeviceRecord {
+            product_key: product.product_key,
+            device_name: DeviceName::new("view-dev").unwrap(),
+            device_secret: DeviceSecret::new("device-secret-in-view").unwrap(),
+            status: DeviceStatus::NEW,
+            revision: 0,
+            client_ids: Vec::new(),
+        };
+        let product_view = ProductView::exposing_secret(&product);
+        let device_view = IssuedDeviceView::exposing_secret(&device);
+        let export = crate::service::DeviceExport::of(&device, true);
+        for (json, debug, secret) in [
+            (
+                serde_json::to_string(&product_view).unwrap(),
+                format!("{product_view:?}"),
+                "product-secret-in-view",
+            ),
+            (
+                serde_json::to_string(&device_view).unwrap(),
+                format!("{device_view:?}"),
+                "device-secret-in-view",
+            ),
+            (
+                serde_json::to_string(&export).unwrap(),
+                format!("{export:?}"),
+                "device-secret-in-view",
+            ),
+        ] {
+            assert!(json.contains(secret), "serialized: {json}");
+            assert!(!debug.contains(secret), "Debug: {debug}");
+            assert!(debug.contains("[redacted]"), "Debug: {debug}");
         }
     }
 }

@@ -105,6 +105,10 @@ impl<S: ProductStore> ProductStore for CachedStore<S> {
         self.inner.insert_product(product).await
     }
 
+    async fn insert_products(&self, products: Vec<ProductRecord>) -> Result<(), StoreError> {
+        self.inner.insert_products(products).await
+    }
+
     async fn product(&self, product_key: &ProductKey) -> Result<Option<ProductRecord>, StoreError> {
         self.inner.product(product_key).await
     }

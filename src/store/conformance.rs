@@ -50,7 +50,7 @@ where
 {
     event_log_records_every_change(new_store()).await;
     race_event_log(new_store()).await;
-    insert_devices_all_or_none(new_store()).await;
+    batch_inserts_all_or_none(new_store()).await;
     products(new_store()).await;
     devices(new_store()).await;
     compare_and_set(new_store()).await;
@@ -712,17 +712,77 @@ where
     );
 }
 
-/// [`DeviceStore::insert_devices`] inserts all or none: a batch that holds a taken name, a
-/// name twice or a device of an unknown product inserts nothing and logs nothing; a batch
-/// that succeeds stores every device as given (secret, status) and logs each one's events in
-/// order: `device_registered`, then `activated` for an Active one and `disabled` for a
-/// disabled one. A batch larger than one SQL statement's rows is one write too.
-pub async fn insert_devices_all_or_none<S>(store: S)
+/// [`ProductStore::insert_products`] and [`DeviceStore::insert_devices`] insert all or none:
+/// a batch that holds a taken key or name, one given twice, or a device of an unknown product
+/// inserts nothing and logs nothing; a batch that succeeds stores each as given and logs each
+/// one's events in order: `product_created`; `device_registered`, then `activated` for an
+/// Active device and `disabled` for a disabled one. A batch larger than one SQL statement's
+/// rows is one write too.
+pub async fn batch_inserts_all_or_none<S>(store: S)
 where
     S: ProductStore + DeviceStore + EventLog,
 {
     let (admin, product) = new_product(&store, DynamicRegistration::Off).await;
     let pk = product.product_key;
+    let imported = |key: &str| ProductRecord {
+        product_key: ProductKey::new(key).unwrap(),
+        product_secret: ProductSecret::new(&format!("secret-of-{key}")).unwrap(),
+        dynamic_registration: DynamicRegistration::On,
+        name: None,
+        pre_registration_free: PreRegistrationFree::OFF,
+        registration_limit: RegistrationLimit::DEFAULT,
+        switched_off_by_breaker_at: None,
+    };
+    let before = store.event_head().await.unwrap();
+    let fresh = format!("b{}", &pk.as_str()[1..]);
+    for (products, what) in [
+        (vec![imported(&fresh), imported(pk.as_str())], "a taken key"),
+        (vec![imported(&fresh), imported(&fresh)], "a key twice"),
+    ] {
+        let refused = store.insert_products(products).await;
+        assert!(
+            matches!(refused, Err(StoreError::AlreadyExists { .. })),
+            "a product batch with {what} is refused: {refused:?}"
+        );
+        let fresh_key = ProductKey::new(&fresh).unwrap();
+        assert!(
+            store.product(&fresh_key).await.unwrap().is_none(),
+            "{what}: nothing inserted"
+        );
+        assert_eq!(
+            product_events(&store, before, &fresh_key).await,
+            vec![],
+            "a product batch with {what} logs nothing"
+        );
+    }
+    let second = format!("c{}", &pk.as_str()[1..]);
+    store
+        .insert_products(vec![imported(&fresh), imported(&second)])
+        .await
+        .unwrap();
+    let stored = store
+        .product(&ProductKey::new(&second).unwrap())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        stored.product_secret.expose_secret(),
+        format!("secret-of-{second}")
+    );
+    // Other tests may append meanwhile (a shared database): these two products' events.
+    let kinds: Vec<_> = events_since(&store, before)
+        .await
+        .into_iter()
+        .filter(|e| [fresh.as_str(), second.as_str()].contains(&e.product_key.as_str()))
+        .map(|e| (e.product_key.as_str().to_owned(), e.kind))
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            (fresh.clone(), EventKind::ProductCreated),
+            (second, EventKind::ProductCreated)
+        ]
+    );
     admin
         .register_device(pk, name("batch-taken"))
         .await

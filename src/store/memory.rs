@@ -189,16 +189,27 @@ impl Maps {
 #[async_trait]
 impl ProductStore for MemoryStore {
     async fn insert_product(&self, product: ProductRecord) -> Result<(), StoreError> {
+        self.insert_products(vec![product]).await
+    }
+
+    async fn insert_products(&self, products: Vec<ProductRecord>) -> Result<(), StoreError> {
         let mut maps = self.write();
-        if maps.products.contains_key(&product.product_key) {
-            return Err(StoreError::AlreadyExists { what: "product" });
+        // Every product is checked before any is inserted: all or none.
+        let mut keys = std::collections::HashSet::new();
+        for product in &products {
+            if maps.products.contains_key(&product.product_key) || !keys.insert(product.product_key)
+            {
+                return Err(StoreError::AlreadyExists { what: "product" });
+            }
         }
-        let product_key = product.product_key;
-        maps.products.insert(product_key, product);
-        maps.log(
-            &self.actor,
-            NewEvent::product(product_key, EventKind::ProductCreated),
-        );
+        for product in products {
+            let product_key = product.product_key;
+            maps.products.insert(product_key, product);
+            maps.log(
+                &self.actor,
+                NewEvent::product(product_key, EventKind::ProductCreated),
+            );
+        }
         Ok(())
     }
 

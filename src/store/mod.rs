@@ -511,6 +511,14 @@ pub trait ProductStore: Send + Sync {
     /// [`StoreError::AlreadyExists`] when the key is taken; [`StoreError::Unavailable`].
     async fn insert_product(&self, product: ProductRecord) -> Result<(), StoreError>;
 
+    /// Inserts new products, all or none, in one write (an import), each logged as
+    /// [`ProductStore::insert_product`] logs it, in the order given.
+    ///
+    /// # Errors
+    /// [`StoreError::AlreadyExists`] when a key is taken or given twice;
+    /// [`StoreError::Unavailable`]. Then none is inserted.
+    async fn insert_products(&self, products: Vec<ProductRecord>) -> Result<(), StoreError>;
+
     /// The product with this key, if any.
     ///
     /// # Errors
@@ -585,7 +593,9 @@ pub trait ProductStore: Send + Sync {
 /// Devices.
 #[async_trait]
 pub trait DeviceStore: Send + Sync {
-    /// Inserts a new device (its `revision` is stored as given, normally 0).
+    /// Inserts a new device (its `revision` is stored as given, normally 0), logging
+    /// `device_registered`, then `activated` when it is inserted Active and `disabled` when it
+    /// is inserted disabled ([`NewEvent::of_insert`]).
     ///
     /// # Errors
     /// [`StoreError::NotFound`] when its product does not exist;
@@ -746,6 +756,9 @@ macro_rules! forward_store {
         impl<T: ProductStore + ?Sized> ProductStore for $pointer {
             async fn insert_product(&self, product: ProductRecord) -> Result<(), StoreError> {
                 (**self).insert_product(product).await
+            }
+            async fn insert_products(&self, products: Vec<ProductRecord>) -> Result<(), StoreError> {
+                (**self).insert_products(products).await
             }
             async fn product(
                 &self,

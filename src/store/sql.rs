@@ -161,7 +161,8 @@ const MIGRATIONS: &[(i64, &[&str])] = &[
     ),
 ];
 
-/// The channel PostgreSQL stores notify of appended events (payload: the event's number).
+/// The channel PostgreSQL stores notify of appended events (payload: the number of the last
+/// event a transaction appended).
 const EVENTS_CHANNEL: &str = "iotauth_events";
 
 // `busy_timeout` first: switching to WAL takes the write lock, and a second process starting
@@ -1615,49 +1616,15 @@ const DEVICE_COUNT: &str = "SELECT COUNT(*) FROM iotauth_devices WHERE product_k
 #[async_trait]
 impl ProductStore for SqlStore {
     async fn insert_product(&self, product: ProductRecord) -> Result<(), StoreError> {
+        self.insert_products(vec![product]).await
+    }
+
+    async fn insert_products(&self, products: Vec<ProductRecord>) -> Result<(), StoreError> {
         self.check_file()?;
-        let product_key = product.product_key;
         let mut tx = self.pool.begin().await.map_err(failure)?;
-        let result = sqlx::query(concat!(
-            "INSERT INTO iotauth_products (",
-            product_columns!(),
-            ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)"
-        ))
-        .bind(product.product_key.as_str())
-        .bind(self.stored_secret(
-            SecretField::ProductSecret,
-            (product.product_key.as_str(), ""),
-            product.product_secret.expose_secret(),
-        )?)
-        .bind(switch_value(product.dynamic_registration))
-        .bind(product.name)
-        .bind(i64::from(product.pre_registration_free.on))
-        .bind(i64::from(product.pre_registration_free.device_quota))
-        .bind(i64::from(product.registration_limit.rate_per_sec()))
-        .bind(i64::from(product.registration_limit.burst()))
-        .bind(i64::from(product.registration_limit.refusal_threshold()))
-        .bind(i64::from(product.registration_limit.refusal_window_secs()))
-        .bind(i64::from(product.registration_limit.unique_random()))
-        .bind(
-            product
-                .switched_off_by_breaker_at
-                .map(millis_value)
-                .transpose()?,
-        )
-        .execute(&mut *tx)
-        .await;
-        match result {
-            Ok(_) => {}
-            Err(e) if is_unique_violation(&e) => {
-                return Err(StoreError::AlreadyExists { what: "product" });
-            }
-            Err(e) => return Err(failure(e)),
+        for product in products {
+            self.insert_product_logged(&mut tx, product).await?;
         }
-        self.append_event(
-            &mut tx,
-            NewEvent::product(product_key, EventKind::ProductCreated),
-        )
-        .await?;
         tx.commit().await.map_err(failure)
     }
 
@@ -1886,6 +1853,55 @@ impl SqlStore {
         self.append_event(&mut tx, NewEvent::product(*product_key, kind))
             .await?;
         tx.commit().await.map_err(failure)
+    }
+
+    /// Inserts a product and logs it, in `tx`.
+    async fn insert_product_logged(
+        &self,
+        tx: &mut sqlx::AnyConnection,
+        product: ProductRecord,
+    ) -> Result<(), StoreError> {
+        let product_key = product.product_key;
+        let result = sqlx::query(concat!(
+            "INSERT INTO iotauth_products (",
+            product_columns!(),
+            ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)"
+        ))
+        .bind(product.product_key.as_str())
+        .bind(self.stored_secret(
+            SecretField::ProductSecret,
+            (product.product_key.as_str(), ""),
+            product.product_secret.expose_secret(),
+        )?)
+        .bind(switch_value(product.dynamic_registration))
+        .bind(product.name)
+        .bind(i64::from(product.pre_registration_free.on))
+        .bind(i64::from(product.pre_registration_free.device_quota))
+        .bind(i64::from(product.registration_limit.rate_per_sec()))
+        .bind(i64::from(product.registration_limit.burst()))
+        .bind(i64::from(product.registration_limit.refusal_threshold()))
+        .bind(i64::from(product.registration_limit.refusal_window_secs()))
+        .bind(i64::from(product.registration_limit.unique_random()))
+        .bind(
+            product
+                .switched_off_by_breaker_at
+                .map(millis_value)
+                .transpose()?,
+        )
+        .execute(&mut *tx)
+        .await;
+        match result {
+            Ok(_) => {}
+            Err(e) if is_unique_violation(&e) => {
+                return Err(StoreError::AlreadyExists { what: "product" });
+            }
+            Err(e) => return Err(failure(e)),
+        }
+        self.append_event(
+            tx,
+            NewEvent::product(product_key, EventKind::ProductCreated),
+        )
+        .await
     }
 
     /// Inserts devices and logs them, in `tx`: [`ROWS_PER_INSERT`] rows to a statement.

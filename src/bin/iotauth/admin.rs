@@ -8,8 +8,8 @@ use iotauth::service::{
     Admin, AdminError, DeviceView, IssuedDeviceView, ProductUpdate, ProductView,
 };
 use iotauth::store::{
-    DeviceRecord, DeviceStore, KeyFileError, MasterKey, PreRegistrationFree, ProductRecord,
-    ProductStore, SecretsAtRest, SqlStore, Store, StoreError,
+    DeviceRecord, KeyFileError, MasterKey, PreRegistrationFree, ProductRecord, SecretsAtRest,
+    SqlStore, Store, StoreError,
 };
 use iotauth::{DeviceName, DynamicRegistration, Event, ProductKey};
 use serde::Serialize;
@@ -37,11 +37,13 @@ pub(crate) enum ProductCommand {
     /// Show one product (without its secret unless --show-secret).
     Show {
         product_key: String,
+        /// Also print the secret(s).
         #[arg(long)]
         show_secret: bool,
     },
     /// List every product (without secrets unless --show-secret).
     List {
+        /// Also print the secret(s).
         #[arg(long)]
         show_secret: bool,
     },
@@ -191,7 +193,8 @@ pub(crate) enum DeviceCommand {
         product_key: String,
         device_name: String,
     },
-    /// Register one device per line of FILE; JSON lines out, progress on stderr.
+    /// Register the devices named in FILE, one a line (1 to 10,000), all or none; JSON lines
+    /// out, with their secrets.
     RegisterBatch {
         product_key: String,
         file: std::path::PathBuf,
@@ -212,6 +215,7 @@ pub(crate) enum DeviceCommand {
     /// Status, and DeviceSecret with --show-secret): what `device import` reads back.
     Export {
         product_key: String,
+        /// Also print the secret(s).
         #[arg(long)]
         show_secret: bool,
     },
@@ -254,22 +258,29 @@ struct DeletedJson {
     deleted: bool,
 }
 
-async fn product_of(store: &Arc<dyn Store>, pk: &ProductKey) -> Result<ProductRecord, Failure> {
-    store
-        .product(pk)
-        .await?
-        .ok_or_else(|| Failure::Rejected(format!("product {pk} not found")))
+type Administration = Admin<Arc<dyn Store>>;
+
+/// `e` of an operation on product `pk`, an unknown product named.
+fn of_product(e: AdminError, pk: &ProductKey) -> Failure {
+    match e {
+        AdminError::Store(StoreError::NotFound { .. }) => {
+            Failure::Rejected(format!("product {pk} not found"))
+        }
+        AdminError::Limit(e) => Failure::Usage(e.to_string()),
+        other => other.into(),
+    }
+}
+
+async fn product_of(admin: &Administration, pk: &ProductKey) -> Result<ProductRecord, Failure> {
+    admin.product(pk).await.map_err(|e| of_product(e, pk))
 }
 
 async fn device_of(
-    store: &Arc<dyn Store>,
+    admin: &Administration,
     pk: &ProductKey,
     dn: &DeviceName,
 ) -> Result<DeviceRecord, Failure> {
-    store
-        .device(pk, dn)
-        .await?
-        .ok_or_else(|| Failure::Rejected(format!("device {dn} of product {pk} not found")))
+    admin.device(pk, dn).await.map_err(|e| named(e, pk, dn))
 }
 
 fn named(e: AdminError, pk: &ProductKey, dn: &DeviceName) -> Failure {
@@ -321,7 +332,7 @@ pub(crate) async fn product(store: Arc<dyn Store>, command: ProductCommand) -> R
             show_secret,
         } => {
             let product_key = ProductKey::new(&product_key)?;
-            let product = product_of(&store, &product_key).await?;
+            let product = product_of(&admin, &product_key).await?;
             return print_json(&product_view(&product, show_secret));
         }
         ProductCommand::Import { file } => {
@@ -378,13 +389,7 @@ pub(crate) async fn product(store: Arc<dyn Store>, command: ProductCommand) -> R
     let product = admin
         .update_product(&product_key, update)
         .await
-        .map_err(|e| match e {
-            AdminError::Store(StoreError::NotFound { .. }) => {
-                Failure::Rejected(format!("product {product_key} not found"))
-            }
-            AdminError::Limit(e) => Failure::Usage(e.to_string()),
-            other => other.into(),
-        })?;
+        .map_err(|e| of_product(e, &product_key))?;
     print_json(&ProductView::of(&product))
 }
 
@@ -416,21 +421,25 @@ pub(crate) async fn device(store: Arc<dyn Store>, command: DeviceCommand) -> Res
             device_name,
         } => {
             let (pk, dn) = identify(&product_key, &device_name)?;
-            print_json(&DeviceView::of(&device_of(&store, &pk, &dn).await?))
+            print_json(&DeviceView::of(&device_of(&admin, &pk, &dn).await?))
         }
         DeviceCommand::Export {
             product_key,
             show_secret,
         } => {
             let product_key = ProductKey::new(&product_key)?;
-            product_of(&store, &product_key).await?;
-            let devices = store.devices(&product_key).await?;
+            let devices = admin
+                .devices(&product_key)
+                .await
+                .map_err(|e| of_product(e, &product_key))?;
             crate::import::export_devices(&devices, show_secret)
         }
         DeviceCommand::List { product_key } => {
             let product_key = ProductKey::new(&product_key)?;
-            product_of(&store, &product_key).await?;
-            let devices = store.devices(&product_key).await?;
+            let devices = admin
+                .devices(&product_key)
+                .await
+                .map_err(|e| of_product(e, &product_key))?;
             print_json(&devices.iter().map(DeviceView::of).collect::<Vec<_>>())
         }
         DeviceCommand::Disable {
@@ -468,25 +477,25 @@ pub(crate) async fn device(store: Arc<dyn Store>, command: DeviceCommand) -> Res
                 }),
                 // The new secret must reach the device once: print it like `register` does.
                 Event::Reset => print_json(&IssuedDeviceView::exposing_secret(
-                    &device_of(&store, &pk, &dn).await?,
+                    &device_of(&admin, &pk, &dn).await?,
                 )),
-                _ => print_json(&DeviceView::of(&device_of(&store, &pk, &dn).await?)),
+                _ => print_json(&DeviceView::of(&device_of(&admin, &pk, &dn).await?)),
             }
         }
     }
 }
 
 /// Reads every name first (so a bad line writes nothing), then registers them all or none
-/// (BatchRegisterDevice), printing one JSON line each.
+/// (BatchRegisterDevice, [`Admin::register_devices`]), printing one JSON line each.
 async fn register_batch(
-    admin: &Admin<Arc<dyn Store>>,
+    admin: &Administration,
     product_key: ProductKey,
     file: &std::path::Path,
 ) -> Result<(), Failure> {
     let reader = std::fs::File::open(file)
         .map_err(|e| Failure::Rejected(format!("{}: {e}", file.display())))?;
-    let mut names: Vec<DeviceName> = Vec::new();
-    let mut seen = std::collections::HashSet::new();
+    // (line number, name) of each non-empty line.
+    let mut lines: Vec<(usize, DeviceName)> = Vec::new();
     for (index, line) in BufReader::new(reader).lines().enumerate() {
         let line = line.map_err(|e| Failure::Rejected(format!("{}: {e}", file.display())))?;
         let text = line.trim();
@@ -495,25 +504,18 @@ async fn register_batch(
         }
         let name = DeviceName::new(text)
             .map_err(|e| Failure::Rejected(format!("line {}: {e}", index + 1)))?;
-        if !seen.insert(name) {
-            return Err(Failure::Rejected(format!(
-                "line {}: device {name} appears twice",
-                index + 1
-            )));
-        }
-        names.push(name);
+        lines.push((index + 1, name));
     }
+    let names: Vec<DeviceName> = lines.iter().map(|(_, name)| *name).collect();
     let devices = admin
         .register_devices(product_key, &names)
         .await
         .map_err(|e| match e {
-            AdminError::Store(StoreError::AlreadyExists { .. }) => Failure::Rejected(
-                "a device of the file is already registered: none was registered".into(),
-            ),
-            AdminError::Store(StoreError::NotFound { .. }) => {
-                Failure::Rejected(format!("product {product_key} not found"))
-            }
-            other => other.into(),
+            AdminError::InBatch { index, reason } => Failure::Rejected(format!(
+                "line {}: device {} {reason}: none was registered",
+                lines[index].0, lines[index].1
+            )),
+            other => of_product(other, &product_key),
         })?;
     let mut out = std::io::stdout().lock();
     for device in &devices {

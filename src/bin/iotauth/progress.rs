@@ -9,12 +9,11 @@ pub(crate) struct Progress {
 }
 
 impl Progress {
-    /// A bar of `total` steps, labelled `what` ("checked", "registered").
+    /// A bar of `total` steps, labelled `what` ("checked").
     pub(crate) fn new(what: &'static str, total: usize) -> Self {
         // Drawn only when stderr is a terminal (indicatif hides it otherwise).
         let bar = ProgressBar::with_draw_target(Some(total as u64), ProgressDrawTarget::stderr());
-        if let Ok(style) =
-            ProgressStyle::with_template("{msg} {wide_bar} {pos}/{len} ({per_sec}, {eta} left)")
+        if let Ok(style) = ProgressStyle::with_template("{msg} {wide_bar} {pos}/{len} ({eta} left)")
         {
             bar.set_style(style);
         }
@@ -26,7 +25,7 @@ impl Progress {
         self.bar.set_position(done as u64);
     }
 
-    /// Clears the bar and says how far it got: "registered 3/3".
+    /// Clears the bar and says how far it got: "checked 3/3".
     pub(crate) fn finish(self) {
         self.bar.finish_and_clear();
         eprintln!(

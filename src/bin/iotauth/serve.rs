@@ -185,7 +185,7 @@ const ADMIN_TOKEN_ENV: &str = "IOTAUTH_ADMIN_TOKEN";
 
 /// Connections the admin listener holds at most: it serves operators' back ends, not a fleet,
 /// and each may carry an import of up to 256 MiB.
-const ADMIN_MAX_CONNECTIONS: usize = 16;
+const ADMIN_MAX_CONNECTIONS: usize = 64;
 
 /// The time an admin request's body (an import of up to 256 MiB) has to arrive.
 const ADMIN_BODY_TIMEOUT: Duration = Duration::from_secs(300);
