@@ -496,8 +496,8 @@ struct PageParams {
 }
 
 impl PageParams {
-    /// The page's range of `total` items, and the page number and size.
-    fn range(&self, total: usize) -> Reply<(std::ops::Range<usize>, u32, u32)> {
+    /// The page's offset and size, and its number.
+    fn window(&self) -> Reply<(u64, u32, u32)> {
         let page = self.current_page.unwrap_or(1);
         let size = self.page_size.unwrap_or(DEFAULT_PAGE_SIZE);
         if page == 0 {
@@ -506,11 +506,7 @@ impl PageParams {
         if !(1..=MAX_PAGE_SIZE).contains(&size) {
             return Err(invalid("pageSize: must be 1 to 200"));
         }
-        let start = (usize::try_from(page - 1).unwrap_or(usize::MAX))
-            .saturating_mul(size as usize)
-            .min(total);
-        let end = start.saturating_add(size as usize).min(total);
-        Ok((start..end, page, size))
+        Ok((u64::from(page - 1) * u64::from(size), size, page))
     }
 }
 
@@ -679,13 +675,18 @@ async fn query_product_list(
     params: Result<Query<PageParams>, QueryRejection>,
 ) -> Reply<Response> {
     let Query(params) = params?;
+    let (offset, page_size, current_page) = params.window()?;
     let products = admin(&services).products().await?;
-    let (range, current_page, page_size) = params.range(products.len())?;
     Ok(Json(ProductPage {
         current_page,
         page_size,
         total: products.len() as u64,
-        items: products[range].iter().map(ProductView::of).collect(),
+        items: products
+            .iter()
+            .skip(usize::try_from(offset).unwrap_or(usize::MAX))
+            .take(page_size as usize)
+            .map(ProductView::of)
+            .collect(),
     })
     .into_response())
 }
@@ -860,13 +861,15 @@ async fn query_device(
 ) -> Reply<Response> {
     let product_key = product_key(&path?.0.product_key)?;
     let Query(params) = params?;
-    let devices = admin(&services).devices(&product_key).await?;
-    let (range, current_page, page_size) = params.range(devices.len())?;
+    let (offset, page_size, current_page) = params.window()?;
+    let (total, devices) = admin(&services)
+        .device_page(&product_key, offset, page_size)
+        .await?;
     Ok(Json(DevicePage {
         current_page,
         page_size,
-        total: devices.len() as u64,
-        items: devices[range].iter().map(DeviceView::of).collect(),
+        total,
+        items: devices.into_iter().map(DeviceView::of_summary).collect(),
     })
     .into_response())
 }

@@ -5,8 +5,8 @@ use crate::lifecycle::{DeviceStatus, DynamicRegistration, Event, IssuancePolicy,
 use crate::random::{Entropy, EntropyError, OsEntropy};
 use crate::secret::{DeviceSecret, ProductSecret};
 use crate::store::{
-    DeviceRecord, DeviceStore, LimitError, PreRegistrationFree, ProductRecord, ProductStore,
-    RegistrationLimit, StoreError,
+    DeviceRecord, DeviceStore, DeviceSummary, LimitError, PreRegistrationFree, ProductRecord,
+    ProductStore, RegistrationLimit, StoreError,
 };
 
 #[cfg(feature = "import")]
@@ -263,6 +263,24 @@ impl<S: ProductStore + DeviceStore> Admin<S> {
         let mut devices = self.store.devices(product_key).await?;
         devices.sort_by(|a, b| a.device_name.as_str().cmp(b.device_name.as_str()));
         Ok(devices)
+    }
+
+    /// A page of a product's devices by name, without secrets
+    /// ([`DeviceStore::device_page`]: the store reads the page alone), and how many devices
+    /// the product has.
+    ///
+    /// # Errors
+    /// [`StoreError::NotFound`] for an unknown product; an outage.
+    pub async fn device_page(
+        &self,
+        product_key: &ProductKey,
+        offset: u64,
+        limit: u32,
+    ) -> Result<(u64, Vec<DeviceSummary>), AdminError> {
+        self.product(product_key).await?;
+        let total = self.store.device_count(product_key).await?;
+        let page = self.store.device_page(product_key, offset, limit).await?;
+        Ok((total, page))
     }
 
     /// Changes a product's settings: what `update` leaves `None` is kept. A limit that does

@@ -6,7 +6,7 @@ use serde::Serialize;
 
 use crate::id::{DeviceName, IssuedClientId, ProductKey};
 use crate::lifecycle::{DeviceState, DynamicRegistration};
-use crate::store::{DeviceRecord, ProductRecord};
+use crate::store::{DeviceRecord, DeviceSummary, ProductRecord};
 
 /// A secret a view exposes: serialized as its text, shown by `Debug` as `"[redacted]"`, so
 /// that logging a view never logs the secret it carries.
@@ -131,16 +131,17 @@ pub struct DeviceView {
 impl DeviceView {
     /// `device`, without its secret.
     pub fn of(device: &DeviceRecord) -> Self {
+        Self::of_summary(DeviceSummary::of(device))
+    }
+
+    /// A device as a listing read it ([`crate::store::DeviceStore::device_page`]).
+    pub fn of_summary(device: DeviceSummary) -> Self {
         Self {
             product_key: device.product_key,
             device_name: device.device_name,
             state: device.status.state,
             enabled: device.status.enabled,
-            client_ids: device
-                .client_ids
-                .iter()
-                .map(|held| held.client_id)
-                .collect(),
+            client_ids: device.client_ids,
         }
     }
 }

@@ -8,8 +8,8 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 
 use super::{
-    ChainHead, DeviceRecord, DeviceStore, DeviceUpdate, EventLog, EventRecord, PreRegistrationFree,
-    ProductRecord, ProductStore, RegistrationLimit, StoreError,
+    ChainHead, DeviceRecord, DeviceStore, DeviceSummary, DeviceUpdate, EventLog, EventRecord,
+    PreRegistrationFree, ProductRecord, ProductStore, RegistrationLimit, StoreError,
 };
 use crate::id::{DeviceName, ProductKey};
 use crate::lifecycle::DynamicRegistration;
@@ -236,6 +236,15 @@ impl<S: DeviceStore> DeviceStore for CachedStore<S> {
 
     async fn devices(&self, product_key: &ProductKey) -> Result<Vec<DeviceRecord>, StoreError> {
         self.inner.devices(product_key).await
+    }
+
+    async fn device_page(
+        &self,
+        product_key: &ProductKey,
+        offset: u64,
+        limit: u32,
+    ) -> Result<Vec<DeviceSummary>, StoreError> {
+        self.inner.device_page(product_key, offset, limit).await
     }
 
     async fn device_count(&self, product_key: &ProductKey) -> Result<u64, StoreError> {

@@ -51,6 +51,7 @@ where
     event_log_records_every_change(new_store()).await;
     race_event_log(new_store()).await;
     batch_inserts_all_or_none(new_store()).await;
+    device_pages(new_store()).await;
     products(new_store()).await;
     devices(new_store()).await;
     compare_and_set(new_store()).await;
@@ -883,6 +884,44 @@ where
         (Some("batch-unactive-off".to_owned()), EventKind::Disabled),
     ]);
     assert_eq!(product_events(&store, head, &pk).await, expected);
+}
+
+/// [`DeviceStore::device_page`] cuts a product's devices, ordered bytewise by name (`Page-b`
+/// before `page-a`, whatever the database's collation), into pages that together hold each
+/// device once, with its status and without its secret; past the end, and for an unknown
+/// product, a page is empty.
+pub async fn device_pages<S>(store: S)
+where
+    S: ProductStore + DeviceStore,
+{
+    let (admin, product) = new_product(&store, DynamicRegistration::Off).await;
+    let pk = product.product_key;
+    for text in ["page-c", "page-a", "page-e", "Page-b", "page-d"] {
+        admin.register_device(pk, name(text)).await.unwrap();
+    }
+    admin
+        .apply(&pk, &name("page-d"), Event::Disable)
+        .await
+        .unwrap();
+    let mut listed = Vec::new();
+    for offset in [0, 2, 4] {
+        let page = store.device_page(&pk, offset, 2).await.unwrap();
+        assert!(page.len() <= 2, "a page holds at most its limit");
+        listed.extend(page);
+    }
+    let names: Vec<&str> = listed.iter().map(|d| d.device_name.as_str()).collect();
+    assert_eq!(names, ["Page-b", "page-a", "page-c", "page-d", "page-e"]);
+    assert!(listed.iter().all(|d| d.product_key == pk));
+    assert_eq!(
+        listed[3].status,
+        DeviceStatus {
+            state: DeviceState::Inactive,
+            enabled: false
+        }
+    );
+    assert!(store.device_page(&pk, 5, 2).await.unwrap().is_empty());
+    let ghost = ProductKey::new("a1PageGhost").unwrap();
+    assert!(store.device_page(&ghost, 0, 10).await.unwrap().is_empty());
 }
 
 fn name(text: &str) -> DeviceName {

@@ -277,6 +277,36 @@ pub struct DeviceRecord {
     pub client_ids: Vec<ClientIdRecord>,
 }
 
+/// A device as a listing shows it ([`DeviceStore::device_page`]): no secret, no token digest.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct DeviceSummary {
+    /// The device's product.
+    pub product_key: ProductKey,
+    /// The device's name.
+    pub device_name: DeviceName,
+    /// Lifecycle state and disabled flag.
+    pub status: DeviceStatus,
+    /// The ClientIDs issued by registration without pre-registration, oldest first.
+    pub client_ids: Vec<IssuedClientId>,
+}
+
+impl DeviceSummary {
+    /// `device` without its secret and token digests.
+    pub fn of(device: &DeviceRecord) -> Self {
+        Self {
+            product_key: device.product_key,
+            device_name: device.device_name,
+            status: device.status,
+            client_ids: device
+                .client_ids
+                .iter()
+                .map(|held| held.client_id)
+                .collect(),
+        }
+    }
+}
+
 impl DeviceRecord {
     /// An explicit copy (the secret has no `Clone`, so copies stay visible in the code).
     pub fn clone_record(&self) -> Self {
@@ -640,6 +670,31 @@ pub trait DeviceStore: Send + Sync {
     /// [`StoreError::Unavailable`].
     async fn devices(&self, product_key: &ProductKey) -> Result<Vec<DeviceRecord>, StoreError>;
 
+    /// A page of a product's devices ordered by name (bytewise), without their secrets: at
+    /// most `limit` after the first `offset`. For listings, which must not read (or open)
+    /// every secret of a large product; an unknown product has none.
+    ///
+    /// The default reads [`DeviceStore::devices`] and cuts the page from it; adapters
+    /// override it with a query that reads the page alone.
+    ///
+    /// # Errors
+    /// [`StoreError::Unavailable`].
+    async fn device_page(
+        &self,
+        product_key: &ProductKey,
+        offset: u64,
+        limit: u32,
+    ) -> Result<Vec<DeviceSummary>, StoreError> {
+        let mut devices = self.devices(product_key).await?;
+        devices.sort_unstable_by(|a, b| a.device_name.as_str().cmp(b.device_name.as_str()));
+        Ok(devices
+            .iter()
+            .skip(usize::try_from(offset).unwrap_or(usize::MAX))
+            .take(limit as usize)
+            .map(DeviceSummary::of)
+            .collect())
+    }
+
     /// How many devices a product has (what [`DeviceStore::insert_device_within_quota`]
     /// counts). The default reads them all; adapters count in place.
     ///
@@ -830,6 +885,14 @@ macro_rules! forward_store {
             }
             async fn devices(&self, product_key: &ProductKey) -> Result<Vec<DeviceRecord>, StoreError> {
                 (**self).devices(product_key).await
+            }
+            async fn device_page(
+                &self,
+                product_key: &ProductKey,
+                offset: u64,
+                limit: u32,
+            ) -> Result<Vec<DeviceSummary>, StoreError> {
+                (**self).device_page(product_key, offset, limit).await
             }
             async fn device_count(&self, product_key: &ProductKey) -> Result<u64, StoreError> {
                 (**self).device_count(product_key).await

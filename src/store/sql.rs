@@ -70,9 +70,9 @@ use super::event_log::UnreadableEvent;
 use super::seal::{self, Keyring, MasterKey, SecretField};
 use super::{
     Actor, ChainHash, ChainHead, ClientIdChange, ClientIdRecord, DeviceRecord, DeviceStore,
-    DeviceUpdate, EventKind, EventLog, EventRecord, FailureKind, MAX_EVENTS_PER_READ, NewEvent,
-    PreRegistrationFree, ProductRecord, ProductStore, RANDOM_HISTORY, RegistrationLimit,
-    SecretsAtRest, StoreError,
+    DeviceSummary, DeviceUpdate, EventKind, EventLog, EventRecord, FailureKind,
+    MAX_EVENTS_PER_READ, NewEvent, PreRegistrationFree, ProductRecord, ProductStore,
+    RANDOM_HISTORY, RegistrationLimit, SecretsAtRest, StoreError,
 };
 use crate::id::{DeviceName, IssuedClientId, ProductKey};
 use crate::lifecycle::{DeviceState, DeviceStatus, DynamicRegistration, MAX_CLIENT_IDS};
@@ -2123,6 +2123,50 @@ impl DeviceStore for SqlStore {
             .await
             .map_err(failure)?;
         rows.iter().map(|row| self.device_from_row(row)).collect()
+    }
+
+    async fn device_page(
+        &self,
+        product_key: &ProductKey,
+        offset: u64,
+        limit: u32,
+    ) -> Result<Vec<DeviceSummary>, StoreError> {
+        // Bytewise order on both: PostgreSQL's default collation may follow a locale.
+        let sql = if self.sqlite {
+            "SELECT device_name, state, enabled, client_ids FROM iotauth_devices \
+             WHERE product_key = $1 ORDER BY device_name LIMIT $2 OFFSET $3"
+        } else {
+            "SELECT device_name, state, enabled, client_ids FROM iotauth_devices \
+             WHERE product_key = $1 ORDER BY device_name COLLATE \"C\" LIMIT $2 OFFSET $3"
+        };
+        let rows = sqlx::query(sql)
+            .bind(product_key.as_str())
+            .bind(i64::from(limit))
+            .bind(i64::try_from(offset).unwrap_or(i64::MAX))
+            .fetch_all(&self.pool)
+            .await
+            .map_err(failure)?;
+        rows.iter()
+            .map(|row| {
+                let name: String = column(row, "device_name")?;
+                let state: String = column(row, "state")?;
+                Ok(DeviceSummary {
+                    product_key: *product_key,
+                    device_name: DeviceName::new(&name).map_err(corrupt("device_name"))?,
+                    status: DeviceStatus {
+                        state: DeviceState::from_name(&state).ok_or(StoreError::failure(
+                            FailureKind::Corrupt,
+                            Corrupt { column: "state" },
+                        ))?,
+                        enabled: flag(column(row, "enabled")?, "enabled")?,
+                    },
+                    client_ids: client_ids_from_column(&column::<String>(row, "client_ids")?)?
+                        .into_iter()
+                        .map(|held| held.client_id)
+                        .collect(),
+                })
+            })
+            .collect()
     }
 
     async fn device_count(&self, product_key: &ProductKey) -> Result<u64, StoreError> {

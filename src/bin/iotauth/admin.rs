@@ -435,12 +435,22 @@ pub(crate) async fn device(store: Arc<dyn Store>, command: DeviceCommand) -> Res
             crate::import::export_devices(&devices, show_secret)
         }
         DeviceCommand::List { product_key } => {
+            const PAGE: u32 = 1000;
             let product_key = ProductKey::new(&product_key)?;
-            let devices = admin
-                .devices(&product_key)
-                .await
-                .map_err(|e| of_product(e, &product_key))?;
-            print_json(&devices.iter().map(DeviceView::of).collect::<Vec<_>>())
+            // Page by page: a listing reads no secret.
+            let mut listed = Vec::new();
+            loop {
+                let (_, page) = admin
+                    .device_page(&product_key, listed.len() as u64, PAGE)
+                    .await
+                    .map_err(|e| of_product(e, &product_key))?;
+                let last = page.len() < PAGE as usize;
+                listed.extend(page.into_iter().map(DeviceView::of_summary));
+                if last {
+                    break;
+                }
+            }
+            print_json(&listed)
         }
         DeviceCommand::Disable {
             ref product_key,
