@@ -363,6 +363,14 @@ impl HttpListener {
         })
     }
 
+    /// Names the listener in its log lines (`listener = …`; `http` unless named), so that a
+    /// full admin listener is told from a full devices' one.
+    #[must_use]
+    pub fn named(mut self, name: &'static str) -> Self {
+        self.gate.name = name;
+        self
+    }
+
     /// Answers a request whose head `check` refuses with its reply, without reading its body
     /// (and closes the connection): the admin API's credentials are checked before a body of
     /// up to [`ListenerLimits::max_body_len`] is held in memory.

@@ -223,7 +223,8 @@ async fn admin_listener(
     let checked = token.clone();
     let listener = HttpListener::new(listener, limits, tls)
         .map_err(|e| Failure::Rejected(e.to_string()))?
-        .admit(Arc::new(move |headers| checked.check(headers)));
+        .admit(Arc::new(move |headers| checked.check(headers)))
+        .named("admin");
     Ok((listener, token))
 }
 
