@@ -33,9 +33,9 @@ use crate::error::ErrorChain;
 use crate::id::{DeviceName, ProductKey};
 use crate::lifecycle::{DynamicRegistration, Event};
 use crate::service::{
-    Admin, AdminError, DeviceView, ImportError, ImportSummary, IssuedDeviceView, LimitView,
-    MAX_BATCH_DEVICES, MAX_IMPORT_BYTES, ProductUpdate, ProductView, parse_device_import,
-    parse_product_import,
+    Admin, AdminError, BatchRefusal, DeviceView, ImportError, ImportSummary, IssuedDeviceView,
+    LimitView, MAX_BATCH_DEVICES, MAX_IMPORT_BYTES, ProductUpdate, ProductView,
+    parse_device_import, parse_product_import,
 };
 use crate::store::{Store, StoreError};
 
@@ -334,9 +334,9 @@ fn classify(e: &AdminError) -> (StatusCode, ErrorCode) {
             | StoreError::Precondition { .. },
         )
         | AdminError::Conflict { .. }
-        | AdminError::Transition(_) => (StatusCode::CONFLICT, ErrorCode::Conflict),
-        AdminError::InBatch {
-            reason: "is already registered",
+        | AdminError::Transition(_)
+        | AdminError::InBatch {
+            reason: BatchRefusal::Taken,
             ..
         } => (StatusCode::CONFLICT, ErrorCode::Conflict),
         AdminError::InvalidName

@@ -47,8 +47,8 @@ pub enum AdminError {
     InBatch {
         /// Its index in the batch, from 0.
         index: usize,
-        /// Why: it "repeats an earlier name", or "is already registered".
-        reason: &'static str,
+        /// Why.
+        reason: BatchRefusal,
     },
     /// A registration limit is out of its range.
     #[error(transparent)]
@@ -62,6 +62,18 @@ pub enum AdminError {
         /// The field that differs, by Alibaba's name (`ProductSecret`, `DeviceSecret`).
         field: &'static str,
     },
+}
+
+/// Why a name of a batch registration is refused ([`AdminError::InBatch`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum BatchRefusal {
+    /// It is given twice in the batch.
+    #[error("repeats an earlier name")]
+    Repeated,
+    /// The product has a device of that name.
+    #[error("is already registered")]
+    Taken,
 }
 
 /// A product name as stored: 1–64 characters without control characters.
@@ -352,7 +364,7 @@ impl<S: ProductStore + DeviceStore> Admin<S> {
         if let Some(index) = device_names.iter().position(|name| !seen.insert(*name)) {
             return Err(AdminError::InBatch {
                 index,
-                reason: "repeats an earlier name",
+                reason: BatchRefusal::Repeated,
             });
         }
         self.product(&product_key).await?;
@@ -379,7 +391,7 @@ impl<S: ProductStore + DeviceStore> Admin<S> {
                     if self.store.device(&product_key, name).await?.is_some() {
                         return Err(AdminError::InBatch {
                             index,
-                            reason: "is already registered",
+                            reason: BatchRefusal::Taken,
                         });
                     }
                 }

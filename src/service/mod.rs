@@ -7,7 +7,7 @@ mod import;
 mod registrar;
 mod view;
 
-pub use admin::{Admin, AdminError, MAX_BATCH_DEVICES, ProductUpdate};
+pub use admin::{Admin, AdminError, BatchRefusal, MAX_BATCH_DEVICES, ProductUpdate};
 pub use authenticator::{AuthError, Authenticator};
 #[cfg(feature = "import")]
 pub use import::{

@@ -7,10 +7,9 @@ use std::sync::{PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use async_trait::async_trait;
 
 use super::{
-    Actor, ChainHead, ClientIdChange, ClientIdRecord, DeviceRecord, DeviceStore, DeviceSummary,
-    DeviceUpdate, EventKind, EventLog, EventRecord, MAX_EVENTS_PER_READ, NewEvent,
-    PreRegistrationFree, ProductRecord, ProductStore, RANDOM_HISTORY, RegistrationLimit,
-    StoreError,
+    Actor, ChainHead, ClientIdChange, ClientIdRecord, DeviceRecord, DeviceStore, DeviceUpdate,
+    EventKind, EventLog, EventRecord, MAX_EVENTS_PER_READ, NewEvent, PreRegistrationFree,
+    ProductRecord, ProductStore, RANDOM_HISTORY, RegistrationLimit, StoreError,
 };
 use crate::id::{DeviceName, ProductKey};
 use crate::lifecycle::{DeviceStatus, DynamicRegistration, MAX_CLIENT_IDS};
@@ -422,38 +421,6 @@ impl DeviceStore for MemoryStore {
         devices.sort_unstable_by_key(|device| device.device_name);
         Ok(devices)
     }
-    async fn device_page(
-        &self,
-        product_key: &ProductKey,
-        offset: u64,
-        limit: u32,
-    ) -> Result<Vec<DeviceSummary>, StoreError> {
-        let maps = self.read();
-        let Some(devices) = maps.devices.get(product_key) else {
-            return Ok(Vec::new());
-        };
-        let mut names: Vec<&DeviceName> = devices.keys().collect();
-        names.sort_unstable_by(|a, b| a.as_str().cmp(b.as_str()));
-        Ok(names
-            .into_iter()
-            .skip(usize::try_from(offset).unwrap_or(usize::MAX))
-            .take(limit as usize)
-            .map(|name| {
-                let device = &devices[name];
-                DeviceSummary {
-                    product_key: *product_key,
-                    device_name: *name,
-                    status: device.status,
-                    client_ids: device
-                        .client_ids
-                        .iter()
-                        .map(|held| held.client_id)
-                        .collect(),
-                }
-            })
-            .collect())
-    }
-
     async fn device_count(&self, product_key: &ProductKey) -> Result<u64, StoreError> {
         Ok(self
             .read()

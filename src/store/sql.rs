@@ -1293,6 +1293,17 @@ fn corrupt(column: &'static str) -> impl Fn(crate::ParseError) -> StoreError {
     move |_| StoreError::failure(FailureKind::Corrupt, Corrupt { column })
 }
 
+/// A device's status from its `state` and `enabled` columns.
+fn status_from_columns(state: &str, enabled: i64) -> Result<DeviceStatus, StoreError> {
+    Ok(DeviceStatus {
+        state: DeviceState::from_name(state).ok_or(StoreError::failure(
+            FailureKind::Corrupt,
+            Corrupt { column: "state" },
+        ))?,
+        enabled: flag(enabled, "enabled")?,
+    })
+}
+
 fn flag(value: i64, column: &'static str) -> Result<bool, StoreError> {
     match value {
         0 => Ok(false),
@@ -1381,13 +1392,7 @@ impl SqlStore {
                 &secret,
                 DeviceSecret::new,
             )?,
-            status: DeviceStatus {
-                state: DeviceState::from_name(&state).ok_or(StoreError::failure(
-                    FailureKind::Corrupt,
-                    Corrupt { column: "state" },
-                ))?,
-                enabled: flag(enabled, "enabled")?,
-            },
+            status: status_from_columns(&state, enabled)?,
             revision: u64::try_from(revision).map_err(|_| {
                 StoreError::failure(FailureKind::Corrupt, Corrupt { column: "revision" })
             })?,
@@ -2153,13 +2158,7 @@ impl DeviceStore for SqlStore {
                 Ok(DeviceSummary {
                     product_key: *product_key,
                     device_name: DeviceName::new(&name).map_err(corrupt("device_name"))?,
-                    status: DeviceStatus {
-                        state: DeviceState::from_name(&state).ok_or(StoreError::failure(
-                            FailureKind::Corrupt,
-                            Corrupt { column: "state" },
-                        ))?,
-                        enabled: flag(column(row, "enabled")?, "enabled")?,
-                    },
+                    status: status_from_columns(&state, column(row, "enabled")?)?,
                     client_ids: client_ids_from_column(&column::<String>(row, "client_ids")?)?
                         .into_iter()
                         .map(|held| held.client_id)
