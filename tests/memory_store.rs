@@ -4,26 +4,28 @@
 
 use std::sync::Arc;
 
-use iotauth::IssuancePolicy;
 use iotauth::store::{ClientIdChange, MemoryStore, conformance};
 
 fn store() -> Arc<MemoryStore> {
     Arc::new(MemoryStore::new())
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn memory_store_passes_the_conformance_suite() {
-    conformance::run_all(store).await;
+/// The memory adapter: one test per property, named after it.
+mod memory_store {
+    iotauth::store_conformance_tests!(|| async { super::store() });
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn race_of_64_issues_has_one_winner_under_once() {
-    conformance::race_issue_once(store(), IssuancePolicy::Once).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn race_of_64_issues_has_one_first_delivery_under_redeliver() {
-    conformance::race_issue_once(store(), IssuancePolicy::RedeliverUntilFirstLogin).await;
+/// The memory adapter behind the read cache.
+mod cached_memory_store {
+    use iotauth::store::{CachedStore, MemoryStore};
+    use std::sync::Arc;
+    use std::time::Duration;
+    iotauth::store_conformance_tests!(|| async {
+        Arc::new(CachedStore::new(
+            MemoryStore::new(),
+            Duration::from_secs(60),
+        ))
+    });
 }
 
 /// A store whose compare-and-set ignores the revision (a read-then-write adapter): the race
@@ -190,59 +192,58 @@ mod broken {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn quota_race_catches_a_store_that_counts_then_inserts() {
-    let store = Arc::new(broken::IgnoresRevision::default());
-    let race = tokio::spawn(conformance::race_device_quota(store));
-    let failure = race
-        .await
-        .expect_err("the quota race must fail on a store that counts then inserts");
-    let message = failure
-        .into_panic()
-        .downcast::<String>()
-        .map(|m| *m)
-        .unwrap_or_default();
+/// Runs `property` through the suite's runner on the broken store; its panic message.
+fn failure_on_a_broken_store<Fut>(
+    name: &str,
+    property: fn(Arc<broken::IgnoresRevision>) -> Fut,
+) -> String
+where
+    Fut: std::future::Future<Output = ()>,
+{
+    let failure = std::panic::catch_unwind(|| {
+        conformance::run(
+            name,
+            || async { Arc::new(broken::IgnoresRevision::default()) },
+            property,
+        )
+    })
+    .expect_err("the property must fail on a store that ignores the revision");
+    failure.downcast::<String>().map(|m| *m).unwrap_or_default()
+}
+
+#[test]
+fn quota_race_catches_a_store_that_counts_then_inserts_and_names_the_property() {
+    let message = failure_on_a_broken_store("race_device_quota", conformance::race_device_quota);
+    assert!(
+        message.starts_with("store conformance property `race_device_quota` failed: "),
+        "{message}"
+    );
     assert!(message.contains("devices stored"), "{message}");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn client_id_race_catches_a_store_whose_compare_and_set_is_not_atomic() {
-    let store = Arc::new(broken::IgnoresRevision::default());
-    let race = tokio::spawn(conformance::race_client_ids(store));
-    let failure = race
-        .await
-        .expect_err("the ClientID race must fail on a store that ignores the revision");
-    let message = failure
-        .into_panic()
-        .downcast::<String>()
-        .map(|m| *m)
-        .unwrap_or_default();
+#[test]
+fn client_id_race_catches_a_store_whose_compare_and_set_is_not_atomic() {
+    let message = failure_on_a_broken_store("race_client_ids", conformance::race_client_ids);
+    assert!(
+        message.starts_with("store conformance property `race_client_ids` failed: "),
+        "{message}"
+    );
     assert!(
         message.contains("ClientIDs issued") || message.contains("no token lost"),
         "{message}"
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn race_property_catches_a_store_whose_compare_and_set_is_not_atomic() {
-    let store = Arc::new(broken::IgnoresRevision::default());
-    let race = tokio::spawn(conformance::race_issue_once(store, IssuancePolicy::Once));
-    assert!(
-        race.await.is_err(),
-        "a non-atomic compare-and-set must make the race property fail"
+#[test]
+fn issue_race_catches_a_store_whose_compare_and_set_is_not_atomic() {
+    let message = failure_on_a_broken_store(
+        "race_issue_once_under_once",
+        conformance::race_issue_once_under_once,
     );
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_cached_memory_store_passes_the_conformance_suite() {
-    use iotauth::store::CachedStore;
-    conformance::run_all(|| {
-        Arc::new(CachedStore::new(
-            MemoryStore::new(),
-            std::time::Duration::from_secs(60),
-        ))
-    })
-    .await;
+    assert!(
+        message.starts_with("store conformance property `race_issue_once_under_once` failed: "),
+        "{message}"
+    );
 }
 
 /// A memory store behind a 200 ms cache, an admin over the cache, and a product's key.

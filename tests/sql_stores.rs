@@ -62,14 +62,23 @@ async fn open(url: &str) -> SqlStore {
         .unwrap_or_else(|e| panic!("connect: {e}: {:?}", std::error::Error::source(&e)))
 }
 
-#[test]
-fn sqlite_store_passes_the_conformance_suite() {
-    let db = TempDb::new("conformance");
-    block(async {
-        // The suite sets the time of the registration limits itself.
-        let store = open(&db.url()).await.with_caller_clock();
-        conformance::run_all(|| store.clone()).await;
-    });
+/// The SQLite adapter, one file per property (the suite sets the registration limits' time
+/// itself: `with_caller_clock`).
+mod sqlite_store {
+    use std::sync::LazyLock;
+
+    static FILES: LazyLock<super::TempDb> = LazyLock::new(|| super::TempDb::new("conformance"));
+
+    async fn store() -> iotauth::store::SqlStore {
+        static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let path = FILES.dir.join(format!("property-{n}.db"));
+        super::open(&format!("sqlite://{}", path.display()))
+            .await
+            .with_caller_clock()
+    }
+
+    iotauth::store_conformance_tests!(store);
 }
 
 /// Registers and issues through one handle, drops it, opens the file again.
@@ -151,13 +160,14 @@ fn database_url() -> Option<String> {
     }
 }
 
-#[test]
-fn postgres_store_passes_the_conformance_suite() {
-    let Some(url) = database_url() else { return };
-    block(async {
-        let store = open(&url).await.with_caller_clock();
-        conformance::run_all(|| store.clone()).await;
-    });
+/// The PostgreSQL adapter, every property on the one database of `DATABASE_URL`.
+mod postgres_store {
+    async fn store() -> iotauth::store::SqlStore {
+        let url = super::database_url().expect("DATABASE_URL");
+        super::open(&url).await.with_caller_clock()
+    }
+
+    iotauth::store_conformance_tests!(store, run_if: super::database_url().is_some());
 }
 
 /// Two pools on one database, as two broker nodes; each call hands out the next, in turn.
