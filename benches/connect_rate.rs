@@ -32,7 +32,7 @@ use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
 use iotauth::broker::{Broker, BrokerConfig};
-use iotauth::server::{ServerConfig, Services};
+use iotauth::http::{ServerConfig, Services};
 use iotauth::service::Admin;
 use iotauth::store::{CachedStore, Store};
 use iotauth::*;

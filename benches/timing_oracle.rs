@@ -20,7 +20,7 @@ mod run_size;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use iotauth::server::{ServerConfig, Services};
+use iotauth::http::{ServerConfig, Services};
 use iotauth::store::{
     DeviceRecord, DeviceStore, PreRegistrationFree, ProductRecord, ProductStore, SqlStore,
 };

@@ -19,7 +19,7 @@
 //! ```
 //!
 //! `max_skew_secs`, `issuance`, `cache_ttl_secs` and `topic_template` are parsed by
-//! `iotauth::server::ServerConfig::set`, as `iotauth serve`'s flags are, so both front ends read
+//! `iotauth::http::ServerConfig::set`, as `iotauth serve`'s flags are, so both front ends read
 //! them the same way.
 //!
 //! A CONNECT with `authType=register` (MQTT dynamic registration, PROTOCOL.md §c) is verified
@@ -65,7 +65,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
 use std::time::{Duration, Instant};
 
-use iotauth::server::{ConfigError, ServerConfig};
+use iotauth::http::{ConfigError, ServerConfig};
 use iotauth::service::{Authenticator, RegisterError, Registrar};
 use iotauth::store::{Actor, Store, follow};
 use iotauth::{

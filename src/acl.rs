@@ -31,6 +31,19 @@ pub struct TopicRule {
     templates: Vec<String>,
 }
 
+/// What a client asks to do with a topic: the brokers' ACL requests (EMQX's `action`,
+/// go-auth's `acc`, VerneMQ's hooks, Mosquitto's `MOSQ_ACL_*`) in one type.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Access {
+    /// Publish to a topic name.
+    Publish,
+    /// Subscribe to a filter (and receive what it matches).
+    Subscribe,
+    /// Both (go-auth's `acc` 3).
+    PublishAndSubscribe,
+}
+
 impl TopicRule {
     /// Alibaba's topic classes: `/{pk}/{dn}/#`, `/sys/{pk}/{dn}/#`, `/ext/+/{pk}/{dn}/#`,
     /// `/shadow/+/{pk}/{dn}`, `/ota/device/+/{pk}/{dn}`.
@@ -70,6 +83,18 @@ impl TopicRule {
     /// The templates.
     pub fn templates(&self) -> &[String] {
         &self.templates
+    }
+
+    /// Whether `device` may have `access` to `topic`: [`TopicRule::may_publish`],
+    /// [`TopicRule::may_subscribe`], or both for [`Access::PublishAndSubscribe`].
+    pub fn allows(&self, device: &DeviceIdentity, topic: &str, access: Access) -> bool {
+        match access {
+            Access::Publish => self.may_publish(device, topic),
+            Access::Subscribe => self.may_subscribe(device, topic),
+            Access::PublishAndSubscribe => {
+                self.may_publish(device, topic) && self.may_subscribe(device, topic)
+            }
+        }
     }
 
     /// Whether `device` may publish to `topic` (a topic name: no wildcards).

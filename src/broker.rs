@@ -67,13 +67,13 @@ use rmqtt::types::{
     Reason, SubscribeAclResult,
 };
 
+pub use crate::http::REFUSAL_LINES_PER_SECOND;
+use crate::http::{
+    Admission, ConnectRefusal, REGISTER_TOPIC, REGNWL_TOPIC, RateLimitedLog, Services,
+};
 pub use crate::listener::TlsFiles;
 use crate::listener::{Gate, LogGate, SEND_TIMEOUT, TlsAcceptor};
 use crate::mqtt::{ConnectRequest, MAX_CLIENT_ID_LEN};
-pub use crate::server::REFUSAL_LINES_PER_SECOND;
-use crate::server::{
-    Admission, ConnectRefusal, REGISTER_TOPIC, REGNWL_TOPIC, RateLimitedLog, Services,
-};
 use crate::verified::DeviceIdentity;
 
 #[cfg(doc)]

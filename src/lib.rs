@@ -1,6 +1,8 @@
-#![doc = include_str!("../README.md")]
+#![doc = include_str!("doc/crate.md")]
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
+// docs.rs builds with `--cfg docsrs` on nightly: each feature-gated item says its feature.
+#![cfg_attr(docsrs, feature(doc_cfg))]
 
 mod acl;
 mod ascii;
@@ -11,23 +13,24 @@ mod error;
 #[cfg(feature = "fuzzing")]
 #[doc(hidden)]
 pub mod fuzzing;
+#[cfg(feature = "server")]
+pub mod http;
 mod id;
 mod lifecycle;
 #[cfg(feature = "listener")]
 pub mod listener;
+pub mod manual;
 mod mqtt;
 mod policy;
 mod random;
 mod register;
 mod secret;
-#[cfg(feature = "server")]
-pub mod server;
 pub mod service;
 mod sign;
 pub mod store;
 mod verified;
 
-pub use acl::{MAX_TOPIC_LEN, TopicRule};
+pub use acl::{Access, MAX_TOPIC_LEN, TopicRule};
 pub use cert::{DeviceCertificate, ProductCertificate};
 pub use error::{ErrorChain, ParseError};
 pub use id::{DeviceName, IssuedClientId, ProductKey};
@@ -50,3 +53,9 @@ pub use register::{
 pub use secret::{DeviceSecret, DeviceToken, ProductSecret, TokenDigest};
 pub use sign::{SignContent, SignMethod, Signature, SigningKey, VerifyError, sign, verify};
 pub use verified::{DeviceIdentity, Verified};
+
+/// The README's code blocks, compiled and run as doctests (the crate documentation is
+/// `src/doc/crate.md`; the README is the operators' guide).
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;

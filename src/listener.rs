@@ -52,7 +52,7 @@ use tokio_openssl::SslStream;
 use zeroize::Zeroizing;
 
 use crate::error::ErrorChain;
-use crate::server::{MAX_BODY_LEN, UnreadBody};
+use crate::http::{MAX_BODY_LEN, UnreadBody};
 
 /// The TLS 1.2 suites of Mozilla's "intermediate" profile (ECDHE and DHE key exchange, AEAD).
 /// TLS 1.3 suites are OpenSSL's defaults.

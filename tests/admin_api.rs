@@ -513,7 +513,7 @@ fn schemathesis_finds_no_server_error_and_no_schema_violation() {
 #[test]
 fn the_readme_admin_section_is_the_document() {
     use utoipa::OpenApi;
-    let document = serde_json::to_value(iotauth::server::AdminApi::openapi()).unwrap();
+    let document = serde_json::to_value(iotauth::http::AdminApi::openapi()).unwrap();
     let mut operations: Vec<(String, String, String)> = Vec::new();
     for (path, item) in document["paths"].as_object().unwrap() {
         for (method, operation) in item.as_object().unwrap() {

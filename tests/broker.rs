@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use bytes::BytesMut;
 use iotauth::broker::{Broker, BrokerConfig};
-use iotauth::server::{ServerConfig, Services};
+use iotauth::http::{ServerConfig, Services};
 use iotauth::service::Admin;
 use iotauth::store::{DeviceStore, MemoryStore, ProductRecord, Store};
 use iotauth::*;

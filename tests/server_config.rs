@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use iotauth::server::{ConfigError, ServerConfig};
+use iotauth::http::{ConfigError, ServerConfig};
 use iotauth::*;
 
 fn me() -> DeviceIdentity {

@@ -521,7 +521,7 @@ async fn a_store_outage_is_unavailable_not_bad_credentials() {
 #[cfg(feature = "server")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hooks_answer_an_outage_with_undecided_not_deny() {
-    use iotauth::server::{ServerConfig, Services, router};
+    use iotauth::http::{ServerConfig, Services, router};
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     let services = Arc::new(Services::new(Arc::new(Down), ServerConfig::default()));
@@ -691,7 +691,7 @@ impl DeviceStore for Stuck {
 #[cfg(feature = "server")]
 #[tokio::test]
 async fn a_store_that_never_answers_is_an_outage_after_the_store_timeout() {
-    use iotauth::server::{Admission, ConnectRefusal, STORE_TIMEOUT, ServerConfig, Services};
+    use iotauth::http::{Admission, ConnectRefusal, STORE_TIMEOUT, ServerConfig, Services};
 
     let services = Services::new(Arc::new(Stuck), ServerConfig::default());
     let cert = DeviceCertificate::new(
@@ -724,7 +724,7 @@ async fn a_store_that_never_answers_is_an_outage_after_the_store_timeout() {
 #[cfg(feature = "server")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hooks_allow_connwl_logins_and_deny_regnwl_which_they_cannot_deliver() {
-    use iotauth::server::{ServerConfig, Services, router};
+    use iotauth::http::{ServerConfig, Services, router};
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     let fleet = Fleet::new(DynamicRegistration::On).await;
@@ -900,7 +900,7 @@ impl DeviceStore for SlowWrites {
     ) -> Result<(), StoreError> {
         // Committed at once, answered late: the write happened whatever the caller does.
         let outcome = self.0.compare_and_set(pk, dn, revision, update).await;
-        tokio::time::sleep(iotauth::server::STORE_TIMEOUT + Duration::from_millis(500)).await;
+        tokio::time::sleep(iotauth::http::STORE_TIMEOUT + Duration::from_millis(500)).await;
         outcome
     }
 }
@@ -912,7 +912,7 @@ impl DeviceStore for SlowWrites {
 #[cfg(feature = "server")]
 #[tokio::test]
 async fn a_registration_whose_issue_is_answered_late_still_delivers_the_secret() {
-    use iotauth::server::{ServerConfig, Services};
+    use iotauth::http::{ServerConfig, Services};
     let fleet = Fleet::new(DynamicRegistration::On).await;
     let device = fleet.device("slow-disk-01").await;
     let services = Services::new(

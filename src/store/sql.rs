@@ -167,7 +167,7 @@ const EVENTS_CHANNEL: &str = "iotauth_events";
 
 // `busy_timeout` first: switching to WAL takes the write lock, and a second process starting
 // on the same fresh file must wait for it rather than fail with "database is locked". 1.5 s:
-// below the 2 s a decision waits for the store (`server::STORE_TIMEOUT`), so that a lock held
+// below the 2 s a decision waits for the store (`http::STORE_TIMEOUT`), so that a lock held
 // too long is reported as what it is (`busy`), not as a store that did not answer.
 const SQLITE_PRAGMAS: &str = "PRAGMA busy_timeout = 1500; PRAGMA journal_mode = WAL; \
      PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON;";
