@@ -34,12 +34,10 @@ fn cert() -> DeviceCertificate {
 }
 
 fn login(cert: &DeviceCertificate, method: SignMethod) -> ConnectCredentials {
-    let options = LoginOptions {
-        client_id: Some(CORE),
-        timestamp: Some(TIMESTAMP),
-        sign_method: method,
-        ..Default::default()
-    };
+    let options = LoginOptions::default()
+        .with_client_id(CORE)
+        .with_timestamp(TIMESTAMP)
+        .with_sign_method(method);
     build_login(cert, &options).unwrap()
 }
 

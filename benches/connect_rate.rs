@@ -218,10 +218,7 @@ async fn fleet(store: &Arc<dyn Store>) -> Vec<Login> {
         let identity = DeviceIdentity::new(device.product_key, device.device_name);
         let cert =
             DeviceCertificate::new(device.product_key, device.device_name, device.device_secret);
-        let options = LoginOptions {
-            timestamp: Some("1710000000000"),
-            ..Default::default()
-        };
+        let options = LoginOptions::default().with_timestamp("1710000000000");
         let creds = build_login(&cert, &options).expect("a login");
         let mut connect = rumqttc::Connect::new(creds.client_id());
         connect.keep_alive = 60;

@@ -92,14 +92,11 @@ fn import(c: &mut Criterion) {
                 let started = Instant::now();
                 runtime.block_on(async {
                     for i in 0..BASELINE {
-                        let device = DeviceRecord {
+                        let device = DeviceRecord::new(
                             product_key,
-                            device_name: DeviceName::new(&format!("dev-{i:06}")).expect("name"),
-                            device_secret: DeviceSecret::new(&format!("{i:032x}")).expect("secret"),
-                            status: DeviceStatus::NEW,
-                            revision: 0,
-                            client_ids: Vec::new(),
-                        };
+                            DeviceName::new(&format!("dev-{i:06}")).expect("name"),
+                            DeviceSecret::new(&format!("{i:032x}")).expect("secret"),
+                        );
                         store.insert_device(device).await.expect("inserted");
                     }
                 });

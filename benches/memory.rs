@@ -12,9 +12,7 @@ mod run_size;
 
 use std::time::Instant;
 
-use iotauth::store::{
-    DeviceRecord, DeviceStore, MemoryStore, PreRegistrationFree, ProductRecord, ProductStore,
-};
+use iotauth::store::{DeviceRecord, DeviceStore, MemoryStore, ProductRecord, ProductStore};
 use iotauth::*;
 use run_size::run_size;
 
@@ -48,13 +46,12 @@ fn main() {
     // is what the store holds: its tables, and each device's secret (the text and its cell).
     let heap = allocation_counter::measure(|| {
         let records: Vec<DeviceRecord> = (0..fleet)
-            .map(|i| DeviceRecord {
-                product_key,
-                device_name: DeviceName::new(&format!("device-{i:07}")).expect("a name"),
-                device_secret: DeviceSecret::generate(&entropy).expect("a secret"),
-                status: DeviceStatus::NEW,
-                revision: 0,
-                client_ids: Vec::new(),
+            .map(|i| {
+                DeviceRecord::new(
+                    product_key,
+                    DeviceName::new(&format!("device-{i:07}")).expect("a name"),
+                    DeviceSecret::generate(&entropy).expect("a secret"),
+                )
             })
             .collect();
         string_bytes = records
@@ -63,15 +60,11 @@ fn main() {
             .sum();
         runtime.block_on(async {
             store
-                .insert_product(ProductRecord {
+                .insert_product(ProductRecord::new(
                     product_key,
-                    product_secret: ProductSecret::generate(&entropy).expect("a secret"),
-                    dynamic_registration: DynamicRegistration::On,
-                    name: None,
-                    pre_registration_free: PreRegistrationFree::OFF,
-                    registration_limit: iotauth::store::RegistrationLimit::DEFAULT,
-                    switched_off_by_breaker_at: None,
-                })
+                    ProductSecret::generate(&entropy).expect("a secret"),
+                    DynamicRegistration::On,
+                ))
                 .await
                 .expect("the product");
             let started = Instant::now();

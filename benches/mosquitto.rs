@@ -43,11 +43,9 @@ fn connects(c: &mut Criterion) {
             .unwrap()
     });
     let cert = DeviceCertificate::new(device.product_key, device.device_name, device.device_secret);
-    let options = LoginOptions {
-        client_id: Some("bench"),
-        secure_mode: SecureMode::TCP,
-        ..Default::default()
-    };
+    let options = LoginOptions::default()
+        .with_client_id("bench")
+        .with_secure_mode(SecureMode::TCP);
     let creds = build_login(&cert, &options).unwrap();
     let password = creds.expose_password();
     let passwd = dir.join("passwd");

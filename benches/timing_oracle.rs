@@ -21,9 +21,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use iotauth::http::{ServerConfig, Services};
-use iotauth::store::{
-    DeviceRecord, DeviceStore, PreRegistrationFree, ProductRecord, ProductStore, SqlStore,
-};
+use iotauth::store::{DeviceRecord, DeviceStore, ProductRecord, ProductStore, SqlStore};
 use iotauth::*;
 use run_size::run_size;
 
@@ -74,15 +72,11 @@ fn main() {
 
     runtime.block_on(async {
         let sql = SqlStore::connect(&url).await.expect("the store");
-        sql.insert_product(ProductRecord {
-            product_key: pk,
-            product_secret: ProductSecret::new("product-secret-0123456789abcdef").expect("secret"),
-            dynamic_registration: DynamicRegistration::Off,
-            name: None,
-            pre_registration_free: PreRegistrationFree::OFF,
-            registration_limit: iotauth::store::RegistrationLimit::DEFAULT,
-            switched_off_by_breaker_at: None,
-        })
+        sql.insert_product(ProductRecord::new(
+            pk,
+            ProductSecret::new("product-secret-0123456789abcdef").expect("secret"),
+            DynamicRegistration::Off,
+        ))
         .await
         .expect("a product");
         // One device asked about repeatedly, a control device with a name as long as the
@@ -91,14 +85,11 @@ fn main() {
             .map(|i| format!("known-{i:05}"))
             .chain(["control-0000".to_owned()]);
         for name in names {
-            sql.insert_device(DeviceRecord {
-                product_key: pk,
-                device_name: DeviceName::new(&name).expect("a name"),
-                device_secret: DeviceSecret::new("the-right-secret-of-the-device").expect("secret"),
-                status: DeviceStatus::NEW,
-                revision: 0,
-                client_ids: Vec::new(),
-            })
+            sql.insert_device(DeviceRecord::new(
+                pk,
+                DeviceName::new(&name).expect("a name"),
+                DeviceSecret::new("the-right-secret-of-the-device").expect("secret"),
+            ))
             .await
             .expect("a device");
         }

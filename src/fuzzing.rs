@@ -14,7 +14,7 @@ use arbitrary::Unstructured;
 
 use crate::lifecycle::{DeviceState, DynamicRegistration, Event, IssuancePolicy};
 use crate::mqtt::{
-    ClientId, ConnectKind, ConnectRequest, LoginOptions, RegistrationOptions, SecureMode,
+    ClientId, ConnectKind, ConnectRequest, LoginOptions, RegisterOptions, SecureMode,
 };
 use crate::register::{RegisterForm, RegisterReply};
 use crate::service::{Admin, AdminError, AuthError, Authenticator, RegisterError, Registrar};
@@ -346,12 +346,11 @@ fn login_roundtrip(
     mode: SecureMode,
     (at, flip): (usize, u8),
 ) {
-    let options = LoginOptions {
-        client_id: Some(core),
-        timestamp,
-        sign_method: method,
-        secure_mode: mode,
-    };
+    let options = LoginOptions::default()
+        .with_client_id(core)
+        .with_timestamp(timestamp)
+        .with_sign_method(method)
+        .with_secure_mode(mode);
     let creds = build_login(&cert, &options).unwrap_or_else(|e| panic!("valid input refused: {e}"));
     let password = creds.expose_password();
     let accepts = |id: &[u8], user: &[u8], pass: &[u8]| {
@@ -371,12 +370,11 @@ fn login_roundtrip(
     let parsed = request.client_id();
     let rebuilt = build_login(
         &cert,
-        &LoginOptions {
-            client_id: Some(parsed.core()),
-            timestamp: parsed.timestamp(),
-            sign_method: parsed.sign_method(),
-            secure_mode: parsed.secure_mode(),
-        },
+        &LoginOptions::default()
+            .with_client_id(parsed.core())
+            .with_timestamp(parsed.timestamp())
+            .with_sign_method(parsed.sign_method())
+            .with_secure_mode(parsed.secure_mode()),
     )
     .unwrap_or_else(|e| panic!("rebuild refused: {e}"));
     assert_eq!(rebuilt.client_id(), creds.client_id());
@@ -440,14 +438,10 @@ fn registration_roundtrip(
     .unwrap_or_else(|e| panic!("rebuild refused: {e}"));
     assert_eq!(rebuilt.body(), form.body());
 
-    let options = RegistrationOptions {
-        kind: ConnectKind::Register,
-        random,
-        sign_method: method,
-        secure_mode: SecureMode::TLS,
-        instance_id: None,
-    };
-    let connect = build_registration_connect(&cert, dn, &options)
+    let options = RegisterOptions::new(ConnectKind::Register, random)
+        .with_sign_method(method)
+        .with_secure_mode(SecureMode::TLS);
+    let connect = build_register_connect(&cert, dn, &options)
         .unwrap_or_else(|e| panic!("valid input refused: {e}"));
     let password = connect.expose_password();
     let accepts = |id: &[u8]| {
@@ -711,14 +705,11 @@ async fn try_lifecycle(u: &mut Unstructured<'_>) -> arbitrary::Result<()> {
                 }
             }
             9 => {
-                let options = RegistrationOptions {
-                    kind: ConnectKind::RegisterNoPreregistration,
-                    random: "3154792371",
-                    sign_method: SignMethod::HmacSha256,
-                    secure_mode: SecureMode::TLS,
-                    instance_id: None,
-                };
-                let connect = build_registration_connect(&product_cert, dn, &options)
+                let options =
+                    RegisterOptions::new(ConnectKind::RegisterNoPreregistration, "3154792371")
+                        .with_sign_method(SignMethod::HmacSha256)
+                        .with_secure_mode(SecureMode::TLS);
+                let connect = build_register_connect(&product_cert, dn, &options)
                     .unwrap_or_else(|e| panic!("{e}"));
                 let password = connect.expose_password();
                 let request =

@@ -41,7 +41,7 @@ pub use lifecycle::{
 pub use mqtt::{
     ClientId, ConnectCredentials, ConnectKind, ConnectRequest, LoginOptions, MAX_CLIENT_ID_LEN,
     MAX_PARAMS, MAX_PASSWORD_LEN, MAX_RANDOM_LEN, MAX_TIMESTAMP_DIGITS, MAX_USERNAME_LEN,
-    RegistrationOptions, SecureMode, build_login, build_registration_connect, build_token_login,
+    RegisterOptions, SecureMode, build_login, build_register_connect, build_token_login,
     parse_username,
 };
 pub use policy::{Clock, FixedClock, Freshness, SECONDS_BELOW, SystemClock, UnixMillis};

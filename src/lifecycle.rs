@@ -19,6 +19,7 @@ use core::fmt;
 /// Where a device is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
+#[non_exhaustive]
 pub enum DeviceState {
     /// Registered; its secret has not been delivered by dynamic registration, and it has not
     /// logged in.
@@ -56,6 +57,7 @@ impl fmt::Display for DeviceState {
 
 /// A device's state plus the disabled flag beside it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
 pub struct DeviceStatus {
     /// The lifecycle state.
     pub state: DeviceState,
@@ -64,6 +66,11 @@ pub struct DeviceStatus {
 }
 
 impl DeviceStatus {
+    /// `state`, enabled or disabled.
+    pub const fn new(state: DeviceState, enabled: bool) -> Self {
+        Self { state, enabled }
+    }
+
     /// A freshly registered device: Inactive and enabled.
     pub const NEW: Self = Self {
         state: DeviceState::Inactive,
@@ -73,6 +80,7 @@ impl DeviceStatus {
 
 /// The product's dynamic-registration switch.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
 pub enum DynamicRegistration {
     /// Devices of the product may obtain their secret.
     On,
@@ -86,6 +94,7 @@ pub const MAX_CLIENT_IDS: usize = 5;
 
 /// What happens to a device.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
 pub enum Event {
     /// Dynamic registration asks for the device's secret.
     Issue(DynamicRegistration),
@@ -127,6 +136,7 @@ impl Event {
 
 /// How often a device's secret may be delivered by dynamic registration.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+#[non_exhaustive]
 pub enum IssuancePolicy {
     /// Once, ever, until the device is reset or deleted (the platform's rule for activated
     /// devices, applied from the first delivery).
@@ -164,6 +174,7 @@ impl std::str::FromStr for IssuancePolicy {
 
 /// What the secret does in a transition.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
 pub enum SecretEffect {
     /// Nothing happens to it.
     Keep,
@@ -179,6 +190,7 @@ pub enum SecretEffect {
 
 /// The outcome of an allowed event.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
 pub struct Transition {
     /// The new status; `None` when the device is removed.
     pub to: Option<DeviceStatus>,
@@ -191,19 +203,19 @@ pub struct Transition {
 #[non_exhaustive]
 pub enum TransitionError {
     /// The device is disabled, and the event needs it enabled.
-    #[error("{event} refused: the device is disabled")]
+    #[error("{} refused: the device is disabled", event.name())]
     Disabled {
-        /// The event's name.
-        event: &'static str,
+        /// The event.
+        event: Event,
     },
     /// The product's dynamic-registration switch is off.
     #[error("issue refused: dynamic registration is off for the product")]
     DynamicRegistrationOff,
     /// The device is in a state the event does not accept.
-    #[error("{event} refused: expected the device {expected}, got {got}")]
+    #[error("{} refused: expected the device {expected}, got {got}", event.name())]
     WrongState {
-        /// The event's name.
-        event: &'static str,
+        /// The event.
+        event: Event,
         /// The states the event accepts.
         expected: Expected,
         /// The device's state.
@@ -212,12 +224,6 @@ pub enum TransitionError {
     /// The device holds [`MAX_CLIENT_IDS`] ClientIDs already.
     #[error("issue-client-id refused: the device holds the most ClientIDs it may")]
     TooManyClientIds,
-    /// The event is the device's own (issue, login), not one an operator may apply.
-    #[error("{event} is not an operator's event")]
-    NotAnOperatorEvent {
-        /// The event's name.
-        event: &'static str,
-    },
 }
 
 /// The states an event accepts, for [`TransitionError::WrongState`].
@@ -272,9 +278,7 @@ pub fn transition(
     };
     match event {
         Event::Issue(_) | Event::IssueClientId { .. } | Event::LoginOk if !from.enabled => {
-            Err(TransitionError::Disabled {
-                event: event.name(),
-            })
+            Err(TransitionError::Disabled { event })
         }
         Event::Issue(DynamicRegistration::Off)
         | Event::IssueClientId {
@@ -291,7 +295,7 @@ pub fn transition(
             // Its DeviceSecret was delivered or used: a ClientID now would give whoever holds
             // the ProductSecret a second way in to a device that has its own credential.
             got => Err(TransitionError::WrongState {
-                event: event.name(),
+                event,
                 expected: Expected(&[Inactive]),
                 got,
             }),
@@ -300,7 +304,7 @@ pub fn transition(
             (Inactive, _) => Ok(become_(Issued, SecretEffect::Deliver)),
             (Issued, IssuancePolicy::RedeliverUntilFirstLogin) => Ok(stay(SecretEffect::Redeliver)),
             (got, policy) => Err(TransitionError::WrongState {
-                event: event.name(),
+                event,
                 expected: Expected(match policy {
                     IssuancePolicy::Once => &[Inactive],
                     IssuancePolicy::RedeliverUntilFirstLogin => &[Inactive, Issued],

@@ -317,7 +317,8 @@ impl<'a> ClientId<'a> {
 
     /// `signmethod`; [`SignMethod::HmacMd5`] when absent, as the platform assumes.
     pub fn sign_method(&self) -> SignMethod {
-        self.sign_method.unwrap_or_default()
+        // The platform assumes hmacmd5 when the client id names no method (PROTOCOL.md).
+        self.sign_method.unwrap_or(SignMethod::HmacMd5)
     }
 
     /// `signmethod` as sent, `None` when absent.
@@ -828,8 +829,18 @@ impl fmt::Debug for ConnectCredentials {
     }
 }
 
-/// Options of a device's login; every field has the default shown.
+/// Options of a device's login; every field has the default shown. Build them from
+/// [`LoginOptions::default`] with the `with_*` methods (more options may come).
+///
+/// ```
+/// # use iotauth::*;
+/// let options = LoginOptions::default()
+///     .with_timestamp("1700000000000")
+///     .with_sign_method(SignMethod::HmacSha1);
+/// assert_eq!(options.secure_mode, SecureMode::TLS);
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct LoginOptions<'a> {
     /// The client-id CORE, signed exactly as given; default `{productKey}.{deviceName}`
     /// (as the C SDKs).
@@ -853,6 +864,36 @@ impl Default for LoginOptions<'_> {
     }
 }
 
+impl<'a> LoginOptions<'a> {
+    /// With the client-id CORE `client_id` (`None`: the default).
+    #[must_use]
+    pub fn with_client_id(mut self, client_id: impl Into<Option<&'a str>>) -> Self {
+        self.client_id = client_id.into();
+        self
+    }
+
+    /// With `timestamp` (`None`: none).
+    #[must_use]
+    pub fn with_timestamp(mut self, timestamp: impl Into<Option<&'a str>>) -> Self {
+        self.timestamp = timestamp.into();
+        self
+    }
+
+    /// With `sign_method`.
+    #[must_use]
+    pub fn with_sign_method(mut self, sign_method: SignMethod) -> Self {
+        self.sign_method = sign_method;
+        self
+    }
+
+    /// With `secure_mode`.
+    #[must_use]
+    pub fn with_secure_mode(mut self, secure_mode: SecureMode) -> Self {
+        self.secure_mode = secure_mode;
+        self
+    }
+}
+
 /// Builds a device's per-device login (the device side of [`ConnectRequest::verify_login`]).
 ///
 /// # Errors
@@ -865,7 +906,7 @@ impl Default for LoginOptions<'_> {
 ///     ProductKey::new("a1BwAGV0001")?, DeviceName::new("meter-01")?,
 ///     DeviceSecret::new("mz2Canp4GB7qRVf1OYPNtRqB2anuXXXX")?,
 /// );
-/// let creds = build_login(&cert, &LoginOptions { timestamp: Some("1700000000000"), ..Default::default() })?;
+/// let creds = build_login(&cert, &LoginOptions::default().with_timestamp("1700000000000"))?;
 /// assert_eq!(creds.client_id(), "a1BwAGV0001.meter-01|securemode=2,signmethod=hmacsha256,timestamp=1700000000000|");
 ///
 /// // The server side.
@@ -912,9 +953,11 @@ pub fn build_login(
     })
 }
 
-/// Options of a registration connect.
+/// Options of a registration connect (`authType=register` or `regnwl`): made by
+/// [`RegisterOptions::new`], the rest set with the `with_*` methods (more options may come).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct RegistrationOptions<'a> {
+#[non_exhaustive]
+pub struct RegisterOptions<'a> {
     /// `register` (pre-registered device) or `regnwl`.
     pub kind: ConnectKind,
     /// `random`, 1–64 printable ASCII characters except `,` and `|`.
@@ -923,8 +966,42 @@ pub struct RegistrationOptions<'a> {
     pub sign_method: SignMethod,
     /// `securemode`; default [`SecureMode::TLS`] (what Alibaba's SDKs send).
     pub secure_mode: SecureMode,
-    /// `instanceId`, when the device belongs to an instance.
+    /// `instanceId`, when the device belongs to an instance; default none.
     pub instance_id: Option<&'a str>,
+}
+
+impl<'a> RegisterOptions<'a> {
+    /// A registration of `kind` with `random`, and the defaults.
+    pub fn new(kind: ConnectKind, random: &'a str) -> Self {
+        Self {
+            kind,
+            random,
+            sign_method: SignMethod::HmacSha256,
+            secure_mode: SecureMode::TLS,
+            instance_id: None,
+        }
+    }
+
+    /// With `sign_method`.
+    #[must_use]
+    pub fn with_sign_method(mut self, sign_method: SignMethod) -> Self {
+        self.sign_method = sign_method;
+        self
+    }
+
+    /// With `secure_mode`.
+    #[must_use]
+    pub fn with_secure_mode(mut self, secure_mode: SecureMode) -> Self {
+        self.secure_mode = secure_mode;
+        self
+    }
+
+    /// With `instance_id` (`None`: none).
+    #[must_use]
+    pub fn with_instance_id(mut self, instance_id: impl Into<Option<&'a str>>) -> Self {
+        self.instance_id = instance_id.into();
+        self
+    }
 }
 
 /// Builds a registration connect (`authType=register|regnwl`), signed with the product secret.
@@ -932,10 +1009,10 @@ pub struct RegistrationOptions<'a> {
 ///
 /// # Errors
 /// [`ParseError`] when `kind` is not a registration or a field could not be parsed back.
-pub fn build_registration_connect(
+pub fn build_register_connect(
     cert: &ProductCertificate,
     device_name: DeviceName,
-    options: &RegistrationOptions<'_>,
+    options: &RegisterOptions<'_>,
 ) -> Result<ConnectCredentials, ParseError> {
     let auth_type = match options.kind {
         ConnectKind::Register | ConnectKind::RegisterNoPreregistration => options.kind.auth_type(),

@@ -47,6 +47,7 @@ pub const SECONDS_BELOW: u64 = 100_000_000_000;
 /// The default, [`Freshness::Unchecked`], is what the platform does: Alibaba's C SDKs send the
 /// constant `2524608000000` (year 2050), so a window would lock them out.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
 pub enum Freshness {
     /// No window; the timestamp is only signed.
     #[default]

@@ -9,11 +9,10 @@ use zeroize::Zeroize;
 use crate::ascii::decode_hex;
 
 /// The HMAC algorithm a device names in `signmethod` / `signMethod`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[non_exhaustive]
 pub enum SignMethod {
     /// `hmacmd5`: what the platform assumes when a client id names no method.
-    #[default]
     HmacMd5,
     /// `hmacsha1`.
     HmacSha1,

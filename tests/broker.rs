@@ -106,10 +106,7 @@ impl From<ConnectCredentials> for Creds {
 /// A login of `cert` with CORE `core` whose client id carries `extra` parameters (unsigned, as
 /// Link SDK 4.x's `_conn=`).
 fn login(cert: &DeviceCertificate, core: &str, extra: &str) -> Creds {
-    let options = LoginOptions {
-        client_id: Some(core),
-        ..Default::default()
-    };
+    let options = LoginOptions::default().with_client_id(core);
     let mut creds = Creds::from(build_login(cert, &options).unwrap());
     if !extra.is_empty() {
         creds.client_id = creds.client_id.replacen('|', &format!("|{extra},"), 1);
@@ -283,14 +280,10 @@ async fn registration_on_the_broker_port_delivers_the_secret_to_that_connection_
         fleet.product.product_key,
         fleet.product.product_secret.clone_secret(),
     );
-    let options = RegistrationOptions {
-        kind: ConnectKind::Register,
-        random: "Z1TcKNepl0J8PQ1",
-        sign_method: SignMethod::HmacSha256,
-        secure_mode: SecureMode::TLS,
-        instance_id: None,
-    };
-    let creds: Creds = build_registration_connect(&product_cert, cert.device_name(), &options)
+    let options = RegisterOptions::new(ConnectKind::Register, "Z1TcKNepl0J8PQ1")
+        .with_sign_method(SignMethod::HmacSha256)
+        .with_secure_mode(SecureMode::TLS);
+    let creds: Creds = build_register_connect(&product_cert, cert.device_name(), &options)
         .unwrap()
         .into();
     let (mut stream, connack) = fleet.connect(&connect_packet(&creds, None)).await;

@@ -7,7 +7,7 @@ use iotauth::IssuancePolicy::{Once, RedeliverUntilFirstLogin};
 use iotauth::*;
 
 fn status(state: DeviceState, enabled: bool) -> DeviceStatus {
-    DeviceStatus { state, enabled }
+    DeviceStatus::new(state, enabled)
 }
 
 fn run(
@@ -15,26 +15,22 @@ fn run(
     enabled: bool,
     event: Event,
     policy: IssuancePolicy,
-) -> Result<Transition, TransitionError> {
-    transition(status(state, enabled), event, policy)
+) -> Result<Outcome, TransitionError> {
+    transition(status(state, enabled), event, policy).map(|t| (t.to, t.secret))
 }
 
-fn to(
-    state: DeviceState,
-    enabled: bool,
-    secret: SecretEffect,
-) -> Result<Transition, TransitionError> {
-    Ok(Transition {
-        to: Some(status(state, enabled)),
-        secret,
-    })
+/// A transition's new status and what happens to the secret.
+type Outcome = (Option<DeviceStatus>, SecretEffect);
+
+fn to(state: DeviceState, enabled: bool, secret: SecretEffect) -> Result<Outcome, TransitionError> {
+    Ok((Some(status(state, enabled)), secret))
 }
 
 const ON: Event = Event::Issue(DynamicRegistration::On);
 const OFF: Event = Event::Issue(DynamicRegistration::Off);
 
 fn wrong_state(expected: &[DeviceState], got: DeviceState, policy: IssuancePolicy) -> bool {
-    matches!(run(got, true, ON, policy), Err(TransitionError::WrongState { event: "issue", expected: e, got: g }) if e.states() == expected && g == got)
+    matches!(run(got, true, ON, policy), Err(TransitionError::WrongState { event: Event::Issue(_), expected: e, got: g }) if e.states() == expected && g == got)
 }
 
 /// Disabled devices refuse Issue and LoginOk whatever the state, policy or switch.
@@ -55,7 +51,7 @@ fn same_under_both_policies(
     state: DeviceState,
     enabled: bool,
     event: Event,
-) -> Result<Transition, TransitionError> {
+) -> Result<Outcome, TransitionError> {
     let once = run(state, enabled, event, Once);
     assert_eq!(once, run(state, enabled, event, RedeliverUntilFirstLogin));
     once
@@ -184,10 +180,7 @@ fn delete_removes(state: DeviceState) {
     for enabled in [true, false] {
         assert_eq!(
             same_under_both_policies(state, enabled, Event::Delete),
-            Ok(Transition {
-                to: None,
-                secret: SecretEffect::Keep
-            })
+            Ok((None, SecretEffect::Keep))
         );
     }
 }
@@ -295,7 +288,7 @@ fn a_device_with_its_own_credential_gets_no_client_id() {
             assert!(
                 matches!(
                     run(state, true, issue_client_id(0), policy),
-                    Err(TransitionError::WrongState { event: "issue-client-id", got, .. }) if got == state
+                    Err(TransitionError::WrongState { event: Event::IssueClientId { .. }, got, .. }) if got == state
                 ),
                 "{state} {policy:?}"
             );

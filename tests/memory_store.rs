@@ -152,11 +152,9 @@ mod broken {
             _expected_revision: u64,
             update: DeviceUpdate,
         ) -> Result<(), StoreError> {
-            let current = self
-                .0
-                .device(pk, dn)
-                .await?
-                .ok_or(StoreError::NotFound { what: "device" })?;
+            let current = self.0.device(pk, dn).await?.ok_or(StoreError::NotFound {
+                what: Entity::Device,
+            })?;
             // And a ClientID replaces the list it was read with rather than joining the list
             // as it is now: the lost update of a read-modify-write without the revision.
             if let DeviceUpdate::Set {
@@ -284,10 +282,7 @@ async fn the_cache_serves_a_snapshot_for_its_ttl_and_writes_through_it_drop_it()
     );
 
     // Written around the cache: not seen until the snapshot expires.
-    let disabled = DeviceStatus {
-        state: DeviceState::Inactive,
-        enabled: false,
-    };
+    let disabled = DeviceStatus::new(DeviceState::Inactive, false);
     inner
         .compare_and_set(
             &pk,
@@ -345,15 +340,14 @@ async fn the_cache_serves_a_snapshot_for_its_ttl_and_writes_through_it_drop_it()
 #[tokio::test]
 async fn the_cache_keeps_an_absent_device_absent_for_its_ttl_unless_created_through_it() {
     use iotauth::store::{DeviceRecord, DeviceStore};
-    use iotauth::{DeviceName, DeviceSecret, DeviceStatus};
+    use iotauth::{DeviceName, DeviceSecret};
     let (inner, cached, _admin, pk) = cached_product().await;
-    let record = |name: &str| DeviceRecord {
-        product_key: pk,
-        device_name: DeviceName::new(name).unwrap(),
-        device_secret: DeviceSecret::new("s3cr3t-of-a-device").unwrap(),
-        status: DeviceStatus::NEW,
-        revision: 0,
-        client_ids: Vec::new(),
+    let record = |name: &str| {
+        DeviceRecord::new(
+            pk,
+            DeviceName::new(name).unwrap(),
+            DeviceSecret::new("s3cr3t-of-a-device").unwrap(),
+        )
     };
 
     let around = DeviceName::new("around-01").unwrap();

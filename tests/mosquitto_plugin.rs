@@ -8,8 +8,8 @@ use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use iotauth::{
-    ConnectKind, DeviceName, ProductCertificate, ProductKey, ProductSecret, RegistrationOptions,
-    SecureMode, SignMethod, build_registration_connect,
+    ConnectKind, DeviceName, ProductCertificate, ProductKey, ProductSecret, RegisterOptions,
+    SecureMode, SignMethod, build_register_connect,
 };
 use rumqttc::{Packet, QoS};
 use serde_json::Value;
@@ -760,16 +760,12 @@ fn a_registration_cannot_take_over_another_devices_registration_connection() {
         ProductKey::new(&pk).unwrap(),
         ProductSecret::new(&product_secret).unwrap(),
     );
-    let options = RegistrationOptions {
-        kind: ConnectKind::Register,
-        random: "r4nd0m",
-        sign_method: SignMethod::HmacSha256,
-        secure_mode: SecureMode::TLS,
-        instance_id: None,
-    };
+    let options = RegisterOptions::new(ConnectKind::Register, "r4nd0m")
+        .with_sign_method(SignMethod::HmacSha256)
+        .with_secure_mode(SecureMode::TLS);
     let connect = |name: &str| {
         let creds =
-            build_registration_connect(&product, DeviceName::new(name).unwrap(), &options).unwrap();
+            build_register_connect(&product, DeviceName::new(name).unwrap(), &options).unwrap();
         let id = creds.client_id().to_owned();
         [id, creds.username().to_owned(), creds.expose_password()]
     };

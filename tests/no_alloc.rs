@@ -11,12 +11,10 @@ fn parse_and_verify_allocate_nothing() {
         DeviceSecret::new("Sh4r3dS3cr3tV4lu3F0rT3st1ngXyZ09").unwrap(),
     );
     for method in SignMethod::ALL {
-        let options = LoginOptions {
-            client_id: Some("a2SHaReD0k1&shared-dev-01"),
-            timestamp: Some("1710000000"),
-            sign_method: method,
-            ..Default::default()
-        };
+        let options = LoginOptions::default()
+            .with_client_id("a2SHaReD0k1&shared-dev-01")
+            .with_timestamp("1710000000")
+            .with_sign_method(method);
         // Signing computes the secret's key schedule for this method and keeps it with the
         // secret (one allocation per secret, not per login), as a server's first
         // verification would.

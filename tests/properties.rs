@@ -101,12 +101,11 @@ impl Login {
     fn credentials(&self, core: &str, timestamp: Option<&str>) -> ConnectCredentials {
         build_login(
             &self.cert(),
-            &LoginOptions {
-                client_id: Some(core),
-                timestamp,
-                sign_method: self.method,
-                secure_mode: self.mode,
-            },
+            &LoginOptions::default()
+                .with_client_id(core)
+                .with_timestamp(timestamp)
+                .with_sign_method(self.method)
+                .with_secure_mode(self.mode),
         )
         .expect("valid inputs build")
     }
@@ -187,11 +186,8 @@ proptest! {
         let refused = RegisterForm::parse(forged.as_bytes()).map_or(true, |f| f.verify(cert.product_secret()).is_err());
         prop_assert!(refused);
 
-        let options = RegistrationOptions {
-            kind: ConnectKind::Register, random: &r, sign_method: m,
-            secure_mode: SecureMode::TLS, instance_id: None,
-        };
-        let connect = build_registration_connect(&cert, dn, &options).unwrap();
+        let options = RegisterOptions::new(ConnectKind::Register, &r).with_sign_method(m).with_secure_mode(SecureMode::TLS);
+        let connect = build_register_connect(&cert, dn, &options).unwrap();
         let password = connect.expose_password();
         let request = ConnectRequest::parse(connect.client_id(), connect.username(), &password).unwrap();
         prop_assert!(request.verify_registration(cert.product_secret()).is_ok());

@@ -2,9 +2,7 @@
 //! carries an offered value. Plus compile-time `Send`/`Sync` guarantees.
 
 use iotauth::service::{AdminError, AuthError, RegisterError};
-use iotauth::store::{
-    ClientIdRecord, DeviceRecord, PreRegistrationFree, ProductRecord, StoreError,
-};
+use iotauth::store::{ClientIdRecord, DeviceRecord, ProductRecord, StoreError};
 use iotauth::*;
 
 const SECRET: &str = "TopS3cretValueThatMustNeverShow1";
@@ -75,16 +73,13 @@ fn debug_of_every_type_holding_a_secret_is_redacted() {
     let parsed = RegisterForm::parse(form.body().as_bytes()).unwrap();
     assert!(!format!("{parsed:?}").contains(&sign_hex));
 
-    let record = DeviceRecord {
-        product_key: pk,
-        device_name: dn,
-        device_secret: DeviceSecret::new(SECRET).unwrap(),
-        status: DeviceStatus::NEW,
-        revision: 0,
-        client_ids: vec![ClientIdRecord {
+    let record = {
+        let mut r = DeviceRecord::new(pk, dn, DeviceSecret::new(SECRET).unwrap());
+        r.client_ids = vec![ClientIdRecord {
             client_id: IssuedClientId::new("ABCDEFGHIJ0123456789xyz").unwrap(),
             token_digest: TokenDigest::of(&DeviceToken::new(SECRET).unwrap()),
-        }],
+        }];
+        r
     };
     assert_hidden("DeviceRecord", format!("{record:?}"));
     let digest = record.client_ids[0].token_digest.to_hex();
@@ -92,15 +87,11 @@ fn debug_of_every_type_holding_a_secret_is_redacted() {
         !format!("{record:?}").contains(&digest),
         "a token digest in Debug"
     );
-    let product = ProductRecord {
-        product_key: pk,
-        product_secret: ProductSecret::new(SECRET).unwrap(),
-        dynamic_registration: DynamicRegistration::On,
-        name: None,
-        pre_registration_free: PreRegistrationFree::OFF,
-        registration_limit: iotauth::store::RegistrationLimit::DEFAULT,
-        switched_off_by_breaker_at: None,
-    };
+    let product = ProductRecord::new(
+        pk,
+        ProductSecret::new(SECRET).unwrap(),
+        DynamicRegistration::On,
+    );
     assert_hidden("ProductRecord", format!("{product:?}"));
     let reply = RegisterReply::Issued {
         product_key: pk,

@@ -176,15 +176,12 @@ async fn every_refusal_reason_has_its_documented_code() {
 async fn mqtt_register_connect_obtains_the_secret_once_and_regnwl_is_unsupported() {
     let fleet = Fleet::new(DynamicRegistration::On).await;
     let device = fleet.device("mqtt-reg-dev").await;
-    let options = RegistrationOptions {
-        kind: ConnectKind::Register,
-        random: "Z1TcKNepl0J8PQ1",
-        sign_method: SignMethod::HmacSha256,
-        secure_mode: SecureMode::REGISTRATION,
-        instance_id: Some("iot-instance-1"),
-    };
+    let options = RegisterOptions::new(ConnectKind::Register, "Z1TcKNepl0J8PQ1")
+        .with_sign_method(SignMethod::HmacSha256)
+        .with_secure_mode(SecureMode::REGISTRATION)
+        .with_instance_id("iot-instance-1");
     let connect =
-        build_registration_connect(&fleet.product_cert(), device.device_name, &options).unwrap();
+        build_register_connect(&fleet.product_cert(), device.device_name, &options).unwrap();
     let registrar = Registrar::new(fleet.store.clone());
     let password = connect.expose_password();
     let issued = registrar
@@ -200,12 +197,12 @@ async fn mqtt_register_connect_obtains_the_secret_once_and_regnwl_is_unsupported
         .await;
     assert_eq!(again.unwrap_err().code(), RefusalCode::AlreadyIssued);
 
-    let regnwl = RegistrationOptions {
-        kind: ConnectKind::RegisterNoPreregistration,
-        ..options
-    };
+    let regnwl = RegisterOptions::new(ConnectKind::RegisterNoPreregistration, options.random)
+        .with_sign_method(options.sign_method)
+        .with_secure_mode(options.secure_mode)
+        .with_instance_id(options.instance_id);
     let connect =
-        build_registration_connect(&fleet.product_cert(), device.device_name, &regnwl).unwrap();
+        build_register_connect(&fleet.product_cert(), device.device_name, &regnwl).unwrap();
     let refused = registrar
         .register_connect(
             connect.client_id(),
@@ -225,15 +222,11 @@ async fn mqtt_register_connect_obtains_the_secret_once_and_regnwl_is_unsupported
 async fn authenticator_refuses_a_registration_connect_as_a_login() {
     let fleet = Fleet::new(DynamicRegistration::On).await;
     let device = fleet.device("kind-dev").await;
-    let options = RegistrationOptions {
-        kind: ConnectKind::Register,
-        random: "abc",
-        sign_method: SignMethod::HmacSha1,
-        secure_mode: SecureMode::TLS,
-        instance_id: None,
-    };
+    let options = RegisterOptions::new(ConnectKind::Register, "abc")
+        .with_sign_method(SignMethod::HmacSha1)
+        .with_secure_mode(SecureMode::TLS);
     let connect =
-        build_registration_connect(&fleet.product_cert(), device.device_name, &options).unwrap();
+        build_register_connect(&fleet.product_cert(), device.device_name, &options).unwrap();
     let result = Authenticator::new(fleet.store.clone())
         .authenticate(
             connect.client_id(),
@@ -298,14 +291,7 @@ async fn freshness_window_uses_the_injected_clock() {
     let try_at = |ts: Option<&'static str>| {
         let (auth, cert) = (&auth, cert_of(&device));
         async move {
-            let creds = build_login(
-                &cert,
-                &LoginOptions {
-                    timestamp: ts,
-                    ..Default::default()
-                },
-            )
-            .unwrap();
+            let creds = build_login(&cert, &LoginOptions::default().with_timestamp(ts)).unwrap();
             auth.authenticate(
                 creds.client_id(),
                 creds.username(),
@@ -333,14 +319,16 @@ async fn admin_refuses_device_events_and_unknown_devices() {
     let (pk, dn) = (device.product_key, device.device_name);
     assert!(matches!(
         fleet.admin.apply(&pk, &dn, Event::LoginOk).await,
-        Err(AdminError::Transition(
-            TransitionError::NotAnOperatorEvent { event: "login" }
-        ))
+        Err(AdminError::NotAnOperatorEvent {
+            event: Event::LoginOk
+        })
     ));
     let ghost = DeviceName::new("ghost-dev").unwrap();
     assert!(matches!(
         fleet.admin.apply(&pk, &ghost, Event::Disable).await,
-        Err(AdminError::Store(StoreError::NotFound { what: "device" }))
+        Err(AdminError::Store(StoreError::NotFound {
+            what: Entity::Device
+        }))
     ));
 }
 
@@ -738,15 +726,11 @@ async fn hooks_allow_connwl_logins_and_deny_regnwl_which_they_cannot_deliver() {
         .set_pre_registration_free(&pk, setting)
         .await
         .unwrap();
-    let options = RegistrationOptions {
-        kind: ConnectKind::RegisterNoPreregistration,
-        random: "3154792371",
-        sign_method: SignMethod::HmacSha256,
-        secure_mode: SecureMode::TLS,
-        instance_id: None,
-    };
+    let options = RegisterOptions::new(ConnectKind::RegisterNoPreregistration, "3154792371")
+        .with_sign_method(SignMethod::HmacSha256)
+        .with_secure_mode(SecureMode::TLS);
     let name = DeviceName::new("nwl-hook").unwrap();
-    let regnwl = build_registration_connect(&fleet.product_cert(), name, &options).unwrap();
+    let regnwl = build_register_connect(&fleet.product_cert(), name, &options).unwrap();
     let password = regnwl.expose_password();
     let request = ConnectRequest::parse(regnwl.client_id(), regnwl.username(), &password).unwrap();
     let issued = Registrar::new(fleet.store.clone())
@@ -919,15 +903,11 @@ async fn a_registration_whose_issue_is_answered_late_still_delivers_the_secret()
         Arc::new(SlowWrites(fleet.store.clone())),
         ServerConfig::default(),
     );
-    let options = RegistrationOptions {
-        kind: ConnectKind::Register,
-        random: "Z1TcKNepl0J8PQ1",
-        sign_method: SignMethod::HmacSha256,
-        secure_mode: SecureMode::REGISTRATION,
-        instance_id: None,
-    };
+    let options = RegisterOptions::new(ConnectKind::Register, "Z1TcKNepl0J8PQ1")
+        .with_sign_method(SignMethod::HmacSha256)
+        .with_secure_mode(SecureMode::REGISTRATION);
     let connect =
-        build_registration_connect(&fleet.product_cert(), device.device_name, &options).unwrap();
+        build_register_connect(&fleet.product_cert(), device.device_name, &options).unwrap();
     let password = connect.expose_password();
     let issued = services
         .register_connect(connect.client_id(), connect.username(), &password)

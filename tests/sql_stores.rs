@@ -202,31 +202,26 @@ fn postgres_store_survives_a_reopen() {
 /// that is gone), and so is the readiness check (issue 14).
 #[test]
 fn a_deleted_or_replaced_sqlite_file_refuses_every_write() {
-    use iotauth::store::{
-        ClientIdChange, DeviceRecord, DeviceUpdate, FailureKind, PreRegistrationFree, ProductRecord,
-    };
+    use iotauth::store::{ClientIdChange, DeviceRecord, DeviceUpdate, FailureKind, ProductRecord};
     for change in ["delete", "replace", "delete-wal", "delete-shm"] {
         let db = TempDb::new(change);
         let path = db.dir.join("iotauth.db");
         block(async {
             let store = open(&db.url()).await;
             let pk = ProductKey::new("a1Replaced0").unwrap();
-            let product = |pk| ProductRecord {
-                product_key: pk,
-                product_secret: ProductSecret::new("a-product-secret-of-the-test").unwrap(),
-                dynamic_registration: DynamicRegistration::On,
-                name: None,
-                pre_registration_free: PreRegistrationFree::OFF,
-                registration_limit: iotauth::store::RegistrationLimit::DEFAULT,
-                switched_off_by_breaker_at: None,
+            let product = |pk| {
+                ProductRecord::new(
+                    pk,
+                    ProductSecret::new("a-product-secret-of-the-test").unwrap(),
+                    DynamicRegistration::On,
+                )
             };
-            let device = |name: &str| DeviceRecord {
-                product_key: pk,
-                device_name: DeviceName::new(name).unwrap(),
-                device_secret: DeviceSecret::new("a-device-secret-of-the-test").unwrap(),
-                status: DeviceStatus::NEW,
-                revision: 0,
-                client_ids: Vec::new(),
+            let device = |name: &str| {
+                DeviceRecord::new(
+                    pk,
+                    DeviceName::new(name).unwrap(),
+                    DeviceSecret::new("a-device-secret-of-the-test").unwrap(),
+                )
             };
             store.insert_product(product(pk)).await.unwrap();
             store.insert_device(device("meter-01")).await.unwrap();
@@ -282,20 +277,16 @@ fn a_deleted_or_replaced_sqlite_file_refuses_every_write() {
 /// read-only, not as "unavailable".
 #[test]
 fn a_read_only_sqlite_store_fails_a_write_as_read_only() {
-    use iotauth::store::{FailureKind, PreRegistrationFree, ProductRecord};
+    use iotauth::store::{FailureKind, ProductRecord};
     let db = TempDb::new("read-only");
     block(async {
         open(&db.url()).await.close().await;
         let read_only = open(&format!("{}?mode=ro", db.url())).await;
-        let product = ProductRecord {
-            product_key: ProductKey::new("a1ReadOnly0").unwrap(),
-            product_secret: ProductSecret::new("a-product-secret-of-the-test").unwrap(),
-            dynamic_registration: DynamicRegistration::Off,
-            name: None,
-            pre_registration_free: PreRegistrationFree::OFF,
-            registration_limit: iotauth::store::RegistrationLimit::DEFAULT,
-            switched_off_by_breaker_at: None,
-        };
+        let product = ProductRecord::new(
+            ProductKey::new("a1ReadOnly0").unwrap(),
+            ProductSecret::new("a-product-secret-of-the-test").unwrap(),
+            DynamicRegistration::Off,
+        );
         let refused = read_only.insert_product(product).await.unwrap_err();
         let text = ErrorChain(&refused).to_string();
         assert_eq!(
@@ -348,7 +339,7 @@ fn a_postgres_role_without_privileges_fails_as_permission() {
 /// decision waits) is `busy`, not a store that did not answer.
 #[test]
 fn a_sqlite_lock_held_past_the_busy_timeout_fails_as_busy() {
-    use iotauth::store::{FailureKind, PreRegistrationFree, ProductRecord};
+    use iotauth::store::{FailureKind, ProductRecord};
     use std::io::BufRead;
     let db = TempDb::new("busy");
     let path = db.dir.join("iotauth.db");
@@ -373,15 +364,11 @@ fn a_sqlite_lock_held_past_the_busy_timeout_fails_as_busy() {
             .read_line(&mut line)
             .unwrap();
         assert_eq!(line.trim(), "locked");
-        let product = ProductRecord {
-            product_key: ProductKey::new("a1Busy00001").unwrap(),
-            product_secret: ProductSecret::new("a-product-secret-of-the-test").unwrap(),
-            dynamic_registration: DynamicRegistration::Off,
-            name: None,
-            pre_registration_free: PreRegistrationFree::OFF,
-            registration_limit: iotauth::store::RegistrationLimit::DEFAULT,
-            switched_off_by_breaker_at: None,
-        };
+        let product = ProductRecord::new(
+            ProductKey::new("a1Busy00001").unwrap(),
+            ProductSecret::new("a-product-secret-of-the-test").unwrap(),
+            DynamicRegistration::Off,
+        );
         // Refused while the lock is held: the busy timeout is shorter than the holder's 4 s.
         let refused = store.insert_product(product).await.unwrap_err();
         let text = ErrorChain(&refused).to_string();

@@ -81,12 +81,11 @@ fn check_mqtt_login(c: &Value) {
     // The device-side builder signs the same password.
     let cert = DeviceCertificate::new(pk, dn, secret.clone_secret());
     let secure_mode = SecureMode::new(text(c, "securemode").parse().unwrap()).unwrap();
-    let options = LoginOptions {
-        client_id: Some(core),
-        timestamp: Some(ts),
-        sign_method: method(c),
-        secure_mode,
-    };
+    let options = LoginOptions::default()
+        .with_client_id(core)
+        .with_timestamp(ts)
+        .with_sign_method(method(c))
+        .with_secure_mode(secure_mode);
     assert_built_like_the_sdk(&build_login(&cert, &options).unwrap(), c);
 
     // Verification of exactly what the SDK sent.
@@ -126,14 +125,11 @@ fn check_dynreg(c: &Value) {
                 "register" => ConnectKind::Register,
                 _ => ConnectKind::RegisterNoPreregistration,
             };
-            let options = RegistrationOptions {
-                kind,
-                random,
-                sign_method: method(c),
-                secure_mode: SecureMode::new(text(c, "securemode").parse().unwrap()).unwrap(),
-                instance_id: c["instanceId"].as_str(),
-            };
-            assert_built_like_the_sdk(&build_registration_connect(&cert, dn, &options).unwrap(), c);
+            let options = RegisterOptions::new(kind, random)
+                .with_sign_method(method(c))
+                .with_secure_mode(SecureMode::new(text(c, "securemode").parse().unwrap()).unwrap())
+                .with_instance_id(c["instanceId"].as_str());
+            assert_built_like_the_sdk(&build_register_connect(&cert, dn, &options).unwrap(), c);
             let request = parse_as_sent(c);
             assert_eq!(request.kind(), kind);
             assert_eq!(request.client_id().random(), Some(random));

@@ -340,6 +340,7 @@ fn classify(e: &AdminError) -> (StatusCode, ErrorCode) {
             ..
         } => (StatusCode::CONFLICT, ErrorCode::Conflict),
         AdminError::InvalidName
+        | AdminError::NotAnOperatorEvent { .. }
         | AdminError::Limit(_)
         | AdminError::BatchSize { .. }
         | AdminError::InBatch { .. } => (StatusCode::BAD_REQUEST, ErrorCode::InvalidParameter),

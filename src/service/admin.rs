@@ -4,6 +4,7 @@ use crate::id::{DeviceName, ProductKey};
 use crate::lifecycle::{DeviceStatus, DynamicRegistration, Event, IssuancePolicy, TransitionError};
 use crate::random::{Entropy, EntropyError, OsEntropy};
 use crate::secret::{DeviceSecret, ProductSecret};
+use crate::store::Entity;
 use crate::store::{
     DeviceRecord, DeviceStore, DeviceSummary, LimitError, PreRegistrationFree, ProductRecord,
     ProductStore, RegistrationLimit, StoreError,
@@ -33,6 +34,13 @@ pub enum AdminError {
     /// The random source failed.
     #[error(transparent)]
     Entropy(#[from] EntropyError),
+    /// The event is the device's own (issue, login), not one an operator may apply
+    /// ([`Admin::apply`]).
+    #[error("{} is not an operator's event", event.name())]
+    NotAnOperatorEvent {
+        /// The event.
+        event: Event,
+    },
     /// A product name must be 1–64 characters without control characters.
     #[error("a product name must be 1 to 64 characters without control characters")]
     InvalidName,
@@ -57,8 +65,8 @@ pub enum AdminError {
     /// shown).
     #[error("the stored {what} has another {field}")]
     Conflict {
-        /// `"product"` or `"device"`.
-        what: &'static str,
+        /// Which.
+        what: Entity,
         /// The field that differs, by Alibaba's name (`ProductSecret`, `DeviceSecret`).
         field: &'static str,
     },
@@ -238,7 +246,9 @@ impl<S: ProductStore + DeviceStore> Admin<S> {
         self.store
             .product(product_key)
             .await?
-            .ok_or(AdminError::Store(StoreError::NotFound { what: "product" }))
+            .ok_or(AdminError::Store(StoreError::NotFound {
+                what: Entity::Product,
+            }))
     }
 
     /// Every product, by key.
@@ -263,7 +273,9 @@ impl<S: ProductStore + DeviceStore> Admin<S> {
         self.store
             .device(product_key, device_name)
             .await?
-            .ok_or(AdminError::Store(StoreError::NotFound { what: "device" }))
+            .ok_or(AdminError::Store(StoreError::NotFound {
+                what: Entity::Device,
+            }))
     }
 
     /// A product's devices, by name.
@@ -395,7 +407,10 @@ impl<S: ProductStore + DeviceStore> Admin<S> {
                         });
                     }
                 }
-                Err(StoreError::AlreadyExists { what: "device" }.into())
+                Err(StoreError::AlreadyExists {
+                    what: Entity::Device,
+                }
+                .into())
             }
             Err(e) => Err(e.into()),
         }
@@ -473,7 +488,7 @@ impl<S: ProductStore + DeviceStore> Admin<S> {
                 }
                 Some(_) => {
                     return Err(at(AdminError::Conflict {
-                        what: "product",
+                        what: Entity::Product,
                         field: "ProductSecret",
                     }));
                 }
@@ -550,7 +565,7 @@ impl<S: ProductStore + DeviceStore> Admin<S> {
                 }
                 Some(_) => {
                     return Err(at(AdminError::Conflict {
-                        what: "device",
+                        what: Entity::Device,
                         field: "DeviceSecret",
                     }));
                 }
@@ -577,7 +592,10 @@ impl<S: ProductStore + DeviceStore> Admin<S> {
         product_key: &ProductKey,
     ) -> Result<HashMap<DeviceName, DeviceRecord>, AdminError> {
         if self.store.product(product_key).await?.is_none() {
-            return Err(StoreError::NotFound { what: "product" }.into());
+            return Err(StoreError::NotFound {
+                what: Entity::Product,
+            }
+            .into());
         }
         let devices = self.store.devices(product_key).await?;
         Ok(devices
@@ -591,8 +609,8 @@ impl<S: ProductStore + DeviceStore> Admin<S> {
     /// after a delete.
     ///
     /// # Errors
-    /// [`StoreError::NotFound`] for an unknown device; [`TransitionError`] for an event that
-    /// is not an operator's; an outage.
+    /// [`StoreError::NotFound`] for an unknown device; [`AdminError::NotAnOperatorEvent`] for an
+    /// event that is not an operator's; an outage.
     pub async fn apply(
         &self,
         product_key: &ProductKey,
@@ -603,11 +621,7 @@ impl<S: ProductStore + DeviceStore> Admin<S> {
             event,
             Event::Disable | Event::Enable | Event::Reset | Event::Delete
         ) {
-            return Err(AdminError::Transition(
-                TransitionError::NotAnOperatorEvent {
-                    event: event.name(),
-                },
-            ));
+            return Err(AdminError::NotAnOperatorEvent { event });
         }
         let applied = apply_event(
             &self.store,

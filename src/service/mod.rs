@@ -23,6 +23,7 @@ use crate::lifecycle::{
 };
 use crate::random::{Entropy, EntropyError};
 use crate::secret::{DeviceSecret, DeviceToken, TokenDigest};
+use crate::store::Entity;
 use crate::store::{
     ClientIdChange, ClientIdRecord, DeviceRecord, DeviceStore, DeviceUpdate, EventKind, StoreError,
 };
@@ -66,7 +67,9 @@ where
         let before = store
             .device(product_key, device_name)
             .await?
-            .ok_or(StoreError::NotFound { what: "device" })?;
+            .ok_or(StoreError::NotFound {
+                what: Entity::Device,
+            })?;
         let checked = check(&before)?;
         // The ClientIDs held are the record's, as read here.
         let event = match event {

@@ -10,7 +10,6 @@
 //! the devices it names and to disconnect devices that were disabled, reset or deleted.
 
 use core::fmt;
-use std::error::Error as StdError;
 
 use async_trait::async_trait;
 use sha2::{Digest, Sha256};
@@ -725,12 +724,14 @@ impl Follower {
 }
 
 /// A stored event that does not parse.
+#[cfg(any(feature = "sqlite", feature = "postgres", test))]
 #[derive(Debug)]
 pub(crate) struct UnreadableEvent {
     pub(crate) seq: i64,
     pub(crate) column: &'static str,
 }
 
+#[cfg(any(feature = "sqlite", feature = "postgres", test))]
 impl fmt::Display for UnreadableEvent {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
@@ -741,7 +742,8 @@ impl fmt::Display for UnreadableEvent {
     }
 }
 
-impl StdError for UnreadableEvent {}
+#[cfg(any(feature = "sqlite", feature = "postgres", test))]
+impl std::error::Error for UnreadableEvent {}
 
 #[cfg(test)]
 mod tests {

@@ -15,6 +15,7 @@ use crate::id::{DeviceName, ProductKey};
 use crate::lifecycle::{DeviceStatus, DynamicRegistration, MAX_CLIENT_IDS};
 use crate::policy::{Clock, SystemClock, UnixMillis};
 use crate::secret::DeviceSecret;
+use crate::store::Entity;
 
 /// A store in lock-guarded maps. Every operation takes the lock once and never across an
 /// `.await`, so each is atomic, compare-and-set included. Logins only read, so they share the
@@ -132,7 +133,9 @@ impl MemoryStore {
         let product = maps
             .products
             .get_mut(product_key)
-            .ok_or(StoreError::NotFound { what: "product" })?;
+            .ok_or(StoreError::NotFound {
+                what: Entity::Product,
+            })?;
         change(product);
         maps.log(&self.actor, NewEvent::product(*product_key, kind));
         Ok(())
@@ -161,11 +164,15 @@ impl Maps {
         device_quota: Option<u32>,
     ) -> Result<(), StoreError> {
         if !self.products.contains_key(&device.product_key) {
-            return Err(StoreError::NotFound { what: "product" });
+            return Err(StoreError::NotFound {
+                what: Entity::Product,
+            });
         }
         let devices = self.devices.entry(device.product_key).or_default();
         if devices.contains_key(&device.device_name) {
-            return Err(StoreError::AlreadyExists { what: "device" });
+            return Err(StoreError::AlreadyExists {
+                what: Entity::Device,
+            });
         }
         if device_quota.is_some_and(|quota| devices.len() >= quota as usize) {
             return Err(StoreError::QuotaReached);
@@ -175,7 +182,8 @@ impl Maps {
             StoredDevice {
                 device_secret: device.device_secret,
                 status: device.status,
-                revision: device.revision,
+                // The store assigns revisions: a new device starts at 0.
+                revision: 0,
                 client_ids: device.client_ids,
             },
         );
@@ -199,7 +207,9 @@ impl ProductStore for MemoryStore {
         for product in &products {
             if maps.products.contains_key(&product.product_key) || !keys.insert(product.product_key)
             {
-                return Err(StoreError::AlreadyExists { what: "product" });
+                return Err(StoreError::AlreadyExists {
+                    what: Entity::Product,
+                });
             }
         }
         for product in products {
@@ -239,7 +249,9 @@ impl ProductStore for MemoryStore {
         let product = maps
             .products
             .get_mut(product_key)
-            .ok_or(StoreError::NotFound { what: "product" })?;
+            .ok_or(StoreError::NotFound {
+                what: Entity::Product,
+            })?;
         product.dynamic_registration = switch;
         product.switched_off_by_breaker_at = None;
         maps.refusals.remove(product_key);
@@ -269,7 +281,9 @@ impl ProductStore for MemoryStore {
         let product = maps
             .products
             .get_mut(product_key)
-            .ok_or(StoreError::NotFound { what: "product" })?;
+            .ok_or(StoreError::NotFound {
+                what: Entity::Product,
+            })?;
         product.registration_limit = limit;
         maps.issue_tats.remove(product_key);
         maps.log(
@@ -377,14 +391,18 @@ impl DeviceStore for MemoryStore {
         let mut names = std::collections::HashSet::new();
         for device in &devices {
             if !maps.products.contains_key(&device.product_key) {
-                return Err(StoreError::NotFound { what: "product" });
+                return Err(StoreError::NotFound {
+                    what: Entity::Product,
+                });
             }
             let taken = maps
                 .devices
                 .get(&device.product_key)
                 .is_some_and(|names| names.contains_key(&device.device_name));
             if taken || !names.insert((device.product_key, device.device_name)) {
-                return Err(StoreError::AlreadyExists { what: "device" });
+                return Err(StoreError::AlreadyExists {
+                    what: Entity::Device,
+                });
             }
         }
         for device in devices {
@@ -440,12 +458,16 @@ impl DeviceStore for MemoryStore {
         let devices = maps
             .devices
             .get_mut(product_key)
-            .ok_or(StoreError::NotFound { what: "device" })?;
-        let device = devices
-            .get_mut(device_name)
-            .ok_or(StoreError::NotFound { what: "device" })?;
+            .ok_or(StoreError::NotFound {
+                what: Entity::Device,
+            })?;
+        let device = devices.get_mut(device_name).ok_or(StoreError::NotFound {
+            what: Entity::Device,
+        })?;
         if device.revision != expected_revision {
-            return Err(StoreError::Precondition { what: "device" });
+            return Err(StoreError::Precondition {
+                what: Entity::Device,
+            });
         }
         let kind = match update {
             DeviceUpdate::Set {
@@ -458,7 +480,9 @@ impl DeviceStore for MemoryStore {
                 if matches!(client_ids, ClientIdChange::Add(_))
                     && device.client_ids.len() >= MAX_CLIENT_IDS
                 {
-                    return Err(StoreError::Precondition { what: "device" });
+                    return Err(StoreError::Precondition {
+                        what: Entity::Device,
+                    });
                 }
                 device.status = status;
                 if let Some(secret) = device_secret {

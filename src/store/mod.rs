@@ -44,8 +44,10 @@ pub use seal::{KeyFileError, KeyId, Keyring, MasterKey, SecretField};
 #[cfg(any(feature = "sqlite", feature = "postgres"))]
 pub use sql::SqlStore;
 
-/// A product as stored.
+/// A product as stored. Made by [`ProductRecord::new`] (a store adapter reading its rows sets
+/// the other fields after); more fields may come.
 #[derive(Debug)]
+#[non_exhaustive]
 pub struct ProductRecord {
     /// The product's key.
     pub product_key: ProductKey,
@@ -174,6 +176,7 @@ impl RegistrationLimit {
     /// debt beyond a full bucket's (written by a node whose clock runs ahead, or before this
     /// clock stepped back) is cut to a full bucket's. The SQL store runs the same arithmetic
     /// in its statements.
+    #[cfg(feature = "memory")]
     pub(crate) fn admit_issue(&self, tat: i64, now: i64) -> (i64, bool) {
         let interval = 1_000_000 / i64::from(self.rate_per_sec.max(1));
         let full = i64::from(self.burst) * interval;
@@ -186,6 +189,7 @@ impl RegistrationLimit {
     }
 
     /// The refusal window in microseconds.
+    #[cfg(feature = "memory")]
     pub(crate) fn window_micros(&self) -> i64 {
         i64::from(self.refusal_window_secs) * 1_000_000
     }
@@ -245,6 +249,24 @@ pub struct ClientIdRecord {
 }
 
 impl ProductRecord {
+    /// A product with `dynamic_registration`, no name, registration without
+    /// pre-registration off, [`RegistrationLimit::DEFAULT`], never switched off by the breaker.
+    pub fn new(
+        product_key: ProductKey,
+        product_secret: ProductSecret,
+        dynamic_registration: DynamicRegistration,
+    ) -> Self {
+        Self {
+            product_key,
+            product_secret,
+            dynamic_registration,
+            name: None,
+            pre_registration_free: PreRegistrationFree::OFF,
+            registration_limit: RegistrationLimit::DEFAULT,
+            switched_off_by_breaker_at: None,
+        }
+    }
+
     /// An explicit copy (the secret has no `Clone`, so copies stay visible in the code).
     pub fn clone_record(&self) -> Self {
         Self {
@@ -259,8 +281,10 @@ impl ProductRecord {
     }
 }
 
-/// A device as stored.
+/// A device as stored. Made by [`DeviceRecord::new`] (a store adapter reading its rows sets
+/// the other fields after); more fields may come.
 #[derive(Debug)]
+#[non_exhaustive]
 pub struct DeviceRecord {
     /// The device's product.
     pub product_key: ProductKey,
@@ -270,7 +294,8 @@ pub struct DeviceRecord {
     pub device_secret: DeviceSecret,
     /// Lifecycle state and disabled flag.
     pub status: DeviceStatus,
-    /// Incremented by every successful [`DeviceStore::compare_and_set`]; 0 on insertion.
+    /// Assigned by the store: 0 on insertion, incremented by every successful
+    /// [`DeviceStore::compare_and_set`].
     pub revision: u64,
     /// The ClientIDs issued by registration without pre-registration, oldest first; at most
     /// [`crate::MAX_CLIENT_IDS`].
@@ -308,6 +333,22 @@ impl DeviceSummary {
 }
 
 impl DeviceRecord {
+    /// A new device: [`DeviceStatus::NEW`] (Inactive, enabled), revision 0, no ClientIDs.
+    pub fn new(
+        product_key: ProductKey,
+        device_name: DeviceName,
+        device_secret: DeviceSecret,
+    ) -> Self {
+        Self {
+            product_key,
+            device_name,
+            device_secret,
+            status: DeviceStatus::NEW,
+            revision: 0,
+            client_ids: Vec::new(),
+        }
+    }
+
     /// An explicit copy (the secret has no `Clone`, so copies stay visible in the code).
     pub fn clone_record(&self) -> Self {
         Self {
@@ -323,6 +364,7 @@ impl DeviceRecord {
 
 /// A change to a device, applied by [`DeviceStore::compare_and_set`].
 #[derive(Debug)]
+#[non_exhaustive]
 pub enum DeviceUpdate {
     /// Set the status, and the secret when one is given.
     Set {
@@ -350,6 +392,25 @@ pub enum ClientIdChange {
     RevokeAll,
 }
 
+/// What a store operation was about: the subject of a [`StoreError`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Entity {
+    /// A product (its ProductKey).
+    Product,
+    /// A device (its ProductKey and DeviceName).
+    Device,
+}
+
+impl std::fmt::Display for Entity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Product => "product",
+            Self::Device => "device",
+        })
+    }
+}
+
 /// Why a store operation failed. The source of an outage is kept, never flattened to a string.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -357,14 +418,14 @@ pub enum StoreError {
     /// The product or device does not exist.
     #[error("{what} not found")]
     NotFound {
-        /// `"product"` or `"device"`.
-        what: &'static str,
+        /// Which.
+        what: Entity,
     },
     /// A product or device with that key already exists.
     #[error("{what} already exists")]
     AlreadyExists {
-        /// `"product"` or `"device"`.
-        what: &'static str,
+        /// Which.
+        what: Entity,
     },
     /// The product has as many devices as its quota allows
     /// ([`PreRegistrationFree::device_quota`]).
@@ -373,8 +434,8 @@ pub enum StoreError {
     /// The record changed since it was read (a compare-and-set lost).
     #[error("{what} was changed concurrently")]
     Precondition {
-        /// `"device"`.
-        what: &'static str,
+        /// Which (a device: only devices are compared and set).
+        what: Entity,
     },
     /// The store failed or cannot be reached: an outage, not a verdict on the credentials.
     /// `kind` says what an operator should look at; the source keeps the cause (a SQLite
@@ -623,7 +684,8 @@ pub trait ProductStore: Send + Sync {
 /// Devices.
 #[async_trait]
 pub trait DeviceStore: Send + Sync {
-    /// Inserts a new device (its `revision` is stored as given, normally 0), logging
+    /// Inserts a new device at revision 0 (the store assigns revisions: the record's
+    /// `revision` is ignored), logging
     /// `device_registered`, then `activated` when it is inserted Active and `disabled` when it
     /// is inserted disabled ([`NewEvent::of_insert`]).
     ///

@@ -78,6 +78,7 @@ use crate::id::{DeviceName, IssuedClientId, ProductKey};
 use crate::lifecycle::{DeviceState, DeviceStatus, DynamicRegistration, MAX_CLIENT_IDS};
 use crate::policy::{Clock, SystemClock, UnixMillis};
 use crate::secret::{DeviceSecret, ProductSecret, TokenDigest};
+use crate::store::Entity;
 
 /// Schema versions, applied in order, each once.
 const MIGRATIONS: &[(i64, &[&str])] = &[
@@ -1612,7 +1613,9 @@ fn micros_value(at: UnixMillis) -> Result<i64, StoreError> {
 }
 
 fn revision_value(revision: u64) -> Result<i64, StoreError> {
-    i64::try_from(revision).map_err(|_| StoreError::Precondition { what: "device" })
+    i64::try_from(revision).map_err(|_| StoreError::Precondition {
+        what: Entity::Device,
+    })
 }
 
 /// A product's devices, counted (by the primary key's index).
@@ -1847,7 +1850,9 @@ impl SqlStore {
             .await
             .map_err(failure)?;
         if done.rows_affected() != 1 {
-            return Err(StoreError::NotFound { what: "product" });
+            return Err(StoreError::NotFound {
+                what: Entity::Product,
+            });
         }
         if let Some(also) = also {
             also.bind(product_key.as_str())
@@ -1898,7 +1903,9 @@ impl SqlStore {
         match result {
             Ok(_) => {}
             Err(e) if is_unique_violation(&e) => {
-                return Err(StoreError::AlreadyExists { what: "product" });
+                return Err(StoreError::AlreadyExists {
+                    what: Entity::Product,
+                });
             }
             Err(e) => return Err(failure(e)),
         }
@@ -1933,16 +1940,21 @@ impl SqlStore {
                     .bind(self.stored_device_secret(device)?)
                     .bind(device.status.state.name())
                     .bind(i64::from(device.status.enabled))
-                    .bind(revision_value(device.revision)?)
+                    // The store assigns revisions: a new device starts at 0.
+                    .bind(0_i64)
                     .bind(client_ids.join(","));
             }
             match insert.execute(&mut *tx).await {
                 Ok(_) => {}
                 Err(e) if is_unique_violation(&e) => {
-                    return Err(StoreError::AlreadyExists { what: "device" });
+                    return Err(StoreError::AlreadyExists {
+                        what: Entity::Device,
+                    });
                 }
                 Err(e) if is_foreign_key_violation(&e) => {
-                    return Err(StoreError::NotFound { what: "product" });
+                    return Err(StoreError::NotFound {
+                        what: Entity::Product,
+                    });
                 }
                 Err(e) => return Err(failure(e)),
             }
@@ -2046,7 +2058,9 @@ impl DeviceStore for SqlStore {
                 .device(&device.product_key, &device.device_name)
                 .await?
             {
-                Some(_) => Err(StoreError::AlreadyExists { what: "device" }),
+                Some(_) => Err(StoreError::AlreadyExists {
+                    what: Entity::Device,
+                }),
                 None => Err(StoreError::QuotaReached),
             };
         }
@@ -2062,7 +2076,9 @@ impl DeviceStore for SqlStore {
         .await
         .map_err(failure)?;
         if locked.rows_affected() != 1 {
-            return Err(StoreError::NotFound { what: "product" });
+            return Err(StoreError::NotFound {
+                what: Entity::Product,
+            });
         }
         let taken = sqlx::query(
             "SELECT revision FROM iotauth_devices WHERE product_key = $1 AND device_name = $2",
@@ -2073,7 +2089,9 @@ impl DeviceStore for SqlStore {
         .await
         .map_err(failure)?;
         if taken.is_some() {
-            return Err(StoreError::AlreadyExists { what: "device" });
+            return Err(StoreError::AlreadyExists {
+                what: Entity::Device,
+            });
         }
         let count: i64 = sqlx::query_scalar(DEVICE_COUNT)
             .bind(device.product_key.as_str())
@@ -2247,8 +2265,12 @@ impl DeviceStore for SqlStore {
         drop(tx);
         // Lost: tell a concurrent change from a missing device.
         match self.device(product_key, device_name).await? {
-            Some(_) => Err(StoreError::Precondition { what: "device" }),
-            None => Err(StoreError::NotFound { what: "device" }),
+            Some(_) => Err(StoreError::Precondition {
+                what: Entity::Device,
+            }),
+            None => Err(StoreError::NotFound {
+                what: Entity::Device,
+            }),
         }
     }
 

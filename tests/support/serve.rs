@@ -245,15 +245,12 @@ impl Fleet {
 
     /// A registration CONNECT (`authType=register`) as Alibaba's SDKs build it.
     pub fn registration_connect(&self, name: &str) -> iotauth::ConnectCredentials {
-        let options = iotauth::RegistrationOptions {
-            kind: iotauth::ConnectKind::Register,
-            random: "Z1TcKNepl0J8PQ1",
-            sign_method: iotauth::SignMethod::HmacSha256,
-            secure_mode: iotauth::SecureMode::TLS,
-            instance_id: None,
-        };
+        let options =
+            iotauth::RegisterOptions::new(iotauth::ConnectKind::Register, "Z1TcKNepl0J8PQ1")
+                .with_sign_method(iotauth::SignMethod::HmacSha256)
+                .with_secure_mode(iotauth::SecureMode::TLS);
         let name = iotauth::DeviceName::new(name).unwrap();
-        iotauth::build_registration_connect(&self.product_cert(), name, &options).unwrap()
+        iotauth::build_register_connect(&self.product_cert(), name, &options).unwrap()
     }
 
     /// Client id, user name, password of a login.

@@ -7,6 +7,7 @@ use clap::{Subcommand, ValueEnum};
 use iotauth::service::{
     Admin, AdminError, DeviceView, IssuedDeviceView, ProductUpdate, ProductView,
 };
+use iotauth::store::Entity;
 use iotauth::store::{
     DeviceRecord, KeyFileError, MasterKey, PreRegistrationFree, ProductRecord, SecretsAtRest,
     SqlStore, Store, StoreError,
@@ -127,7 +128,7 @@ pub(crate) fn store(
     if let Some(database) = SqlStore::sqlite_file(url)
         && !database.exists()
     {
-        return Err(Failure::Rejected(format!(
+        return Err(Failure::rejected(format!(
             "no store at {}: nothing to re-seal",
             database.display()
         )));
@@ -144,7 +145,7 @@ pub(crate) fn store(
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
-        .map_err(|e| Failure::Rejected(format!("cannot start the runtime: {e}")))?;
+        .map_err(|e| Failure::rejected(format!("cannot start the runtime: {e}")))?;
     let (key_id, resealed) = runtime.block_on(async {
         // The store opens with the keys it has now (and the new one, when it exists: processes
         // given it may have sealed under it already) before a new key is made, so that a
@@ -264,7 +265,7 @@ type Administration = Admin<Arc<dyn Store>>;
 fn of_product(e: AdminError, pk: &ProductKey) -> Failure {
     match e {
         AdminError::Store(StoreError::NotFound { .. }) => {
-            Failure::Rejected(format!("product {pk} not found"))
+            Failure::rejected(format!("product {pk} not found"))
         }
         AdminError::Limit(e) => Failure::Usage(e.to_string()),
         other => other.into(),
@@ -285,14 +286,14 @@ async fn device_of(
 
 fn named(e: AdminError, pk: &ProductKey, dn: &DeviceName) -> Failure {
     match e {
-        AdminError::Store(StoreError::NotFound { what: "product" }) => {
-            Failure::Rejected(format!("product {pk} not found"))
-        }
+        AdminError::Store(StoreError::NotFound {
+            what: Entity::Product,
+        }) => Failure::rejected(format!("product {pk} not found")),
         AdminError::Store(StoreError::NotFound { .. }) => {
-            Failure::Rejected(format!("device {dn} of product {pk} not found"))
+            Failure::rejected(format!("device {dn} of product {pk} not found"))
         }
         AdminError::Store(StoreError::AlreadyExists { .. }) => {
-            Failure::Rejected(format!("device {dn} of product {pk} is already registered"))
+            Failure::rejected(format!("device {dn} of product {pk} is already registered"))
         }
         AdminError::Store(e) => e.into(),
         other => other.into(),
@@ -503,17 +504,17 @@ async fn register_batch(
     file: &std::path::Path,
 ) -> Result<(), Failure> {
     let reader = std::fs::File::open(file)
-        .map_err(|e| Failure::Rejected(format!("{}: {e}", file.display())))?;
+        .map_err(|e| Failure::rejected(format!("{}: {e}", file.display())))?;
     // (line number, name) of each non-empty line.
     let mut lines: Vec<(usize, DeviceName)> = Vec::new();
     for (index, line) in BufReader::new(reader).lines().enumerate() {
-        let line = line.map_err(|e| Failure::Rejected(format!("{}: {e}", file.display())))?;
+        let line = line.map_err(|e| Failure::rejected(format!("{}: {e}", file.display())))?;
         let text = line.trim();
         if text.is_empty() {
             continue;
         }
         let name = DeviceName::new(text)
-            .map_err(|e| Failure::Rejected(format!("line {}: {e}", index + 1)))?;
+            .map_err(|e| Failure::rejected(format!("line {}: {e}", index + 1)))?;
         lines.push((index + 1, name));
     }
     let names: Vec<DeviceName> = lines.iter().map(|(_, name)| *name).collect();
@@ -521,7 +522,7 @@ async fn register_batch(
         .register_devices(product_key, &names)
         .await
         .map_err(|e| match e {
-            AdminError::InBatch { index, reason } => Failure::Rejected(format!(
+            AdminError::InBatch { index, reason } => Failure::rejected(format!(
                 "line {}: device {} {reason}: none was registered",
                 lines[index].0, lines[index].1
             )),
@@ -530,7 +531,7 @@ async fn register_batch(
     let mut out = std::io::stdout().lock();
     for device in &devices {
         let line = serde_json::to_string(&IssuedDeviceView::exposing_secret(device))?;
-        writeln!(out, "{line}").map_err(|e| Failure::Rejected(e.to_string()))?;
+        writeln!(out, "{line}").map_err(|e| Failure::rejected(e.to_string()))?;
     }
     Ok(())
 }

@@ -62,12 +62,12 @@ fn unreadable(e: &StoreError) -> Failure {
     if e.failure_kind() == Some(FailureKind::Corrupt) {
         broken(cause)
     } else {
-        Failure::Rejected(format!("cannot read the event log: {cause}"))
+        Failure::rejected(format!("cannot read the event log: {cause}"))
     }
 }
 
 fn broken(cause: impl std::fmt::Display) -> Failure {
-    Failure::Rejected(format!("the event log is broken: {cause}"))
+    Failure::rejected(format!("the event log is broken: {cause}"))
 }
 
 async fn verify(store: &dyn Store) -> Result<(), Failure> {

@@ -17,7 +17,7 @@ use crate::{Failure, print_json};
 /// The bytes of `path`, refused unread when over [`MAX_IMPORT_BYTES`].
 fn read(path: &Path) -> Result<Vec<u8>, Failure> {
     let cannot =
-        |e: std::io::Error| Failure::Rejected(format!("cannot read {}: {e}", path.display()));
+        |e: std::io::Error| Failure::rejected(format!("cannot read {}: {e}", path.display()));
     if std::fs::metadata(path).map_err(cannot)?.len() > MAX_IMPORT_BYTES as u64 {
         return Err(ImportError::TooLarge.into());
     }

@@ -18,9 +18,9 @@ use iotauth::store::{Actor, SecretsAtRest};
 use iotauth::{
     Clock, ConnectKind, ConnectRequest, DeviceCertificate, DeviceName, DeviceSecret, DeviceToken,
     Entropy, FixedClock, Freshness, IssuedClientId, LoginOptions, OsEntropy, ProductCertificate,
-    ProductKey, ProductSecret, RegisterForm, RegistrationOptions, SecureMode, SignMethod,
-    SystemClock, UnixMillis, build_login, build_register_form, build_registration_connect,
-    build_token_login, registration_random,
+    ProductKey, ProductSecret, RegisterForm, RegisterOptions, SecureMode, SignMethod, SystemClock,
+    UnixMillis, build_login, build_register_connect, build_register_form, build_token_login,
+    registration_random,
 };
 use serde::Serialize;
 
@@ -208,19 +208,26 @@ fn parse_sign_method(name: &str) -> Result<SignMethod, String> {
 
 /// A failure, and the exit code it maps to.
 pub(crate) enum Failure {
-    /// Exit 1: the credentials were rejected, or the input was refused.
-    Rejected(String),
+    /// Exit 1: the credentials were rejected, or the input was refused; printed with its
+    /// causes on one line (an outage's cause is what an operator needs).
+    Rejected(Box<dyn std::error::Error + Send + Sync>),
     /// Exit 2: the command line is incomplete.
     Usage(String),
 }
 
-/// Refused with the error and its causes, on one line (an outage's cause is what an operator
-/// needs).
+impl Failure {
+    /// Exit 1 with `error`: an error value, or a message.
+    pub(crate) fn rejected(error: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> Self {
+        Self::Rejected(error.into())
+    }
+}
+
+/// Refused with the error itself, its causes kept for the message.
 macro_rules! rejected_from {
     ($($error:ty),*) => {$(
         impl From<$error> for Failure {
             fn from(e: $error) -> Self {
-                Self::Rejected(iotauth::ErrorChain(&e).to_string())
+                Self::Rejected(Box::new(e))
             }
         }
     )*};
@@ -302,12 +309,11 @@ fn sign_mqtt(args: SignMqtt) -> Result<(), Failure> {
             );
             build_login(
                 &cert,
-                &LoginOptions {
-                    client_id: args.client_id.as_deref(),
-                    timestamp: args.timestamp.as_deref(),
-                    sign_method: args.sign_method,
-                    secure_mode: SecureMode::new(args.secure_mode)?,
-                },
+                &LoginOptions::default()
+                    .with_client_id(args.client_id.as_deref())
+                    .with_timestamp(args.timestamp.as_deref())
+                    .with_sign_method(args.sign_method)
+                    .with_secure_mode(SecureMode::new(args.secure_mode)?),
             )?
         }
         AuthType::Regnwl => {
@@ -321,14 +327,10 @@ fn sign_mqtt(args: SignMqtt) -> Result<(), Failure> {
                     u32::from_le_bytes(bytes).to_string()
                 }
             };
-            let options = RegistrationOptions {
-                kind: ConnectKind::RegisterNoPreregistration,
-                random: &random,
-                sign_method: args.sign_method,
-                secure_mode: SecureMode::new(args.secure_mode)?,
-                instance_id: None,
-            };
-            build_registration_connect(&cert, args.device_name, &options)?
+            let options = RegisterOptions::new(ConnectKind::RegisterNoPreregistration, &random)
+                .with_sign_method(args.sign_method)
+                .with_secure_mode(SecureMode::new(args.secure_mode)?);
+            build_register_connect(&cert, args.device_name, &options)?
         }
         AuthType::Connwl => {
             let token = required(args.device_token, DEVICE_TOKEN_ENV, "--device-token")?;
@@ -502,7 +504,7 @@ fn serve_until_stopped(
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
-        .map_err(|e| Failure::Rejected(format!("cannot start the runtime: {e}")))?;
+        .map_err(|e| Failure::rejected(format!("cannot start the runtime: {e}")))?;
     runtime.block_on(serve::serve(url, secrets, args))
 }
 
@@ -510,7 +512,7 @@ fn serve_until_stopped(
 /// would create an empty store, whose empty log verifies.
 fn existing_store(url: &str) -> Result<(), Failure> {
     match iotauth::store::SqlStore::sqlite_file(url) {
-        Some(database) if !database.exists() => Err(Failure::Rejected(format!(
+        Some(database) if !database.exists() => Err(Failure::rejected(format!(
             "no store at {}",
             database.display()
         ))),
@@ -528,7 +530,7 @@ where
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
-        .map_err(|e| Failure::Rejected(format!("cannot start the runtime: {e}")))?;
+        .map_err(|e| Failure::rejected(format!("cannot start the runtime: {e}")))?;
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::new("warn"))
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
@@ -591,8 +593,8 @@ fn main() -> ExitCode {
     };
     match outcome {
         Ok(()) => ExitCode::SUCCESS,
-        Err(Failure::Rejected(message)) => {
-            eprintln!("error: {message}");
+        Err(Failure::Rejected(error)) => {
+            eprintln!("error: {}", iotauth::ErrorChain(&*error));
             ExitCode::from(1)
         }
         Err(Failure::Usage(message)) => {

@@ -121,12 +121,12 @@ pub(crate) async fn serve(
 
     let http = TcpListener::bind(args.http)
         .await
-        .map_err(|e| Failure::Rejected(format!("cannot listen on {}: {e}", args.http)))?;
+        .map_err(|e| Failure::rejected(format!("cannot listen on {}: {e}", args.http)))?;
     let broker = broker_config(&args);
     if let Some(config) = broker {
         let broker = Broker::start(&config, services.clone())
             .await
-            .map_err(|e| Failure::Rejected(e.to_string()))?;
+            .map_err(|e| Failure::rejected(e.to_string()))?;
         for (transport, address) in broker.local_addrs() {
             let transport = match transport {
                 Transport::WebSocket => "WebSocket",
@@ -144,7 +144,7 @@ pub(crate) async fn serve(
         None => None,
     };
     let http = HttpListener::new(http, limits, tls.as_ref())
-        .map_err(|e| Failure::Rejected(e.to_string()))?;
+        .map_err(|e| Failure::rejected(e.to_string()))?;
     tracing::info!(address = %args.http, scheme, "HTTP: registration, hooks, /healthz, /readyz, /metrics");
     let replaced = tokio::sync::OnceCell::new();
     let (stopping, stopped) = tokio::sync::watch::channel(false);
@@ -201,7 +201,7 @@ async fn admin_listener(
     let token = match &args.admin_token_file {
         Some(file) => Zeroizing::new(
             std::fs::read_to_string(file)
-                .map_err(|e| Failure::Rejected(format!("cannot read {}: {e}", file.display())))?,
+                .map_err(|e| Failure::rejected(format!("cannot read {}: {e}", file.display())))?,
         ),
         None => Zeroizing::new(std::env::var(ADMIN_TOKEN_ENV).map_err(|_| {
             Failure::Usage(format!(
@@ -219,10 +219,10 @@ async fn admin_listener(
     limits.body_timeout = Some(ADMIN_BODY_TIMEOUT);
     let listener = TcpListener::bind(address)
         .await
-        .map_err(|e| Failure::Rejected(format!("cannot listen on {address}: {e}")))?;
+        .map_err(|e| Failure::rejected(format!("cannot listen on {address}: {e}")))?;
     let checked = token.clone();
     let listener = HttpListener::new(listener, limits, tls)
-        .map_err(|e| Failure::Rejected(e.to_string()))?
+        .map_err(|e| Failure::rejected(e.to_string()))?
         .admit(Arc::new(move |headers| checked.check(headers)))
         .named("admin");
     Ok((listener, token))

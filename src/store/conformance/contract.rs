@@ -4,6 +4,7 @@ use crate::id::ProductKey;
 use crate::lifecycle::{DeviceState, DeviceStatus, DynamicRegistration, Event};
 use crate::secret::{DeviceSecret, ProductSecret};
 use crate::service::{Admin, Registrar};
+use crate::store::Entity;
 use crate::store::{
     ClientIdChange, DeviceRecord, DeviceStore, DeviceUpdate, EventKind, EventLog,
     PreRegistrationFree, ProductRecord, ProductStore, RegistrationLimit, StoreError,
@@ -466,7 +467,9 @@ pub async fn products<S: ProductStore + DeviceStore>(store: S) {
         .await;
     assert!(matches!(
         duplicate,
-        Err(StoreError::AlreadyExists { what: "product" })
+        Err(StoreError::AlreadyExists {
+            what: Entity::Product
+        })
     ));
     let kept = store.product(&pk).await.unwrap().unwrap();
     assert_eq!(
@@ -487,7 +490,9 @@ pub async fn products<S: ProductStore + DeviceStore>(store: S) {
         store
             .set_dynamic_registration(&unknown, DynamicRegistration::On)
             .await,
-        Err(StoreError::NotFound { what: "product" })
+        Err(StoreError::NotFound {
+            what: Entity::Product
+        })
     ));
 }
 
@@ -521,14 +526,16 @@ pub async fn devices<S: ProductStore + DeviceStore>(store: S) {
     assert!(matches!(
         admin.register_device(pk, name("dev-a")).await,
         Err(crate::service::AdminError::Store(
-            StoreError::AlreadyExists { what: "device" }
+            StoreError::AlreadyExists {
+                what: Entity::Device
+            }
         ))
     ));
     let unknown = ProductKey::new("unknownProduct0000000000000001").unwrap();
     assert!(matches!(
         admin.register_device(unknown, name("dev-a")).await,
         Err(crate::service::AdminError::Store(StoreError::NotFound {
-            what: "product"
+            what: Entity::Product
         }))
     ));
     assert!(store.device(&pk, &name("dev-c")).await.unwrap().is_none());
@@ -564,7 +571,9 @@ pub async fn compare_and_set<S: ProductStore + DeviceStore>(store: S) {
         .await;
     assert!(matches!(
         stale,
-        Err(StoreError::Precondition { what: "device" })
+        Err(StoreError::Precondition {
+            what: Entity::Device
+        })
     ));
     let unchanged = store.device(&pk, &dn).await.unwrap().unwrap();
     assert_eq!((unchanged.status, unchanged.revision), (issued, 1));
@@ -601,6 +610,8 @@ pub async fn compare_and_set<S: ProductStore + DeviceStore>(store: S) {
     assert!(store.device(&pk, &dn).await.unwrap().is_none());
     assert!(matches!(
         store.compare_and_set(&pk, &dn, 3, set(issued)).await,
-        Err(StoreError::NotFound { what: "device" })
+        Err(StoreError::NotFound {
+            what: Entity::Device
+        })
     ));
 }

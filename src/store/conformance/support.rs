@@ -7,8 +7,8 @@ use tokio::sync::Barrier;
 use crate::id::{DeviceName, ProductKey};
 use crate::lifecycle::{DeviceState, DynamicRegistration, Event};
 use crate::mqtt::{
-    ConnectKind, ConnectRequest, LoginOptions, RegistrationOptions, SecureMode, build_login,
-    build_registration_connect,
+    ConnectKind, ConnectRequest, LoginOptions, RegisterOptions, SecureMode, build_login,
+    build_register_connect,
 };
 use crate::register::RefusalCode;
 use crate::register::build_register_form;
@@ -248,14 +248,10 @@ pub(super) async fn regnwl<S: ProductStore + DeviceStore>(
     device_name: &str,
 ) -> Result<IssuedClientIdToken, RegisterError> {
     let cert = ProductCertificate::new(product.product_key, product.product_secret.clone_secret());
-    let options = RegistrationOptions {
-        kind: ConnectKind::RegisterNoPreregistration,
-        random: "3154792371",
-        sign_method: SignMethod::HmacSha256,
-        secure_mode: SecureMode::TLS,
-        instance_id: None,
-    };
-    let connect = build_registration_connect(&cert, name(device_name), &options)
+    let options = RegisterOptions::new(ConnectKind::RegisterNoPreregistration, "3154792371")
+        .with_sign_method(SignMethod::HmacSha256)
+        .with_secure_mode(SecureMode::TLS);
+    let connect = build_register_connect(&cert, name(device_name), &options)
         .unwrap_or_else(|e| panic!("regnwl connect: {e}"));
     let password = connect.expose_password();
     let request = ConnectRequest::parse(connect.client_id(), connect.username(), &password)
