@@ -20,6 +20,9 @@ TIMEOUT = 10
 result = {"connack": None, "granted": {}, "received": None}
 connected, subscribed, received = threading.Event(), threading.Event(), threading.Event()
 pending = {}
+# The SUBACK can arrive (on paho's loop thread) before subscribe() returns its message id: the
+# callback waits for the id to be recorded.
+pending_lock = threading.Lock()
 
 
 def on_connect(client, userdata, flags, rc):
@@ -28,9 +31,10 @@ def on_connect(client, userdata, flags, rc):
 
 
 def on_subscribe(client, userdata, mid, granted_qos):
-    result["granted"][pending.pop(mid)] = list(granted_qos)
-    if not pending:
-        subscribed.set()
+    with pending_lock:
+        result["granted"][pending.pop(mid)] = list(granted_qos)
+        if len(result["granted"]) == 2:
+            subscribed.set()
 
 
 def on_message(client, userdata, message):
@@ -50,8 +54,9 @@ client.loop_start()
 try:
     if connected.wait(TIMEOUT) and result["connack"] == 0:
         for name in ("TOPIC", "FORBIDDEN"):
-            _, mid = client.subscribe(env[name], qos=0)
-            pending[mid] = name
+            with pending_lock:
+                _, mid = client.subscribe(env[name], qos=0)
+                pending[mid] = name
         if subscribed.wait(TIMEOUT):
             client.publish(env["TOPIC"], "over websocket", qos=0)
             received.wait(TIMEOUT)
