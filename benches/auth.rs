@@ -100,7 +100,7 @@ fn verify_mqtt(c: &mut Criterion) {
         )
     });
     let flip = |at: usize| {
-        let mut bytes = password.clone().into_bytes();
+        let mut bytes = password.as_bytes().to_vec();
         bytes[at] = if bytes[at] == b'0' { b'1' } else { b'0' };
         String::from_utf8(bytes).unwrap()
     };
@@ -170,7 +170,7 @@ fn authenticate_fixture(
     runtime
         .block_on(auth.authenticate(creds.client_id(), creds.username(), &password))
         .unwrap();
-    (auth, creds, password)
+    (auth, creds, password.to_string())
 }
 
 fn authenticate(c: &mut Criterion) {

@@ -222,7 +222,7 @@ async fn fleet(store: &Arc<dyn Store>) -> Vec<Login> {
         let creds = build_login(&cert, &options).expect("a login");
         let mut connect = rumqttc::Connect::new(creds.client_id());
         connect.keep_alive = 60;
-        connect.set_login(creds.username(), creds.expose_password());
+        connect.set_login(creds.username(), creds.expose_password().as_str());
         let mut bytes = BytesMut::new();
         connect.write(&mut bytes).expect("an encodable CONNECT");
         logins.push(Login {

@@ -182,7 +182,8 @@ struct Delivery {
     client_id: CString,
     /// `/ext/register` (a secret) or `/ext/regnwl` (a ClientID and DeviceToken).
     topic: &'static CStr,
-    payload: Vec<u8>,
+    /// Zeroized when the delivery is dropped; mosquitto gets its own copy.
+    payload: zeroize::Zeroizing<String>,
     published: Option<Instant>,
     accepted: Instant,
 }
@@ -1012,7 +1013,7 @@ fn close_older_login(plugin: &Plugin, older: Client, client_id: &str) {
 struct Issued {
     device: DeviceIdentity,
     topic: &'static CStr,
-    payload: Vec<u8>,
+    payload: zeroize::Zeroizing<String>,
     what: &'static str,
 }
 
@@ -1075,7 +1076,7 @@ fn register(plugin: &Plugin, connect: &Connect<'_>, kind: ConnectKind) -> c_int 
             Ok(Issued {
                 device: **issued.identity(),
                 topic: EXT_REGISTER,
-                payload: issued.to_ext_register_payload().into_bytes(),
+                payload: issued.into_ext_register_payload(),
                 what: "device secret issued",
             })
         } else {
@@ -1083,7 +1084,7 @@ fn register(plugin: &Plugin, connect: &Connect<'_>, kind: ConnectKind) -> c_int 
             Ok::<_, RegisterError>(Issued {
                 device: **issued.identity(),
                 topic: EXT_REGNWL,
-                payload: issued.to_ext_regnwl_payload().into_bytes(),
+                payload: issued.into_ext_regnwl_payload(),
                 what: "ClientID and DeviceToken issued",
             })
         }

@@ -4,8 +4,10 @@
 use crate::error::ParseError;
 use crate::verified::DeviceIdentity;
 
-/// Cap on a topic or filter, in bytes.
-pub const MAX_TOPIC_LEN: usize = 1024;
+impl TopicRule {
+    /// Cap on a topic or filter, in bytes.
+    pub const MAX_TOPIC_LEN: usize = 1024;
+}
 
 /// The topics a device may use, as MQTT filters in which the whole segments `{pk}` and `{dn}`
 /// stand for the device's ProductKey and DeviceName.
@@ -122,7 +124,7 @@ impl Default for TopicRule {
     }
 }
 
-/// A topic name: 1–[`MAX_TOPIC_LEN`] bytes, no NUL, no wildcards.
+/// A topic name: 1–[`TopicRule::MAX_TOPIC_LEN`] bytes, no NUL, no wildcards.
 fn check_topic(topic: &str) -> Result<(), ParseError> {
     check_filter(topic, "topic")?;
     if topic.contains(['+', '#']) {
@@ -131,13 +133,13 @@ fn check_topic(topic: &str) -> Result<(), ParseError> {
     Ok(())
 }
 
-/// An MQTT filter: 1–[`MAX_TOPIC_LEN`] bytes, no NUL, `+` and `#` only as whole segments and
+/// An MQTT filter: 1–[`TopicRule::MAX_TOPIC_LEN`] bytes, no NUL, `+` and `#` only as whole segments and
 /// `#` only last.
 fn check_filter(filter: &str, field: &'static str) -> Result<(), ParseError> {
-    if filter.len() > MAX_TOPIC_LEN {
+    if filter.len() > TopicRule::MAX_TOPIC_LEN {
         return Err(ParseError::TooLong {
             field,
-            max: MAX_TOPIC_LEN,
+            max: TopicRule::MAX_TOPIC_LEN,
         });
     }
     if filter.is_empty() {

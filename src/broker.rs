@@ -31,7 +31,7 @@
 //! * **Limits**: keep-alive 30–1200 s by default (Alibaba's bounds; outside them an MQTT
 //!   3.1.1 CONNECT is refused with code 3 and an MQTT 5 one is told the server's value), a
 //!   10 s limit on each TLS, WebSocket and CONNECT handshake, run off the accept loop, a cap on
-//!   sessions, client ids of at most [`MAX_CLIENT_ID_LEN`] bytes, packets of at most 256 KiB.
+//!   sessions, client ids of at most [`ConnectRequest::MAX_CLIENT_ID_LEN`] bytes, packets of at most 256 KiB.
 //!   On a plain listener, accept errors (EMFILE) are retried after a 1 s pause, logged once per
 //!   pause; a TLS listener holds at most [`BrokerConfig::max_sessions`] connections and backs
 //!   off and logs as [`crate::listener`] says.
@@ -68,12 +68,14 @@ use rmqtt::types::{
 };
 
 pub use crate::http::REFUSAL_LINES_PER_SECOND;
+use zeroize::Zeroizing;
+
 use crate::http::{
     Admission, ConnectRefusal, REGISTER_TOPIC, REGNWL_TOPIC, RateLimitedLog, Services,
 };
 pub use crate::listener::TlsFiles;
 use crate::listener::{Gate, LogGate, SEND_TIMEOUT, TlsAcceptor};
-use crate::mqtt::{ConnectRequest, MAX_CLIENT_ID_LEN};
+use crate::mqtt::ConnectRequest;
 use crate::verified::DeviceIdentity;
 
 #[cfg(doc)]
@@ -388,7 +390,7 @@ fn bind(
         .max_keepalive(*config.keepalive_secs.end())
         .allow_zero_keepalive(false)
         .handshake_timeout(config.handshake_timeout)
-        .max_clientid_len(MAX_CLIENT_ID_LEN)
+        .max_clientid_len(ConnectRequest::MAX_CLIENT_ID_LEN)
         .max_packet_size(256 * 1024)
         .max_subscriptions(MAX_SUBSCRIPTIONS)
         .session_expiry_interval(MAX_SESSION_EXPIRY)
@@ -846,11 +848,11 @@ impl Hooks {
                     Admission::Registration(_) => services
                         .register_connect(&client_id, &username, &password)
                         .await
-                        .map(|issued| (REGISTER_TOPIC, issued.to_ext_register_payload())),
+                        .map(|issued| (REGISTER_TOPIC, issued.into_ext_register_payload())),
                     _ => services
                         .register_client_id_connect(&client_id, &username, &password)
                         .await
-                        .map(|issued| (REGNWL_TOPIC, issued.to_ext_regnwl_payload())),
+                        .map(|issued| (REGNWL_TOPIC, issued.into_ext_regnwl_payload())),
                 };
                 if let Ok((topic, payload)) = delivery {
                     deliver(&scx, &id, topic, payload).await;
@@ -865,7 +867,7 @@ impl Hooks {
 /// Sends `payload` on `topic` ([`REGISTER_TOPIC`] or [`REGNWL_TOPIC`]) to the session `id`,
 /// and to no other: not through the router (nobody else can subscribe to it), and not if the
 /// client id has moved on to another session meanwhile.
-async fn deliver(scx: &ServerContext, id: &Id, topic: &str, payload: String) {
+async fn deliver(scx: &ServerContext, id: &Id, topic: &str, mut payload: Zeroizing<String>) {
     let entry = scx.extends.shared().await.entry(id.clone());
     if entry.id_same() != Some(true) {
         return;
@@ -877,7 +879,8 @@ async fn deliver(scx: &ServerContext, id: &Id, topic: &str, payload: String) {
         qos: QoS::AtMostOnce,
         topic: topic.into(),
         packet_id: None,
-        payload: payload.into(),
+        // The packet's buffer leaves our hands here: rmqtt frees it once it is written.
+        payload: std::mem::take(&mut *payload).into(),
         properties: None,
     };
     let origin = Origin::from_system(id.clone());

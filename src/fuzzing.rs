@@ -66,7 +66,7 @@ pub fn mqtt_client_id(data: &[u8]) {
         // The canonical form may be longer than the input (`securemode=` is always written,
         // a valueless item gains its `=`), and then beyond the length cap, which bounds input,
         // not meaning.
-        if canonical.len() > crate::MAX_CLIENT_ID_LEN {
+        if canonical.len() > crate::ConnectRequest::MAX_CLIENT_ID_LEN {
             return;
         }
         let again =
@@ -169,7 +169,7 @@ pub fn mqtt_connect(data: &[u8]) {
                     );
                     assert!(
                         expected
-                            .to_hex()
+                            .expose_hex()
                             .eq_ignore_ascii_case(core::str::from_utf8(pass).unwrap_or_default())
                     );
                 }
@@ -222,7 +222,7 @@ pub fn register_form(data: &[u8]) {
         let secret = ProductSecret::new(secret).unwrap_or_else(|e| panic!("{e}"));
         if form.verify(&secret).is_ok() {
             let expected = sign(&secret, form.sign_method(), &form.sign_content());
-            assert!(expected.to_hex().eq_ignore_ascii_case(form.sign()));
+            assert!(expected.expose_hex().eq_ignore_ascii_case(form.sign()));
         }
     }
 }
@@ -384,7 +384,7 @@ fn login_roundtrip(
     let mut fields = [
         creds.client_id().as_bytes().to_vec(),
         creds.username().as_bytes().to_vec(),
-        password.into_bytes(),
+        password.as_bytes().to_vec(),
     ];
     let (id, user, pass) = (0, 1, 2);
     let ts_len = timestamp.map_or(0, str::len);
@@ -600,12 +600,13 @@ async fn try_lifecycle(u: &mut Unstructured<'_>) -> arbitrary::Result<()> {
                         let secret = stored_secret
                             .as_ref()
                             .unwrap_or_else(|| panic!("issued a missing device"));
+                        let redelivered = issued.redelivered();
                         assert_eq!(
-                            issued.device_secret().expose_secret(),
+                            issued.into_device_secret().expose_secret(),
                             secret.expose_secret(),
                             "delivered a stale secret"
                         );
-                        match (d.state, issued.redelivered()) {
+                        match (d.state, redelivered) {
                             (DeviceState::Inactive, false) => {
                                 first_deliveries[which] += 1;
                                 assert_eq!(
@@ -725,14 +726,14 @@ async fn try_lifecycle(u: &mut Unstructured<'_>) -> arbitrary::Result<()> {
                     (Some(d), Err(RegisterError::Refused(TransitionError::Disabled { .. })))
                         if !d.enabled => {}
                     (Some(d), Err(RegisterError::Refused(TransitionError::TooManyClientIds)))
-                        if d.enabled && d.client_ids >= crate::MAX_CLIENT_IDS => {}
+                        if d.enabled && d.client_ids >= crate::IssuedClientId::MAX_PER_DEVICE => {}
                     (Some(d), Err(RegisterError::Refused(TransitionError::WrongState { .. })))
                         if d.enabled && d.state != DeviceState::Inactive && d.client_ids == 0 => {}
                     (d, Ok(issued))
                         if switch == DynamicRegistration::On
                             && d.map_or(devices < FUZZ_DEVICE_QUOTA as usize, |d| {
                                 d.enabled
-                                    && d.client_ids < crate::MAX_CLIENT_IDS
+                                    && d.client_ids < crate::IssuedClientId::MAX_PER_DEVICE
                                     && (d.state == DeviceState::Inactive || d.client_ids > 0)
                             }) =>
                     {

@@ -30,25 +30,23 @@ mod sign;
 pub mod store;
 mod verified;
 
-pub use acl::{Access, MAX_TOPIC_LEN, TopicRule};
+pub use acl::{Access, TopicRule};
 pub use cert::{DeviceCertificate, ProductCertificate};
 pub use error::{ErrorChain, ParseError};
 pub use id::{DeviceName, IssuedClientId, ProductKey};
 pub use lifecycle::{
-    DeviceState, DeviceStatus, DynamicRegistration, Event, Expected, IssuancePolicy,
-    MAX_CLIENT_IDS, SecretEffect, Transition, TransitionError, transition,
+    DeviceState, DeviceStatus, DynamicRegistration, Event, Expected, IssuancePolicy, SecretEffect,
+    Transition, TransitionError, transition,
 };
 pub use mqtt::{
-    ClientId, ConnectCredentials, ConnectKind, ConnectRequest, LoginOptions, MAX_CLIENT_ID_LEN,
-    MAX_PARAMS, MAX_PASSWORD_LEN, MAX_RANDOM_LEN, MAX_TIMESTAMP_DIGITS, MAX_USERNAME_LEN,
-    RegisterOptions, SecureMode, build_login, build_register_connect, build_token_login,
-    parse_username,
+    ClientId, ConnectCredentials, ConnectKind, ConnectRequest, LoginOptions, RegisterOptions,
+    SecureMode, build_login, build_register_connect, build_token_login, parse_username,
 };
-pub use policy::{Clock, FixedClock, Freshness, SECONDS_BELOW, SystemClock, UnixMillis};
+pub use policy::{Clock, FixedClock, Freshness, SystemClock, UnixMillis};
 pub use random::{Entropy, EntropyError, OsEntropy};
 pub use register::{
-    GENERATED_RANDOM_LEN, MAX_FORM_LEN, MAX_FORM_PAIRS, MAX_REPLY_LEN, RefusalCode, RegisterForm,
-    RegisterFormBody, RegisterReply, build_register_form, registration_random,
+    RefusalCode, RegisterForm, RegisterFormBody, RegisterReply, build_register_form,
+    registration_random,
 };
 pub use secret::{DeviceSecret, DeviceToken, ProductSecret, TokenDigest};
 pub use sign::{SignContent, SignMethod, Signature, SigningKey, VerifyError, sign, verify};

@@ -8,12 +8,13 @@
 //!
 //! A disabled device can neither register (Issue, IssueClientId) nor log in (LoginOk); the
 //! product's switches gate Issue and IssueClientId and nothing else. A device holds at most
-//! [`MAX_CLIENT_IDS`] ClientIDs (PROTOCOL.md §c), and gets one only while it is Inactive or
+//! [`IssuedClientId::MAX_PER_DEVICE`] ClientIDs (PROTOCOL.md §c), and gets one only while it is Inactive or
 //! holds one already: a device whose DeviceSecret was delivered or used is not handed a
 //! second credential by whoever holds the ProductSecret. Reset always rotates the secret and revokes
 //! every ClientID, also from Inactive: a secret handed out by an operator may have leaked
 //! before first use.
 
+use crate::id::IssuedClientId;
 use core::fmt;
 
 /// Where a device is in its life.
@@ -88,9 +89,11 @@ pub enum DynamicRegistration {
     Off,
 }
 
-/// The most ClientIDs (with their DeviceTokens) one device holds: Alibaba's limit for
-/// registration without pre-registration.
-pub const MAX_CLIENT_IDS: usize = 5;
+impl IssuedClientId {
+    /// The most ClientIDs (with their DeviceTokens) one device holds: Alibaba's limit for
+    /// registration without pre-registration.
+    pub const MAX_PER_DEVICE: usize = 5;
+}
 
 /// What happens to a device.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -221,7 +224,7 @@ pub enum TransitionError {
         /// The device's state.
         got: DeviceState,
     },
-    /// The device holds [`MAX_CLIENT_IDS`] ClientIDs already.
+    /// The device holds [`IssuedClientId::MAX_PER_DEVICE`] ClientIDs already.
     #[error("issue-client-id refused: the device holds the most ClientIDs it may")]
     TooManyClientIds,
 }
@@ -285,7 +288,7 @@ pub fn transition(
             registration: DynamicRegistration::Off,
             ..
         } => Err(TransitionError::DynamicRegistrationOff),
-        Event::IssueClientId { held, .. } if held >= MAX_CLIENT_IDS => {
+        Event::IssueClientId { held, .. } if held >= IssuedClientId::MAX_PER_DEVICE => {
             Err(TransitionError::TooManyClientIds)
         }
         Event::IssueClientId { held, .. } => match from.state {

@@ -2,6 +2,8 @@
 
 use core::fmt;
 
+use zeroize::Zeroizing;
+
 use crate::ascii::{VISIBLE_ASCII, find_either, validate};
 use crate::cert::{DeviceCertificate, ProductCertificate};
 use crate::error::ParseError;
@@ -22,18 +24,30 @@ use crate::sign::{
 };
 use crate::verified::{DeviceIdentity, Verified};
 
-/// Cap on the whole MQTT client identifier, in bytes (Alibaba's C SDK allows 200).
-pub const MAX_CLIENT_ID_LEN: usize = 1024;
-/// Cap on the MQTT user name, in bytes.
-pub const MAX_USERNAME_LEN: usize = 128;
-/// Cap on the MQTT password, in bytes.
-pub const MAX_PASSWORD_LEN: usize = 256;
-/// Cap on the number of `key=value` items in the client id's parameter block.
-pub const MAX_PARAMS: usize = 32;
-/// Cap on `random`, in characters.
-pub const MAX_RANDOM_LEN: usize = 64;
-/// Cap on `timestamp`, in digits.
-pub const MAX_TIMESTAMP_DIGITS: usize = 20;
+impl ConnectRequest<'_> {
+    /// Cap on the whole MQTT client identifier, in bytes (Alibaba's C SDK allows 200).
+    pub const MAX_CLIENT_ID_LEN: usize = 1024;
+}
+impl ConnectRequest<'_> {
+    /// Cap on the MQTT user name, in bytes.
+    pub const MAX_USERNAME_LEN: usize = 128;
+}
+impl ConnectRequest<'_> {
+    /// Cap on the MQTT password, in bytes.
+    pub const MAX_PASSWORD_LEN: usize = 256;
+}
+impl ConnectRequest<'_> {
+    /// Cap on the number of `key=value` items in the client id's parameter block.
+    pub const MAX_PARAMS: usize = 32;
+}
+impl ConnectRequest<'_> {
+    /// Cap on `random`, in characters.
+    pub const MAX_RANDOM_LEN: usize = 64;
+}
+impl ConnectRequest<'_> {
+    /// Cap on `timestamp`, in digits.
+    pub const MAX_TIMESTAMP_DIGITS: usize = 20;
+}
 
 const CLIENT_ID: &str = "clientId";
 
@@ -195,10 +209,10 @@ impl<'a> ClientId<'a> {
     /// # Ok::<(), iotauth::ParseError>(())
     /// ```
     pub fn parse(text: &'a str) -> Result<Self, ParseError> {
-        if text.len() > MAX_CLIENT_ID_LEN {
+        if text.len() > ConnectRequest::MAX_CLIENT_ID_LEN {
             return Err(ParseError::TooLong {
                 field: CLIENT_ID,
-                max: MAX_CLIENT_ID_LEN,
+                max: ConnectRequest::MAX_CLIENT_ID_LEN,
             });
         }
         let shape = ParseError::Malformed {
@@ -230,15 +244,15 @@ impl<'a> ClientId<'a> {
         let mut secure_mode = None;
         let mut auth_type = None;
         // Known keys are marked in a bit set; other keys are compared with the other keys
-        // seen so far, kept on the stack: at most MAX_PARAMS short keys, no allocation.
+        // seen so far, kept on the stack: at most ConnectRequest::MAX_PARAMS short keys, no allocation.
         let mut known_seen = 0u8;
-        let mut others = [""; MAX_PARAMS];
+        let mut others = [""; ConnectRequest::MAX_PARAMS];
         let mut other_count = 0;
         for (index, item) in items(block).enumerate() {
-            if index >= MAX_PARAMS {
+            if index >= ConnectRequest::MAX_PARAMS {
                 return Err(ParseError::TooLong {
                     field: "clientId parameters",
-                    max: MAX_PARAMS,
+                    max: ConnectRequest::MAX_PARAMS,
                 });
             }
             let (key, value) = split_item(item, clean)?;
@@ -301,7 +315,11 @@ impl<'a> ClientId<'a> {
     /// # Errors
     /// As [`ClientId::parse`]; [`ParseError::InvalidCharacter`] for invalid UTF-8.
     pub fn parse_bytes(bytes: &'a [u8]) -> Result<Self, ParseError> {
-        Self::parse(utf8_within(bytes, CLIENT_ID, MAX_CLIENT_ID_LEN)?)
+        Self::parse(utf8_within(
+            bytes,
+            CLIENT_ID,
+            ConnectRequest::MAX_CLIENT_ID_LEN,
+        )?)
     }
 
     /// The part before the first `|`: the device's own client id, and what is signed as
@@ -371,9 +389,9 @@ fn utf8_within<'a>(
 /// The caps on the three CONNECT fields, checked before anything else is looked at.
 fn check_caps(client_id: usize, username: usize, password: usize) -> Result<(), ParseError> {
     for (field, len, max) in [
-        (CLIENT_ID, client_id, MAX_CLIENT_ID_LEN),
-        ("username", username, MAX_USERNAME_LEN),
-        ("password", password, MAX_PASSWORD_LEN),
+        (CLIENT_ID, client_id, ConnectRequest::MAX_CLIENT_ID_LEN),
+        ("username", username, ConnectRequest::MAX_USERNAME_LEN),
+        ("password", password, ConnectRequest::MAX_PASSWORD_LEN),
     ] {
         if len > max {
             return Err(ParseError::TooLong { field, max });
@@ -496,10 +514,10 @@ fn has_control(text: &str) -> bool {
 }
 
 fn parse_timestamp(value: &str) -> Result<&str, ParseError> {
-    if value.len() > MAX_TIMESTAMP_DIGITS {
+    if value.len() > ConnectRequest::MAX_TIMESTAMP_DIGITS {
         return Err(ParseError::TooLong {
             field: "timestamp",
-            max: MAX_TIMESTAMP_DIGITS,
+            max: ConnectRequest::MAX_TIMESTAMP_DIGITS,
         });
     }
     if value.is_empty() || !value.bytes().all(|b| b.is_ascii_digit()) {
@@ -513,15 +531,15 @@ fn parse_timestamp(value: &str) -> Result<&str, ParseError> {
 
 /// `random` of a registration: 1–64 printable ASCII characters.
 pub(crate) fn parse_random<'a>(value: &'a str, field: &'static str) -> Result<&'a str, ParseError> {
-    validate(value, 1, MAX_RANDOM_LEN, &VISIBLE_ASCII)
-        .map_err(|e| ParseError::from_invalid(field, e, 1, MAX_RANDOM_LEN))?;
+    validate(value, 1, ConnectRequest::MAX_RANDOM_LEN, &VISIBLE_ASCII)
+        .map_err(|e| ParseError::from_invalid(field, e, 1, ConnectRequest::MAX_RANDOM_LEN))?;
     Ok(value)
 }
 
 /// Splits a user name `deviceName&productKey` and validates both halves.
 ///
 /// # Errors
-/// [`ParseError::TooLong`] over [`MAX_USERNAME_LEN`], [`ParseError::Malformed`] without
+/// [`ParseError::TooLong`] over [`ConnectRequest::MAX_USERNAME_LEN`], [`ParseError::Malformed`] without
 /// exactly one `&`, or the identifiers' own errors.
 ///
 /// ```
@@ -532,10 +550,10 @@ pub(crate) fn parse_random<'a>(value: &'a str, field: &'static str) -> Result<&'
 /// # Ok::<(), iotauth::ParseError>(())
 /// ```
 pub fn parse_username(text: &str) -> Result<(DeviceName, ProductKey), ParseError> {
-    if text.len() > MAX_USERNAME_LEN {
+    if text.len() > ConnectRequest::MAX_USERNAME_LEN {
         return Err(ParseError::TooLong {
             field: "username",
-            max: MAX_USERNAME_LEN,
+            max: ConnectRequest::MAX_USERNAME_LEN,
         });
     }
     let malformed = ParseError::Malformed {
@@ -614,9 +632,9 @@ impl<'a> ConnectRequest<'a> {
     ) -> Result<Self, ParseError> {
         check_caps(client_id.len(), username.len(), password.len())?;
         Self::parse(
-            utf8_within(client_id, CLIENT_ID, MAX_CLIENT_ID_LEN)?,
-            utf8_within(username, "username", MAX_USERNAME_LEN)?,
-            utf8_within(password, "password", MAX_PASSWORD_LEN)?,
+            utf8_within(client_id, CLIENT_ID, ConnectRequest::MAX_CLIENT_ID_LEN)?,
+            utf8_within(username, "username", ConnectRequest::MAX_USERNAME_LEN)?,
+            utf8_within(password, "password", ConnectRequest::MAX_PASSWORD_LEN)?,
         )
     }
 
@@ -812,10 +830,10 @@ impl ConnectCredentials {
 
     /// The MQTT password: the signature in lowercase hex, or for a token login the
     /// DeviceToken.
-    pub fn expose_password(&self) -> String {
+    pub fn expose_password(&self) -> Zeroizing<String> {
         match &self.password {
-            Password::Signed(signature) => signature.to_hex(),
-            Password::Token(token) => token.expose_secret().to_owned(),
+            Password::Signed(signature) => signature.expose_hex(),
+            Password::Token(token) => Zeroizing::new(token.expose_secret().to_owned()),
         }
     }
 }

@@ -37,10 +37,12 @@ impl Clock for FixedClock {
     }
 }
 
-/// Below this a timestamp is read as seconds, at or above it as milliseconds: 10^11 seconds is
-/// the year 5138, 10^11 milliseconds is 1973. (Alibaba's Python SDKs send seconds, the rest
-/// milliseconds.)
-pub const SECONDS_BELOW: u64 = 100_000_000_000;
+impl Freshness {
+    /// Below this a timestamp is read as seconds, at or above it as milliseconds: 10^11 seconds is
+    /// the year 5138, 10^11 milliseconds is 1973. (Alibaba's Python SDKs send seconds, the rest
+    /// milliseconds.)
+    pub const SECONDS_BELOW: u64 = 100_000_000_000;
+}
 
 /// Whether a login's `timestamp` must be recent.
 ///
@@ -81,7 +83,7 @@ impl Freshness {
         };
         let text = timestamp.ok_or(VerifyError::MissingTimestamp)?;
         let value: u64 = text.parse().map_err(|_| VerifyError::Stale)?;
-        let millis = if value < SECONDS_BELOW {
+        let millis = if value < Freshness::SECONDS_BELOW {
             value * 1000
         } else {
             value

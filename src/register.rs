@@ -3,6 +3,8 @@
 use std::borrow::Cow;
 use std::fmt;
 
+use zeroize::Zeroizing;
+
 use crate::cert::ProductCertificate;
 use crate::error::ParseError;
 use crate::id::{DeviceName, ProductKey};
@@ -12,12 +14,18 @@ use crate::secret::{DeviceSecret, ProductSecret};
 use crate::sign::{SignContent, SignMethod, Signature, VerifyError, sign, verify};
 use crate::verified::{DeviceIdentity, Verified};
 
-/// Cap on a registration body, in bytes.
-pub const MAX_FORM_LEN: usize = 4096;
-/// Cap on the number of `key=value` pairs in a registration body.
-pub const MAX_FORM_PAIRS: usize = 16;
-/// Cap on a registration reply a device will read, in bytes.
-pub const MAX_REPLY_LEN: usize = 4096;
+impl RegisterForm<'_> {
+    /// Cap on a registration body, in bytes.
+    pub const MAX_LEN: usize = 4096;
+}
+impl RegisterForm<'_> {
+    /// Cap on the number of `key=value` pairs in a registration body.
+    pub const MAX_PAIRS: usize = 16;
+}
+impl RegisterReply {
+    /// Cap on a registration reply a device will read, in bytes.
+    pub const MAX_LEN: usize = 4096;
+}
 
 const FORM: &str = "form";
 const FIELDS: [&str; 5] = ["productKey", "deviceName", "random", "sign", "signMethod"];
@@ -28,7 +36,7 @@ const FIELDS: [&str; 5] = ["productKey", "deviceName", "random", "sign", "signMe
 /// # Rules
 /// `application/x-www-form-urlencoded`, strictly: a bad percent escape, invalid UTF-8 after
 /// decoding, a control character, a duplicate or missing field, or an empty pair is an error.
-/// Unknown fields are ignored. `signMethod` is case-insensitive. At most [`MAX_FORM_LEN`] bytes.
+/// Unknown fields are ignored. `signMethod` is case-insensitive. At most [`RegisterForm::MAX_LEN`] bytes.
 #[derive(Clone, PartialEq, Eq)]
 pub struct RegisterForm<'a> {
     product_key: ProductKey,
@@ -51,18 +59,18 @@ impl<'a> RegisterForm<'a> {
     /// # Ok::<(), iotauth::ParseError>(())
     /// ```
     pub fn parse(body: &'a [u8]) -> Result<Self, ParseError> {
-        if body.len() > MAX_FORM_LEN {
+        if body.len() > RegisterForm::MAX_LEN {
             return Err(ParseError::TooLong {
                 field: FORM,
-                max: MAX_FORM_LEN,
+                max: RegisterForm::MAX_LEN,
             });
         }
         let mut values: [Option<Cow<'a, str>>; 5] = Default::default();
         for (index, pair) in body.split(|&b| b == b'&').enumerate() {
-            if index >= MAX_FORM_PAIRS {
+            if index >= RegisterForm::MAX_PAIRS {
                 return Err(ParseError::TooLong {
                     field: "form pairs",
-                    max: MAX_FORM_PAIRS,
+                    max: RegisterForm::MAX_PAIRS,
                 });
             }
             let Some(eq) = pair.iter().position(|&b| b == b'=') else {
@@ -225,8 +233,8 @@ impl RegisterFormBody {
     }
 
     /// The `sign` field, lowercase hex.
-    pub fn expose_sign(&self) -> String {
-        self.sign.to_hex()
+    pub fn expose_sign(&self) -> Zeroizing<String> {
+        self.sign.expose_hex()
     }
 }
 
@@ -267,21 +275,23 @@ pub fn build_register_form(
         .append_pair("productKey", pk.as_str())
         .append_pair("deviceName", device_name.as_str())
         .append_pair("random", random)
-        .append_pair("sign", &sign.to_hex())
+        .append_pair("sign", &sign.expose_hex())
         .append_pair("signMethod", method.name())
         .finish();
     Ok(RegisterFormBody { body, sign })
 }
 
-/// The length of [`registration_random`]'s values, as Alibaba's Python SDK.
-pub const GENERATED_RANDOM_LEN: usize = 15;
+impl RegisterForm<'_> {
+    /// The length of [`registration_random`]'s values, as Alibaba's Python SDK.
+    pub const GENERATED_RANDOM_LEN: usize = 15;
+}
 
 /// A fresh `random` for a registration: 15 letters and digits, as Alibaba's Python SDK sends.
 ///
 /// # Errors
 /// [`EntropyError`] when the random source fails.
 pub fn registration_random(entropy: &dyn Entropy) -> Result<String, EntropyError> {
-    let mut bytes = [0u8; GENERATED_RANDOM_LEN];
+    let mut bytes = [0u8; RegisterForm::GENERATED_RANDOM_LEN];
     fill_alphanumeric(entropy, &mut bytes)?;
     Ok(bytes.iter().map(|&b| char::from(b)).collect())
 }
@@ -310,7 +320,7 @@ pub enum RefusalCode {
     /// 6604: registration without pre-registration would create a device beyond the
     /// product's device quota.
     DeviceQuotaReached,
-    /// 6605: the device holds the most ClientIDs it may ([`crate::MAX_CLIENT_IDS`]).
+    /// 6605: the device holds the most ClientIDs it may ([`crate::IssuedClientId::MAX_PER_DEVICE`]).
     TooManyClientIds,
     /// 429: the product's registration rate limit is reached
     /// ([`crate::store::RegistrationLimit`]); try again later. Alibaba's "throttled" code.
@@ -448,9 +458,19 @@ pub(crate) fn issued_json(
     product_key: &ProductKey,
     device_name: &DeviceName,
     secret: &DeviceSecret,
-) -> String {
-    // Serializing strings to a String cannot fail.
-    serde_json::to_string(&WireIssued::of(product_key, device_name, secret)).unwrap_or_default()
+) -> Zeroizing<String> {
+    exposing_json(&WireIssued::of(product_key, device_name, secret))
+}
+
+/// `value` as JSON in a buffer that is zeroized when dropped, and never reallocated while it
+/// is written (a reallocation would leave a copy of the secret in freed memory): every reply
+/// and payload with a secret is far below its capacity.
+pub(crate) fn exposing_json<T: serde::Serialize>(value: &T) -> Zeroizing<String> {
+    let mut buffer = Zeroizing::new(Vec::with_capacity(RegisterReply::MAX_LEN));
+    // Serializing strings and integers into a Vec cannot fail.
+    let _ = serde_json::to_writer(&mut *buffer, value);
+    // serde_json writes UTF-8; from_utf8 takes the allocation as it is, without a copy.
+    Zeroizing::new(String::from_utf8(std::mem::take(&mut *buffer)).unwrap_or_default())
 }
 
 impl RegisterReply {
@@ -466,7 +486,7 @@ impl RegisterReply {
     ///
     /// **Warning:** an [`RegisterReply::Issued`] reply contains the device's secret in clear;
     /// send it only to the device, over TLS, and never log it.
-    pub fn to_json_exposing_secret(&self) -> String {
+    pub fn to_json_exposing_secret(&self) -> Zeroizing<String> {
         let wire = match self {
             Self::Issued {
                 product_key,
@@ -483,21 +503,20 @@ impl RegisterReply {
                 message: message.as_str().into(),
             },
         };
-        // Serializing strings and integers to a String cannot fail.
-        serde_json::to_string(&wire).unwrap_or_default()
+        exposing_json(&wire)
     }
 
     /// Parses a reply on the device side. A device must survive a hostile server: the body is
-    /// capped at [`MAX_REPLY_LEN`], unknown top-level fields are refused, and the issued
+    /// capped at [`RegisterReply::MAX_LEN`], unknown top-level fields are refused, and the issued
     /// identifiers and secret are validated.
     ///
     /// # Errors
     /// [`ParseError`] naming the reply field that is missing or malformed.
     pub fn parse(body: &[u8]) -> Result<Self, ParseError> {
-        if body.len() > MAX_REPLY_LEN {
+        if body.len() > RegisterReply::MAX_LEN {
             return Err(ParseError::TooLong {
                 field: "reply",
-                max: MAX_REPLY_LEN,
+                max: RegisterReply::MAX_LEN,
             });
         }
         let wire: WireReply<'_> =

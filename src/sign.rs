@@ -4,7 +4,7 @@ use core::fmt;
 use std::sync::OnceLock;
 
 use hmac::{Hmac, KeyInit, Mac};
-use zeroize::Zeroize;
+use zeroize::{Zeroize, Zeroizing};
 
 use crate::ascii::decode_hex;
 
@@ -241,14 +241,15 @@ impl Signature {
         &self.bytes[..self.method.digest_len()]
     }
 
-    /// Lowercase hex, as Alibaba's Python and Node SDKs send it.
-    pub fn to_hex(&self) -> String {
-        hex::encode(self.as_bytes())
+    /// Lowercase hex, as Alibaba's Python and Node SDKs send it: a password, zeroized when
+    /// dropped.
+    pub fn expose_hex(&self) -> Zeroizing<String> {
+        Zeroizing::new(hex::encode(self.as_bytes()))
     }
 
-    /// Uppercase hex, as Alibaba's C SDKs send it.
-    pub fn to_hex_upper(&self) -> String {
-        hex::encode_upper(self.as_bytes())
+    /// Uppercase hex, as Alibaba's C SDKs send it: a password, zeroized when dropped.
+    pub fn expose_hex_upper(&self) -> Zeroizing<String> {
+        Zeroizing::new(hex::encode_upper(self.as_bytes()))
     }
 }
 

@@ -7,7 +7,14 @@ use crate::id::{DeviceName, ProductKey};
 /// A value that only this crate can make, and only after a signature or token checked out.
 ///
 /// A function that takes `Verified<DeviceIdentity>` cannot be handed an identity that was
-/// merely claimed.
+/// merely claimed. This crate's verifiers return it ([`crate::ConnectRequest::verify_login`],
+/// [`crate::service::Authenticator`], the registrar's checks, [`crate::RegisterForm::verify`]),
+/// and an issued secret carries it.
+///
+/// The topic rule ([`crate::TopicRule`]) takes a plain [`DeviceIdentity`] on purpose: the
+/// broker hooks' and the Mosquitto plugin's ACL requests name a client the *broker*
+/// authenticated (its user name), which this crate did not verify in that request; a
+/// `Verified` there would have to be forged from a claim, and would then prove nothing.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Verified<T>(T);
 

@@ -98,7 +98,7 @@ impl From<ConnectCredentials> for Creds {
         Self {
             client_id: creds.client_id().to_owned(),
             username: creds.username().to_owned(),
-            password: creds.expose_password(),
+            password: creds.expose_password().to_string(),
         }
     }
 }
@@ -551,7 +551,7 @@ async fn regnwl_on_the_broker_port_issues_a_client_id_and_token_that_log_in_with
     }
 
     // Five ClientIDs per device: four more for nwl-01, then a sixth is "not authorized".
-    for _ in 1..MAX_CLIENT_IDS {
+    for _ in 1..IssuedClientId::MAX_PER_DEVICE {
         let creds = regnwl_creds(&fleet.product, "nwl-01", "2", "");
         let (mut stream, connack) = fleet.connect(&connect_packet(&creds, None)).await;
         assert_eq!(connack, ACCEPTED);

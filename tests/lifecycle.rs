@@ -246,7 +246,12 @@ fn issued_and_active_issue_client_id_adds_one_and_stays() {
     for state in [Issued, Active] {
         for policy in [Once, RedeliverUntilFirstLogin] {
             assert_eq!(
-                run(state, true, issue_client_id(MAX_CLIENT_IDS - 1), policy),
+                run(
+                    state,
+                    true,
+                    issue_client_id(IssuedClientId::MAX_PER_DEVICE - 1),
+                    policy
+                ),
                 to(state, true, SecretEffect::AddClientId),
                 "{state} {policy:?}"
             );
@@ -258,7 +263,12 @@ fn issued_and_active_issue_client_id_adds_one_and_stays() {
 fn a_sixth_client_id_is_refused_in_every_state() {
     for state in DeviceState::ALL {
         assert_eq!(
-            run(state, true, issue_client_id(MAX_CLIENT_IDS), Once),
+            run(
+                state,
+                true,
+                issue_client_id(IssuedClientId::MAX_PER_DEVICE),
+                Once
+            ),
             Err(TransitionError::TooManyClientIds),
             "{state}"
         );

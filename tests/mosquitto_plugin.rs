@@ -767,7 +767,11 @@ fn a_registration_cannot_take_over_another_devices_registration_connection() {
         let creds =
             build_register_connect(&product, DeviceName::new(name).unwrap(), &options).unwrap();
         let id = creds.client_id().to_owned();
-        [id, creds.username().to_owned(), creds.expose_password()]
+        [
+            id,
+            creds.username().to_owned(),
+            creds.expose_password().to_string(),
+        ]
     };
     let owner = connect("reg-01");
     // reg-02's own registration, presenting reg-01's client id (the core is not signed).

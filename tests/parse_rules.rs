@@ -17,7 +17,10 @@ fn err(text: &str) -> ParseError {
 
 #[test]
 fn reject_client_id_over_1024_bytes() {
-    let long = format!("{}|securemode=2|", "c".repeat(MAX_CLIENT_ID_LEN));
+    let long = format!(
+        "{}|securemode=2|",
+        "c".repeat(ConnectRequest::MAX_CLIENT_ID_LEN)
+    );
     assert_eq!(
         err(&long),
         ParseError::TooLong {
@@ -30,7 +33,10 @@ fn reject_client_id_over_1024_bytes() {
 #[test]
 fn accept_client_id_of_exactly_1024_bytes() {
     let suffix = "|securemode=2|";
-    let exact = format!("{}{suffix}", "c".repeat(MAX_CLIENT_ID_LEN - suffix.len()));
+    let exact = format!(
+        "{}{suffix}",
+        "c".repeat(ConnectRequest::MAX_CLIENT_ID_LEN - suffix.len())
+    );
     assert!(client_id(&exact).is_ok());
 }
 
@@ -198,13 +204,15 @@ fn accept_whitespace_around_keys_and_values() {
 
 #[test]
 fn reject_more_than_32_parameters() {
-    let items: Vec<String> = (0..MAX_PARAMS).map(|i| format!("k{i}=v")).collect();
+    let items: Vec<String> = (0..ConnectRequest::MAX_PARAMS)
+        .map(|i| format!("k{i}=v"))
+        .collect();
     let text = format!("c|securemode=2,{}|", items.join(","));
     assert_eq!(
         err(&text),
         ParseError::TooLong {
             field: "clientId parameters",
-            max: MAX_PARAMS
+            max: ConnectRequest::MAX_PARAMS
         }
     );
 }
@@ -610,7 +618,7 @@ fn form(body: &str) -> Result<RegisterForm<'_>, ParseError> {
 
 #[test]
 fn reject_form_over_4096_bytes() {
-    let body = format!("{FORM}&pad={}", "x".repeat(MAX_FORM_LEN));
+    let body = format!("{FORM}&pad={}", "x".repeat(RegisterForm::MAX_LEN));
     assert_eq!(
         form(&body).unwrap_err(),
         ParseError::TooLong {
@@ -712,7 +720,9 @@ fn reject_empty_pair_or_pair_without_equals() {
 
 #[test]
 fn reject_more_than_16_pairs() {
-    let extra: String = (0..MAX_FORM_PAIRS).map(|i| format!("&x{i}=1")).collect();
+    let extra: String = (0..RegisterForm::MAX_PAIRS)
+        .map(|i| format!("&x{i}=1"))
+        .collect();
     assert_eq!(
         form(&format!("{FORM}{extra}")).unwrap_err(),
         ParseError::TooLong {
@@ -791,7 +801,7 @@ fn accept_unknown_fields_and_method_in_any_case() {
 #[test]
 fn reject_reply_over_cap_or_not_json() {
     assert!(matches!(
-        RegisterReply::parse(&vec![b' '; MAX_REPLY_LEN + 1]),
+        RegisterReply::parse(&vec![b' '; RegisterReply::MAX_LEN + 1]),
         Err(ParseError::TooLong { field: "reply", .. })
     ));
     assert!(matches!(

@@ -51,13 +51,13 @@ fn debug_of_every_type_holding_a_secret_is_redacted() {
     let password = creds.expose_password();
     let rendered = format!("{creds:?}");
     assert!(
-        !rendered.contains(&password),
+        !rendered.contains(password.as_str()),
         "ConnectCredentials leaks the password: {rendered}"
     );
     let request = ConnectRequest::parse(creds.client_id(), creds.username(), &password).unwrap();
     let rendered = format!("{request:?}");
     assert!(
-        !rendered.contains(&password),
+        !rendered.contains(password.as_str()),
         "ConnectRequest leaks the password: {rendered}"
     );
     let signature = sign(
@@ -65,13 +65,13 @@ fn debug_of_every_type_holding_a_secret_is_redacted() {
         SignMethod::HmacSha256,
         &SignContent::login("c", &dn, &pk, None),
     );
-    assert!(!format!("{signature:?}").contains(&signature.to_hex()));
+    assert!(!format!("{signature:?}").contains(signature.expose_hex().as_str()));
 
     let form = build_register_form(&product_cert, dn, "r4nd0m", SignMethod::HmacSha1).unwrap();
     let sign_hex = form.expose_sign();
-    assert!(!format!("{form:?}").contains(&sign_hex));
+    assert!(!format!("{form:?}").contains(sign_hex.as_str()));
     let parsed = RegisterForm::parse(form.body().as_bytes()).unwrap();
-    assert!(!format!("{parsed:?}").contains(&sign_hex));
+    assert!(!format!("{parsed:?}").contains(sign_hex.as_str()));
 
     let record = {
         let mut r = DeviceRecord::new(pk, dn, DeviceSecret::new(SECRET).unwrap());

@@ -84,7 +84,7 @@ async fn success_reply_has_alibabas_shape_and_parses_back_on_the_device() {
         fleet.product.product_key,
         device.device_secret.expose_secret()
     );
-    assert_eq!(json, expected);
+    assert_eq!(*json, expected);
     assert!(json.len() < 256, "one C SDK reads the reply into 256 bytes");
     match RegisterReply::parse(json.as_bytes()).unwrap() {
         RegisterReply::Issued { device_secret, .. } => {
@@ -166,7 +166,10 @@ async fn every_refusal_reason_has_its_documented_code() {
     let reply = RegisterError::UnknownDevice
         .to_reply()
         .to_json_exposing_secret();
-    assert_eq!(reply, r#"{"code":6100,"message":"device not found"}"#);
+    assert_eq!(
+        reply.as_str(),
+        r#"{"code":6100,"message":"device not found"}"#
+    );
     let codes: std::collections::HashSet<u32> = RefusalCode::ALL.iter().map(|c| c.code()).collect();
     assert_eq!(codes.len(), RefusalCode::ALL.len(), "codes are distinct");
     assert!(!codes.contains(&200));
@@ -189,7 +192,7 @@ async fn mqtt_register_connect_obtains_the_secret_once_and_regnwl_is_unsupported
         .await
         .unwrap();
     assert_eq!(
-        issued.device_secret().expose_secret(),
+        issued.into_device_secret().expose_secret(),
         device.device_secret.expose_secret()
     );
     let again = registrar
@@ -538,7 +541,7 @@ async fn hooks_answer_an_outage_with_undecided_not_deny() {
         response
     };
     let login =
-        serde_json::json!({"clientid": id, "client_id": id, "username": user, "password": pass})
+        serde_json::json!({"clientid": id, "client_id": id, "username": user, "password": pass.as_str()})
             .to_string();
     assert!(
         post("/hooks/emqx/authn", login.clone(), "")
@@ -914,7 +917,7 @@ async fn a_registration_whose_issue_is_answered_late_still_delivers_the_secret()
         .await
         .unwrap_or_else(|e| panic!("the issue was cut short: {e}"));
     assert_eq!(
-        issued.device_secret().expose_secret(),
+        issued.into_device_secret().expose_secret(),
         device.device_secret.expose_secret()
     );
     let stored = fleet

@@ -83,7 +83,10 @@ fn reject_wildcards_in_a_published_topic() {
 fn reject_empty_overlong_or_nul_topics() {
     let rule = TopicRule::alibaba();
     assert!(!rule.may_publish(&me(), ""));
-    assert!(!rule.may_publish(&me(), &format!("/a1pk/dev-1/{}", "x".repeat(MAX_TOPIC_LEN))));
+    assert!(!rule.may_publish(
+        &me(),
+        &format!("/a1pk/dev-1/{}", "x".repeat(TopicRule::MAX_TOPIC_LEN))
+    ));
     assert!(!rule.may_publish(&me(), "/a1pk/dev-1/a\0b"));
 }
 

@@ -20,9 +20,11 @@ pub(super) async fn register_device(
         Ok(issued) => issued.into_reply(),
         Err(e) => e.to_reply(),
     };
+    let mut json = reply.to_json_exposing_secret();
+    // The body's buffer leaves our hands here: hyper frees it once it is written.
     (
         [(header::CONTENT_TYPE, "application/json")],
-        reply.to_json_exposing_secret(),
+        std::mem::take(&mut *json),
     )
         .into_response()
 }

@@ -2,6 +2,8 @@ use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, LazyLock};
 
+use zeroize::Zeroizing;
+
 use crate::error::ParseError;
 use crate::id::{DeviceName, IssuedClientId, ProductKey};
 use crate::lifecycle::{
@@ -43,9 +45,9 @@ impl IssuedSecret {
         &self.identity
     }
 
-    /// The secret.
-    pub fn device_secret(&self) -> &DeviceSecret {
-        &self.device_secret
+    /// The secret, giving up the rest: an issued secret is handed on, not kept and copied.
+    pub fn into_device_secret(self) -> DeviceSecret {
+        self.device_secret
     }
 
     /// Whether this is a repeated delivery (policy `RedeliverUntilFirstLogin`).
@@ -57,7 +59,7 @@ impl IssuedSecret {
     /// `{"productKey","deviceName","deviceSecret"}`.
     ///
     /// **Warning:** it contains the secret in clear; send it to the device alone.
-    pub fn to_ext_register_payload(&self) -> String {
+    pub fn into_ext_register_payload(self) -> Zeroizing<String> {
         crate::register::issued_json(
             &self.identity.product_key(),
             &self.identity.device_name(),
@@ -111,14 +113,21 @@ impl IssuedClientIdToken {
     /// The `/ext/regnwl` payload, `{"productKey","deviceName","clientId","deviceToken"}`.
     ///
     /// **Warning:** it contains the token in clear; send it to the device alone.
-    pub fn to_ext_regnwl_payload(&self) -> String {
-        serde_json::json!({
-            "productKey": self.identity.product_key().as_str(),
-            "deviceName": self.identity.device_name().as_str(),
-            "clientId": self.client_id.as_str(),
-            "deviceToken": self.token.expose_secret(),
+    pub fn into_ext_regnwl_payload(self) -> Zeroizing<String> {
+        #[derive(serde::Serialize)]
+        #[serde(rename_all = "camelCase")]
+        struct Payload<'a> {
+            product_key: &'a str,
+            device_name: &'a str,
+            client_id: &'a str,
+            device_token: &'a str,
+        }
+        crate::register::exposing_json(&Payload {
+            product_key: self.identity.product_key().as_str(),
+            device_name: self.identity.device_name().as_str(),
+            client_id: self.client_id.as_str(),
+            device_token: self.token.expose_secret(),
         })
-        .to_string()
     }
 }
 
@@ -427,7 +436,7 @@ impl<S: ProductStore + DeviceStore> Registrar<S> {
     /// checks as [`Registrar::register_request`] does, with the product's
     /// [`PreRegistrationFree`] switch on too; creates the device (a fresh secret, Inactive)
     /// when it does not exist, within the product's device quota; then issues a new ClientID
-    /// and DeviceToken by compare-and-set (at most [`crate::MAX_CLIENT_IDS`] per device, so
+    /// and DeviceToken by compare-and-set (at most [`crate::IssuedClientId::MAX_PER_DEVICE`] per device, so
     /// of racing requests no more than that win).
     ///
     /// # Errors

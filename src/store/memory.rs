@@ -12,7 +12,7 @@ use super::{
     ProductRecord, ProductStore, RANDOM_HISTORY, RegistrationLimit, StoreError,
 };
 use crate::id::{DeviceName, ProductKey};
-use crate::lifecycle::{DeviceStatus, DynamicRegistration, MAX_CLIENT_IDS};
+use crate::lifecycle::{DeviceStatus, DynamicRegistration};
 use crate::policy::{Clock, SystemClock, UnixMillis};
 use crate::secret::DeviceSecret;
 use crate::store::Entity;
@@ -478,7 +478,7 @@ impl DeviceStore for MemoryStore {
             } => {
                 // Refused before anything changes: no half-applied update.
                 if matches!(client_ids, ClientIdChange::Add(_))
-                    && device.client_ids.len() >= MAX_CLIENT_IDS
+                    && device.client_ids.len() >= crate::IssuedClientId::MAX_PER_DEVICE
                 {
                     return Err(StoreError::Precondition {
                         what: Entity::Device,

@@ -298,7 +298,7 @@ pub struct DeviceRecord {
     /// [`DeviceStore::compare_and_set`].
     pub revision: u64,
     /// The ClientIDs issued by registration without pre-registration, oldest first; at most
-    /// [`crate::MAX_CLIENT_IDS`].
+    /// [`crate::IssuedClientId::MAX_PER_DEVICE`].
     pub client_ids: Vec<ClientIdRecord>,
 }
 

@@ -75,7 +75,7 @@ use super::{
     RANDOM_HISTORY, RegistrationLimit, SecretsAtRest, StoreError,
 };
 use crate::id::{DeviceName, IssuedClientId, ProductKey};
-use crate::lifecycle::{DeviceState, DeviceStatus, DynamicRegistration, MAX_CLIENT_IDS};
+use crate::lifecycle::{DeviceState, DeviceStatus, DynamicRegistration};
 use crate::policy::{Clock, SystemClock, UnixMillis};
 use crate::secret::{DeviceSecret, ProductSecret, TokenDigest};
 use crate::store::Entity;
@@ -1559,7 +1559,7 @@ fn client_ids_from_column(text: &str) -> Result<Vec<ClientIdRecord>, StoreError>
             })
         })
         .collect::<Result<Vec<_>, StoreError>>()?;
-    if records.len() > MAX_CLIENT_IDS {
+    if records.len() > IssuedClientId::MAX_PER_DEVICE {
         return Err(corrupt());
     }
     Ok(records)
@@ -2225,7 +2225,7 @@ impl DeviceStore for SqlStore {
                 status, client_ids, ..
             } => sqlx::query(
                 // $4: NULL keeps the ClientIDs, '' revokes them, an entry is appended, unless
-                // the list holds MAX_CLIENT_IDS (5) already: four commas.
+                // the list holds IssuedClientId::MAX_PER_DEVICE (5) already: four commas.
                 "UPDATE iotauth_devices SET state = $1, enabled = $2, \
                  device_secret = COALESCE($3, device_secret), \
                  client_ids = CASE WHEN CAST($4 AS TEXT) IS NULL THEN client_ids \

@@ -312,7 +312,7 @@ where
         .unwrap();
     let stored = store.device(&pk, &dn).await.unwrap().unwrap();
     assert_eq!(
-        issued.device_secret().expose_secret(),
+        issued.into_device_secret().expose_secret(),
         stored.device_secret.expose_secret(),
         "a fresh random gets the new secret"
     );
@@ -361,11 +361,11 @@ pub async fn registration_lifecycle<S: ProductStore + DeviceStore + Clone>(store
     let registrar = Registrar::new(store.clone());
 
     let issued = register(&registrar, &product, dn).await.unwrap();
+    assert!(!issued.redelivered());
     assert_eq!(
-        issued.device_secret().expose_secret(),
+        issued.into_device_secret().expose_secret(),
         registered.device_secret.expose_secret()
     );
-    assert!(!issued.redelivered());
     assert_eq!(state(&store, &pk, &dn).await, DeviceState::Issued);
     assert!(matches!(
         register(&registrar, &product, dn).await,
@@ -491,11 +491,11 @@ pub async fn reset_and_reregister_give_new_secrets<S: ProductStore + DeviceStore
 
     let status = admin.apply(&pk, &dn, Event::Reset).await.unwrap();
     assert_eq!(status.map(|s| s.state), Some(DeviceState::Inactive));
-    let second = register(&registrar, &product, dn).await.unwrap();
-    assert_ne!(
-        second.device_secret().expose_secret(),
-        first.device_secret.expose_secret()
-    );
+    let second = register(&registrar, &product, dn)
+        .await
+        .unwrap()
+        .into_device_secret();
+    assert_ne!(second.expose_secret(), first.device_secret.expose_secret());
     assert!(matches!(
         login(&store, &first).await,
         Err(AuthError::Verify(_))
@@ -504,14 +504,11 @@ pub async fn reset_and_reregister_give_new_secrets<S: ProductStore + DeviceStore
     assert_eq!(admin.apply(&pk, &dn, Event::Delete).await.unwrap(), None);
     assert!(store.device(&pk, &dn).await.unwrap().is_none());
     let third = admin.register_device(pk, dn).await.unwrap();
-    assert_ne!(
-        third.device_secret.expose_secret(),
-        second.device_secret().expose_secret()
-    );
+    assert_ne!(third.device_secret.expose_secret(), second.expose_secret());
     assert_eq!(third.status, DeviceStatus::NEW);
     let issued = register(&registrar, &product, dn).await.unwrap();
     assert_eq!(
-        issued.device_secret().expose_secret(),
+        issued.into_device_secret().expose_secret(),
         third.device_secret.expose_secret()
     );
 }
@@ -577,11 +574,12 @@ where
     for racer in racers {
         match racer.await.expect("racer task panicked") {
             Ok(issued) => {
+                let redelivered = issued.redelivered();
                 assert_eq!(
-                    issued.device_secret().expose_secret(),
+                    issued.into_device_secret().expose_secret(),
                     device.device_secret.expose_secret()
                 );
-                if issued.redelivered() {
+                if redelivered {
                     again += 1;
                 } else {
                     first += 1;
@@ -619,7 +617,8 @@ pub async fn registration_without_pre_registration<S: ProductStore + DeviceStore
     let token = issued.token().expose_secret().to_owned();
     let client_id = issued.client_id();
     assert_eq!(issued.identity().device_name().as_str(), "nwl-dev-1");
-    let payload: serde_json::Value = serde_json::from_str(&issued.to_ext_regnwl_payload()).unwrap();
+    let payload: serde_json::Value =
+        serde_json::from_str(&issued.into_ext_regnwl_payload()).unwrap();
     assert_eq!(payload["clientId"], client_id.as_str());
     assert_eq!(payload["deviceToken"], token.as_str());
     let stored = store
@@ -655,7 +654,7 @@ pub async fn registration_without_pre_registration<S: ProductStore + DeviceStore
 
     // Up to five ClientIDs per device; the sixth is refused. Each one's token logs in.
     let mut tokens = vec![(client_id, token)];
-    for _ in 1..crate::MAX_CLIENT_IDS {
+    for _ in 1..crate::IssuedClientId::MAX_PER_DEVICE {
         let more = regnwl(&registrar, &product, "nwl-dev-1").await.unwrap();
         tokens.push((more.client_id(), more.token().expose_secret().to_owned()));
     }
@@ -797,7 +796,7 @@ pub async fn race_client_ids<S: ProductStore + DeviceStore + Clone + 'static>(st
     }
     println!("ClientID race: {RACERS} racers, {} issued", issued.len());
     assert!(
-        (1..=crate::MAX_CLIENT_IDS).contains(&issued.len()),
+        (1..=crate::IssuedClientId::MAX_PER_DEVICE).contains(&issued.len()),
         "{} ClientIDs issued",
         issued.len()
     );

@@ -90,7 +90,7 @@ pub async fn hand_out_secrets<S: ProductStore + DeviceStore>(store: &S, name: &s
     let issued = register(&Registrar::new(store), &created, self::name("dev0"))
         .await
         .unwrap_or_else(|e| panic!("registration: {e}"));
-    secrets.push(issued.device_secret().expose_secret().to_owned());
+    secrets.push(issued.into_device_secret().expose_secret().to_owned());
     let dev1 = self::name("dev1");
     admin.apply(&pk, &dev1, Event::Reset).await.unwrap();
     let reset = store.device(&pk, &dev1).await.unwrap().unwrap();
