@@ -10,9 +10,6 @@ mod ascii;
 pub mod broker;
 mod cert;
 mod error;
-#[cfg(feature = "fuzzing")]
-#[doc(hidden)]
-pub mod fuzzing;
 #[cfg(feature = "server")]
 pub mod http;
 mod id;

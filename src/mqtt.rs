@@ -339,9 +339,9 @@ impl<'a> ClientId<'a> {
         self.sign_method.unwrap_or(SignMethod::HmacMd5)
     }
 
-    /// `signmethod` as sent, `None` when absent.
-    #[cfg(feature = "fuzzing")]
-    pub(crate) fn explicit_sign_method(&self) -> Option<SignMethod> {
+    /// `signmethod` as sent, `None` when absent (then [`ConnectRequest::sign_method`] is
+    /// what the platform assumes).
+    pub fn explicit_sign_method(&self) -> Option<SignMethod> {
         self.sign_method
     }
 

@@ -134,15 +134,15 @@ impl<'a> RegisterForm<'a> {
         &self.random
     }
 
-    /// `sign`, as sent.
-    #[cfg(feature = "fuzzing")]
-    pub(crate) fn sign(&self) -> &str {
-        &self.sign
-    }
-
     /// `signMethod`.
     pub fn sign_method(&self) -> SignMethod {
         self.sign_method
+    }
+
+    /// `sign` as sent (hex, either case): the form's signature, which a replay within the
+    /// product's limits could reuse; for re-encoding a form, never for a log.
+    pub fn expose_sign(&self) -> &str {
+        &self.sign
     }
 
     /// The identity the form claims (not yet verified).

@@ -10,9 +10,9 @@ use std::process::Command;
 use serde_json::{Value, json};
 
 #[allow(dead_code)]
-#[path = "support/iotauth.rs"]
+#[path = "common/iotauth.rs"]
 mod cli_support;
-#[path = "support/serve.rs"]
+#[path = "common/serve.rs"]
 mod serve_support;
 
 use cli_support::{required_env, sign_login};

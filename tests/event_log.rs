@@ -13,11 +13,11 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 #[allow(dead_code)]
-#[path = "support/iotauth.rs"]
+#[path = "common/iotauth.rs"]
 mod cli_support;
-#[path = "support/serve.rs"]
+#[path = "common/serve.rs"]
 mod serve_support;
-#[path = "support/mosquitto.rs"]
+#[path = "common/mosquitto.rs"]
 mod support;
 
 use cli_support::{BIN, cli, required_env, with_key_for};

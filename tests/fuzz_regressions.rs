@@ -1,11 +1,10 @@
 //! Every committed fuzz input, seeds (`fuzz/corpus/<target>/`) and regressions
 //! (`fuzz/regressions/<target>/`), replayed through the fuzz targets' bodies under plain
 //! `cargo test`.
-#![cfg(feature = "fuzzing")]
 
 use std::path::Path;
 
-use iotauth::fuzzing::TARGETS;
+use iotauth_fuzzing::TARGETS;
 
 fn replay(kind: &str, minimum: usize) {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"))

@@ -11,9 +11,9 @@
 use serde_json::{Value, json};
 
 #[allow(dead_code)]
-#[path = "support/iotauth.rs"]
+#[path = "common/iotauth.rs"]
 mod cli_support;
-#[path = "support/serve.rs"]
+#[path = "common/serve.rs"]
 mod serve_support;
 
 use cli_support::sign_login;

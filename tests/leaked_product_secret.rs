@@ -6,9 +6,9 @@
 #![cfg(feature = "cli")]
 
 #[allow(dead_code)]
-#[path = "support/iotauth.rs"]
+#[path = "common/iotauth.rs"]
 mod cli_support;
-#[path = "support/serve.rs"]
+#[path = "common/serve.rs"]
 mod serve_support;
 
 use std::time::{Duration, Instant};

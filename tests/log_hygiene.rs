@@ -8,9 +8,9 @@ use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
 #[allow(dead_code)]
-#[path = "support/iotauth.rs"]
+#[path = "common/iotauth.rs"]
 mod cli_support;
-#[path = "support/serve.rs"]
+#[path = "common/serve.rs"]
 mod serve_support;
 
 use serve_support::{Dir, Fleet, Server, http_request};

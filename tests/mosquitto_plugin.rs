@@ -14,9 +14,9 @@ use iotauth::{
 use rumqttc::{Packet, QoS};
 use serde_json::Value;
 
-#[path = "support/iotauth.rs"]
+#[path = "common/iotauth.rs"]
 mod cli_support;
-#[path = "support/mosquitto.rs"]
+#[path = "common/mosquitto.rs"]
 mod support;
 
 use cli_support::{

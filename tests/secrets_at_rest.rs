@@ -13,7 +13,7 @@
 ))]
 
 #[allow(dead_code)]
-#[path = "support/iotauth.rs"]
+#[path = "common/iotauth.rs"]
 mod iotauth_support;
 
 use std::path::{Path, PathBuf};

@@ -12,9 +12,9 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-#[path = "support/iotauth.rs"]
+#[path = "common/iotauth.rs"]
 mod cli_support;
-#[path = "support/serve.rs"]
+#[path = "common/serve.rs"]
 mod serve_support;
 
 use cli_support::{BIN, cli, last_line_json, mosquitto_client, required_env, spawn_subscriber};

@@ -13,9 +13,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 #[allow(dead_code)]
-#[path = "support/iotauth.rs"]
+#[path = "common/iotauth.rs"]
 mod cli_support;
-#[path = "support/serve.rs"]
+#[path = "common/serve.rs"]
 mod serve_support;
 
 use cli_support::{BIN, cli, required_env, sign_login};

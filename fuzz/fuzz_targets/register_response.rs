@@ -1,2 +1,2 @@
 #![no_main]
-libfuzzer_sys::fuzz_target!(|data: &[u8]| iotauth::fuzzing::register_response(data));
+libfuzzer_sys::fuzz_target!(|data: &[u8]| iotauth_fuzzing::register_response(data));

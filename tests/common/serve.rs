@@ -1,5 +1,5 @@
 //! `iotauth serve` on loopback ports for the end-to-end tests (included by tests/serve_e2e.rs
-//! and tests/device_transport.rs, after tests/support/iotauth.rs as `cli_support`): the
+//! and tests/device_transport.rs, after tests/common/iotauth.rs as `cli_support`): the
 //! server, a fleet made with the CLI, raw HTTP, certificates, mosquitto clients.
 #![allow(dead_code)]
 
