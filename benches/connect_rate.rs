@@ -20,7 +20,7 @@
 //! cargo bench --features cli,danger-unauthenticated-broker --bench connect_rate -- --test   # 1 s each: a smoke run
 //! ```
 
-#[path = "../tests/support/mosquitto.rs"]
+#[path = "../tests/common/mosquitto.rs"]
 mod mosquitto;
 #[path = "support/run_size.rs"]
 mod run_size;

@@ -5,7 +5,7 @@
 //! Needs `mosquitto`, `mosquitto_passwd` and the plugin (`IOTAUTH_MOSQUITTO_PLUGIN`, as
 //! `.ci/run` builds it); skipped with a printed reason otherwise.
 
-#[path = "../tests/support/mosquitto.rs"]
+#[path = "../tests/common/mosquitto.rs"]
 mod support;
 
 use std::process::Command;

@@ -12,11 +12,11 @@
 //! broker. Run: `cargo bench --all-features --bench revocation`.
 
 #[allow(dead_code)]
-#[path = "../tests/support/iotauth.rs"]
+#[path = "../tests/common/iotauth.rs"]
 mod cli_support;
-#[path = "../tests/support/serve.rs"]
+#[path = "../tests/common/serve.rs"]
 mod serve_support;
-#[path = "../tests/support/mosquitto.rs"]
+#[path = "../tests/common/mosquitto.rs"]
 mod support;
 
 use std::process::Command;

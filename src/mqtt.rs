@@ -339,7 +339,7 @@ impl<'a> ClientId<'a> {
         self.sign_method.unwrap_or(SignMethod::HmacMd5)
     }
 
-    /// `signmethod` as sent, `None` when absent (then [`ConnectRequest::sign_method`] is
+    /// `signmethod` as sent, `None` when absent (then [`ClientId::sign_method`] is
     /// what the platform assumes).
     pub fn explicit_sign_method(&self) -> Option<SignMethod> {
         self.sign_method
@@ -1074,7 +1074,7 @@ pub fn build_register_connect(
 ///     IssuedClientId::new("a1BwAGV0001meter01abcdef")?, &DeviceToken::new("t0k3n")?,
 /// );
 /// assert_eq!(creds.client_id(), "a1BwAGV0001meter01abcdef|securemode=-2,authType=connwl|");
-/// assert_eq!(creds.expose_password(), "t0k3n");
+/// assert_eq!(creds.expose_password().as_str(), "t0k3n");
 /// # Ok::<(), iotauth::ParseError>(())
 /// ```
 pub fn build_token_login(

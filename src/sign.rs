@@ -308,7 +308,7 @@ pub enum VerifyError {
 /// let (dn, pk) = (DeviceName::new("device")?, ProductKey::new("pk")?);
 /// let content = SignContent::login("12345", &dn, &pk, Some("789"));
 /// let sig = sign(&DeviceSecret::new("secret")?, SignMethod::HmacSha1, &content);
-/// assert_eq!(sig.to_hex_upper(), "FAFD82A3D602B37FB0FA8B7892F24A477F851A14");
+/// assert_eq!(sig.expose_hex_upper().as_str(), "FAFD82A3D602B37FB0FA8B7892F24A477F851A14");
 /// # Ok::<(), iotauth::ParseError>(())
 /// ```
 pub fn sign(key: &impl SigningKey, method: SignMethod, content: &SignContent<'_>) -> Signature {

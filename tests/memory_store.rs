@@ -35,7 +35,7 @@ mod broken {
     use iotauth::store::*;
     use iotauth::{DeviceName, DynamicRegistration, ProductKey};
 
-    #[derive(Default)]
+    #[derive(Debug, Default)]
     pub struct IgnoresRevision(MemoryStore);
 
     #[async_trait]

@@ -361,6 +361,7 @@ async fn admin_generates_from_the_injected_entropy() {
 }
 
 /// A store that is down.
+#[derive(Debug)]
 struct Down;
 
 #[async_trait]
@@ -570,6 +571,7 @@ async fn hooks_answer_an_outage_with_undecided_not_deny() {
 }
 
 /// A store that never answers.
+#[derive(Debug)]
 struct Stuck;
 
 #[async_trait]
@@ -786,6 +788,7 @@ async fn hooks_allow_connwl_logins_and_deny_regnwl_which_they_cannot_deliver() {
 
 /// A store whose compare-and-set takes longer than `STORE_TIMEOUT` (a slow disk, a lock held
 /// just short of the busy timeout) and then commits.
+#[derive(Debug)]
 struct SlowWrites(Arc<MemoryStore>);
 
 #[async_trait]

@@ -502,7 +502,7 @@ pub const MAX_EVENTS_PER_READ: usize = 1000;
 
 /// The events a store wrote, read back.
 #[async_trait]
-pub trait EventLog: Send + Sync {
+pub trait EventLog: Send + Sync + std::fmt::Debug {
     /// The events numbered after `after`, in order, at most `limit` (capped at
     /// [`MAX_EVENTS_PER_READ`]).
     ///
@@ -832,7 +832,7 @@ mod tests {
     /// A log whose reads fail on demand, with an unreadable row on demand, that records what
     /// a follower told it.
     #[cfg(feature = "server")]
-    #[derive(Default)]
+    #[derive(Debug, Default)]
     struct ScriptedLog {
         events: std::sync::Mutex<Vec<EventRecord>>,
         down: std::sync::atomic::AtomicBool,

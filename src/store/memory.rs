@@ -28,15 +28,8 @@ use crate::store::Entity;
 /// # tokio_test_block_on(async {
 /// let store = MemoryStore::new();
 /// let pk = ProductKey::new("a1BwAGV0001")?;
-/// store.insert_product(ProductRecord {
-///     product_key: pk,
-///     product_secret: ProductSecret::new("Yr0iF3HIgNkwiaPj")?,
-///     dynamic_registration: DynamicRegistration::On,
-///     name: None,
-///     pre_registration_free: PreRegistrationFree::OFF,
-///     registration_limit: RegistrationLimit::DEFAULT,
-///     switched_off_by_breaker_at: None,
-/// }).await?;
+/// let secret = ProductSecret::new("Yr0iF3HIgNkwiaPj")?;
+/// store.insert_product(ProductRecord::new(pk, secret, DynamicRegistration::On)).await?;
 /// assert!(store.product(&pk).await?.is_some());
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// # }).unwrap();

@@ -8,6 +8,35 @@
 //!
 //! The revision (rather than the state) is compared so that a device reset and issued again
 //! between another task's read and its write cannot be mistaken for the state that task read.
+//!
+//! # The contract of an adapter
+//! An adapter implements [`ProductStore`], [`DeviceStore`] and [`EventLog`] (together
+//! [`Store`]) and keeps these promises, each a property of the conformance suite (feature
+//! `conformance`, `store::conformance`, one `#[test]` per property with
+//! `iotauth::store_conformance_tests!`):
+//! - **Atomic changes, each logged once.** Every change and its [`EventRecord`] (chained by
+//!   [`EventRecord::chain`] onto the log's head) commit together or not at all; a failed or
+//!   refused operation changes and logs nothing. The log numbers events without gaps.
+//! - **Compare-and-set** as above; the **store assigns revisions**: 0 on insertion whatever
+//!   the record says, one more on each successful compare-and-set.
+//! - **All or none** for [`ProductStore::insert_products`] and [`DeviceStore::insert_devices`].
+//! - **Quotas and limits shared by every process of the store**:
+//!   [`DeviceStore::insert_device_within_quota`] counts and inserts atomically;
+//!   [`ProductStore::take_registration_token`] and
+//!   [`ProductStore::record_registration_refusal`] keep one bucket and one window per product.
+//! - **Errors say what, never a secret**: [`StoreError::NotFound`] and
+//!   [`StoreError::AlreadyExists`] name the [`Entity`]; an outage is
+//!   [`StoreError::Unavailable`] with its [`FailureKind`] (the services answer it as
+//!   "unavailable", never as a bad password). `Debug` (which the traits require) must not
+//!   print a secret: [`DeviceSecret`] and [`ProductSecret`] redact themselves.
+//!
+//! A complete adapter, every method of the three traits (here counting the operations it
+//! passes on to another store; `examples/custom_store.rs`, whose tests run the conformance
+//! suite on it):
+//!
+//! ```
+#![doc = include_str!("../../examples/custom_store.rs")]
+//! ```
 
 use std::error::Error as StdError;
 use std::path::{Path, PathBuf};
@@ -595,7 +624,7 @@ impl SecretsAtRest {
 
 /// Products.
 #[async_trait]
-pub trait ProductStore: Send + Sync {
+pub trait ProductStore: Send + Sync + std::fmt::Debug {
     /// Inserts a new product.
     ///
     /// # Errors
@@ -683,7 +712,7 @@ pub trait ProductStore: Send + Sync {
 
 /// Devices.
 #[async_trait]
-pub trait DeviceStore: Send + Sync {
+pub trait DeviceStore: Send + Sync + std::fmt::Debug {
     /// Inserts a new device at revision 0 (the store assigns revisions: the record's
     /// `revision` is ignored), logging
     /// `device_registered`, then `activated` when it is inserted Active and `disabled` when it
