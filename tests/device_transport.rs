@@ -704,3 +704,104 @@ fn an_http_client_that_stops_reading_is_closed_after_the_send_timeout() {
     );
     drop(stream);
 }
+
+/// The CLI's device side sends (no second tool for provisioning): `sign register --url`
+/// posts the form over HTTP and HTTPS (the server's certificate checked against `--cafile`),
+/// `sign mqtt --url` connects over mqtt:// and mqtts://: a register connect receives its
+/// DeviceSecret on /ext/register, a login connects; a second registration and a wrong secret
+/// are refused with exit 1 and say why.
+#[test]
+fn the_cli_device_side_sends_over_http_and_mqtt_with_and_without_tls() {
+    for tls in [false, true] {
+        let dir = Dir::new(if tls { "send-tls" } else { "send" });
+        let (cert, key) = (dir.0.join("cert.pem"), dir.0.join("key.pem"));
+        let mut extra = Vec::new();
+        if tls {
+            self_signed(&cert, &key);
+            extra = vec![
+                "--tls-cert",
+                cert.to_str().unwrap(),
+                "--tls-key",
+                key.to_str().unwrap(),
+            ];
+        }
+        let fleet = Fleet::new(format!("sqlite://{}", dir.0.join("fleet.db").display()));
+        let (http_secret, mqtt_secret) = (fleet.device("meter-01"), fleet.device("meter-02"));
+        let server = Server::start(&fleet.store, dir.0.join("serve.log"), &extra);
+        let (http, mqtt) = if tls {
+            ("https", "mqtts")
+        } else {
+            ("http", "mqtt")
+        };
+        let register_url = format!("{http}://localhost:{}/auth/register/device", server.http);
+        let mqtt_url = format!("{mqtt}://localhost:{}", server.mqtt);
+        let device_side = |args: &[&str]| {
+            let mut command = Command::new(BIN);
+            command
+                .args(args)
+                .args(["--product-key", &fleet.pk])
+                .env("IOTAUTH_PRODUCT_SECRET", &fleet.ps)
+                .env_remove("IOTAUTH_DEVICE_SECRET");
+            if tls {
+                command.arg("--cafile").arg(&cert);
+            }
+            command.output().unwrap()
+        };
+        let json = |out: &std::process::Output| -> Value {
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            serde_json::from_slice(&out.stdout).unwrap()
+        };
+        let refused = |out: &std::process::Output, why: &str| {
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            assert_eq!(out.status.code(), Some(1), "{stderr}");
+            assert!(stderr.contains(why), "{stderr}");
+        };
+
+        let http_register = [
+            "sign",
+            "register",
+            "--device-name",
+            "meter-01",
+            "--url",
+            &register_url,
+        ];
+        let issued = json(&device_side(&http_register));
+        assert_eq!(issued["deviceSecret"], json!(http_secret), "{tls}");
+        assert_eq!(issued["deviceName"], "meter-01");
+        refused(&device_side(&http_register), "registration refused");
+
+        let mqtt_register = [
+            "sign",
+            "mqtt",
+            "--auth-type",
+            "register",
+            "--device-name",
+            "meter-02",
+            "--url",
+            &mqtt_url,
+        ];
+        let delivered = json(&device_side(&mqtt_register));
+        assert_eq!(delivered["deviceSecret"], json!(mqtt_secret), "{tls}");
+        refused(&device_side(&mqtt_register), "CONNACK");
+
+        let login = |secret: &str| {
+            device_side(&[
+                "sign",
+                "mqtt",
+                "--device-name",
+                "meter-01",
+                "--device-secret",
+                secret,
+                "--url",
+                &mqtt_url,
+            ])
+        };
+        assert_eq!(json(&login(&http_secret)), json!({"connected": true}));
+        refused(&login(&mqtt_secret), "CONNACK");
+        server.assert_log_clean(&[http_secret.clone(), mqtt_secret.clone(), fleet.ps.clone()]);
+    }
+}

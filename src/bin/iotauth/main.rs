@@ -8,28 +8,27 @@ mod admin;
 mod audit;
 mod import;
 mod progress;
+mod send;
 mod serve;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Args, Parser, Subcommand};
+use clap::parser::ValueSource;
+use clap::{ArgMatches, Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 use iotauth::store::{Actor, SecretsAtRest};
 use iotauth::{
     Clock, ConnectKind, ConnectRequest, DeviceCertificate, DeviceName, DeviceSecret, DeviceToken,
     Entropy, FixedClock, Freshness, IssuedClientId, LoginOptions, OsEntropy, ProductCertificate,
-    ProductKey, ProductSecret, RegisterForm, RegisterOptions, SecureMode, SignMethod, SystemClock,
-    UnixMillis, build_login, build_register_connect, build_register_form, build_token_login,
-    registration_random,
+    ProductKey, ProductSecret, RegisterForm, RegisterOptions, RegisterReply, SecureMode,
+    SignMethod, SystemClock, UnixMillis, build_login, build_register_connect, build_register_form,
+    build_token_login, registration_random,
 };
 use serde::Serialize;
 
 const DEVICE_SECRET_ENV: &str = "IOTAUTH_DEVICE_SECRET";
 const PRODUCT_SECRET_ENV: &str = "IOTAUTH_PRODUCT_SECRET";
 const DEVICE_TOKEN_ENV: &str = "IOTAUTH_DEVICE_TOKEN";
-const STORE_ENV: &str = "IOTAUTH_STORE";
-const MASTER_KEY_FILE_ENV: &str = "IOTAUTH_MASTER_KEY_FILE";
-const PREVIOUS_KEY_FILE_ENV: &str = "IOTAUTH_PREVIOUS_KEY_FILE";
 const DEFAULT_STORE: &str = "sqlite://iotauth.db";
 
 #[derive(Parser)]
@@ -39,21 +38,21 @@ const DEFAULT_STORE: &str = "sqlite://iotauth.db";
     about = "Alibaba Cloud IoT compatible device authentication"
 )]
 struct Cli {
-    /// The store: sqlite://PATH, postgres://… or memory: [env: IOTAUTH_STORE] [default: sqlite://iotauth.db]
-    #[arg(long, global = true)]
-    store: Option<String>,
+    /// The store: sqlite://PATH, postgres://… or memory:
+    #[arg(long, global = true, env = "IOTAUTH_STORE", default_value = DEFAULT_STORE)]
+    store: String,
     /// The master key file secrets are sealed under: 64 hex digits (`openssl rand -hex 32`),
-    /// mode 0600 [env: IOTAUTH_MASTER_KEY_FILE] [default for sqlite://PATH: PATH.key, created
-    /// with a new store; PostgreSQL requires one]
-    #[arg(long, global = true)]
+    /// mode 0600 [default for sqlite://PATH: PATH.key, created with a new store; PostgreSQL
+    /// requires one]
+    #[arg(long, global = true, env = "IOTAUTH_MASTER_KEY_FILE")]
     master_key_file: Option<PathBuf>,
     /// An older master key file whose sealed secrets still open, while the store is re-sealed
-    /// under a new one (repeatable) [env: IOTAUTH_PREVIOUS_KEY_FILE, one file]
-    #[arg(long, global = true)]
+    /// under a new one (repeatable; the environment variable names one file)
+    #[arg(long, global = true, env = "IOTAUTH_PREVIOUS_KEY_FILE")]
     previous_key_file: Vec<PathBuf>,
     /// Keep secrets in clear in a store without a key: a dump of the database is then every
     /// device's credentials
-    #[arg(long, global = true, conflicts_with = "master_key_file")]
+    #[arg(long, global = true)]
     insecure_plaintext_secrets: bool,
     #[command(subcommand)]
     command: Command,
@@ -107,22 +106,23 @@ struct SignMqtt {
     product_key: ProductKey,
     #[arg(long)]
     device_name: DeviceName,
-    /// What the CONNECT is: a per-device login (signed with the DeviceSecret), a registration
-    /// without pre-registration (regnwl: signed with the ProductSecret over --random), or a
-    /// token login (connwl: --client-id is the issued ClientID, the password the token).
+    /// What the CONNECT is: a per-device login (signed with the DeviceSecret), a dynamic
+    /// registration of a pre-registered device (register) or one without pre-registration
+    /// (regnwl), both signed with the ProductSecret over --random, or a token login (connwl:
+    /// --client-id is the issued ClientID, the password the token).
     #[arg(long, value_enum, default_value = "login")]
     auth_type: AuthType,
-    /// The DeviceSecret [env: IOTAUTH_DEVICE_SECRET, which keeps it out of `ps`].
-    #[arg(long)]
+    /// The DeviceSecret (the environment keeps it out of `ps`).
+    #[arg(long, env = DEVICE_SECRET_ENV, hide_env_values = true)]
     device_secret: Option<String>,
-    /// regnwl: the ProductSecret [env: IOTAUTH_PRODUCT_SECRET].
-    #[arg(long)]
+    /// register, regnwl: the ProductSecret.
+    #[arg(long, env = PRODUCT_SECRET_ENV, hide_env_values = true)]
     product_secret: Option<String>,
-    /// regnwl: `random` [default: a random decimal number, as Link SDK 4.x sends].
+    /// register, regnwl: `random` [default: a random decimal number, as Link SDK 4.x sends].
     #[arg(long)]
     random: Option<String>,
-    /// connwl: the DeviceToken [env: IOTAUTH_DEVICE_TOKEN].
-    #[arg(long)]
+    /// connwl: the DeviceToken.
+    #[arg(long, env = DEVICE_TOKEN_ENV, hide_env_values = true)]
     device_token: Option<String>,
     /// The client-id CORE, signed exactly as given [default: PK.DN]; for connwl, the ClientID.
     #[arg(long)]
@@ -136,6 +136,15 @@ struct SignMqtt {
     /// securemode: -2, -1, 0, 1, 2, 3, 4, 5, 7 or 8.
     #[arg(long, default_value_t = 2, allow_negative_numbers = true)]
     secure_mode: i8,
+    /// Connect to this broker (mqtt://HOST[:1883] or mqtts://HOST[:8883]) instead of printing
+    /// the credentials: a login prints `{"connected":true}`; register and regnwl print what
+    /// the broker delivers on /ext/register or /ext/regnwl. Refused: exit 1.
+    #[arg(long)]
+    url: Option<String>,
+    /// With --url over TLS: the CA certificates (PEM) the server's certificate is checked
+    /// against [default: the system's].
+    #[arg(long, requires = "url")]
+    cafile: Option<PathBuf>,
 }
 
 /// `sign mqtt --auth-type`.
@@ -143,6 +152,8 @@ struct SignMqtt {
 enum AuthType {
     /// A per-device login (no `authType`).
     Login,
+    /// MQTT dynamic registration of a pre-registered device: the DeviceSecret on /ext/register.
+    Register,
     /// Registration without pre-registration.
     Regnwl,
     /// A token login.
@@ -155,8 +166,8 @@ struct SignRegister {
     product_key: ProductKey,
     #[arg(long)]
     device_name: DeviceName,
-    /// The ProductSecret [env: IOTAUTH_PRODUCT_SECRET].
-    #[arg(long)]
+    /// The ProductSecret.
+    #[arg(long, env = PRODUCT_SECRET_ENV, hide_env_values = true)]
     product_secret: Option<String>,
     /// `random`, 1-64 printable characters [default: 15 random letters and digits].
     #[arg(long)]
@@ -164,10 +175,17 @@ struct SignRegister {
     /// hmacmd5, hmacsha1 or hmacsha256.
     #[arg(long, default_value = "hmacsha256", value_parser = parse_sign_method)]
     sign_method: SignMethod,
+    /// POST the form to this URL (https://HOST/auth/register/device) instead of printing it,
+    /// and print the issued `{"productKey","deviceName","deviceSecret"}`; refused: exit 1.
+    #[arg(long)]
+    url: Option<String>,
+    /// With an https:// --url: the CA certificates (PEM) the server's certificate is checked
+    /// against [default: the system's].
+    #[arg(long, requires = "url")]
+    cafile: Option<PathBuf>,
 }
 
 #[derive(Args)]
-#[command(group(clap::ArgGroup::new("secret").args(["device_secret", "product_secret", "device_token"])))]
 struct VerifyMqtt {
     #[arg(long)]
     client_id: String,
@@ -175,14 +193,14 @@ struct VerifyMqtt {
     username: String,
     #[arg(long)]
     password: String,
-    /// For a login [env: IOTAUTH_DEVICE_SECRET].
-    #[arg(long)]
+    /// For a login.
+    #[arg(long, env = DEVICE_SECRET_ENV, hide_env_values = true)]
     device_secret: Option<String>,
-    /// For a registration connect (authType=register|regnwl) [env: IOTAUTH_PRODUCT_SECRET].
-    #[arg(long)]
+    /// For a registration connect (authType=register|regnwl).
+    #[arg(long, env = PRODUCT_SECRET_ENV, hide_env_values = true)]
     product_secret: Option<String>,
-    /// For a token login (authType=connwl) [env: IOTAUTH_DEVICE_TOKEN].
-    #[arg(long)]
+    /// For a token login (authType=connwl).
+    #[arg(long, env = DEVICE_TOKEN_ENV, hide_env_values = true)]
     device_token: Option<String>,
     /// Now, in Unix milliseconds, for the freshness window [default: the system clock].
     #[arg(long, requires = "max_skew_secs")]
@@ -197,8 +215,8 @@ struct VerifyRegister {
     /// The urlencoded body.
     #[arg(long)]
     form: String,
-    /// The ProductSecret [env: IOTAUTH_PRODUCT_SECRET].
-    #[arg(long)]
+    /// The ProductSecret.
+    #[arg(long, env = PRODUCT_SECRET_ENV, hide_env_values = true)]
     product_secret: Option<String>,
 }
 
@@ -243,14 +261,10 @@ rejected_from!(
     serde_json::Error
 );
 
-/// The flag's value, else the environment variable's; `None` when neither is set.
-fn flag_or_env(flag: Option<String>, env: &str) -> Option<String> {
-    flag.or_else(|| std::env::var(env).ok().filter(|v| !v.is_empty()))
-}
-
-fn required(flag: Option<String>, env: &str, name: &str) -> Result<String, Failure> {
-    flag_or_env(flag, env)
-        .ok_or_else(|| Failure::Usage(format!("{name} is required (or set {env})")))
+/// `value` (the flag's, or clap's reading of the environment variable `env`), else a usage
+/// error naming both.
+fn required(value: Option<String>, env: &str, flag: &str) -> Result<String, Failure> {
+    value.ok_or_else(|| Failure::Usage(format!("{flag} is required (or set {env})")))
 }
 
 #[derive(Serialize)]
@@ -316,7 +330,7 @@ fn sign_mqtt(args: SignMqtt) -> Result<(), Failure> {
                     .with_secure_mode(SecureMode::new(args.secure_mode)?),
             )?
         }
-        AuthType::Regnwl => {
+        AuthType::Register | AuthType::Regnwl => {
             let secret = required(args.product_secret, PRODUCT_SECRET_ENV, "--product-secret")?;
             let cert = ProductCertificate::new(args.product_key, ProductSecret::new(&secret)?);
             let random = match args.random {
@@ -327,7 +341,11 @@ fn sign_mqtt(args: SignMqtt) -> Result<(), Failure> {
                     u32::from_le_bytes(bytes).to_string()
                 }
             };
-            let options = RegisterOptions::new(ConnectKind::RegisterNoPreregistration, &random)
+            let kind = match args.auth_type {
+                AuthType::Register => ConnectKind::Register,
+                _ => ConnectKind::RegisterNoPreregistration,
+            };
+            let options = RegisterOptions::new(kind, &random)
                 .with_sign_method(args.sign_method)
                 .with_secure_mode(SecureMode::new(args.secure_mode)?);
             build_register_connect(&cert, args.device_name, &options)?
@@ -345,6 +363,18 @@ fn sign_mqtt(args: SignMqtt) -> Result<(), Failure> {
             )
         }
     };
+    if let Some(url) = args.url {
+        let delivery = matches!(args.auth_type, AuthType::Register | AuthType::Regnwl);
+        return match send::mqtt_connect(&url, args.cafile.as_deref(), &creds, delivery)? {
+            Some(payload) => {
+                // What the broker delivered, checked to be JSON before it is printed.
+                let payload: serde_json::Value = serde_json::from_slice(&payload)
+                    .map_err(|_| Failure::rejected("the delivery is not JSON"))?;
+                print_json(&payload)
+            }
+            None => print_json(&serde_json::json!({"connected": true})),
+        };
+    }
     print_json(&SignedMqtt {
         client_id: creds.client_id(),
         username: creds.username(),
@@ -360,6 +390,23 @@ fn sign_register(args: SignRegister) -> Result<(), Failure> {
         None => registration_random(&OsEntropy)?,
     };
     let form = build_register_form(&cert, args.device_name, &random, args.sign_method)?;
+    if let Some(url) = args.url {
+        return match send::post_register_form(&url, args.cafile.as_deref(), form.body())? {
+            RegisterReply::Issued {
+                product_key,
+                device_name,
+                device_secret,
+            } => print_json(&serde_json::json!({
+                "productKey": product_key,
+                "deviceName": device_name,
+                "deviceSecret": device_secret.expose_secret(),
+            })),
+            RegisterReply::Refused { code, message } => Err(Failure::rejected(format!(
+                "registration refused: {code} {message}"
+            ))),
+            _ => Err(Failure::rejected("a reply this version does not know")),
+        };
+    }
     print_json(&SignedRegister {
         product_key: args.product_key,
         device_name: args.device_name,
@@ -370,33 +417,40 @@ fn sign_register(args: SignRegister) -> Result<(), Failure> {
     })
 }
 
-fn verify_mqtt(args: VerifyMqtt) -> Result<(), Failure> {
+/// The secret flags of `verify mqtt` given on the command line (clap also reads their
+/// environment variables, which do not count).
+fn command_line_secrets(matches: &ArgMatches) -> Vec<&'static str> {
+    let Some(verify) = matches
+        .subcommand_matches("verify")
+        .and_then(|verify| verify.subcommand_matches("mqtt"))
+    else {
+        return Vec::new();
+    };
+    ["device_secret", "product_secret", "device_token"]
+        .into_iter()
+        .filter(|id| verify.value_source(id) == Some(ValueSource::CommandLine))
+        .collect()
+}
+
+fn verify_mqtt(args: VerifyMqtt, matches: &ArgMatches) -> Result<(), Failure> {
+    let explicit = command_line_secrets(matches);
+    if explicit.len() > 1 {
+        return Err(Failure::Usage(
+            "--device-secret, --product-secret and --device-token exclude one another".into(),
+        ));
+    }
     let request = ConnectRequest::parse(&args.client_id, &args.username, &args.password)?;
-    let explicit = args.device_secret.is_some()
-        || args.product_secret.is_some()
-        || args.device_token.is_some();
-    // An explicit flag is used as given (a mismatch with the client id is a rejection);
-    // otherwise the environment variable that fits the client id's kind.
-    let (device_secret, product_secret, device_token) = if explicit {
-        (args.device_secret, args.product_secret, args.device_token)
-    } else {
-        match request.kind() {
-            ConnectKind::Login => (
-                Some(required(None, DEVICE_SECRET_ENV, "--device-secret")?),
-                None,
-                None,
-            ),
-            ConnectKind::TokenLogin => (
-                None,
-                None,
-                Some(required(None, DEVICE_TOKEN_ENV, "--device-token")?),
-            ),
-            _ => (
-                None,
-                Some(required(None, PRODUCT_SECRET_ENV, "--product-secret")?),
-                None,
-            ),
-        }
+    // A flag on the command line is used as given (a mismatch with the client id is a
+    // rejection); otherwise the environment's secret that fits the client id's kind.
+    let (device_secret, product_secret, device_token) = match explicit[..] {
+        [] => match request.kind() {
+            ConnectKind::Login => (args.device_secret, None, None),
+            ConnectKind::TokenLogin => (None, None, args.device_token),
+            _ => (None, args.product_secret, None),
+        },
+        ["device_secret"] => (args.device_secret, None, None),
+        ["product_secret"] => (None, args.product_secret, None),
+        _ => (None, None, args.device_token),
     };
     let freshness = match args.max_skew_secs {
         Some(max_skew_secs) => Freshness::Window { max_skew_secs },
@@ -543,8 +597,11 @@ where
 }
 
 fn main() -> ExitCode {
-    let cli = match Cli::try_parse() {
-        Ok(cli) => cli,
+    let parsed = Cli::command()
+        .try_get_matches()
+        .and_then(|matches| Ok((Cli::from_arg_matches(&matches)?, matches)));
+    let (cli, matches) = match parsed {
+        Ok(parsed) => parsed,
         Err(e) if !e.use_stderr() => {
             // --help and --version.
             print!("{e}");
@@ -559,24 +616,29 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let store_url = flag_or_env(cli.store, STORE_ENV).unwrap_or_else(|| DEFAULT_STORE.to_owned());
+    // An empty IOTAUTH_STORE counts as unset.
+    let store_url = match cli.store.as_str() {
+        "" => DEFAULT_STORE.to_owned(),
+        _ => cli.store,
+    };
     let mut secrets = SecretsAtRest::default();
-    secrets.master_key_file = cli.master_key_file.or_else(|| {
-        flag_or_env(None, MASTER_KEY_FILE_ENV)
-            .filter(|_| !cli.insecure_plaintext_secrets)
-            .map(PathBuf::from)
-    });
-    secrets.previous_key_files = cli.previous_key_file;
-    if secrets.previous_key_files.is_empty() && !cli.insecure_plaintext_secrets {
-        secrets
-            .previous_key_files
-            .extend(flag_or_env(None, PREVIOUS_KEY_FILE_ENV).map(PathBuf::from));
+    // Clap reads the key files' environment variables too: keeping secrets in clear overrides
+    // them, and conflicts only with a --master-key-file on the command line.
+    if cli.insecure_plaintext_secrets
+        && matches.value_source("master_key_file") == Some(ValueSource::CommandLine)
+    {
+        eprintln!("error: --insecure-plaintext-secrets cannot be used with --master-key-file");
+        return ExitCode::from(2);
+    }
+    if !cli.insecure_plaintext_secrets {
+        secrets.master_key_file = cli.master_key_file;
+        secrets.previous_key_files = cli.previous_key_file;
     }
     secrets.insecure_plaintext = cli.insecure_plaintext_secrets;
     let outcome = match cli.command {
         Command::Sign(SignCommand::Mqtt(args)) => sign_mqtt(args),
         Command::Sign(SignCommand::Register(args)) => sign_register(args),
-        Command::Verify(VerifyCommand::Mqtt(args)) => verify_mqtt(args),
+        Command::Verify(VerifyCommand::Mqtt(args)) => verify_mqtt(args, &matches),
         Command::Verify(VerifyCommand::Register(args)) => verify_register(args),
         Command::Serve(args) => serve_until_stopped(&store_url, secrets, args),
         Command::Product(command) => {
