@@ -192,13 +192,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .await?;
     let cert = DeviceCertificate::new(device.product_key, device.device_name, device.device_secret);
     let creds = build_login(&cert, &LoginOptions::default())?;
-    let who = Authenticator::new(store.clone())
-        .authenticate(
-            creds.client_id(),
-            creds.username(),
-            &creds.expose_password(),
-        )
-        .await?;
+    let (password, authenticator) = (creds.expose_password(), Authenticator::new(store.clone()));
+    let login = authenticator.authenticate(creds.client_id(), creds.username(), &password);
+    let who = login.await?;
     println!("logged in: {}/{}", who.product_key(), who.device_name());
     for (operation, count) in store.calls() {
         println!("{operation}: {count}");

@@ -27,24 +27,19 @@ use crate::verified::{DeviceIdentity, Verified};
 impl ConnectRequest<'_> {
     /// Cap on the whole MQTT client identifier, in bytes (Alibaba's C SDK allows 200).
     pub const MAX_CLIENT_ID_LEN: usize = 1024;
-}
-impl ConnectRequest<'_> {
+
     /// Cap on the MQTT user name, in bytes.
     pub const MAX_USERNAME_LEN: usize = 128;
-}
-impl ConnectRequest<'_> {
+
     /// Cap on the MQTT password, in bytes.
     pub const MAX_PASSWORD_LEN: usize = 256;
-}
-impl ConnectRequest<'_> {
+
     /// Cap on the number of `key=value` items in the client id's parameter block.
     pub const MAX_PARAMS: usize = 32;
-}
-impl ConnectRequest<'_> {
+
     /// Cap on `random`, in characters.
     pub const MAX_RANDOM_LEN: usize = 64;
-}
-impl ConnectRequest<'_> {
+
     /// Cap on `timestamp`, in digits.
     pub const MAX_TIMESTAMP_DIGITS: usize = 20;
 }
@@ -847,6 +842,25 @@ impl fmt::Debug for ConnectCredentials {
     }
 }
 
+/// `with_sign_method` and `with_secure_mode`, for the options of both kinds of CONNECT.
+macro_rules! sign_method_and_secure_mode_setters {
+    () => {
+        /// With `sign_method`.
+        #[must_use]
+        pub fn with_sign_method(mut self, sign_method: SignMethod) -> Self {
+            self.sign_method = sign_method;
+            self
+        }
+
+        /// With `secure_mode`.
+        #[must_use]
+        pub fn with_secure_mode(mut self, secure_mode: SecureMode) -> Self {
+            self.secure_mode = secure_mode;
+            self
+        }
+    };
+}
+
 /// Options of a device's login; every field has the default shown. Build them from
 /// [`LoginOptions::default`] with the `with_*` methods (more options may come).
 ///
@@ -897,19 +911,7 @@ impl<'a> LoginOptions<'a> {
         self
     }
 
-    /// With `sign_method`.
-    #[must_use]
-    pub fn with_sign_method(mut self, sign_method: SignMethod) -> Self {
-        self.sign_method = sign_method;
-        self
-    }
-
-    /// With `secure_mode`.
-    #[must_use]
-    pub fn with_secure_mode(mut self, secure_mode: SecureMode) -> Self {
-        self.secure_mode = secure_mode;
-        self
-    }
+    sign_method_and_secure_mode_setters!();
 }
 
 /// Builds a device's per-device login (the device side of [`ConnectRequest::verify_login`]).
@@ -1000,19 +1002,7 @@ impl<'a> RegisterOptions<'a> {
         }
     }
 
-    /// With `sign_method`.
-    #[must_use]
-    pub fn with_sign_method(mut self, sign_method: SignMethod) -> Self {
-        self.sign_method = sign_method;
-        self
-    }
-
-    /// With `secure_mode`.
-    #[must_use]
-    pub fn with_secure_mode(mut self, secure_mode: SecureMode) -> Self {
-        self.secure_mode = secure_mode;
-        self
-    }
+    sign_method_and_secure_mode_setters!();
 
     /// With `instance_id` (`None`: none).
     #[must_use]

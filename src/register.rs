@@ -17,10 +17,12 @@ use crate::verified::{DeviceIdentity, Verified};
 impl RegisterForm<'_> {
     /// Cap on a registration body, in bytes.
     pub const MAX_LEN: usize = 4096;
-}
-impl RegisterForm<'_> {
+
     /// Cap on the number of `key=value` pairs in a registration body.
     pub const MAX_PAIRS: usize = 16;
+
+    /// The length of [`registration_random`]'s values, as Alibaba's Python SDK.
+    pub const GENERATED_RANDOM_LEN: usize = 15;
 }
 impl RegisterReply {
     /// Cap on a registration reply a device will read, in bytes.
@@ -279,11 +281,6 @@ pub fn build_register_form(
         .append_pair("signMethod", method.name())
         .finish();
     Ok(RegisterFormBody { body, sign })
-}
-
-impl RegisterForm<'_> {
-    /// The length of [`registration_random`]'s values, as Alibaba's Python SDK.
-    pub const GENERATED_RANDOM_LEN: usize = 15;
 }
 
 /// A fresh `random` for a registration: 15 letters and digits, as Alibaba's Python SDK sends.

@@ -360,19 +360,120 @@ async fn admin_generates_from_the_injected_entropy() {
     assert_eq!(first.product_key.as_str(), "ABCDEFGHIJK");
 }
 
+/// The three store traits for `$store`, every method answering `$answer` (evaluated in the
+/// method's body): a store that is down, or one that never answers.
+macro_rules! every_method_answers {
+    ($store:ty, $answer:expr) => {
+        #[async_trait]
+        impl EventLog for $store {
+            async fn events_after(&self, _: u64, _: usize) -> Result<Vec<EventRecord>, StoreError> {
+                $answer
+            }
+            async fn event_head(&self) -> Result<ChainHead, StoreError> {
+                $answer
+            }
+        }
+
+        #[async_trait]
+        impl ProductStore for $store {
+            async fn insert_product(&self, _: ProductRecord) -> Result<(), StoreError> {
+                $answer
+            }
+            async fn insert_products(&self, _: Vec<ProductRecord>) -> Result<(), StoreError> {
+                $answer
+            }
+            async fn product(&self, _: &ProductKey) -> Result<Option<ProductRecord>, StoreError> {
+                $answer
+            }
+            async fn products(&self) -> Result<Vec<ProductRecord>, StoreError> {
+                $answer
+            }
+            async fn set_dynamic_registration(
+                &self,
+                _: &ProductKey,
+                _: DynamicRegistration,
+            ) -> Result<(), StoreError> {
+                $answer
+            }
+            async fn set_pre_registration_free(
+                &self,
+                _: &ProductKey,
+                _: PreRegistrationFree,
+            ) -> Result<(), StoreError> {
+                $answer
+            }
+            async fn set_registration_limit(
+                &self,
+                _: &ProductKey,
+                _: RegistrationLimit,
+            ) -> Result<(), StoreError> {
+                $answer
+            }
+            async fn take_registration_token(
+                &self,
+                _: &ProductKey,
+                _: UnixMillis,
+            ) -> Result<bool, StoreError> {
+                $answer
+            }
+            async fn record_registration_refusal(
+                &self,
+                _: &ProductKey,
+                _: UnixMillis,
+            ) -> Result<bool, StoreError> {
+                $answer
+            }
+        }
+
+        #[async_trait]
+        impl DeviceStore for $store {
+            async fn record_registration_random(
+                &self,
+                _: &ProductKey,
+                _: &DeviceName,
+                _: &str,
+            ) -> Result<bool, StoreError> {
+                $answer
+            }
+            async fn insert_device(&self, _: DeviceRecord) -> Result<(), StoreError> {
+                $answer
+            }
+            async fn insert_device_within_quota(
+                &self,
+                _: DeviceRecord,
+                _: u32,
+            ) -> Result<(), StoreError> {
+                $answer
+            }
+            async fn insert_devices(&self, _: Vec<DeviceRecord>) -> Result<(), StoreError> {
+                $answer
+            }
+            async fn device(
+                &self,
+                _: &ProductKey,
+                _: &DeviceName,
+            ) -> Result<Option<DeviceRecord>, StoreError> {
+                $answer
+            }
+            async fn devices(&self, _: &ProductKey) -> Result<Vec<DeviceRecord>, StoreError> {
+                $answer
+            }
+            async fn compare_and_set(
+                &self,
+                _: &ProductKey,
+                _: &DeviceName,
+                _: u64,
+                _: DeviceUpdate,
+            ) -> Result<(), StoreError> {
+                $answer
+            }
+        }
+    };
+}
+
 /// A store that is down.
 #[derive(Debug)]
 struct Down;
-
-#[async_trait]
-impl EventLog for Down {
-    async fn events_after(&self, _: u64, _: usize) -> Result<Vec<EventRecord>, StoreError> {
-        Err(down())
-    }
-    async fn event_head(&self) -> Result<ChainHead, StoreError> {
-        Err(down())
-    }
-}
 
 fn down() -> StoreError {
     StoreError::unavailable(std::io::Error::new(
@@ -381,100 +482,7 @@ fn down() -> StoreError {
     ))
 }
 
-#[async_trait]
-impl ProductStore for Down {
-    async fn insert_product(&self, _: ProductRecord) -> Result<(), StoreError> {
-        Err(down())
-    }
-    async fn insert_products(&self, _: Vec<ProductRecord>) -> Result<(), StoreError> {
-        Err(down())
-    }
-    async fn product(&self, _: &ProductKey) -> Result<Option<ProductRecord>, StoreError> {
-        Err(down())
-    }
-    async fn products(&self) -> Result<Vec<ProductRecord>, StoreError> {
-        Err(down())
-    }
-    async fn set_dynamic_registration(
-        &self,
-        _: &ProductKey,
-        _: DynamicRegistration,
-    ) -> Result<(), StoreError> {
-        Err(down())
-    }
-    async fn set_pre_registration_free(
-        &self,
-        _: &ProductKey,
-        _: PreRegistrationFree,
-    ) -> Result<(), StoreError> {
-        Err(down())
-    }
-    async fn set_registration_limit(
-        &self,
-        pk: &ProductKey,
-        limit: RegistrationLimit,
-    ) -> Result<(), StoreError> {
-        let _ = (pk, limit);
-        Err(down())
-    }
-    async fn take_registration_token(
-        &self,
-        pk: &ProductKey,
-        now: UnixMillis,
-    ) -> Result<bool, StoreError> {
-        let _ = (pk, now);
-        Err(down())
-    }
-    async fn record_registration_refusal(
-        &self,
-        pk: &ProductKey,
-        now: UnixMillis,
-    ) -> Result<bool, StoreError> {
-        let _ = (pk, now);
-        Err(down())
-    }
-}
-
-#[async_trait]
-impl DeviceStore for Down {
-    async fn record_registration_random(
-        &self,
-        pk: &ProductKey,
-        dn: &DeviceName,
-        random: &str,
-    ) -> Result<bool, StoreError> {
-        let _ = (pk, dn, random);
-        Err(down())
-    }
-    async fn insert_device(&self, _: DeviceRecord) -> Result<(), StoreError> {
-        Err(down())
-    }
-    async fn insert_device_within_quota(&self, _: DeviceRecord, _: u32) -> Result<(), StoreError> {
-        Err(down())
-    }
-    async fn insert_devices(&self, _: Vec<DeviceRecord>) -> Result<(), StoreError> {
-        Err(down())
-    }
-    async fn device(
-        &self,
-        _: &ProductKey,
-        _: &DeviceName,
-    ) -> Result<Option<DeviceRecord>, StoreError> {
-        Err(down())
-    }
-    async fn devices(&self, _: &ProductKey) -> Result<Vec<DeviceRecord>, StoreError> {
-        Err(down())
-    }
-    async fn compare_and_set(
-        &self,
-        _: &ProductKey,
-        _: &DeviceName,
-        _: u64,
-        _: DeviceUpdate,
-    ) -> Result<(), StoreError> {
-        Err(down())
-    }
-}
+every_method_answers!(Down, Err(down()));
 
 #[tokio::test]
 async fn a_store_outage_is_unavailable_not_bad_credentials() {
@@ -574,110 +582,7 @@ async fn hooks_answer_an_outage_with_undecided_not_deny() {
 #[derive(Debug)]
 struct Stuck;
 
-#[async_trait]
-impl EventLog for Stuck {
-    async fn events_after(&self, _: u64, _: usize) -> Result<Vec<EventRecord>, StoreError> {
-        std::future::pending().await
-    }
-    async fn event_head(&self) -> Result<ChainHead, StoreError> {
-        std::future::pending().await
-    }
-}
-
-#[async_trait]
-impl ProductStore for Stuck {
-    async fn insert_product(&self, _: ProductRecord) -> Result<(), StoreError> {
-        std::future::pending().await
-    }
-    async fn insert_products(&self, _: Vec<ProductRecord>) -> Result<(), StoreError> {
-        std::future::pending().await
-    }
-    async fn product(&self, _: &ProductKey) -> Result<Option<ProductRecord>, StoreError> {
-        std::future::pending().await
-    }
-    async fn products(&self) -> Result<Vec<ProductRecord>, StoreError> {
-        std::future::pending().await
-    }
-    async fn set_dynamic_registration(
-        &self,
-        _: &ProductKey,
-        _: DynamicRegistration,
-    ) -> Result<(), StoreError> {
-        std::future::pending().await
-    }
-    async fn set_pre_registration_free(
-        &self,
-        _: &ProductKey,
-        _: PreRegistrationFree,
-    ) -> Result<(), StoreError> {
-        std::future::pending().await
-    }
-    async fn set_registration_limit(
-        &self,
-        pk: &ProductKey,
-        limit: RegistrationLimit,
-    ) -> Result<(), StoreError> {
-        let _ = (pk, limit);
-        std::future::pending().await
-    }
-    async fn take_registration_token(
-        &self,
-        pk: &ProductKey,
-        now: UnixMillis,
-    ) -> Result<bool, StoreError> {
-        let _ = (pk, now);
-        std::future::pending().await
-    }
-    async fn record_registration_refusal(
-        &self,
-        pk: &ProductKey,
-        now: UnixMillis,
-    ) -> Result<bool, StoreError> {
-        let _ = (pk, now);
-        std::future::pending().await
-    }
-}
-
-#[async_trait]
-impl DeviceStore for Stuck {
-    async fn record_registration_random(
-        &self,
-        pk: &ProductKey,
-        dn: &DeviceName,
-        random: &str,
-    ) -> Result<bool, StoreError> {
-        let _ = (pk, dn, random);
-        std::future::pending().await
-    }
-    async fn insert_device(&self, _: DeviceRecord) -> Result<(), StoreError> {
-        std::future::pending().await
-    }
-    async fn insert_device_within_quota(&self, _: DeviceRecord, _: u32) -> Result<(), StoreError> {
-        std::future::pending().await
-    }
-    async fn insert_devices(&self, _: Vec<DeviceRecord>) -> Result<(), StoreError> {
-        std::future::pending().await
-    }
-    async fn device(
-        &self,
-        _: &ProductKey,
-        _: &DeviceName,
-    ) -> Result<Option<DeviceRecord>, StoreError> {
-        std::future::pending().await
-    }
-    async fn devices(&self, _: &ProductKey) -> Result<Vec<DeviceRecord>, StoreError> {
-        std::future::pending().await
-    }
-    async fn compare_and_set(
-        &self,
-        _: &ProductKey,
-        _: &DeviceName,
-        _: u64,
-        _: DeviceUpdate,
-    ) -> Result<(), StoreError> {
-        std::future::pending().await
-    }
-}
+every_method_answers!(Stuck, std::future::pending().await);
 
 /// Every front end decides through `Services`, which gives up on a store that does not answer
 /// after `STORE_TIMEOUT` and calls it an outage: no connection or hook hangs with it.

@@ -56,6 +56,15 @@ fn secrets_for(url: &str) -> SecretsAtRest {
     }
 }
 
+/// A product `key` with dynamic registration off.
+fn test_product(key: &str) -> iotauth::store::ProductRecord {
+    iotauth::store::ProductRecord::new(
+        ProductKey::new(key).unwrap(),
+        ProductSecret::new("a-product-secret-of-the-test").unwrap(),
+        DynamicRegistration::Off,
+    )
+}
+
 async fn open(url: &str) -> SqlStore {
     SqlStore::connect_with(url, &secrets_for(url))
         .await
@@ -277,17 +286,15 @@ fn a_deleted_or_replaced_sqlite_file_refuses_every_write() {
 /// read-only, not as "unavailable".
 #[test]
 fn a_read_only_sqlite_store_fails_a_write_as_read_only() {
-    use iotauth::store::{FailureKind, ProductRecord};
+    use iotauth::store::FailureKind;
     let db = TempDb::new("read-only");
     block(async {
         open(&db.url()).await.close().await;
         let read_only = open(&format!("{}?mode=ro", db.url())).await;
-        let product = ProductRecord::new(
-            ProductKey::new("a1ReadOnly0").unwrap(),
-            ProductSecret::new("a-product-secret-of-the-test").unwrap(),
-            DynamicRegistration::Off,
-        );
-        let refused = read_only.insert_product(product).await.unwrap_err();
+        let refused = read_only
+            .insert_product(test_product("a1ReadOnly0"))
+            .await
+            .unwrap_err();
         let text = ErrorChain(&refused).to_string();
         assert_eq!(
             refused.failure_kind(),
@@ -339,7 +346,7 @@ fn a_postgres_role_without_privileges_fails_as_permission() {
 /// decision waits) is `busy`, not a store that did not answer.
 #[test]
 fn a_sqlite_lock_held_past_the_busy_timeout_fails_as_busy() {
-    use iotauth::store::{FailureKind, ProductRecord};
+    use iotauth::store::FailureKind;
     use std::io::BufRead;
     let db = TempDb::new("busy");
     let path = db.dir.join("iotauth.db");
@@ -364,13 +371,11 @@ fn a_sqlite_lock_held_past_the_busy_timeout_fails_as_busy() {
             .read_line(&mut line)
             .unwrap();
         assert_eq!(line.trim(), "locked");
-        let product = ProductRecord::new(
-            ProductKey::new("a1Busy00001").unwrap(),
-            ProductSecret::new("a-product-secret-of-the-test").unwrap(),
-            DynamicRegistration::Off,
-        );
         // Refused while the lock is held: the busy timeout is shorter than the holder's 4 s.
-        let refused = store.insert_product(product).await.unwrap_err();
+        let refused = store
+            .insert_product(test_product("a1Busy00001"))
+            .await
+            .unwrap_err();
         let text = ErrorChain(&refused).to_string();
         assert_eq!(refused.failure_kind(), Some(FailureKind::Busy), "{text}");
         assert!(text.contains("locked"), "{text}");

@@ -667,8 +667,7 @@ async fn openapi_document() -> Response {
     responses(
         (status = 200, body = ProductPage),
         (status = 400, description = "A paging parameter out of range", body = ErrorBody),
-        (status = 401, description = "No valid admin token", body = ErrorBody),
-        (status = 503, description = "The store failed", body = ErrorBody),
+        Refusals,
     )
 )]
 async fn query_product_list(
@@ -702,9 +701,8 @@ async fn query_product_list(
     responses(
         (status = 201, description = "Created; productSecret shown this once", body = ProductView),
         (status = 400, description = "A malformed body or name", body = ErrorBody),
-        (status = 401, description = "No valid admin token", body = ErrorBody),
         (status = 415, description = "The body is not application/json", body = ErrorBody),
-        (status = 503, description = "The store failed", body = ErrorBody),
+        Refusals,
     )
 )]
 async fn create_product(
@@ -747,10 +745,7 @@ async fn create_product(
     params(ProductPath),
     responses(
         (status = 200, body = ProductView),
-        (status = 400, description = "A malformed ProductKey", body = ErrorBody),
-        (status = 401, description = "No valid admin token", body = ErrorBody),
-        (status = 404, description = "No such product", body = ErrorBody),
-        (status = 503, description = "The store failed", body = ErrorBody),
+        ProductRefusals,
     )
 )]
 async fn query_product(
@@ -773,10 +768,9 @@ async fn query_product(
     responses(
         (status = 200, description = "The product as it is now", body = ProductView),
         (status = 400, description = "A malformed body or a limit out of range", body = ErrorBody),
-        (status = 401, description = "No valid admin token", body = ErrorBody),
         (status = 404, description = "No such product", body = ErrorBody),
         (status = 415, description = "The body is not application/json", body = ErrorBody),
-        (status = 503, description = "The store failed", body = ErrorBody),
+        Refusals,
     )
 )]
 async fn update_product(
@@ -824,10 +818,9 @@ async fn update_product(
     responses(
         (status = 200, description = "Imported", body = ImportSummary),
         (status = 400, description = "A line refused (named with its field)", body = ErrorBody),
-        (status = 401, description = "No valid admin token", body = ErrorBody),
         (status = 409, description = "A product exists with another secret", body = ErrorBody),
         (status = 413, description = "Over 256 MiB", body = ErrorBody),
-        (status = 503, description = "The store failed", body = ErrorBody),
+        Refusals,
     )
 )]
 async fn import_products(State(services): Shared, body: axum::body::Bytes) -> Reply<Response> {
@@ -850,9 +843,8 @@ async fn import_products(State(services): Shared, body: axum::body::Bytes) -> Re
     responses(
         (status = 200, body = DevicePage),
         (status = 400, description = "A malformed ProductKey or paging parameter", body = ErrorBody),
-        (status = 401, description = "No valid admin token", body = ErrorBody),
         (status = 404, description = "No such product", body = ErrorBody),
-        (status = 503, description = "The store failed", body = ErrorBody),
+        Refusals,
     )
 )]
 async fn query_device(
@@ -886,11 +878,10 @@ async fn query_device(
     responses(
         (status = 201, description = "Registered; deviceSecret shown this once", body = IssuedDeviceView),
         (status = 400, description = "A malformed ProductKey or DeviceName", body = ErrorBody),
-        (status = 401, description = "No valid admin token", body = ErrorBody),
         (status = 404, description = "No such product", body = ErrorBody),
         (status = 409, description = "The name is taken", body = ErrorBody),
         (status = 415, description = "The body is not application/json", body = ErrorBody),
-        (status = 503, description = "The store failed", body = ErrorBody),
+        Refusals,
     )
 )]
 async fn register_device(
@@ -924,11 +915,10 @@ async fn register_device(
     responses(
         (status = 201, description = "All registered; deviceSecrets shown this once", body = Vec<IssuedDeviceView>),
         (status = 400, description = "A malformed name, a name twice, none or over 10,000", body = ErrorBody),
-        (status = 401, description = "No valid admin token", body = ErrorBody),
         (status = 404, description = "No such product", body = ErrorBody),
         (status = 409, description = "A name is taken: none was registered", body = ErrorBody),
         (status = 415, description = "The body is not application/json", body = ErrorBody),
-        (status = 503, description = "The store failed", body = ErrorBody),
+        Refusals,
     )
 )]
 async fn batch_register_device(
@@ -974,11 +964,10 @@ async fn batch_register_device(
     responses(
         (status = 200, description = "Imported", body = ImportSummary),
         (status = 400, description = "A line refused (named with its field)", body = ErrorBody),
-        (status = 401, description = "No valid admin token", body = ErrorBody),
         (status = 404, description = "A line names an unknown product", body = ErrorBody),
         (status = 409, description = "A device exists with another secret", body = ErrorBody),
         (status = 413, description = "Over 256 MiB", body = ErrorBody),
-        (status = 503, description = "The store failed", body = ErrorBody),
+        Refusals,
     )
 )]
 async fn import_devices(State(services): Shared, body: axum::body::Bytes) -> Reply<Response> {
@@ -1009,10 +998,7 @@ fn device_path(path: Result<Path<DevicePath>, PathRejection>) -> Reply<(ProductK
     params(DevicePath),
     responses(
         (status = 200, body = DeviceView),
-        (status = 400, description = "A malformed ProductKey or DeviceName", body = ErrorBody),
-        (status = 401, description = "No valid admin token", body = ErrorBody),
-        (status = 404, description = "No such device", body = ErrorBody),
-        (status = 503, description = "The store failed", body = ErrorBody),
+        DeviceRefusals,
     )
 )]
 async fn query_device_detail(
@@ -1055,10 +1041,7 @@ async fn operator_event(
     params(DevicePath),
     responses(
         (status = 204, description = "Deleted"),
-        (status = 400, description = "A malformed ProductKey or DeviceName", body = ErrorBody),
-        (status = 401, description = "No valid admin token", body = ErrorBody),
-        (status = 404, description = "No such device", body = ErrorBody),
-        (status = 503, description = "The store failed", body = ErrorBody),
+        DeviceRefusals,
     )
 )]
 async fn delete_device(
@@ -1077,10 +1060,7 @@ async fn delete_device(
     params(DevicePath),
     responses(
         (status = 200, description = "The device as it is now", body = DeviceView),
-        (status = 400, description = "A malformed ProductKey or DeviceName", body = ErrorBody),
-        (status = 401, description = "No valid admin token", body = ErrorBody),
-        (status = 404, description = "No such device", body = ErrorBody),
-        (status = 503, description = "The store failed", body = ErrorBody),
+        DeviceRefusals,
     )
 )]
 async fn disable_thing(
@@ -1098,10 +1078,7 @@ async fn disable_thing(
     params(DevicePath),
     responses(
         (status = 200, description = "The device as it is now", body = DeviceView),
-        (status = 400, description = "A malformed ProductKey or DeviceName", body = ErrorBody),
-        (status = 401, description = "No valid admin token", body = ErrorBody),
-        (status = 404, description = "No such device", body = ErrorBody),
-        (status = 503, description = "The store failed", body = ErrorBody),
+        DeviceRefusals,
     )
 )]
 async fn enable_thing(
@@ -1120,10 +1097,7 @@ async fn enable_thing(
     params(DevicePath),
     responses(
         (status = 200, description = "Reset; the new deviceSecret shown this once", body = IssuedDeviceView),
-        (status = 400, description = "A malformed ProductKey or DeviceName", body = ErrorBody),
-        (status = 401, description = "No valid admin token", body = ErrorBody),
-        (status = 404, description = "No such device", body = ErrorBody),
-        (status = 503, description = "The store failed", body = ErrorBody),
+        DeviceRefusals,
     )
 )]
 async fn reset_thing(
@@ -1131,6 +1105,45 @@ async fn reset_thing(
     path: Result<Path<DevicePath>, PathRejection>,
 ) -> Reply<Response> {
     operator_event(&services, path, Event::Reset).await
+}
+
+/// The refusals every operation may answer, as the OpenAPI document lists them (these types
+/// exist for utoipa's derive: a reply is built by [`Failure`], never from them).
+#[derive(utoipa::IntoResponses)]
+#[allow(dead_code)]
+enum Refusals {
+    #[response(status = 401, description = "No valid admin token")]
+    Unauthorized(ErrorBody),
+    #[response(status = 503, description = "The store failed")]
+    Unavailable(ErrorBody),
+}
+
+/// A device operation's refusals: [`Refusals`], a malformed path, no such device.
+#[derive(utoipa::IntoResponses)]
+#[allow(dead_code)]
+enum DeviceRefusals {
+    #[response(status = 400, description = "A malformed ProductKey or DeviceName")]
+    Malformed(ErrorBody),
+    #[response(status = 401, description = "No valid admin token")]
+    Unauthorized(ErrorBody),
+    #[response(status = 404, description = "No such device")]
+    NotFound(ErrorBody),
+    #[response(status = 503, description = "The store failed")]
+    Unavailable(ErrorBody),
+}
+
+/// A product operation's refusals: [`Refusals`], a malformed path, no such product.
+#[derive(utoipa::IntoResponses)]
+#[allow(dead_code)]
+enum ProductRefusals {
+    #[response(status = 400, description = "A malformed ProductKey")]
+    Malformed(ErrorBody),
+    #[response(status = 401, description = "No valid admin token")]
+    Unauthorized(ErrorBody),
+    #[response(status = 404, description = "No such product")]
+    NotFound(ErrorBody),
+    #[response(status = 503, description = "The store failed")]
+    Unavailable(ErrorBody),
 }
 
 /// `Cache-Control: no-store` on every reply: some carry secrets, none may be kept by a proxy

@@ -162,26 +162,18 @@ impl<S: ProductStore + DeviceStore> Admin<S> {
             attempts += 1;
             let product_key = ProductKey::generate(&*self.entropy)?;
             let product_secret = ProductSecret::generate(&*self.entropy)?;
-            let record = ProductRecord {
+            let mut record = ProductRecord::new(
                 product_key,
-                product_secret: product_secret.clone_secret(),
+                product_secret.clone_secret(),
                 dynamic_registration,
-                name: name.clone(),
-                pre_registration_free: PreRegistrationFree::OFF,
-                registration_limit: RegistrationLimit::DEFAULT,
-                switched_off_by_breaker_at: None,
-            };
+            );
+            record.name.clone_from(&name);
             match self.store.insert_product(record).await {
                 Ok(()) => {
-                    return Ok(ProductRecord {
-                        product_key,
-                        product_secret,
-                        dynamic_registration,
-                        name,
-                        pre_registration_free: PreRegistrationFree::OFF,
-                        registration_limit: RegistrationLimit::DEFAULT,
-                        switched_off_by_breaker_at: None,
-                    });
+                    let mut created =
+                        ProductRecord::new(product_key, product_secret, dynamic_registration);
+                    created.name = name;
+                    return Ok(created);
                 }
                 Err(StoreError::AlreadyExists { .. }) if attempts < MAX_ATTEMPTS => continue,
                 Err(e) => return Err(e.into()),
@@ -382,14 +374,11 @@ impl<S: ProductStore + DeviceStore> Admin<S> {
         self.product(&product_key).await?;
         let mut devices = Vec::with_capacity(device_names.len());
         for device_name in device_names {
-            devices.push(DeviceRecord {
+            devices.push(DeviceRecord::new(
                 product_key,
-                device_name: *device_name,
-                device_secret: DeviceSecret::generate(&*self.entropy)?,
-                status: DeviceStatus::NEW,
-                revision: 0,
-                client_ids: Vec::new(),
-            });
+                *device_name,
+                DeviceSecret::generate(&*self.entropy)?,
+            ));
         }
         let inserted = self
             .store
@@ -428,23 +417,13 @@ impl<S: ProductStore + DeviceStore> Admin<S> {
     ) -> Result<DeviceRecord, AdminError> {
         let device_secret = DeviceSecret::generate(&*self.entropy)?;
         self.store
-            .insert_device(DeviceRecord {
+            .insert_device(DeviceRecord::new(
                 product_key,
                 device_name,
-                device_secret: device_secret.clone_secret(),
-                status: DeviceStatus::NEW,
-                revision: 0,
-                client_ids: Vec::new(),
-            })
+                device_secret.clone_secret(),
+            ))
             .await?;
-        Ok(DeviceRecord {
-            product_key,
-            device_name,
-            device_secret,
-            status: DeviceStatus::NEW,
-            revision: 0,
-            client_ids: Vec::new(),
-        })
+        Ok(DeviceRecord::new(product_key, device_name, device_secret))
     }
 
     /// Brings in products whose keys and secrets were issued elsewhere (Alibaba's),
@@ -497,14 +476,14 @@ impl<S: ProductStore + DeviceStore> Admin<S> {
         summary.created = new.len() as u64;
         let records = new
             .into_iter()
-            .map(|(product, name)| ProductRecord {
-                product_key: product.product_key,
-                product_secret: product.product_secret,
-                dynamic_registration: product.dynamic_registration,
-                name,
-                pre_registration_free: PreRegistrationFree::OFF,
-                registration_limit: RegistrationLimit::DEFAULT,
-                switched_off_by_breaker_at: None,
+            .map(|(product, name)| {
+                let mut record = ProductRecord::new(
+                    product.product_key,
+                    product.product_secret,
+                    product.dynamic_registration,
+                );
+                record.name = name;
+                record
             })
             .collect::<Vec<_>>();
         if !records.is_empty() {
@@ -550,13 +529,14 @@ impl<S: ProductStore + DeviceStore> Admin<S> {
                 }
             };
             match devices.get(&device.device_name) {
-                None => new.push(DeviceRecord {
-                    product_key: device.product_key,
-                    device_name: device.device_name,
-                    device_secret: device.device_secret,
-                    status: device.status,
-                    revision: 0,
-                    client_ids: Vec::new(),
+                None => new.push({
+                    let mut record = DeviceRecord::new(
+                        device.product_key,
+                        device.device_name,
+                        device.device_secret,
+                    );
+                    record.status = device.status;
+                    record
                 }),
                 Some(existing)
                     if bool::from(existing.device_secret.ct_eq(&device.device_secret)) =>

@@ -2,7 +2,6 @@ use std::sync::{Arc, LazyLock};
 
 use crate::error::ParseError;
 use crate::id::{DeviceName, ProductKey};
-use crate::lifecycle::DeviceStatus;
 use crate::lifecycle::{Event, IssuancePolicy, TransitionError};
 use crate::mqtt::{ConnectKind, ConnectRequest};
 use crate::policy::{Clock, Freshness, SystemClock, UnixMillis};
@@ -16,14 +15,12 @@ use super::apply_event;
 
 /// What a login for an unknown device is checked against, so that it costs what a login for a
 /// known device costs: otherwise the time of a refusal tells which device names exist.
-static UNKNOWN_DEVICE: LazyLock<DeviceRecord> = LazyLock::new(|| DeviceRecord {
-    product_key: ProductKey::new("a1Unknown00").unwrap_or_else(|_| unreachable!()),
-    device_name: DeviceName::new("unknown-device").unwrap_or_else(|_| unreachable!()),
-    device_secret: DeviceSecret::new("iotauth-unknown-device-timing-key")
-        .unwrap_or_else(|_| unreachable!()),
-    status: DeviceStatus::NEW,
-    revision: 0,
-    client_ids: Vec::new(),
+static UNKNOWN_DEVICE: LazyLock<DeviceRecord> = LazyLock::new(|| {
+    DeviceRecord::new(
+        ProductKey::new("a1Unknown00").unwrap_or_else(|_| unreachable!()),
+        DeviceName::new("unknown-device").unwrap_or_else(|_| unreachable!()),
+        DeviceSecret::new("iotauth-unknown-device-timing-key").unwrap_or_else(|_| unreachable!()),
+    )
 });
 
 /// Why a login was refused. Precise, for the operator's log; a device should be told only

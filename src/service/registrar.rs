@@ -7,8 +7,7 @@ use zeroize::Zeroizing;
 use crate::error::ParseError;
 use crate::id::{DeviceName, IssuedClientId, ProductKey};
 use crate::lifecycle::{
-    DeviceStatus, DynamicRegistration, Event, IssuancePolicy, SecretEffect, TransitionError,
-    transition,
+    DynamicRegistration, Event, IssuancePolicy, SecretEffect, TransitionError, transition,
 };
 use crate::mqtt::{ConnectKind, ConnectRequest};
 use crate::policy::{Clock, SystemClock};
@@ -470,14 +469,11 @@ impl<S: ProductStore + DeviceStore> Registrar<S> {
         } else {
             self.store
                 .insert_device_within_quota(
-                    DeviceRecord {
+                    DeviceRecord::new(
                         product_key,
                         device_name,
-                        device_secret: DeviceSecret::generate(&OsEntropy)?,
-                        status: DeviceStatus::NEW,
-                        revision: 0,
-                        client_ids: Vec::new(),
-                    },
+                        DeviceSecret::generate(&OsEntropy)?,
+                    ),
                     device_quota,
                 )
                 .await

@@ -363,15 +363,11 @@ impl DeviceSummary {
 
 impl DeviceRecord {
     /// A new device: [`DeviceStatus::NEW`] (Inactive, enabled), revision 0, no ClientIDs.
-    pub fn new(
-        product_key: ProductKey,
-        device_name: DeviceName,
-        device_secret: DeviceSecret,
-    ) -> Self {
+    pub fn new(product_key: ProductKey, device_name: DeviceName, secret: DeviceSecret) -> Self {
         Self {
             product_key,
             device_name,
-            device_secret,
+            device_secret: secret,
             status: DeviceStatus::NEW,
             revision: 0,
             client_ids: Vec::new(),
