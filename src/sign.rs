@@ -6,8 +6,6 @@ use std::sync::OnceLock;
 use hmac::{Hmac, KeyInit, Mac};
 use zeroize::{Zeroize, Zeroizing};
 
-use crate::ascii::decode_hex;
-
 /// The HMAC algorithm a device names in `signmethod` / `signMethod`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[non_exhaustive]
@@ -371,11 +369,14 @@ pub(crate) struct OfferedDigest {
 }
 
 impl OfferedDigest {
-    /// The digest `hex` (either case) spells, `None` unless it is exactly the method's length
+    /// The digest `text` (hex, either case) spells, `None` unless it is exactly the method's length
     /// in hex digits.
-    pub(crate) fn from_hex(method: SignMethod, hex: &str) -> Option<Self> {
+    pub(crate) fn from_hex(method: SignMethod, text: &str) -> Option<Self> {
         let mut bytes = [0u8; MAX_DIGEST];
-        decode_hex(hex.as_bytes(), &mut bytes[..method.digest_len()])?;
+        // The `hex` crate: a word-at-a-time decoder of our own was measured no faster on the
+        // whole verification (`cargo bench --bench auth -- verify_mqtt/hmac` against a saved
+        // baseline: -2.8 % to +3.3 %).
+        hex::decode_to_slice(text, &mut bytes[..method.digest_len()]).ok()?;
         Some(Self { method, bytes })
     }
 
