@@ -12,16 +12,16 @@ use std::sync::Mutex;
 use async_trait::async_trait;
 use iotauth::service::{Admin, Authenticator};
 use iotauth::store::{
-    ChainHead, DeviceRecord, DeviceStore, DeviceUpdate, EventLog, EventRecord, MemoryStore,
-    PreRegistrationFree, ProductRecord, ProductStore, RegistrationLimit, StoreError,
+    ChainHead, DeviceRecord, DeviceStore, DeviceSummary, DeviceUpdate, EventLog, EventRecord,
+    MemoryStore, PreRegistrationFree, ProductRecord, ProductStore, RegistrationLimit, StoreError,
 };
 use iotauth::{
     DeviceCertificate, DeviceName, DynamicRegistration, LoginOptions, ProductKey, UnixMillis,
     build_login,
 };
 
-/// `inner`, with a count of each operation asked of it. The traits require `Debug`
-/// (stores appear in the services' `Debug` output) and `Send + Sync`.
+/// `inner`, with a count of each operation asked of it. The traits require `Send + Sync` (a
+/// store is shared by every request) and `Debug` (so that a type holding one can derive it).
 #[derive(Debug, Default)]
 pub struct Counting<S> {
     inner: S,
@@ -167,6 +167,28 @@ impl<S: DeviceStore> DeviceStore for Counting<S> {
             .record_registration_random(key, name, random)
             .await
     }
+
+    // The methods with defaults: an adapter overrides them where its database does better
+    // (a wrapper must pass them on, or it loses the inner store's versions).
+    async fn device_page(
+        &self,
+        key: &ProductKey,
+        offset: u64,
+        limit: u32,
+    ) -> Result<Vec<DeviceSummary>, StoreError> {
+        self.count("device_page");
+        self.inner.device_page(key, offset, limit).await
+    }
+
+    async fn device_count(&self, key: &ProductKey) -> Result<u64, StoreError> {
+        self.count("device_count");
+        self.inner.device_count(key).await
+    }
+
+    async fn check_ready(&self) -> Result<(), StoreError> {
+        self.count("check_ready");
+        self.inner.check_ready().await
+    }
 }
 
 #[async_trait]
@@ -179,6 +201,18 @@ impl<S: EventLog> EventLog for Counting<S> {
     async fn event_head(&self) -> Result<ChainHead, StoreError> {
         self.count("event_head");
         self.inner.event_head().await
+    }
+
+    async fn appended(&self) -> bool {
+        self.inner.appended().await
+    }
+
+    fn observe(&self, event: &EventRecord) {
+        self.inner.observe(event);
+    }
+
+    fn observe_lost_events(&self) {
+        self.inner.observe_lost_events();
     }
 }
 

@@ -69,7 +69,8 @@ use iotauth::http::{ConfigError, ServerConfig};
 use iotauth::service::{Authenticator, RegisterError, Registrar};
 use iotauth::store::{Actor, Store, follow};
 use iotauth::{
-    ConnectKind, ConnectRequest, DeviceIdentity, DeviceName, ProductKey, TopicRule, parse_username,
+    Access, ConnectKind, ConnectRequest, DeviceIdentity, DeviceName, ProductKey, TopicRule,
+    parse_username,
 };
 
 /// How long a device read is reused (`plugin_opt_cache_ttl_secs`; 0 turns the cache off).
@@ -1314,8 +1315,10 @@ unsafe extern "C" fn acl_check(
         };
         let device = DeviceIdentity::new(pk, dn);
         let allowed = match access {
-            MOSQ_ACL_WRITE => plugin.topics.may_publish(&device, topic),
-            MOSQ_ACL_READ | MOSQ_ACL_SUBSCRIBE => plugin.topics.may_subscribe(&device, topic),
+            MOSQ_ACL_WRITE => plugin.topics.allows(&device, topic, Access::Publish),
+            MOSQ_ACL_READ | MOSQ_ACL_SUBSCRIBE => {
+                plugin.topics.allows(&device, topic, Access::Subscribe)
+            }
             MOSQ_ACL_UNSUBSCRIBE => true,
             _ => false,
         };

@@ -1,5 +1,5 @@
 //! Listeners that real devices can reach and slow, idle or numerous clients cannot take down
-//! (feature `server`): TLS through OpenSSL with the suites Alibaba's C SDKs speak, HTTP/1.1
+//! (feature `listener`): TLS through OpenSSL with the suites Alibaba's C SDKs speak, HTTP/1.1
 //! replies spelled the way those SDKs read them, and time limits and caps on every connection.
 //!
 //! * **TLS** ([`TlsFiles`]), on every listener that has it (HTTP, and the embedded broker's

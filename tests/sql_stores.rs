@@ -72,16 +72,23 @@ async fn open(url: &str) -> SqlStore {
 }
 
 /// The SQLite adapter, one file per property (the suite sets the registration limits' time
-/// itself: `with_caller_clock`).
+/// itself: `with_caller_clock`), under cargo's temporary directory for tests, emptied by the
+/// next run.
 mod sqlite_store {
+    use std::path::{Path, PathBuf};
     use std::sync::LazyLock;
 
-    static FILES: LazyLock<super::TempDb> = LazyLock::new(|| super::TempDb::new("conformance"));
+    static FILES: LazyLock<PathBuf> = LazyLock::new(|| {
+        let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("sqlite-conformance");
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("a directory for the conformance files");
+        dir
+    });
 
     async fn store() -> iotauth::store::SqlStore {
         static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
         let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let path = FILES.dir.join(format!("property-{n}.db"));
+        let path = FILES.join(format!("property-{n}.db"));
         super::open(&format!("sqlite://{}", path.display()))
             .await
             .with_caller_clock()

@@ -746,6 +746,7 @@ async fn create_product(
     responses(
         (status = 200, body = ProductView),
         ProductRefusals,
+        Refusals,
     )
 )]
 async fn query_product(
@@ -999,6 +1000,7 @@ fn device_path(path: Result<Path<DevicePath>, PathRejection>) -> Reply<(ProductK
     responses(
         (status = 200, body = DeviceView),
         DeviceRefusals,
+        Refusals,
     )
 )]
 async fn query_device_detail(
@@ -1042,6 +1044,7 @@ async fn operator_event(
     responses(
         (status = 204, description = "Deleted"),
         DeviceRefusals,
+        Refusals,
     )
 )]
 async fn delete_device(
@@ -1061,6 +1064,7 @@ async fn delete_device(
     responses(
         (status = 200, description = "The device as it is now", body = DeviceView),
         DeviceRefusals,
+        Refusals,
     )
 )]
 async fn disable_thing(
@@ -1079,6 +1083,7 @@ async fn disable_thing(
     responses(
         (status = 200, description = "The device as it is now", body = DeviceView),
         DeviceRefusals,
+        Refusals,
     )
 )]
 async fn enable_thing(
@@ -1098,6 +1103,7 @@ async fn enable_thing(
     responses(
         (status = 200, description = "Reset; the new deviceSecret shown this once", body = IssuedDeviceView),
         DeviceRefusals,
+        Refusals,
     )
 )]
 async fn reset_thing(
@@ -1118,32 +1124,24 @@ enum Refusals {
     Unavailable(ErrorBody),
 }
 
-/// A device operation's refusals: [`Refusals`], a malformed path, no such device.
+/// A device operation's refusals besides [`Refusals`]: a malformed path, no such device.
 #[derive(utoipa::IntoResponses)]
 #[allow(dead_code)]
 enum DeviceRefusals {
     #[response(status = 400, description = "A malformed ProductKey or DeviceName")]
     Malformed(ErrorBody),
-    #[response(status = 401, description = "No valid admin token")]
-    Unauthorized(ErrorBody),
     #[response(status = 404, description = "No such device")]
     NotFound(ErrorBody),
-    #[response(status = 503, description = "The store failed")]
-    Unavailable(ErrorBody),
 }
 
-/// A product operation's refusals: [`Refusals`], a malformed path, no such product.
+/// A product operation's refusals besides [`Refusals`]: a malformed path, no such product.
 #[derive(utoipa::IntoResponses)]
 #[allow(dead_code)]
 enum ProductRefusals {
     #[response(status = 400, description = "A malformed ProductKey")]
     Malformed(ErrorBody),
-    #[response(status = 401, description = "No valid admin token")]
-    Unauthorized(ErrorBody),
     #[response(status = 404, description = "No such product")]
     NotFound(ErrorBody),
-    #[response(status = 503, description = "The store failed")]
-    Unavailable(ErrorBody),
 }
 
 /// `Cache-Control: no-store` on every reply: some carry secrets, none may be kept by a proxy

@@ -5,6 +5,8 @@ use std::sync::Arc;
 use axum::Json;
 use axum::extract::State;
 use serde::Deserialize;
+use serde::de::IntoDeserializer;
+use serde::de::value::StrDeserializer;
 use serde_json::{Value, json};
 
 use super::Services;
@@ -54,20 +56,20 @@ enum Action {
 }
 
 /// What an authorization request asks for: EMQX 5's `action`, else (absent or empty) its
-/// v4-compatible `access` (`1` subscribe, `2` publish).
+/// v4-compatible `access` (`1` subscribe, `2` publish). Both are read, so that either of the
+/// wrong type is refused as such.
 fn access(params: &Params) -> Result<Access, Unreadable> {
-    match params.get("action") {
-        Some(Value::String(action)) if action.is_empty() => {}
-        Some(action) => {
-            return match Action::deserialize(action) {
-                Ok(Action::Publish) => Ok(Access::Publish),
-                Ok(Action::Subscribe) => Ok(Access::Subscribe),
-                Err(_) => Err(Unreadable::Value("action")),
-            };
-        }
-        None => {}
+    let (action, access) = (param(params, "action")?, param(params, "access")?);
+    if !action.is_empty() {
+        let action: StrDeserializer<'_, serde::de::value::Error> =
+            action.as_ref().into_deserializer();
+        return match Action::deserialize(action) {
+            Ok(Action::Publish) => Ok(Access::Publish),
+            Ok(Action::Subscribe) => Ok(Access::Subscribe),
+            Err(_) => Err(Unreadable::Value("action")),
+        };
     }
-    match &*param(params, "access")? {
+    match &*access {
         "2" => Ok(Access::Publish),
         "1" => Ok(Access::Subscribe),
         "" => Err(Unreadable::Value("action")),

@@ -17,6 +17,10 @@ use crate::service::AuthError;
 use crate::store::FailureKind;
 
 /// Counters and a latency histogram, rendered in Prometheus text format.
+///
+/// `iotauth_hook_duration_seconds` times every request to a hook route (EMQX, VerneMQ,
+/// go-auth, its superuser check included) from its arrival at the router to its reply, the
+/// reading and parsing of its body included.
 #[derive(Debug, Default)]
 pub struct Metrics {
     logins_ok: AtomicU64,

@@ -35,7 +35,7 @@
 //! suite on it):
 //!
 //! ```
-#![doc = include_str!("../../examples/custom_store.rs")]
+#![cfg_attr(feature = "memory", doc = include_str!("../../examples/custom_store.rs"))]
 //! ```
 
 use std::error::Error as StdError;

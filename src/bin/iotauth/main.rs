@@ -24,7 +24,9 @@ use iotauth::{
     SignMethod, SystemClock, UnixMillis, build_login, build_register_connect, build_register_form,
     build_token_login, registration_random,
 };
-use serde::Serialize;
+use std::io::Write as _;
+
+use serde::{Deserialize, Serialize};
 
 const DEVICE_SECRET_ENV: &str = "IOTAUTH_DEVICE_SECRET";
 const PRODUCT_SECRET_ENV: &str = "IOTAUTH_PRODUCT_SECRET";
@@ -38,18 +40,19 @@ const DEFAULT_STORE: &str = "sqlite://iotauth.db";
     about = "Alibaba Cloud IoT compatible device authentication"
 )]
 struct Cli {
-    /// The store: sqlite://PATH, postgres://… or memory:
-    #[arg(long, global = true, env = "IOTAUTH_STORE", default_value = DEFAULT_STORE)]
-    store: String,
+    /// The store: sqlite://PATH, postgres://… or memory: [default: sqlite://iotauth.db]
+    // The URL may hold a database password: its environment value is never shown in help.
+    #[arg(long, global = true, env = "IOTAUTH_STORE", hide_env_values = true)]
+    store: Option<String>,
     /// The master key file secrets are sealed under: 64 hex digits (`openssl rand -hex 32`),
     /// mode 0600 [default for sqlite://PATH: PATH.key, created with a new store; PostgreSQL
     /// requires one]
     #[arg(long, global = true, env = "IOTAUTH_MASTER_KEY_FILE")]
-    master_key_file: Option<PathBuf>,
+    master_key_file: Option<String>,
     /// An older master key file whose sealed secrets still open, while the store is re-sealed
     /// under a new one (repeatable; the environment variable names one file)
     #[arg(long, global = true, env = "IOTAUTH_PREVIOUS_KEY_FILE")]
-    previous_key_file: Vec<PathBuf>,
+    previous_key_file: Vec<String>,
     /// Keep secrets in clear in a store without a key: a dump of the database is then every
     /// device's credentials
     #[arg(long, global = true)]
@@ -141,8 +144,7 @@ struct SignMqtt {
     /// the broker delivers on /ext/register or /ext/regnwl. Refused: exit 1.
     #[arg(long)]
     url: Option<String>,
-    /// With --url over TLS: the CA certificates (PEM) the server's certificate is checked
-    /// against [default: the system's].
+    /// With an mqtts:// --url: CA certificates (PEM) to trust besides the system's.
     #[arg(long, requires = "url")]
     cafile: Option<PathBuf>,
 }
@@ -179,8 +181,7 @@ struct SignRegister {
     /// and print the issued `{"productKey","deviceName","deviceSecret"}`; refused: exit 1.
     #[arg(long)]
     url: Option<String>,
-    /// With an https:// --url: the CA certificates (PEM) the server's certificate is checked
-    /// against [default: the system's].
+    /// With an https:// --url: CA certificates (PEM) to trust besides the system's.
     #[arg(long, requires = "url")]
     cafile: Option<PathBuf>,
 }
@@ -261,10 +262,16 @@ rejected_from!(
     serde_json::Error
 );
 
+/// `value` unless it is empty: an empty environment variable counts as unset (clap's `env`
+/// would take it as a value).
+fn given(value: Option<String>) -> Option<String> {
+    value.filter(|value| !value.is_empty())
+}
+
 /// `value` (the flag's, or clap's reading of the environment variable `env`), else a usage
 /// error naming both.
 fn required(value: Option<String>, env: &str, flag: &str) -> Result<String, Failure> {
-    value.ok_or_else(|| Failure::Usage(format!("{flag} is required (or set {env})")))
+    given(value).ok_or_else(|| Failure::Usage(format!("{flag} is required (or set {env})")))
 }
 
 #[derive(Serialize)]
@@ -298,6 +305,15 @@ struct VerifiedMqtt<'a> {
     auth_type: Option<&'a str>,
 }
 
+/// What `sign register --url` prints: the device's own secret, for its provisioning.
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct IssuedSecretJson<'a> {
+    product_key: ProductKey,
+    device_name: DeviceName,
+    device_secret: &'a str,
+}
+
 #[derive(Serialize)]
 #[serde(rename_all = "camelCase")]
 struct VerifiedRegister<'a> {
@@ -307,9 +323,11 @@ struct VerifiedRegister<'a> {
     sign_method: &'a str,
 }
 
+/// `value` as one JSON line on stdout; a closed stdout is a failure (exit 1), not a panic.
 pub(crate) fn print_json(value: &impl Serialize) -> Result<(), Failure> {
-    println!("{}", serde_json::to_string(value)?);
-    Ok(())
+    let line = serde_json::to_string(value)?;
+    writeln!(std::io::stdout().lock(), "{line}")
+        .map_err(|e| Failure::rejected(format!("cannot write the result: {e}")))
 }
 
 fn sign_mqtt(args: SignMqtt) -> Result<(), Failure> {
@@ -364,14 +382,13 @@ fn sign_mqtt(args: SignMqtt) -> Result<(), Failure> {
         }
     };
     if let Some(url) = args.url {
-        let delivery = matches!(args.auth_type, AuthType::Register | AuthType::Regnwl);
+        let delivery = match args.auth_type {
+            AuthType::Register => Some("/ext/register"),
+            AuthType::Regnwl => Some("/ext/regnwl"),
+            _ => None,
+        };
         return match send::mqtt_connect(&url, args.cafile.as_deref(), &creds, delivery)? {
-            Some(payload) => {
-                // What the broker delivered, checked to be JSON before it is printed.
-                let payload: serde_json::Value = serde_json::from_slice(&payload)
-                    .map_err(|_| Failure::rejected("the delivery is not JSON"))?;
-                print_json(&payload)
-            }
+            Some(payload) => print_delivery(&payload, args.product_key, args.device_name),
             None => print_json(&serde_json::json!({"connected": true})),
         };
     }
@@ -380,6 +397,62 @@ fn sign_mqtt(args: SignMqtt) -> Result<(), Failure> {
         username: creds.username(),
         password: &creds.expose_password(),
     })
+}
+
+/// A registration's delivery on `/ext/register` or `/ext/regnwl`, as a device reads it: for
+/// the device that asked, with a valid DeviceSecret, or a valid ClientID and DeviceToken.
+#[derive(Deserialize, Serialize)]
+#[serde(rename_all = "camelCase")]
+struct Delivery {
+    product_key: String,
+    device_name: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    device_secret: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    client_id: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    device_token: Option<String>,
+}
+
+fn print_delivery(
+    payload: &[u8],
+    product_key: ProductKey,
+    device_name: DeviceName,
+) -> Result<(), Failure> {
+    let unreadable = || Failure::rejected("the broker's delivery is not a registration's");
+    let delivery: Delivery = serde_json::from_slice(payload).map_err(|_| unreadable())?;
+    if (delivery.product_key.as_str(), delivery.device_name.as_str())
+        != (product_key.as_str(), device_name.as_str())
+    {
+        return Err(Failure::rejected("the broker delivered for another device"));
+    }
+    match (
+        &delivery.device_secret,
+        &delivery.client_id,
+        &delivery.device_token,
+    ) {
+        (Some(secret), None, None) => {
+            DeviceSecret::new(secret)?;
+        }
+        (None, Some(client_id), Some(token)) => {
+            IssuedClientId::new(client_id)?;
+            DeviceToken::new(token)?;
+        }
+        _ => return Err(unreadable()),
+    }
+    print_json(&delivery)
+}
+
+/// A server's refusal message without the characters that could disguise it on a terminal
+/// (bidirectional overrides, invisible ones).
+fn printable(message: &str) -> String {
+    message
+        .chars()
+        .filter(|c| {
+            !c.is_control()
+                && !matches!(c, '\u{200b}'..='\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2060}'..='\u{206f}' | '\u{feff}')
+        })
+        .collect()
 }
 
 fn sign_register(args: SignRegister) -> Result<(), Failure> {
@@ -396,13 +469,19 @@ fn sign_register(args: SignRegister) -> Result<(), Failure> {
                 product_key,
                 device_name,
                 device_secret,
-            } => print_json(&serde_json::json!({
-                "productKey": product_key,
-                "deviceName": device_name,
-                "deviceSecret": device_secret.expose_secret(),
-            })),
+            } if (product_key, device_name) == (args.product_key, args.device_name) => {
+                print_json(&IssuedSecretJson {
+                    product_key,
+                    device_name,
+                    device_secret: device_secret.expose_secret(),
+                })
+            }
+            RegisterReply::Issued { .. } => Err(Failure::rejected(
+                "the server issued a secret for another device",
+            )),
             RegisterReply::Refused { code, message } => Err(Failure::rejected(format!(
-                "registration refused: {code} {message}"
+                "registration refused: {code} {}",
+                printable(&message)
             ))),
             _ => Err(Failure::rejected("a reply this version does not know")),
         };
@@ -444,9 +523,33 @@ fn verify_mqtt(args: VerifyMqtt, matches: &ArgMatches) -> Result<(), Failure> {
     // rejection); otherwise the environment's secret that fits the client id's kind.
     let (device_secret, product_secret, device_token) = match explicit[..] {
         [] => match request.kind() {
-            ConnectKind::Login => (args.device_secret, None, None),
-            ConnectKind::TokenLogin => (None, None, args.device_token),
-            _ => (None, args.product_secret, None),
+            ConnectKind::Login => (
+                Some(required(
+                    args.device_secret,
+                    DEVICE_SECRET_ENV,
+                    "--device-secret",
+                )?),
+                None,
+                None,
+            ),
+            ConnectKind::TokenLogin => (
+                None,
+                None,
+                Some(required(
+                    args.device_token,
+                    DEVICE_TOKEN_ENV,
+                    "--device-token",
+                )?),
+            ),
+            _ => (
+                None,
+                Some(required(
+                    args.product_secret,
+                    PRODUCT_SECRET_ENV,
+                    "--product-secret",
+                )?),
+                None,
+            ),
         },
         ["device_secret"] => (args.device_secret, None, None),
         ["product_secret"] => (None, args.product_secret, None),
@@ -604,7 +707,7 @@ fn main() -> ExitCode {
         Ok(parsed) => parsed,
         Err(e) if !e.use_stderr() => {
             // --help and --version.
-            print!("{e}");
+            let _ = write!(std::io::stdout().lock(), "{e}");
             return ExitCode::SUCCESS;
         }
         Err(e) => {
@@ -617,22 +720,28 @@ fn main() -> ExitCode {
         }
     };
     // An empty IOTAUTH_STORE counts as unset.
-    let store_url = match cli.store.as_str() {
-        "" => DEFAULT_STORE.to_owned(),
-        _ => cli.store,
-    };
+    let store_url = given(cli.store).unwrap_or_else(|| DEFAULT_STORE.to_owned());
     let mut secrets = SecretsAtRest::default();
     // Clap reads the key files' environment variables too: keeping secrets in clear overrides
-    // them, and conflicts only with a --master-key-file on the command line.
-    if cli.insecure_plaintext_secrets
-        && matches.value_source("master_key_file") == Some(ValueSource::CommandLine)
-    {
-        eprintln!("error: --insecure-plaintext-secrets cannot be used with --master-key-file");
-        return ExitCode::from(2);
-    }
-    if !cli.insecure_plaintext_secrets {
-        secrets.master_key_file = cli.master_key_file;
-        secrets.previous_key_files = cli.previous_key_file;
+    // them, and conflicts only with key files on the command line.
+    if cli.insecure_plaintext_secrets {
+        for (id, flag) in [
+            ("master_key_file", "--master-key-file"),
+            ("previous_key_file", "--previous-key-file"),
+        ] {
+            if matches.value_source(id) == Some(ValueSource::CommandLine) {
+                eprintln!("error: --insecure-plaintext-secrets cannot be used with {flag}");
+                return ExitCode::from(2);
+            }
+        }
+    } else {
+        secrets.master_key_file = given(cli.master_key_file).map(PathBuf::from);
+        secrets.previous_key_files = cli
+            .previous_key_file
+            .into_iter()
+            .filter_map(|file| given(Some(file)))
+            .map(PathBuf::from)
+            .collect();
     }
     secrets.insecure_plaintext = cli.insecure_plaintext_secrets;
     let outcome = match cli.command {

@@ -31,13 +31,21 @@ impl<T: AsyncRead + AsyncWrite + Unpin + Send> Stream for T {}
 /// latter over TLS), the port the scheme's default when absent.
 struct Endpoint {
     tls: bool,
+    /// As the URL spells it (an IPv6 address in brackets), for the `Host` header.
+    authority: String,
+    /// The name or address to connect to and to check the certificate against.
     host: String,
     port: u16,
     path: String,
 }
 
 impl Endpoint {
-    fn parse(url: &str, plain: (&str, u16), tls: (&str, u16)) -> Result<Self, Failure> {
+    fn parse(
+        url: &str,
+        cafile: Option<&Path>,
+        plain: (&str, u16),
+        tls: (&str, u16),
+    ) -> Result<Self, Failure> {
         let usage = || {
             Failure::Usage(format!(
                 "--url must be {}://HOST[:PORT]… or {}://HOST[:PORT]…",
@@ -45,16 +53,40 @@ impl Endpoint {
             ))
         };
         let uri: Uri = url.parse().map_err(|_| usage())?;
+        let tls_name = tls.0;
         let (tls, default_port) = match uri.scheme_str() {
-            Some(scheme) if scheme == plain.0 => (false, plain.1),
-            Some(scheme) if scheme == tls.0 => (true, tls.1),
+            Some(scheme) if scheme.eq_ignore_ascii_case(plain.0) => (false, plain.1),
+            Some(scheme) if scheme.eq_ignore_ascii_case(tls.0) => (true, tls.1),
             _ => return Err(usage()),
         };
-        let host = uri.host().ok_or_else(usage)?.to_owned();
+        if cafile.is_some() && !tls {
+            return Err(Failure::Usage(format!(
+                "--cafile is for a {}:// URL",
+                tls_name
+            )));
+        }
+        let authority = uri.authority().ok_or_else(usage)?;
+        if authority.as_str().contains('@') {
+            return Err(Failure::Usage(
+                "--url must not hold a user name or password".into(),
+            ));
+        }
+        // A port that is not a u16 (`:99999`, which `Authority::port` reads as none) is
+        // refused, not replaced by the default.
+        let port = match authority.as_str().rsplit_once(':') {
+            Some((_, text)) if !text.contains(']') => text.parse().map_err(|_| usage())?,
+            _ => default_port,
+        };
+        let host = authority
+            .host()
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_owned();
         Ok(Self {
             tls,
+            authority: authority.as_str().to_owned(),
             host,
-            port: uri.port_u16().unwrap_or(default_port),
+            port,
             path: uri
                 .path_and_query()
                 .map_or("/", |path| path.as_str())
@@ -62,12 +94,12 @@ impl Endpoint {
         })
     }
 
-    /// A connection to the endpoint; over TLS, the server's certificate checked against
-    /// `cafile` (else the system's roots) and the host name.
+    /// A connection to the endpoint; over TLS, the server's certificate checked against the
+    /// system's roots and `cafile`'s, and against the host name.
     async fn open(&self, cafile: Option<&Path>) -> Result<Box<dyn Stream>, Failure> {
         let tcp = TcpStream::connect((self.host.as_str(), self.port))
             .await
-            .map_err(|e| Failure::rejected(format!("cannot connect to {}: {e}", self.host)))?;
+            .map_err(|e| Failure::rejected(format!("cannot connect to {}: {e}", self.authority)))?;
         if !self.tls {
             return Ok(Box::new(tcp));
         }
@@ -83,10 +115,15 @@ impl Endpoint {
             .and_then(|config| config.into_ssl(&self.host))
             .map_err(tls_error)?;
         let mut stream = tokio_openssl::SslStream::new(ssl, tcp).map_err(tls_error)?;
-        Pin::new(&mut stream)
-            .connect()
-            .await
-            .map_err(|e| Failure::rejected(format!("TLS with {} failed: {e}", self.host)))?;
+        if let Err(e) = Pin::new(&mut stream).connect().await {
+            // OpenSSL's verdict on the certificate says why (self-signed, wrong name, expired).
+            let verdict = stream.ssl().verify_result();
+            return Err(Failure::rejected(format!(
+                "TLS with {} failed: {e} ({})",
+                self.authority,
+                verdict.error_string()
+            )));
+        }
         Ok(Box::new(stream))
     }
 }
@@ -95,17 +132,20 @@ fn tls_error(e: openssl::error::ErrorStack) -> Failure {
     Failure::rejected(format!("TLS setup failed: {e}"))
 }
 
-/// `future` on a runtime of its own, within [`TIMEOUT`].
+/// `future` on a runtime of its own, within [`TIMEOUT`]. The runtime is then dropped without
+/// waiting for its blocking threads: a name lookup that hangs must not hold the exit.
 fn run<T>(future: impl Future<Output = Result<T, Failure>>) -> Result<T, Failure> {
-    tokio::runtime::Builder::new_current_thread()
+    let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
-        .map_err(|e| Failure::rejected(format!("cannot start the runtime: {e}")))?
-        .block_on(async {
-            tokio::time::timeout(TIMEOUT, future)
-                .await
-                .map_err(|_| Failure::rejected(format!("no answer within {TIMEOUT:?}")))?
-        })
+        .map_err(|e| Failure::rejected(format!("cannot start the runtime: {e}")))?;
+    let outcome = runtime.block_on(async {
+        tokio::time::timeout(TIMEOUT, future)
+            .await
+            .map_err(|_| Failure::rejected(format!("no answer within {TIMEOUT:?}")))?
+    });
+    runtime.shutdown_background();
+    outcome
 }
 
 /// POSTs a dynamic-registration form to `url` (`http://` or `https://`, the path
@@ -116,7 +156,7 @@ pub(crate) fn post_register_form(
     cafile: Option<&Path>,
     form: &str,
 ) -> Result<RegisterReply, Failure> {
-    let endpoint = Endpoint::parse(url, ("http", 80), ("https", 443))?;
+    let endpoint = Endpoint::parse(url, cafile, ("http", 80), ("https", 443))?;
     run(async {
         let stream = endpoint.open(cafile).await?;
         let (mut sender, connection) =
@@ -125,7 +165,7 @@ pub(crate) fn post_register_form(
                 .map_err(Failure::rejected)?;
         tokio::spawn(connection);
         let request = Request::post(endpoint.path.as_str())
-            .header(header::HOST, endpoint.host.as_str())
+            .header(header::HOST, endpoint.authority.as_str())
             .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
             .body(Full::new(Bytes::from(form.to_owned())))
             .map_err(Failure::rejected)?;
@@ -134,6 +174,11 @@ pub(crate) fn post_register_form(
             .await
             .map_err(Failure::rejected)?;
         let status = response.status();
+        if !status.is_success() {
+            return Err(Failure::rejected(format!(
+                "the server answered HTTP {status}"
+            )));
+        }
         let body = Limited::new(response.into_body(), RegisterReply::MAX_LEN)
             .collect()
             .await
@@ -148,15 +193,15 @@ pub(crate) fn post_register_form(
 }
 
 /// Connects to `url` (`mqtt://` or `mqtts://`) with `creds`. Refused unless the CONNACK
-/// accepts; then, when `delivery` is set (a registration connect), the payload of the first
-/// PUBLISH the broker sends (`/ext/register` or `/ext/regnwl`), else nothing.
+/// accepts; then, with a `delivery` topic (a registration connect: `/ext/register` or
+/// `/ext/regnwl`), the payload of the broker's PUBLISH on it, else nothing.
 pub(crate) fn mqtt_connect(
     url: &str,
     cafile: Option<&Path>,
     creds: &ConnectCredentials,
-    delivery: bool,
+    delivery: Option<&str>,
 ) -> Result<Option<Bytes>, Failure> {
-    let endpoint = Endpoint::parse(url, ("mqtt", 1883), ("mqtts", 8883))?;
+    let endpoint = Endpoint::parse(url, cafile, ("mqtt", 1883), ("mqtts", 8883))?;
     run(async {
         let mut stream = endpoint.open(cafile).await?;
         let mut connect = rumqttc::Connect::new(creds.client_id());
@@ -164,30 +209,40 @@ pub(crate) fn mqtt_connect(
         connect.set_login(creds.username(), creds.expose_password().as_str());
         let mut packet = BytesMut::new();
         connect.write(&mut packet).map_err(Failure::rejected)?;
-        stream.write_all(&packet).await.map_err(Failure::rejected)?;
+        let broken = |e: std::io::Error| Failure::rejected(format!("the broker's connection: {e}"));
+        stream.write_all(&packet).await.map_err(broken)?;
 
         let mut received = BytesMut::new();
+        let mut connected = false;
         loop {
             match rumqttc::Packet::read(&mut received, MAX_MQTT_BYTES) {
                 Ok(rumqttc::Packet::ConnAck(ack)) => {
                     if ack.code != rumqttc::ConnectReturnCode::Success {
                         return Err(Failure::rejected(format!("CONNACK: {:?}", ack.code)));
                     }
-                    if !delivery {
-                        let _ = stream.write_all(&[0xe0, 0x00]).await; // DISCONNECT
+                    connected = true;
+                    if delivery.is_none() {
+                        let mut disconnect = BytesMut::new();
+                        if rumqttc::Disconnect.write(&mut disconnect).is_ok() {
+                            let _ = stream.write_all(&disconnect).await;
+                        }
                         return Ok(None);
                     }
                 }
-                Ok(rumqttc::Packet::Publish(publish)) => return Ok(Some(publish.payload)),
+                Ok(rumqttc::Packet::Publish(publish))
+                    if connected && Some(publish.topic.as_str()) == delivery =>
+                {
+                    return Ok(Some(publish.payload));
+                }
+                Ok(rumqttc::Packet::Publish(_)) if !connected => {
+                    return Err(Failure::rejected("the broker published before its CONNACK"));
+                }
                 Ok(_) => {}
                 Err(rumqttc::mqttbytes::Error::InsufficientBytes(_)) => {
                     if received.len() > MAX_MQTT_BYTES {
                         return Err(Failure::rejected("the broker sent too much"));
                     }
-                    let read = stream
-                        .read_buf(&mut received)
-                        .await
-                        .map_err(Failure::rejected)?;
+                    let read = stream.read_buf(&mut received).await.map_err(broken)?;
                     if read == 0 {
                         return Err(Failure::rejected(
                             "the broker closed the connection before delivering",

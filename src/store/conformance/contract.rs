@@ -2,12 +2,14 @@
 
 use crate::id::ProductKey;
 use crate::lifecycle::{DeviceState, DeviceStatus, DynamicRegistration, Event};
+use crate::policy::UnixMillis;
 use crate::secret::{DeviceSecret, ProductSecret};
 use crate::service::{Admin, Registrar};
 use crate::store::Entity;
 use crate::store::{
     ClientIdChange, DeviceRecord, DeviceStore, DeviceUpdate, EventKind, EventLog,
-    PreRegistrationFree, ProductRecord, ProductStore, RegistrationLimit, StoreError,
+    PreRegistrationFree, ProductRecord, ProductStore, RANDOM_HISTORY, RegistrationLimit,
+    StoreError,
 };
 
 use super::support::*;
@@ -496,7 +498,9 @@ pub async fn products<S: ProductStore + DeviceStore>(store: S) {
     ));
 }
 
-/// Register, read, list (ordered by name); duplicates and unknown products are refused.
+/// Register, read, list (ordered by name); duplicates and unknown products are refused; the
+/// store assigns revisions (a new device is at revision 0, whatever its record said, alone or
+/// in a batch).
 pub async fn devices<S: ProductStore + DeviceStore>(store: S) {
     let (admin, product) = new_product(&store, DynamicRegistration::Off).await;
     let pk = product.product_key;
@@ -540,6 +544,21 @@ pub async fn devices<S: ProductStore + DeviceStore>(store: S) {
     ));
     assert!(store.device(&pk, &name("dev-c")).await.unwrap().is_none());
     assert!(store.devices(&unknown).await.unwrap().is_empty());
+
+    let claiming = |text: &str| {
+        let mut record = DeviceRecord::new(pk, name(text), DeviceSecret::new("s3cr3t").unwrap());
+        record.revision = 7;
+        record
+    };
+    store.insert_device(claiming("dev-rev-1")).await.unwrap();
+    store
+        .insert_devices(vec![claiming("dev-rev-2")])
+        .await
+        .unwrap();
+    for text in ["dev-rev-1", "dev-rev-2"] {
+        let read = store.device(&pk, &name(text)).await.unwrap().unwrap();
+        assert_eq!(read.revision, 0, "{text}: the store assigns revisions");
+    }
 }
 
 /// A compare-and-set with the current revision wins and bumps it; a stale one loses with
@@ -614,4 +633,184 @@ pub async fn compare_and_set<S: ProductStore + DeviceStore>(store: S) {
             what: Entity::Device
         })
     ));
+}
+
+/// The registration token bucket: of [`RACERS`] concurrent takes at one instant, exactly the
+/// burst succeed; a second later, the rate's worth more; the limit is stored with the product.
+pub async fn race_registration_tokens<S>(store: S)
+where
+    S: ProductStore + DeviceStore + Clone + 'static,
+{
+    let limit = RegistrationLimit::DEFAULT.with_rate(2, 10).unwrap();
+    let (_, product) = limited_product(&store, limit).await;
+    let pk = product.product_key;
+    let stored = store.product(&pk).await.unwrap().unwrap();
+    assert_eq!(stored.registration_limit, limit);
+    let now = UnixMillis(1_800_000_000_000);
+    let taken = racers_succeeding(&store, |store| async move {
+        store.take_registration_token(&pk, now).await.unwrap()
+    })
+    .await;
+    assert_eq!(taken, 10, "exactly the burst");
+    let later = UnixMillis(now.0 + 1000);
+    let refilled = [
+        store.take_registration_token(&pk, later).await.unwrap(),
+        store.take_registration_token(&pk, later).await.unwrap(),
+        store.take_registration_token(&pk, later).await.unwrap(),
+    ];
+    assert_eq!(refilled, [true, true, false], "2 a second");
+
+    // A node whose clock runs 120 s ahead takes one: this clock is throttled for one interval
+    // (half a second), not for 120 s.
+    let (_, product) = limited_product(&store, limit).await;
+    let pk = product.product_key;
+    let t = UnixMillis(1_900_000_000_000);
+    let ahead = UnixMillis(t.0 + 120_000);
+    assert!(store.take_registration_token(&pk, ahead).await.unwrap());
+    assert!(!store.take_registration_token(&pk, t).await.unwrap());
+    let half_a_second = UnixMillis(t.0 + 500);
+    assert!(
+        store
+            .take_registration_token(&pk, half_a_second)
+            .await
+            .unwrap()
+    );
+}
+
+/// The circuit breaker: as many refusals as the threshold within the window leave the switch
+/// on, however they are spread; one more within the window switches it off, once however many
+/// race, recording when; refusals older than the window no longer count; an operator's
+/// switch forgets the refusals counted.
+pub async fn refusals_switch_registration_off<S>(store: S)
+where
+    S: ProductStore + DeviceStore + EventLog + Clone + 'static,
+{
+    let limit = RegistrationLimit::DEFAULT.with_refusals(5, 60).unwrap();
+    let (admin, product) = limited_product(&store, limit).await;
+    let pk = product.product_key;
+    let head = store.event_head().await.unwrap();
+    let at = |seconds: u64| UnixMillis(1_800_000_000_000 + seconds * 1000);
+    let refuse = |seconds: u64| {
+        let store = store.clone();
+        async move {
+            store
+                .record_registration_refusal(&pk, at(seconds))
+                .await
+                .unwrap()
+        }
+    };
+    // 5 within 60 s, spread over 59 s: not more than the threshold.
+    for seconds in [0, 15, 30, 45, 59] {
+        assert!(!refuse(seconds).await);
+    }
+    // At 61 s the refusal of 0 s is out of the window: still 5 within it.
+    assert!(!refuse(61).await);
+    let on = store.product(&pk).await.unwrap().unwrap();
+    assert_eq!(on.dynamic_registration, DynamicRegistration::On);
+    // Another at 62 s makes 6 within the last 60 s (15, 30, 45, 59, 61, 62): off.
+    assert!(
+        refuse(62).await,
+        "the 6th within the window switches it off"
+    );
+    let off = store.product(&pk).await.unwrap().unwrap();
+    assert_eq!(off.dynamic_registration, DynamicRegistration::Off);
+    assert_eq!(off.switched_off_by_breaker_at, Some(at(62)));
+    // Off: refusals are not counted, nothing switches again.
+    assert!(!refuse(63).await);
+
+    // The operator turns it on: the refusals counted are forgotten, and a full threshold is
+    // needed again.
+    admin
+        .set_dynamic_registration(&pk, DynamicRegistration::On)
+        .await
+        .unwrap();
+    let on = store.product(&pk).await.unwrap().unwrap();
+    assert_eq!(on.switched_off_by_breaker_at, None);
+    for _ in 0..5 {
+        assert!(!refuse(64).await);
+    }
+    admin
+        .set_dynamic_registration(&pk, DynamicRegistration::On)
+        .await
+        .unwrap();
+    for _ in 0..5 {
+        assert!(!refuse(65).await, "the switch forgot the 5 before");
+    }
+    // A burst: one of the racers switches it off.
+    let switched = racers_succeeding(&store, |store| async move {
+        store
+            .record_registration_refusal(&pk, at(66))
+            .await
+            .unwrap()
+    })
+    .await;
+    assert_eq!(switched, 1, "switched off once");
+    let off = store.product(&pk).await.unwrap().unwrap();
+    assert_eq!(off.dynamic_registration, DynamicRegistration::Off);
+    // Each switch-off, by the breaker or an operator, is an event; counted refusals are not.
+    assert_eq!(
+        product_events(&store, head, &pk).await,
+        [
+            EventKind::BreakerTripped,
+            EventKind::DynamicRegistrationOn,
+            EventKind::DynamicRegistrationOn,
+            EventKind::BreakerTripped,
+        ]
+        .map(|kind| (None, kind))
+    );
+}
+
+/// The `random` history: of concurrent records of one random, one is new; a random seen
+/// before is refused; each device keeps the [`RANDOM_HISTORY`] recorded last, in order.
+pub async fn race_registration_randoms<S>(store: S)
+where
+    S: ProductStore + DeviceStore + Clone + 'static,
+{
+    let (_, product) = new_product(&store, DynamicRegistration::On).await;
+    let (pk, dn) = (product.product_key, name("random-dev"));
+    let new = racers_succeeding(&store, |store| async move {
+        store
+            .record_registration_random(&pk, &dn, "r-0")
+            .await
+            .unwrap()
+    })
+    .await;
+    assert_eq!(new, 1, "one record of a random is new");
+    // Another device's history is its own.
+    let other = name("random-other");
+    assert!(
+        store
+            .record_registration_random(&pk, &other, "r-0")
+            .await
+            .unwrap()
+    );
+    for i in 1..=RANDOM_HISTORY {
+        let fresh = store
+            .record_registration_random(&pk, &dn, &format!("r-{i}"))
+            .await
+            .unwrap();
+        assert!(fresh, "r-{i} is new");
+    }
+    // r-1 … r-32 are kept (the oldest of them too), r-0 was forgotten.
+    for kept in ["r-1".to_owned(), format!("r-{RANDOM_HISTORY}")] {
+        let again = store
+            .record_registration_random(&pk, &dn, &kept)
+            .await
+            .unwrap();
+        assert!(!again, "{kept} is still remembered");
+    }
+    assert!(
+        store
+            .record_registration_random(&pk, &dn, "r-0")
+            .await
+            .unwrap(),
+        "the oldest was forgotten"
+    );
+    assert!(
+        !store
+            .record_registration_random(&pk, &dn, "r-0")
+            .await
+            .unwrap(),
+        "and is remembered again"
+    );
 }

@@ -3,7 +3,9 @@
 //! It reads as a specification in two parts:
 //! - the **store contract** ([`products`], [`devices`], [`compare_and_set`],
 //!   [`batch_inserts_all_or_none`], [`device_pages`], [`event_log_records_every_change`],
-//!   [`race_event_log`]): what the traits promise, property by property;
+//!   [`race_event_log`], and the registration limits every process shares:
+//!   [`race_registration_tokens`], [`refusals_switch_registration_off`],
+//!   [`race_registration_randoms`]): what the traits promise, property by property;
 //! - **service scenarios** (logins, both registration modes, the switch, disable and reset,
 //!   the races of 64 tasks): the [`Authenticator`](crate::service::Authenticator),
 //!   [`Registrar`](crate::service::Registrar) and [`Admin`](crate::service::Admin) on the
@@ -108,6 +110,9 @@ macro_rules! store_conformance_tests {
             device_pages,
             event_log_records_every_change,
             race_event_log,
+            race_registration_tokens,
+            refusals_switch_registration_off,
+            race_registration_randoms,
             // Service scenarios.
             login_lifecycle,
             registration_lifecycle,
@@ -119,9 +124,6 @@ macro_rules! store_conformance_tests {
             registration_without_pre_registration,
             race_client_ids,
             race_device_quota,
-            race_registration_tokens,
-            refusals_switch_registration_off,
-            race_registration_randoms,
             registration_limits_of_the_registrar,
         );
     };
