@@ -60,7 +60,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                     message.topic,
                     String::from_utf8_lossy(&message.payload)
                 );
-                // The operator disables the device: the broker ends its session at once.
+                // The operator disables the device: the broker ends its session at once. (Through
+                // `Admin::apply` alone, a broker learns of it only while it follows the store's
+                // event log: `Services::follow_store_events`.)
                 services
                     .apply_operator_event(
                         &device.product_key,

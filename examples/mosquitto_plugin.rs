@@ -22,14 +22,14 @@
 //! `iotauth::http::ServerConfig::set`, as `iotauth serve`'s flags are, so both front ends read
 //! them the same way.
 //!
-//! A CONNECT with `authType=register` (MQTT dynamic registration, PROTOCOL.md §c) is verified
+//! A CONNECT with `authType=register` (MQTT dynamic registration, see `iotauth::manual::compatibility`) is verified
 //! against the ProductSecret and accepted; the secret is then published on `/ext/register` to
 //! that client alone, and the client is disconnected. `authType=regnwl` (registration without
 //! pre-registration, where the product allows it) is served alike: the device is created if
 //! need be, and a new ClientID and DeviceToken go to `/ext/regnwl`; the device's `connwl`
 //! logins then present them.
 //!
-//! Sessions belong to devices, not to client ids (PROTOCOL.md §a.1), and the plugin keeps two
+//! Sessions belong to devices, not to client ids (see `iotauth::manual::compatibility`), and the plugin keeps two
 //! promises that Mosquitto, which keys sessions by client id, does not make by itself:
 //! * a device has at most one live login: a new good login closes the older connection
 //!   whatever the two client ids (Link SDK 4.x and the Node SDK change theirs on every connect);
@@ -175,7 +175,7 @@ unsafe extern "C" {
 /// in [`Sessions`] always names the connection that was let in under it.
 type Client = usize;
 
-/// A registration whose secret is waiting to reach its client (PROTOCOL.md §c.2): published on
+/// A registration whose secret is waiting to reach its client (see `iotauth::manual::compatibility`): published on
 /// the first tick after the login (a directed message reaches only a connected client), then
 /// the client is kicked once the message had time to leave.
 struct Delivery {
@@ -995,7 +995,7 @@ fn login(plugin: &Plugin, connect: &Connect<'_>) -> c_int {
     MOSQ_ERR_SUCCESS
 }
 
-/// Disconnects a device's older login (PROTOCOL.md §a.1), without its will: the device is
+/// Disconnects a device's older login (see `iotauth::manual::compatibility`), without its will: the device is
 /// alive, on its new connection.
 fn close_older_login(plugin: &Plugin, older: Client, client_id: &str) {
     let Ok(id) = CString::new(client_id) else {

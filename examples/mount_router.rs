@@ -42,9 +42,15 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         stream.write_all(request.as_bytes()).await?;
         let mut reply = String::new();
         stream.read_to_string(&mut reply).await?;
-        let status = reply.lines().next().unwrap_or_default();
-        let body = reply.split("\r\n\r\n").nth(1).unwrap_or_default().trim();
-        println!("GET {path}: {status}: {body}");
+        let (head, body) = reply.split_once("\r\n\r\n").unwrap_or_default();
+        let mut lines = head.lines();
+        let status = lines.next().unwrap_or_default();
+        // Header names in Title-Case, as the C SDKs compare them.
+        let names: Vec<_> = lines
+            .filter_map(|line| line.split_once(':'))
+            .map(|(name, _)| name)
+            .collect();
+        println!("GET {path}: {status}: {}; headers {names:?}", body.trim());
     }
     let _ = stop.send(());
     server.await?;

@@ -5,7 +5,7 @@
 //! What a device meets:
 //!
 //! * **Logins** are verified by [`Services::admit`]; a refusal is a CONNACK with a code
-//!   (PROTOCOL.md §a.7): 4 / 0x86 for bad credentials, 5 / 0x87 for a disabled device, a
+//!   (see the [compatibility notes](crate::manual::compatibility)): 4 / 0x86 for bad credentials, 5 / 0x87 for a disabled device, a
 //!   refused registration, a client id held by another device, or a store outage (rmqtt 0.24
 //!   lets an authentication hook answer only "bad credentials" or "not authorized", so the
 //!   outage cannot be told apart as code 3; the log says which).
@@ -94,7 +94,7 @@ pub struct BrokerConfig {
     /// TLS for every listener (OpenSSL, see [`crate::listener`]): PEM certificate chain,
     /// private key, and whether the legacy suites of Alibaba's C SDKs are offered.
     pub tls: Option<TlsFiles>,
-    /// Keep-alive values a client may ask for, in seconds (PROTOCOL.md §a.1: 30–1200).
+    /// Keep-alive values a client may ask for, in seconds (see the [compatibility notes](crate::manual::compatibility): 30–1200).
     pub keepalive_secs: RangeInclusive<u16>,
     /// The time a client has for its TLS and WebSocket handshakes and for its CONNECT.
     pub handshake_timeout: Duration,

@@ -159,7 +159,7 @@ impl ProductKey {
 }
 
 identifier!(
-    /// A ClientID issued by registration without pre-registration (`regnwl`, PROTOCOL.md §c):
+    /// A ClientID issued by registration without pre-registration (`regnwl`, see the [compatibility notes](crate::manual::compatibility)):
     /// the client-id CORE of the device's later `connwl` logins, each paired with a
     /// DeviceToken. Not a secret (it travels in every CONNECT); the token is.
     ///

@@ -8,7 +8,7 @@
 //!
 //! A disabled device can neither register (Issue, IssueClientId) nor log in (LoginOk); the
 //! product's switches gate Issue and IssueClientId and nothing else. A device holds at most
-//! [`IssuedClientId::MAX_PER_DEVICE`] ClientIDs (PROTOCOL.md §c), and gets one only while it is Inactive or
+//! [`IssuedClientId::MAX_PER_DEVICE`] ClientIDs (see the [compatibility notes](crate::manual::compatibility)), and gets one only while it is Inactive or
 //! holds one already: a device whose DeviceSecret was delivered or used is not handed a
 //! second credential by whoever holds the ProductSecret. Reset always rotates the secret and revokes
 //! every ClientID, also from Inactive: a secret handed out by an operator may have leaked

@@ -6,13 +6,13 @@
 //!   MQTT and WebSocket listeners): TLS 1.2 and 1.3 with forward-secret AEAD suites (Mozilla's
 //!   "intermediate" profile). With [`TlsFiles::legacy_suites`], also the four TLS 1.2
 //!   RSA-key-exchange AES-CBC suites, the only ones the mbedtls bundled with Link SDK 4.x and
-//!   iotkit-embedded 3.x offers (PROTOCOL.md §a.1): weaker (no forward secrecy, CBC), opt-in.
+//!   iotkit-embedded 3.x offers (see the [compatibility notes](crate::manual::compatibility)): weaker (no forward secrecy, CBC), opt-in.
 //!   Any SNI is accepted, an IP address included (OpenSSL-based clients such as
 //!   `mosquitto_pub` send one when they connect by address).
 //! * **HTTP/1.1** ([`HttpListener`]): header names in canonical Title-Case (`Content-Length`,
 //!   `Content-Type`): Link SDK 4.x finds the body length by comparing each header line with
 //!   `"Content-Length: "` byte for byte, iotkit 3.x searches for `"Content-Length"`
-//!   (PROTOCOL.md §b). Replies with a known length carry it and are never chunked.
+//!   (see the [compatibility notes](crate::manual::compatibility)). Replies with a known length carry it and are never chunked.
 //! * **Limits** ([`ListenerLimits`]): a time limit on the TLS handshake, on the first request
 //!   head and on each request body; a longer one on a keep-alive connection's wait for its next
 //!   request head; a write that makes no progress for [`SEND_TIMEOUT`] closes the connection
@@ -62,7 +62,7 @@ ECDHE-RSA-CHACHA20-POLY1305:DHE-RSA-AES128-GCM-SHA256:DHE-RSA-AES256-GCM-SHA384"
 
 /// `TLS_RSA_WITH_AES_128_CBC_SHA`, `TLS_RSA_WITH_AES_256_CBC_SHA`,
 /// `TLS_RSA_WITH_AES_128_CBC_SHA256`, `TLS_RSA_WITH_AES_256_CBC_SHA256` in OpenSSL's names:
-/// what Alibaba's C SDKs offer (PROTOCOL.md §a.1), after the modern suites.
+/// what Alibaba's C SDKs offer (see the [compatibility notes](crate::manual::compatibility)), after the modern suites.
 const LEGACY_SUITES: &str = "AES128-SHA256:AES256-SHA256:AES128-SHA:AES256-SHA";
 
 /// A write that makes no progress for this long closes the connection: a client that stops
@@ -96,7 +96,7 @@ impl TlsFiles {
     }
 
     /// Also offers `TLS_RSA_WITH_AES_{128,256}_CBC_SHA{,256}` in TLS 1.2: the only suites the
-    /// mbedtls bundled with Link SDK 4.x and iotkit-embedded 3.x speaks (PROTOCOL.md §a.1).
+    /// mbedtls bundled with Link SDK 4.x and iotkit-embedded 3.x speaks (see the [compatibility notes](crate::manual::compatibility)).
     /// They have no forward secrecy (a stolen key decrypts recorded sessions) and use CBC;
     /// turn them on only for such devices. They need an RSA certificate.
     #[must_use]

@@ -1,4 +1,4 @@
-//! MQTT CONNECT credentials (PROTOCOL.md §a, §c): parse on the server, build on the device.
+//! MQTT CONNECT credentials (see the [compatibility notes](crate::manual::compatibility)): parse on the server, build on the device.
 
 use core::fmt;
 
@@ -95,7 +95,7 @@ impl fmt::Display for ConnectKind {
 /// The `securemode` of a client id: how the device reached the platform.
 ///
 /// # Constraints
-/// One of -2, -1, 0, 1, 2, 3, 4, 5, 7, 8 (PROTOCOL.md §a.2).
+/// One of -2, -1, 0, 1, 2, 3, 4, 5, 7, 8 (see the [compatibility notes](crate::manual::compatibility)).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct SecureMode(i8);
 
@@ -330,7 +330,7 @@ impl<'a> ClientId<'a> {
 
     /// `signmethod`; [`SignMethod::HmacMd5`] when absent, as the platform assumes.
     pub fn sign_method(&self) -> SignMethod {
-        // The platform assumes hmacmd5 when the client id names no method (PROTOCOL.md).
+        // The platform assumes hmacmd5 when the client id names no method (the compatibility notes (`iotauth::manual::compatibility`)).
         self.sign_method.unwrap_or(SignMethod::HmacMd5)
     }
 
@@ -1055,7 +1055,7 @@ pub fn build_register_connect(
 /// Builds a token login (`authType=connwl`, the device side of
 /// [`ConnectRequest::verify_issued_token`]) with a ClientID and DeviceToken that registration
 /// without pre-registration issued: the client id `{ClientID}|securemode=-2,authType=connwl|`,
-/// the user name `{deviceName}&{productKey}`, the token as password (PROTOCOL.md §c).
+/// the user name `{deviceName}&{productKey}`, the token as password (see the [compatibility notes](crate::manual::compatibility)).
 ///
 /// ```
 /// # use iotauth::*;

@@ -1,4 +1,4 @@
-//! HTTPS dynamic registration (PROTOCOL.md §b): the form a device posts and the reply it gets.
+//! HTTPS dynamic registration (see the [compatibility notes](crate::manual::compatibility)): the form a device posts and the reply it gets.
 
 use std::borrow::Cow;
 use std::fmt;

@@ -56,7 +56,7 @@ impl fmt::Display for SignMethod {
 }
 
 /// The plaintext a device signs: the signed parameters sorted by name and concatenated as
-/// name + value, with no separators (PROTOCOL.md §a.4, §b, §c.1).
+/// name + value, with no separators (see the [compatibility notes](crate::manual::compatibility)).
 ///
 /// Both the device (signing) and the server (verifying) go through [`SignContent::for_each_chunk`],
 /// the one place the canonical form is defined, so the two sides cannot drift apart.

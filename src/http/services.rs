@@ -53,11 +53,11 @@ async fn checked_then_issued<T>(
     issue.await
 }
 
-/// Where MQTT dynamic registration delivers a DeviceSecret (PROTOCOL.md §c.2).
+/// Where MQTT dynamic registration delivers a DeviceSecret (see the [compatibility notes](crate::manual::compatibility)).
 pub const REGISTER_TOPIC: &str = "/ext/register";
 
 /// Where a registration without pre-registration (`regnwl`) receives its ClientID and
-/// DeviceToken (PROTOCOL.md §c).
+/// DeviceToken (see the [compatibility notes](crate::manual::compatibility)).
 pub const REGNWL_TOPIC: &str = "/ext/regnwl";
 
 /// How many revocations a slow broker may lag behind before it must resynchronize (by ending
@@ -118,7 +118,7 @@ impl Admission {
     }
 }
 
-/// Why a CONNECT was refused, as an MQTT CONNACK tells it (PROTOCOL.md §a.7).
+/// Why a CONNECT was refused, as an MQTT CONNACK tells it (see the [compatibility notes](crate::manual::compatibility)).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum ConnectRefusal {

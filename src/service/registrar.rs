@@ -431,7 +431,7 @@ impl<S: ProductStore + DeviceStore> Registrar<S> {
         Ok(identity)
     }
 
-    /// Serves a registration without pre-registration (`authType=regnwl`, PROTOCOL.md §c):
+    /// Serves a registration without pre-registration (`authType=regnwl`, see the [compatibility notes](crate::manual::compatibility)):
     /// checks as [`Registrar::register_request`] does, with the product's
     /// [`PreRegistrationFree`] switch on too; creates the device (a fresh secret, Inactive)
     /// when it does not exist, within the product's device quota; then issues a new ClientID

@@ -11,7 +11,8 @@
 //!
 //! # The contract of an adapter
 //! An adapter implements [`ProductStore`], [`DeviceStore`] and [`EventLog`] (together
-//! [`Store`]) and keeps these promises, each a property of the conformance suite (feature
+//! [`Store`]; async traits, written with the `async-trait` crate's `#[async_trait]`, which
+//! the adapter depends on too) and keeps these promises, each a property of the conformance suite (feature
 //! `conformance`, `store::conformance`, one `#[test]` per property with
 //! `iotauth::store_conformance_tests!`):
 //! - **Atomic changes, each logged once.** Every change and its [`EventRecord`] (chained by
@@ -246,7 +247,7 @@ pub enum LimitError {
 /// [`RegistrationLimit::unique_random`]: the newest ones; an older one is forgotten.
 pub const RANDOM_HISTORY: usize = 32;
 
-/// A product's settings for registration without pre-registration (`regnwl`, PROTOCOL.md §c):
+/// A product's settings for registration without pre-registration (`regnwl`, see the [compatibility notes](crate::manual::compatibility)):
 /// devices that are not registered in advance are created by their first registration.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct PreRegistrationFree {

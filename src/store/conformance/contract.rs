@@ -525,7 +525,11 @@ pub async fn devices<S: ProductStore + DeviceStore>(store: S) {
         .iter()
         .map(|d| d.device_name.to_string())
         .collect();
-    assert_eq!(names, ["dev-a", "dev-b"]);
+    assert_eq!(
+        names,
+        ["dev-a", "dev-b"],
+        "devices() lists every device of the product, by name"
+    );
 
     assert!(matches!(
         admin.register_device(pk, name("dev-a")).await,
