@@ -160,21 +160,14 @@ impl<S: ProductStore + DeviceStore> Admin<S> {
         let mut attempts = 0;
         loop {
             attempts += 1;
-            let product_key = ProductKey::generate(&*self.entropy)?;
-            let product_secret = ProductSecret::generate(&*self.entropy)?;
             let mut record = ProductRecord::new(
-                product_key,
-                product_secret.clone_secret(),
+                ProductKey::generate(&*self.entropy)?,
+                ProductSecret::generate(&*self.entropy)?,
                 dynamic_registration,
             );
             record.name.clone_from(&name);
-            match self.store.insert_product(record).await {
-                Ok(()) => {
-                    let mut created =
-                        ProductRecord::new(product_key, product_secret, dynamic_registration);
-                    created.name = name;
-                    return Ok(created);
-                }
+            match self.store.insert_product(record.clone_record()).await {
+                Ok(()) => return Ok(record),
                 Err(StoreError::AlreadyExists { .. }) if attempts < MAX_ATTEMPTS => continue,
                 Err(e) => return Err(e.into()),
             }
@@ -415,15 +408,13 @@ impl<S: ProductStore + DeviceStore> Admin<S> {
         product_key: ProductKey,
         device_name: DeviceName,
     ) -> Result<DeviceRecord, AdminError> {
-        let device_secret = DeviceSecret::generate(&*self.entropy)?;
-        self.store
-            .insert_device(DeviceRecord::new(
-                product_key,
-                device_name,
-                device_secret.clone_secret(),
-            ))
-            .await?;
-        Ok(DeviceRecord::new(product_key, device_name, device_secret))
+        let device = DeviceRecord::new(
+            product_key,
+            device_name,
+            DeviceSecret::generate(&*self.entropy)?,
+        );
+        self.store.insert_device(device.clone_record()).await?;
+        Ok(device)
     }
 
     /// Brings in products whose keys and secrets were issued elsewhere (Alibaba's),

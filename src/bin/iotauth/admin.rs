@@ -142,10 +142,7 @@ pub(crate) fn store(
             ));
         }
     };
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| Failure::rejected(format!("cannot start the runtime: {e}")))?;
+    let runtime = crate::current_thread_runtime()?;
     let (key_id, resealed) = runtime.block_on(async {
         // The store opens with the keys it has now (and the new one, when it exists: processes
         // given it may have sealed under it already) before a new key is made, so that a

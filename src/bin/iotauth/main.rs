@@ -11,6 +11,7 @@ mod progress;
 mod send;
 mod serve;
 
+use std::borrow::Cow;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -305,15 +306,6 @@ struct VerifiedMqtt<'a> {
     auth_type: Option<&'a str>,
 }
 
-/// What `sign register --url` prints: the device's own secret, for its provisioning.
-#[derive(Serialize)]
-#[serde(rename_all = "camelCase")]
-struct IssuedSecretJson<'a> {
-    product_key: ProductKey,
-    device_name: DeviceName,
-    device_secret: &'a str,
-}
-
 #[derive(Serialize)]
 #[serde(rename_all = "camelCase")]
 struct VerifiedRegister<'a> {
@@ -399,19 +391,22 @@ fn sign_mqtt(args: SignMqtt) -> Result<(), Failure> {
     })
 }
 
-/// A registration's delivery on `/ext/register` or `/ext/regnwl`, as a device reads it: for
-/// the device that asked, with a valid DeviceSecret, or a valid ClientID and DeviceToken.
+/// What a registration sent with `--url` obtained, as it is printed: the device's own
+/// DeviceSecret (HTTPS, or MQTT's `/ext/register`), or its ClientID and DeviceToken (MQTT's
+/// `/ext/regnwl`), for its provisioning. Also how a broker's delivery is read.
 #[derive(Deserialize, Serialize)]
 #[serde(rename_all = "camelCase")]
-struct Delivery {
-    product_key: String,
-    device_name: String,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    device_secret: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    client_id: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    device_token: Option<String>,
+struct Delivery<'a> {
+    #[serde(borrow)]
+    product_key: Cow<'a, str>,
+    #[serde(borrow)]
+    device_name: Cow<'a, str>,
+    #[serde(borrow, skip_serializing_if = "Option::is_none")]
+    device_secret: Option<Cow<'a, str>>,
+    #[serde(borrow, skip_serializing_if = "Option::is_none")]
+    client_id: Option<Cow<'a, str>>,
+    #[serde(borrow, skip_serializing_if = "Option::is_none")]
+    device_token: Option<Cow<'a, str>>,
 }
 
 fn print_delivery(
@@ -421,7 +416,7 @@ fn print_delivery(
 ) -> Result<(), Failure> {
     let unreadable = || Failure::rejected("the broker's delivery is not a registration's");
     let delivery: Delivery = serde_json::from_slice(payload).map_err(|_| unreadable())?;
-    if (delivery.product_key.as_str(), delivery.device_name.as_str())
+    if (&*delivery.product_key, &*delivery.device_name)
         != (product_key.as_str(), device_name.as_str())
     {
         return Err(Failure::rejected("the broker delivered for another device"));
@@ -470,10 +465,12 @@ fn sign_register(args: SignRegister) -> Result<(), Failure> {
                 device_name,
                 device_secret,
             } if (product_key, device_name) == (args.product_key, args.device_name) => {
-                print_json(&IssuedSecretJson {
-                    product_key,
-                    device_name,
-                    device_secret: device_secret.expose_secret(),
+                print_json(&Delivery {
+                    product_key: product_key.as_str().into(),
+                    device_name: device_name.as_str().into(),
+                    device_secret: Some(device_secret.expose_secret().into()),
+                    client_id: None,
+                    device_token: None,
                 })
             }
             RegisterReply::Issued { .. } => Err(Failure::rejected(
@@ -677,6 +674,14 @@ fn existing_store(url: &str) -> Result<(), Failure> {
     }
 }
 
+/// The runtime of a command that is not a server: one thread, timers and I/O on.
+pub(crate) fn current_thread_runtime() -> Result<tokio::runtime::Runtime, Failure> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| Failure::rejected(format!("cannot start the runtime: {e}")))
+}
+
 /// Opens the store and runs `command` on it, on a single-threaded runtime; warnings (a key
 /// file created) go to stderr.
 fn with_store<F, Fut>(url: &str, secrets: &SecretsAtRest, command: F) -> Result<(), Failure>
@@ -684,10 +689,7 @@ where
     F: FnOnce(std::sync::Arc<dyn iotauth::store::Store>) -> Fut,
     Fut: std::future::Future<Output = Result<(), Failure>>,
 {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| Failure::rejected(format!("cannot start the runtime: {e}")))?;
+    let runtime = current_thread_runtime()?;
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::new("warn"))
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))

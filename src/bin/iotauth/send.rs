@@ -27,7 +27,7 @@ const MAX_MQTT_BYTES: usize = 16 * 1024;
 trait Stream: AsyncRead + AsyncWrite + Unpin + Send {}
 impl<T: AsyncRead + AsyncWrite + Unpin + Send> Stream for T {}
 
-/// Where to send: `scheme://host[:port][/path]`, the scheme one of `plain` or `tls` (the
+/// Where to send: `scheme://host[:port][/path]`, the scheme one of `plain` or `secure` (the
 /// latter over TLS), the port the scheme's default when absent.
 struct Endpoint {
     tls: bool,
@@ -44,25 +44,24 @@ impl Endpoint {
         url: &str,
         cafile: Option<&Path>,
         plain: (&str, u16),
-        tls: (&str, u16),
+        secure: (&str, u16),
     ) -> Result<Self, Failure> {
         let usage = || {
             Failure::Usage(format!(
                 "--url must be {}://HOST[:PORT]… or {}://HOST[:PORT]…",
-                plain.0, tls.0
+                plain.0, secure.0
             ))
         };
         let uri: Uri = url.parse().map_err(|_| usage())?;
-        let tls_name = tls.0;
         let (tls, default_port) = match uri.scheme_str() {
             Some(scheme) if scheme.eq_ignore_ascii_case(plain.0) => (false, plain.1),
-            Some(scheme) if scheme.eq_ignore_ascii_case(tls.0) => (true, tls.1),
+            Some(scheme) if scheme.eq_ignore_ascii_case(secure.0) => (true, secure.1),
             _ => return Err(usage()),
         };
         if cafile.is_some() && !tls {
             return Err(Failure::Usage(format!(
                 "--cafile is for a {}:// URL",
-                tls_name
+                secure.0
             )));
         }
         let authority = uri.authority().ok_or_else(usage)?;
@@ -135,10 +134,7 @@ fn tls_error(e: openssl::error::ErrorStack) -> Failure {
 /// `future` on a runtime of its own, within [`TIMEOUT`]. The runtime is then dropped without
 /// waiting for its blocking threads: a name lookup that hangs must not hold the exit.
 fn run<T>(future: impl Future<Output = Result<T, Failure>>) -> Result<T, Failure> {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| Failure::rejected(format!("cannot start the runtime: {e}")))?;
+    let runtime = crate::current_thread_runtime()?;
     let outcome = runtime.block_on(async {
         tokio::time::timeout(TIMEOUT, future)
             .await
